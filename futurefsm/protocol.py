@@ -1,0 +1,399 @@
+"""The futurefsm wire protocol: message classes and their msgpack encoding (SPEC section 4).
+
+Theory of operation
+-------------------
+Every message is one frozen, slotted dataclass with a class-level ``TYPE_CODE``. On the
+wire a message is one frame holding one msgpack array::
+
+    [PROTOCOL_VERSION, TYPE_CODE, field_1, ..., field_n]
+
+with the fields in declaration order: bytes as msgpack bin, enums as their string value,
+bools as msgpack bool, ``None`` as nil and ``depends_on`` as an array of bin.
+
+Validation lives in one place, each class's ``__post_init__``: a message that exists is
+a valid message, whether it was built locally or decoded. ``decode`` therefore only checks
+the envelope (size, msgpack well-formedness, version, type code, arity) and hands the
+fields to the constructor. ``encode`` trusts the message it is given and only enforces
+the frame size limit.
+
+``decode`` raises nothing but ``ProtocolError``, whatever bytes it is given: the I/O
+thread counts the error and carries on. This module does no I/O and never unpickles;
+``function``, ``args`` and ``payload`` are opaque bytes produced by the serializer.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+from enum import Enum
+from operator import attrgetter
+from typing import Any, ClassVar, TypeAlias
+
+import msgpack
+
+__all__ = [
+    "MAX_FRAME_BYTES",
+    "PROTOCOL_VERSION",
+    "TASK_ID_BYTES",
+    "ConfirmKind",
+    "Disconnect",
+    "Heartbeat",
+    "HeartbeatEcho",
+    "Message",
+    "ProtocolError",
+    "ResultStatus",
+    "Task",
+    "TaskCancel",
+    "TaskCancelConfirm",
+    "TaskResult",
+    "decode",
+    "encode",
+    "new_task_id",
+]
+
+PROTOCOL_VERSION = 1
+"""The protocol version carried as the first item of every frame."""
+
+TASK_ID_BYTES = 16
+"""Length in bytes of a task id or a group id."""
+
+MAX_FRAME_BYTES = 64 * 1024 * 1024
+"""Largest frame, in bytes, that ``encode`` produces or ``decode`` accepts."""
+
+_SEQ_LIMIT = 2**63
+_ID = f"{TASK_ID_BYTES} bytes"
+_ID_OR_NONE = f"{TASK_ID_BYTES} bytes or None"
+_IDS = f"a tuple of {TASK_ID_BYTES}-byte ids"
+
+
+class ProtocolError(ValueError):
+    """A message or frame that breaks the protocol; the message says what was wrong."""
+
+
+class ResultStatus(str, Enum):
+    """How a task ended, as reported in a ``TaskResult``."""
+
+    SUCCESS = "success"
+    FAILED = "failed"
+    WORKER_DIED = "worker_died"
+
+
+class ConfirmKind(str, Enum):
+    """The scheduler's answer to a ``TaskCancel``, as reported in a ``TaskCancelConfirm``."""
+
+    CANCELED = "canceled"
+    CANCEL_FAILED = "cancel_failed"
+    NOT_FOUND = "not_found"
+
+
+# Keyed by the string value; the members are str subclasses, so they find themselves too.
+_RESULT_STATUS_BY_VALUE: dict[str, ResultStatus] = {m.value: m for m in ResultStatus}
+_CONFIRM_KIND_BY_VALUE: dict[str, ConfirmKind] = {m.value: m for m in ConfirmKind}
+
+
+def _describe(value: object) -> str:
+    """Name what a bad field value is, for error messages."""
+    if isinstance(value, bytes):
+        return f"{len(value)} bytes"
+    if value is None:
+        return "None"
+    return type(value).__name__
+
+
+def _field_error(where: str, expected: str, value: object) -> ProtocolError:
+    """Build the error for a field holding the wrong type or size."""
+    return ProtocolError(f"{where}: expected {expected}, got {_describe(value)}")
+
+
+def _check_seq(where: str, seq: object) -> None:
+    """Check a heartbeat sequence number: an int (not a bool) in [0, 2**63)."""
+    if type(seq) is not int:
+        raise _field_error(where, "int", seq)
+    if not 0 <= seq < _SEQ_LIMIT:
+        raise ProtocolError(f"{where}: {seq} is out of range [0, 2**63)")
+
+
+def _check_ids(where: str, ids: tuple[object, ...]) -> None:
+    """Check that every id in a tuple is exactly ``TASK_ID_BYTES`` bytes."""
+    for index, task_id in enumerate(ids):
+        if type(task_id) is not bytes or len(task_id) != TASK_ID_BYTES:
+            raise _field_error(f"{where}[{index}]", _ID, task_id)
+
+
+def _to_enum(where: str, value: object, by_value: dict[str, Any]) -> Any:
+    """Return the enum member named by ``value`` (a member or its string value)."""
+    if isinstance(value, str):
+        member = by_value.get(value)
+        if member is not None:
+            return member
+        choices = ", ".join(by_value)
+        raise ProtocolError(f"{where}: unknown value {value!r} (expected one of {choices})")
+    raise _field_error(where, "str", value)
+
+
+# ---------------------------------------------------------------------------
+# Client -> scheduler
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Task:
+    """Submit a task: run ``function(*args)`` and reply with a ``TaskResult``.
+
+    ``function`` and ``args`` are opaque serialized bytes. ``group_id`` ties the task to
+    a cancellable group. ``depends_on`` lists the ids of tasks in the same graph whose
+    results this task needs, so the scheduler can order a graph without unpickling it.
+    """
+
+    TYPE_CODE: ClassVar[int] = 1
+
+    task_id: bytes
+    function: bytes
+    args: bytes
+    group_id: bytes | None = None
+    depends_on: tuple[bytes, ...] = ()
+
+    def __post_init__(self) -> None:
+        """Reject fields of the wrong type or size with ``ProtocolError``."""
+        if type(self.task_id) is not bytes or len(self.task_id) != TASK_ID_BYTES:
+            raise _field_error("Task.task_id", _ID, self.task_id)
+        if type(self.function) is not bytes:
+            raise _field_error("Task.function", "bytes", self.function)
+        if type(self.args) is not bytes:
+            raise _field_error("Task.args", "bytes", self.args)
+        group_id = self.group_id
+        if group_id is not None and (type(group_id) is not bytes or len(group_id) != TASK_ID_BYTES):
+            raise _field_error("Task.group_id", _ID_OR_NONE, group_id)
+        if type(self.depends_on) is not tuple:
+            raise _field_error("Task.depends_on", _IDS, self.depends_on)
+        if self.depends_on:
+            _check_ids("Task.depends_on", self.depends_on)
+
+
+@dataclass(frozen=True, slots=True)
+class TaskCancel:
+    """Ask the scheduler to cancel a task, or every task of a group.
+
+    ``task_id`` is a task id or a group id. ``force`` asks for a running task to be
+    interrupted rather than only dequeued.
+    """
+
+    TYPE_CODE: ClassVar[int] = 2
+
+    task_id: bytes
+    force: bool = False
+
+    def __post_init__(self) -> None:
+        """Reject fields of the wrong type or size with ``ProtocolError``."""
+        if type(self.task_id) is not bytes or len(self.task_id) != TASK_ID_BYTES:
+            raise _field_error("TaskCancel.task_id", _ID, self.task_id)
+        if type(self.force) is not bool:
+            raise _field_error("TaskCancel.force", "bool", self.force)
+
+
+@dataclass(frozen=True, slots=True)
+class Heartbeat:
+    """A liveness probe; the scheduler answers with a ``HeartbeatEcho`` of the same seq."""
+
+    TYPE_CODE: ClassVar[int] = 3
+
+    seq: int
+
+    def __post_init__(self) -> None:
+        """Reject a seq that is not an int in [0, 2**63) with ``ProtocolError``."""
+        _check_seq("Heartbeat.seq", self.seq)
+
+
+@dataclass(frozen=True, slots=True)
+class Disconnect:
+    """The sender is going away; may be sent by either side. Has no fields."""
+
+    TYPE_CODE: ClassVar[int] = 4
+
+
+# ---------------------------------------------------------------------------
+# Scheduler -> client
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class TaskResult:
+    """How a task ended.
+
+    ``payload`` is opaque serialized bytes: the return value on success, the exception
+    and its remote traceback text on failure.
+    """
+
+    TYPE_CODE: ClassVar[int] = 5
+
+    task_id: bytes
+    status: ResultStatus
+    payload: bytes
+
+    def __post_init__(self) -> None:
+        """Reject bad fields with ``ProtocolError``; accept ``status`` as its string value."""
+        if type(self.task_id) is not bytes or len(self.task_id) != TASK_ID_BYTES:
+            raise _field_error("TaskResult.task_id", _ID, self.task_id)
+        status = self.status
+        if type(status) is not ResultStatus:
+            object.__setattr__(
+                self, "status", _to_enum("TaskResult.status", status, _RESULT_STATUS_BY_VALUE)
+            )
+        if type(self.payload) is not bytes:
+            raise _field_error("TaskResult.payload", "bytes", self.payload)
+
+
+@dataclass(frozen=True, slots=True)
+class TaskCancelConfirm:
+    """The scheduler's answer to a ``TaskCancel`` for ``task_id``."""
+
+    TYPE_CODE: ClassVar[int] = 6
+
+    task_id: bytes
+    kind: ConfirmKind
+
+    def __post_init__(self) -> None:
+        """Reject bad fields with ``ProtocolError``; accept ``kind`` as its string value."""
+        if type(self.task_id) is not bytes or len(self.task_id) != TASK_ID_BYTES:
+            raise _field_error("TaskCancelConfirm.task_id", _ID, self.task_id)
+        kind = self.kind
+        if type(kind) is not ConfirmKind:
+            object.__setattr__(
+                self, "kind", _to_enum("TaskCancelConfirm.kind", kind, _CONFIRM_KIND_BY_VALUE)
+            )
+
+
+@dataclass(frozen=True, slots=True)
+class HeartbeatEcho:
+    """The scheduler's answer to the ``Heartbeat`` with the same ``seq``."""
+
+    TYPE_CODE: ClassVar[int] = 7
+
+    seq: int
+
+    def __post_init__(self) -> None:
+        """Reject a seq that is not an int in [0, 2**63) with ``ProtocolError``."""
+        _check_seq("HeartbeatEcho.seq", self.seq)
+
+
+Message: TypeAlias = (
+    Task | TaskCancel | Heartbeat | Disconnect | TaskResult | TaskCancelConfirm | HeartbeatEcho
+)
+"""Any protocol message, in either direction."""
+
+_MESSAGE_CLASSES: tuple[type[Any], ...] = (
+    Task,
+    TaskCancel,
+    Heartbeat,
+    Disconnect,
+    TaskResult,
+    TaskCancelConfirm,
+    HeartbeatEcho,
+)
+
+
+def _fields_getter(cls: type[Any]) -> Callable[[Any], tuple[Any, ...]]:
+    """Return a fast function giving a message's field values in declaration order."""
+    names = [f.name for f in fields(cls)]
+    if not names:
+        return lambda message: ()
+    if len(names) == 1:
+        get_one = attrgetter(names[0])
+        return lambda message: (get_one(message),)
+    return attrgetter(*names)
+
+
+# Precomputed once so encode/decode do no reflection per call.
+_ENCODERS: dict[type[Any], tuple[tuple[int, int], Callable[[Any], tuple[Any, ...]]]] = {
+    cls: ((PROTOCOL_VERSION, cls.TYPE_CODE), _fields_getter(cls)) for cls in _MESSAGE_CLASSES
+}
+_DECODERS: dict[int, tuple[type[Any], int]] = {
+    cls.TYPE_CODE: (cls, len(fields(cls))) for cls in _MESSAGE_CLASSES
+}
+assert len(_DECODERS) == len(_MESSAGE_CLASSES), "duplicate TYPE_CODE"
+
+
+def _size_error(size: int) -> ProtocolError:
+    """Build the error for a frame over ``MAX_FRAME_BYTES``."""
+    return ProtocolError(f"frame of {size} bytes exceeds the {MAX_FRAME_BYTES}-byte limit")
+
+
+def encode(message: Message) -> bytes:
+    """Encode one message as one frame.
+
+    Raises ``ProtocolError`` if ``message`` is not a protocol message or the frame would
+    exceed ``MAX_FRAME_BYTES``. Fields are not re-validated: the constructor did that.
+    """
+    encoder = _ENCODERS.get(type(message))
+    if encoder is None:
+        raise ProtocolError(f"cannot encode {type(message).__name__}: not a protocol message")
+    head, get_fields = encoder
+    try:
+        frame = msgpack.packb((*head, *get_fields(message)), use_bin_type=True)
+    except Exception as exc:  # e.g. a bin over 4 GiB; surface it as a protocol error
+        raise ProtocolError(f"cannot encode {type(message).__name__}: {exc!r}") from exc
+    if len(frame) > MAX_FRAME_BYTES:
+        raise _size_error(len(frame))
+    return frame
+
+
+def decode(frame: bytes | bytearray | memoryview) -> Message:
+    """Decode and validate one frame into a message.
+
+    Raises ``ProtocolError`` -- and nothing else, whatever ``frame`` holds -- naming what
+    was wrong: not bytes, oversized, not msgpack, trailing data, not an array, wrong
+    version, unknown type, wrong arity, or a bad field.
+    """
+    if isinstance(frame, (bytes, bytearray)):
+        size = len(frame)
+    elif isinstance(frame, memoryview):
+        size = frame.nbytes
+    else:
+        raise ProtocolError(f"frame must be bytes-like, got {type(frame).__name__}")
+    if size > MAX_FRAME_BYTES:
+        raise _size_error(size)
+    try:
+        # No item can be longer than the frame holding it, so the frame size is a tight
+        # limit that keeps a lying length header from allocating more than that.
+        items = msgpack.unpackb(
+            frame,
+            raw=False,
+            use_list=False,
+            max_bin_len=size,
+            max_str_len=size,
+            max_array_len=size,
+            max_map_len=size,
+            max_ext_len=size,
+        )
+    except msgpack.ExtraData as exc:
+        raise ProtocolError(f"trailing data: {len(exc.extra)} bytes after the message") from exc
+    except Exception as exc:  # msgpack raises many types (ValueError, StackError, ...)
+        raise ProtocolError(f"not msgpack: {exc!r}") from exc
+
+    if type(items) is not tuple:
+        raise ProtocolError(f"expected a msgpack array, got {_describe(items)}")
+    if len(items) < 2:
+        raise ProtocolError(
+            f"message array has {len(items)} items, expected at least 2 (version, type)"
+        )
+    version, type_code = items[0], items[1]
+    if type(version) is not int:
+        raise ProtocolError(f"protocol version: expected int, got {_describe(version)}")
+    if version != PROTOCOL_VERSION:
+        raise ProtocolError(f"unsupported protocol version {version} (expected {PROTOCOL_VERSION})")
+    if type(type_code) is not int:
+        raise ProtocolError(f"message type: expected int, got {_describe(type_code)}")
+    decoder = _DECODERS.get(type_code)
+    if decoder is None:
+        raise ProtocolError(f"unknown message type {type_code}")
+    cls, arity = decoder
+    if len(items) - 2 != arity:
+        raise ProtocolError(f"{cls.__name__} expects {arity} fields, got {len(items) - 2}")
+    # The constructor validates every field and raises only ProtocolError.
+    return cls(*items[2:])
+
+
+def new_task_id() -> bytes:
+    """Return a fresh random task (or group) id of ``TASK_ID_BYTES`` bytes."""
+    return os.urandom(TASK_ID_BYTES)
