@@ -1,0 +1,31 @@
+"""futurefsm: remote-task futures that are explicit finite-state machines.
+
+Every future is a model of one shared ``transitions`` machine built from the
+transition table in ``futurefsm.fsm``; ``TaskFuture`` makes it a real
+``concurrent.futures.Future``; cancellation is confirmed by the scheduler.
+"""
+
+from .client import TaskFuture
+from .errors import (
+    ConnectionLostError,
+    FutureFSMError,
+    RemoteTraceback,
+    TaskFailedError,
+    WorkerDiedError,
+)
+from .fsm import CancelOutcome, FutureState, Trigger
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CancelOutcome",
+    "ConnectionLostError",
+    "FutureFSMError",
+    "FutureState",
+    "RemoteTraceback",
+    "TaskFailedError",
+    "TaskFuture",
+    "Trigger",
+    "WorkerDiedError",
+    "__version__",
+]

@@ -1,0 +1,303 @@
+"""``TaskFuture``: the ``concurrent.futures.Future`` adapter over the FSM.
+
+Every change of a TaskFuture's state is one trigger of the shared machine
+(``futurefsm.fsm.fire``), run under the future's own lock, which is the stdlib's
+``_condition``: the lock that ``concurrent.futures.wait`` and ``as_completed`` take
+to install their waiters. Under that lock the adapter keeps the stdlib's ``_state``,
+``_result`` and ``_exception`` in step with the FSM and notifies waiters once, on
+entering a terminal state. Outside it, it carries out the cell's I/O effect (send a
+TaskCancel through the transport) and runs done-callbacks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import Callable, Generator
+from concurrent.futures import _base
+from typing import Any
+
+from ..errors import ConnectionLostError
+from ..fsm import (
+    TERMINAL_STATES,
+    CancelOutcome,
+    Cell,
+    Effect,
+    FutureState,
+    HistoryEntry,
+    Trigger,
+    fire,
+    history_of,
+)
+from .transport import FutureTransport
+
+__all__ = ["TaskFuture"]
+
+LOGGER = logging.getLogger("futurefsm.future")
+
+# The state concurrent.futures sees for each FSM state (SPEC section 2).
+_STDLIB_STATE: dict[FutureState, str] = {
+    FutureState.PENDING: _base.PENDING,
+    FutureState.RUNNING: _base.RUNNING,
+    FutureState.CANCEL_REQUESTED: _base.RUNNING,
+    FutureState.CANCELLED: _base.CANCELLED_AND_NOTIFIED,
+    FutureState.DONE: _base.FINISHED,
+}
+_TERMINAL_STDLIB_STATES = (_base.CANCELLED, _base.CANCELLED_AND_NOTIFIED, _base.FINISHED)
+
+_CONFIRM_TRIGGERS: dict[str, Trigger] = {
+    "canceled": Trigger.RECV_CONFIRM_CANCELED,
+    "not_found": Trigger.RECV_CONFIRM_NOT_FOUND,
+    "cancel_failed": Trigger.RECV_CONFIRM_CANCEL_FAILED,
+}
+
+# How many done-callbacks this thread is running right now. Code running inside one
+# must never block waiting for an answer: it may be the thread that delivers it.
+_callback_depth = threading.local()
+_monotonic = time.monotonic
+
+
+def _in_done_callback() -> bool:
+    return getattr(_callback_depth, "value", 0) > 0
+
+
+def _in_event_loop() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+
+
+class TaskFuture(_base.Future):
+    """The future of one remote task: a ``concurrent.futures.Future`` driven by the FSM.
+
+    Created by a client (or any ``FutureTransport``) in state ``pending``. The
+    transport moves it with the trigger methods (``sent``, ``recv_result``,
+    ``recv_cancel_confirm``, ``cancel_timed_out``, ``connection_lost``); the user
+    sees the stdlib API plus ``task_id``, ``state``, ``cancel_outcome`` and
+    ``history``.
+    """
+
+    __slots__ = ("_cancel_deadline", "_transport", "cancel_outcome", "fsm_history", "state", "task_id")
+
+    def __init__(self, task_id: bytes, transport: FutureTransport) -> None:
+        super().__init__()
+        self.task_id = task_id
+        self.state = FutureState.PENDING
+        self.fsm_history: list[tuple[float, Trigger, FutureState, FutureState]] = []
+        self.cancel_outcome: CancelOutcome | None = None
+        self._transport = transport
+        # Monotonic deadline of the cancel request in flight (cancel_requested only).
+        self._cancel_deadline = 0.0
+
+    def __repr__(self) -> str:
+        return f"<TaskFuture at {id(self):#x} task={self.task_id.hex()[:12]} state={self.state.value}>"
+
+    # ------------------------------------------------------------------ FSM core
+
+    def _fire(
+        self,
+        trigger: Trigger,
+        *,
+        result: Any = None,
+        exception: BaseException | None = None,
+        deadline: float = 0.0,
+    ) -> Cell:
+        """Run one trigger under the lock, then its I/O effect and callbacks outside it."""
+        with self._condition:
+            source = self.state
+            cell = fire(self, trigger)
+            dest = self.state
+            if dest is not source:
+                if cell.outcome is not None:
+                    self.cancel_outcome = cell.outcome
+                if cell.effect is Effect.SEND_CANCEL:
+                    self._cancel_deadline = deadline
+                self._enter_stdlib_state(dest, cell, result, exception)
+                self._condition.notify_all()
+        if cell.effect is Effect.SEND_CANCEL:
+            self._transport.send_cancel(self, deadline)
+        elif cell.effect is Effect.STALE:
+            LOGGER.debug("stale %s on %r", trigger.value, self)
+        if dest is not source and dest in TERMINAL_STATES:
+            self._invoke_callbacks()
+            self._transport.release(self)
+        return cell
+
+    def _enter_stdlib_state(
+        self, dest: FutureState, cell: Cell, result: Any, exception: BaseException | None
+    ) -> None:
+        """Mirror ``dest`` into the stdlib fields and notify waiters (lock held)."""
+        if dest is FutureState.DONE:
+            if cell.effect is Effect.FAIL_CONNECTION_LOST:
+                exception = ConnectionLostError(
+                    f"connection to the scheduler lost before task {self.task_id.hex()} finished"
+                )
+            if exception is not None:
+                self._exception = exception
+                self._state = _base.FINISHED
+                for waiter in self._waiters:
+                    waiter.add_exception(self)
+            else:
+                self._result = result
+                self._state = _base.FINISHED
+                for waiter in self._waiters:
+                    waiter.add_result(self)
+        elif dest is FutureState.CANCELLED:
+            self._state = _base.CANCELLED_AND_NOTIFIED
+            for waiter in self._waiters:
+                waiter.add_cancelled(self)
+        else:
+            self._state = _STDLIB_STATE[dest]
+
+    # ------------------------------------------------------- triggers (transport side)
+
+    def sent(self) -> Cell:
+        """Trigger ``sent``: the Task is being handed to the transport.
+
+        The caller sends the Task only if this did not return a ``STALE`` cell (a
+        future cancelled before sending must not go out).
+        """
+        return self._fire(Trigger.SENT)
+
+    def recv_result(self, result: Any = None, exception: BaseException | None = None) -> Cell:
+        """Trigger ``recv_result``: a ``TaskResult`` arrived (already deserialized).
+
+        ``exception`` set means the task failed (or its worker died) with it.
+        """
+        return self._fire(Trigger.RECV_RESULT, result=result, exception=exception)
+
+    def recv_cancel_confirm(self, kind: str) -> Cell:
+        """Trigger the ``recv_confirm_*`` matching ``kind`` (a ``ConfirmKind`` value)."""
+        try:
+            trigger = _CONFIRM_TRIGGERS[kind]
+        except KeyError:
+            raise ValueError(
+                f"unknown cancel confirm kind {kind!r} (expected one of {', '.join(_CONFIRM_TRIGGERS)})"
+            ) from None
+        return self._fire(trigger)
+
+    def cancel_timed_out(self) -> Cell:
+        """Trigger ``cancel_timed_out``: the cancel deadline passed unanswered."""
+        return self._fire(Trigger.CANCEL_TIMED_OUT)
+
+    def connection_lost(self) -> Cell:
+        """Trigger ``connection_lost``: the scheduler went silent or away."""
+        return self._fire(Trigger.CONNECTION_LOST)
+
+    # ------------------------------------------------------------------ user API
+
+    @property
+    def history(self) -> list[HistoryEntry]:
+        """Every trigger fired on this future: (monotonic time, trigger, from, to)."""
+        return history_of(self)
+
+    @property
+    def cancel_deadline(self) -> float | None:
+        """Monotonic deadline of the cancel request in flight, or None if there is none."""
+        return self._cancel_deadline if self.state is FutureState.CANCEL_REQUESTED else None
+
+    def _must_not_block(self) -> bool:
+        """True where waiting for an answer could deadlock or stall an event loop."""
+        return _in_done_callback() or self._transport.on_io_thread() or _in_event_loop()
+
+    def cancel(self, timeout: float | None = None, *, wait: bool = True) -> bool:
+        """Cancel the task, confirmed by the scheduler.
+
+        pending: cancelled at once, nothing sent. running: one TaskCancel is sent and
+        the call waits up to ``timeout`` seconds (default: the transport's
+        ``cancel_timeout``) for the answer; True if the future ended cancelled
+        (confirmed, not found, result raced, or timed out), False if the scheduler
+        refused. A cancel already in flight is waited for, never sent twice.
+        cancelled: True; done: False.
+
+        ``wait=False`` sends the request and returns at once: True if the future is
+        cancelled or the request is in flight, False if it is done. Called from the
+        client's I/O thread, from a done-callback or from a thread running an asyncio
+        event loop, ``cancel()`` never waits, as if ``wait=False`` had been passed.
+        """
+        if timeout is None:
+            timeout = self._transport.cancel_timeout
+        deadline = _monotonic() + timeout
+        self._fire(Trigger.USER_CANCEL, deadline=deadline)
+        if wait and not self._must_not_block():
+            return self._wait_for_cancel_answer(deadline)
+        state = self.state
+        return state is FutureState.CANCELLED or state is FutureState.CANCEL_REQUESTED
+
+    def _wait_for_cancel_answer(self, deadline: float) -> bool:
+        """Wait until the cancel in flight is answered or ``deadline`` passes.
+
+        At the deadline the waiter itself fires ``cancel_timed_out``: a future never
+        waits past its cancel deadline, whether or not the transport enforces it.
+        """
+        with self._condition:
+            while self.state is FutureState.CANCEL_REQUESTED:
+                remaining = deadline - _monotonic()
+                if remaining <= 0:
+                    break
+                self._condition.wait(remaining)
+            unanswered = self.state is FutureState.CANCEL_REQUESTED
+        if unanswered:
+            self._fire(Trigger.CANCEL_TIMED_OUT)
+        return self.state is FutureState.CANCELLED
+
+    def cancelled(self) -> bool:
+        """True if the future ended cancelled.
+
+        While a cancel is in flight this waits for its answer, bounded by that
+        cancel's deadline, except on the I/O thread, in a done-callback or in an
+        event loop, where it reports at once (False: not cancelled yet).
+        """
+        state = self.state
+        if state is FutureState.CANCEL_REQUESTED and not self._must_not_block():
+            return self._wait_for_cancel_answer(self._cancel_deadline)
+        return state is FutureState.CANCELLED
+
+    def add_done_callback(self, fn: Callable[[TaskFuture], object]) -> None:
+        """Run ``fn(future)`` once the future is terminal (at once if it is already).
+
+        It runs exactly once, outside the future's lock; an exception it raises is
+        logged, not raised.
+        """
+        with self._condition:
+            if self._state not in _TERMINAL_STDLIB_STATES:
+                self._done_callbacks.append(fn)
+                return
+        self._run_callback(fn)
+
+    def _invoke_callbacks(self) -> None:
+        for callback in self._done_callbacks:
+            self._run_callback(callback)
+
+    def _run_callback(self, fn: Callable[[TaskFuture], object]) -> None:
+        _callback_depth.value = getattr(_callback_depth, "value", 0) + 1
+        try:
+            fn(self)
+        except Exception:
+            LOGGER.exception("exception calling callback for %r", self)
+        finally:
+            _callback_depth.value -= 1
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        """``await future`` in asyncio. Cancelling the awaiting task cancels the
+        remote task with ``wait=False``: the event loop is never blocked."""
+        return asyncio.wrap_future(self).__await__()
+
+    # The executor-side setters of the stdlib would bypass the FSM: protocol messages,
+    # delivered through the trigger methods above, are the only way to finish.
+
+    def set_running_or_notify_cancel(self) -> bool:
+        """Not supported: a TaskFuture is driven by protocol messages."""
+        raise RuntimeError("TaskFuture is driven by its transport; use sent()")
+
+    def set_result(self, result: Any) -> None:
+        """Not supported: a TaskFuture is driven by protocol messages."""
+        raise RuntimeError("TaskFuture is driven by its transport; use recv_result()")
+
+    def set_exception(self, exception: BaseException | None) -> None:
+        """Not supported: a TaskFuture is driven by protocol messages."""
+        raise RuntimeError("TaskFuture is driven by its transport; use recv_result()")

@@ -1,0 +1,50 @@
+"""Exceptions raised by futurefsm.
+
+``ProtocolError`` (a peer sent something malformed) lives in ``futurefsm.protocol``;
+the ones here describe what happened to a task or a connection.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ConnectionLostError",
+    "FutureFSMError",
+    "RemoteTraceback",
+    "TaskFailedError",
+    "WorkerDiedError",
+]
+
+
+class FutureFSMError(Exception):
+    """Base class of futurefsm's own exceptions."""
+
+
+class ConnectionLostError(FutureFSMError, ConnectionError):
+    """The scheduler went silent or away before the task finished."""
+
+
+class WorkerDiedError(FutureFSMError):
+    """The worker running the task died; the scheduler answered ``worker_died``."""
+
+
+class TaskFailedError(FutureFSMError):
+    """A task failed and its own exception could not be carried back as itself.
+
+    Raised in place of an exception that could not be pickled or unpickled; the
+    message holds the original exception's type and text.
+    """
+
+
+class RemoteTraceback(Exception):
+    """The traceback text of a task's exception, as it was on the scheduler.
+
+    Attached as ``__cause__`` of the exception ``result()`` re-raises, as
+    ``concurrent.futures.ProcessPoolExecutor`` does, so the remote frames print too.
+    """
+
+    def __init__(self, tb: str) -> None:
+        super().__init__(tb)
+        self.tb = tb
+
+    def __str__(self) -> str:
+        return self.tb
