@@ -124,7 +124,8 @@ def main(quick: bool = False) -> int:
     rows = [
         (
             "lifecycle: TaskFuture / stdlib Future",
-            f"{figures['lifecycle_taskfuture_us']:.2f} us / {figures['lifecycle_stdlib_us']:.2f} us",
+            f"{figures['lifecycle_taskfuture_us']:.2f} us"
+            f" / {figures['lifecycle_stdlib_us']:.2f} us",
             figures["lifecycle_ratio"],
             4.0,
         ),

@@ -81,7 +81,14 @@ class TaskFuture(_base.Future):
     ``history``.
     """
 
-    __slots__ = ("_cancel_deadline", "_transport", "cancel_outcome", "fsm_history", "state", "task_id")
+    __slots__ = (
+        "_cancel_deadline",
+        "_transport",
+        "cancel_outcome",
+        "fsm_history",
+        "state",
+        "task_id",
+    )
 
     def __init__(self, task_id: bytes, transport: FutureTransport) -> None:
         super().__init__()
@@ -94,7 +101,9 @@ class TaskFuture(_base.Future):
         self._cancel_deadline = 0.0
 
     def __repr__(self) -> str:
-        return f"<TaskFuture at {id(self):#x} task={self.task_id.hex()[:12]} state={self.state.value}>"
+        return (
+            f"<TaskFuture at {id(self):#x} task={self.task_id.hex()[:12]} state={self.state.value}>"
+        )
 
     # ------------------------------------------------------------------ FSM core
 
@@ -175,8 +184,9 @@ class TaskFuture(_base.Future):
         try:
             trigger = _CONFIRM_TRIGGERS[kind]
         except KeyError:
+            expected = ", ".join(_CONFIRM_TRIGGERS)
             raise ValueError(
-                f"unknown cancel confirm kind {kind!r} (expected one of {', '.join(_CONFIRM_TRIGGERS)})"
+                f"unknown cancel confirm kind {kind!r} (expected one of {expected})"
             ) from None
         return self._fire(trigger)
 

@@ -1,0 +1,117 @@
+"""How functions, arguments, results and failures become bytes (SPEC section 4).
+
+The protocol carries opaque bytes; this module is the one contract between the
+client and the scheduler about what is inside them:
+
+- ``Task.function``: ``dumps(fn)``
+- ``Task.args``: ``dumps((args, kwargs))``; in a graph task, a ``DependencyRef``
+  anywhere in args or kwargs (inside tuples, lists and dict values) stands for the
+  result of the task it names, substituted by the scheduler before the call
+- ``TaskResult(success).payload``: ``dumps(value)``
+- ``TaskResult(failed).payload``: ``encode_failure(exc, tb_text)``
+- ``TaskResult(worker_died).payload``: ``dumps(reason_text)``
+
+The serializer is pluggable: anything with ``dumps(obj) -> bytes`` and
+``loads(bytes) -> obj``; ``PickleSerializer`` (stdlib pickle) is the default.
+"""
+
+from __future__ import annotations
+
+import pickle
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from .errors import RemoteTraceback, TaskFailedError
+
+__all__ = [
+    "DEFAULT_SERIALIZER",
+    "DependencyRef",
+    "PickleSerializer",
+    "Serializer",
+    "decode_failure",
+    "encode_failure",
+    "substitute_dependencies",
+]
+
+
+class Serializer(Protocol):
+    """Turns Python objects into bytes and back."""
+
+    def dumps(self, obj: Any) -> bytes:
+        """Serialize ``obj``; raise if it cannot be."""
+        ...
+
+    def loads(self, data: bytes) -> Any:
+        """Deserialize what ``dumps`` produced."""
+        ...
+
+
+class PickleSerializer:
+    """The default serializer: stdlib ``pickle`` at its highest protocol."""
+
+    def dumps(self, obj: Any) -> bytes:
+        return pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+
+    def loads(self, data: bytes) -> Any:
+        return pickle.loads(data)
+
+
+DEFAULT_SERIALIZER = PickleSerializer()
+
+
+@dataclass(frozen=True, slots=True)
+class DependencyRef:
+    """Placeholder for the result of another task of the same graph."""
+
+    task_id: bytes
+
+
+def substitute_dependencies(obj: Any, results: dict[bytes, Any]) -> Any:
+    """``obj`` with every ``DependencyRef`` replaced by ``results[ref.task_id]``.
+
+    Walks tuples, lists and dict values, as Dask does for graph arguments.
+    """
+    if isinstance(obj, DependencyRef):
+        return results[obj.task_id]
+    if isinstance(obj, tuple):
+        return tuple(substitute_dependencies(item, results) for item in obj)
+    if isinstance(obj, list):
+        return [substitute_dependencies(item, results) for item in obj]
+    if isinstance(obj, dict):
+        return {key: substitute_dependencies(value, results) for key, value in obj.items()}
+    return obj
+
+
+def encode_failure(exc: BaseException, tb_text: str, serializer: Serializer) -> bytes:
+    """The payload of a failed task: the exception itself if it serializes, and
+    always its type, text and remote traceback text."""
+    description = f"{type(exc).__module__}.{type(exc).__qualname__}: {exc}"
+    try:
+        exc_bytes: bytes | None = serializer.dumps(exc)
+    except Exception:
+        exc_bytes = None
+    return serializer.dumps((exc_bytes, description, tb_text))
+
+
+def decode_failure(payload: bytes, serializer: Serializer) -> BaseException:
+    """The exception ``result()`` re-raises for a failed task.
+
+    It is the task's own exception when it could be carried over, with the remote
+    traceback attached as ``__cause__`` (a ``RemoteTraceback``); otherwise a
+    ``TaskFailedError`` describing it. Never raises: a payload that cannot be read
+    becomes a ``TaskFailedError`` that says so.
+    """
+    try:
+        exc_bytes, description, tb_text = serializer.loads(payload)
+    except Exception as error:
+        return TaskFailedError(f"task failed, and its failure payload is unreadable: {error!r}")
+    exc: BaseException | None = None
+    if exc_bytes is not None:
+        try:
+            exc = serializer.loads(exc_bytes)
+        except Exception:
+            exc = None
+    if not isinstance(exc, BaseException):
+        exc = TaskFailedError(f"task failed with {description}")
+    exc.__cause__ = RemoteTraceback(str(tb_text))
+    return exc
