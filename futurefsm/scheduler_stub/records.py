@@ -1,0 +1,217 @@
+"""What the scheduler stub knows about tasks: one ``TaskRecord`` per task, one
+``ClientBook`` per client connection (task ids are per client, SPEC section 4).
+
+Everything here is owned by the stub's I/O thread, with one exception: a worker
+thread claims a record by moving it from ``QUEUED`` to ``RUNNING`` under the stub's
+claim lock, and the I/O thread takes the same lock to move a ``QUEUED`` record to
+``CANCELLED``, so exactly one of "it ran" and "it was removed from the queue" happens.
+
+A task's life in the stub::
+
+    WAITING --(dependencies done)--> QUEUED --(worker claims)--> RUNNING
+    RUNNING --(worker reports)--> DELAYED (result_delay > 0) --(timer)--> DONE
+    RUNNING --(worker reports, no delay)--> DONE
+    any of WAITING, QUEUED, RUNNING, DELAYED --(cancelled or forgotten)--> CANCELLED
+
+A task is *held* (and can be cancelled) until it is DONE or CANCELLED; afterwards a
+``TaskCancel`` for it is answered ``not_found``.
+
+Graphs: a task's ``depends_on`` names tasks of the same client (the same graph, as the
+protocol says). Dependencies may arrive before or after their dependents: a dependent
+whose dependency id is not known yet waits for a task with that id to arrive. The
+outcome of finished graph members (a task with a ``group_id``) is kept for dependents
+that arrive later, for the ``MAX_RETAINED_GROUPS`` most recent groups of the client;
+a dependent of an older, forgotten group member waits until it is cancelled.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from enum import Enum
+from typing import TypeAlias
+
+from ..protocol import ResultStatus, Task, TaskResult
+from .behaviour import Behaviour
+
+__all__ = [
+    "DEPENDENCY_CANCELLED",
+    "MAX_RETAINED_GROUPS",
+    "AfterFinish",
+    "ClientBook",
+    "DependencyCancelled",
+    "Outcome",
+    "TaskRecord",
+    "TaskState",
+]
+
+MAX_RETAINED_GROUPS = 1024
+"""Per client, how many groups keep their finished members' outcomes for late dependents."""
+
+
+class TaskState(Enum):
+    """Where a task is in the stub; see the module docstring."""
+
+    WAITING = "waiting"
+    QUEUED = "queued"
+    RUNNING = "running"
+    DELAYED = "delayed"
+    DONE = "done"
+    CANCELLED = "cancelled"
+
+
+class AfterFinish(Enum):
+    """What happens when a held task finishes, as decided by a ``TaskCancel``."""
+
+    SEND_RESULT = "send_result"
+    SEND_RESULT_THEN_CONFIRM = "send_result_then_confirm"
+    SUPPRESS_RESULT = "suppress_result"
+
+
+class DependencyCancelled(Enum):
+    """The outcome retained for a graph member that was cancelled (one value)."""
+
+    CANCELLED = "cancelled"
+
+
+DEPENDENCY_CANCELLED = DependencyCancelled.CANCELLED
+"""What ``ClientBook.register`` returns, and ``settled`` holds, for a cancelled member."""
+
+Outcome: TypeAlias = TaskResult | DependencyCancelled
+"""How a task ended, as far as its dependents care: its result, or cancelled."""
+
+
+class TaskRecord:
+    """One task the stub received. The worker reads ``function``, ``args``,
+    ``dep_payloads`` and ``behaviour``, all fixed before the record is queued."""
+
+    __slots__ = (
+        "after_finish",
+        "args",
+        "behaviour",
+        "client",
+        "confirms_after_result",
+        "dep_payloads",
+        "dependents",
+        "frame",
+        "function",
+        "group_id",
+        "index",
+        "pending_deps",
+        "result",
+        "state",
+        "task_id",
+    )
+
+    def __init__(self, client: bytes, task: Task, behaviour: Behaviour, index: int) -> None:
+        self.client = client
+        self.task_id = task.task_id
+        self.group_id = task.group_id
+        self.function = task.function
+        self.args = task.args
+        self.behaviour = behaviour
+        self.index = index
+        """The Task's arrival index across the stub."""
+        self.state = TaskState.WAITING
+        self.after_finish = AfterFinish.SEND_RESULT
+        self.confirms_after_result = 0
+        self.pending_deps: set[bytes] = set()
+        self.dep_payloads: dict[bytes, bytes] = {}
+        """Dependency id -> its success payload, substituted for its DependencyRef."""
+        self.dependents: list[TaskRecord] = []
+        self.result: TaskResult | None = None
+        self.frame: bytes | None = None
+        """``result`` encoded, when the worker already did it."""
+
+    def __repr__(self) -> str:
+        return f"<TaskRecord {self.task_id.hex()} #{self.index} {self.state.value}>"
+
+
+class ClientBook:
+    """The tasks of one client connection, and how its graphs hang together."""
+
+    __slots__ = ("groups", "identity", "live", "settled", "waiting_for_unknown")
+
+    def __init__(self, identity: bytes) -> None:
+        self.identity = identity
+        self.live: dict[bytes, TaskRecord] = {}
+        """Held tasks (not DONE nor CANCELLED) by task id."""
+        self.groups: OrderedDict[bytes, list[bytes]] = OrderedDict()
+        """Group id -> ids of its members, oldest group first."""
+        self.settled: dict[bytes, Outcome] = {}
+        """Outcome of finished or cancelled graph members, for dependents that arrive
+        later."""
+        self.waiting_for_unknown: dict[bytes, list[TaskRecord]] = {}
+        """Dependency id not seen yet -> the dependents waiting for it."""
+
+    def knows(self, task_id: bytes) -> bool:
+        """True if ``task_id`` is held or is a retained graph member."""
+        return task_id in self.live or task_id in self.settled
+
+    def register(self, record: TaskRecord, depends_on: tuple[bytes, ...]) -> Outcome | None:
+        """Add a new task and wire it into its graph.
+
+        Returns None if ``record`` can go on (it must wait while ``record.pending_deps``
+        is not empty), else the outcome of a dependency that did not succeed: a failed
+        or worker_died result (``record`` must end the same way without running) or
+        ``DEPENDENCY_CANCELLED`` (``record`` must be cancelled).
+        """
+        task_id = record.task_id
+        self.live[task_id] = record
+        if record.group_id is not None:
+            members = self.groups.get(record.group_id)
+            if members is None:
+                members = self.groups[record.group_id] = []
+                self._forget_old_groups()
+            members.append(task_id)
+        record.dependents.extend(self.waiting_for_unknown.pop(task_id, ()))
+        for dep in depends_on:
+            if dep in self.settled:
+                outcome = self.settled[dep]
+                if outcome is DEPENDENCY_CANCELLED or outcome.status is not ResultStatus.SUCCESS:
+                    record.pending_deps.clear()
+                    return outcome
+                record.dep_payloads[dep] = outcome.payload
+            elif dep in self.live:
+                self.live[dep].dependents.append(record)
+                record.pending_deps.add(dep)
+            else:
+                self.waiting_for_unknown.setdefault(dep, []).append(record)
+                record.pending_deps.add(dep)
+        return None
+
+    def settle(self, record: TaskRecord, outcome: Outcome) -> list[TaskRecord]:
+        """``record`` finished (or was cancelled) with ``outcome``.
+
+        Retains the outcome for late dependents if ``record`` is a graph member, and
+        returns (and detaches) its dependents that still wait.
+        """
+        if record.group_id is not None and record.group_id in self.groups:
+            self.settled[record.task_id] = outcome
+        dependents = [d for d in record.dependents if d.state is TaskState.WAITING]
+        record.dependents = []
+        return dependents
+
+    def release(self, record: TaskRecord) -> None:
+        """``record`` is no longer held (DONE or CANCELLED)."""
+        if self.live.get(record.task_id) is record:
+            del self.live[record.task_id]
+
+    def group_members(self, group_id: bytes) -> list[TaskRecord] | None:
+        """The held members of a known group (possibly none); None for an unknown id."""
+        members = self.groups.get(group_id)
+        if members is None:
+            return None
+        return [self.live[m] for m in members if m in self.live]
+
+    def _forget_old_groups(self) -> None:
+        """Keep at most ``MAX_RETAINED_GROUPS`` groups, forgetting the oldest settled ones."""
+        if len(self.groups) <= MAX_RETAINED_GROUPS:
+            return
+        for group_id, members in list(self.groups.items()):
+            if len(self.groups) <= MAX_RETAINED_GROUPS:
+                break
+            if any(m in self.live for m in members):
+                continue  # still running: its dependents need it
+            del self.groups[group_id]
+            for member in members:
+                self.settled.pop(member, None)

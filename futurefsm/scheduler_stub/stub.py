@@ -1,0 +1,633 @@
+"""``SchedulerStub``: a real ZeroMQ scheduler that runs tasks on threads (SPEC section 6).
+
+Theory of operation
+-------------------
+Threads: one I/O thread owns the ROUTER socket and every piece of task bookkeeping
+(``records.ClientBook`` per client identity). ``workers`` worker threads take queued
+tasks from a ``queue.SimpleQueue``, run them, and post their results to an ``Inbox``
+(a deque plus an inproc PUSH/PULL wake-up) that the I/O thread drains; the public
+methods that change things (``disconnect_all``, ``stop``) post to the same inbox. Only
+the move of a queued task to running (by a worker) or to cancelled (by the I/O thread)
+is shared, and it happens under one small claim lock.
+
+The I/O thread polls the ROUTER and the inbox, with a timeout that is the next due
+``result_delay`` timer (a heap), so a delayed result blocks nothing.
+
+Every message is accounted for: the ROUTER is ``ROUTER_MANDATORY`` with unlimited high
+water marks, so a message to a peer that is gone raises ``EHOSTUNREACH``, which is
+counted as ``unroutable`` and logged; nothing is dropped silently. Bad input (a frame
+that does not decode, a wrong frame count, a message a scheduler should never get, a
+reused task id) is counted as ``protocol_errors``, logged, and otherwise ignored.
+
+Lifecycle: the constructor binds the socket and starts every thread, so a stub serves
+as soon as it exists; ``stop()`` (or leaving the ``with`` block) ends it.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import math
+import re
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from typing import Any, Literal
+
+import zmq
+
+from ..protocol import (
+    ConfirmKind,
+    Disconnect,
+    Heartbeat,
+    HeartbeatEcho,
+    Message,
+    ProtocolError,
+    ResultStatus,
+    Task,
+    TaskCancel,
+    TaskCancelConfirm,
+    TaskResult,
+    decode,
+    encode,
+)
+from ..serializer import DEFAULT_SERIALIZER, Serializer
+from .behaviour import DEFAULT_BEHAVIOUR, Behaviour, BehaviourSource, OnCancel
+from .records import (
+    DEPENDENCY_CANCELLED,
+    AfterFinish,
+    ClientBook,
+    TaskRecord,
+    TaskState,
+)
+from .workers import Inbox, WorkerPool
+
+__all__ = ["LogRecord", "SchedulerStub"]
+
+logger = logging.getLogger("futurefsm.scheduler_stub")
+
+_LOUD_WARNINGS = 10
+"""Protocol errors and unroutable messages are logged at warning level this many
+times, then at debug level (a fuzzing client must not flood the log)."""
+
+_ROUTER_BATCH = 1000
+"""Messages read from the ROUTER in a row before the inbox gets a look."""
+
+_CLOSE_LINGER_MS = 50
+"""How long ``stop()`` lets queued outgoing messages flush when closing the socket."""
+
+_STAT_NAMES = (
+    "tasks_received",
+    "results_sent",
+    "confirms_sent",
+    "protocol_errors",
+    "unroutable",
+    "heartbeats_answered",
+    "heartbeats_ignored",
+    "cancels_received",
+    "disconnects_received",
+    "disconnects_sent",
+    "results_discarded",
+    "results_dropped",
+    "internal_errors",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class LogRecord:
+    """One message the stub received ("in") or handed to its socket ("out")."""
+
+    direction: Literal["in", "out"]
+    client: bytes
+    """The client's ROUTER identity."""
+    message: Message
+    time: float
+    """``time.monotonic()`` when it was received or sent."""
+
+
+def _bind_endpoint(address: str) -> str:
+    """The endpoint to bind: a TCP port 0 means any free port (``*`` in ZeroMQ)."""
+    match = re.fullmatch(r"(tcp://.+):0", address)
+    return f"{match.group(1)}:*" if match else address
+
+
+def _connectable(endpoint: str) -> str:
+    """A bound endpoint as a peer on this host can connect to it (no wildcard host)."""
+    endpoint = re.sub(r"^tcp://(0\.0\.0\.0|\*):", "tcp://127.0.0.1:", endpoint)
+    return re.sub(r"^tcp://\[::\]:", "tcp://[::1]:", endpoint)
+
+
+class SchedulerStub:
+    """A ZeroMQ ROUTER scheduler that unpickles and runs tasks on worker threads.
+
+    ``address``: where to bind; ``tcp://HOST:0`` picks a free port. ``workers``: worker
+    threads. ``behaviour``: one ``Behaviour`` for every task, a callable from a Task's
+    arrival index (0, 1, 2, ... across the stub) to its Behaviour, or None (no faults).
+    ``serializer``: must match the clients' (stdlib pickle by default). ``log_limit``:
+    how many records ``log`` keeps (the oldest go first; None keeps all).
+
+    Binds and starts serving on construction. Use as a context manager, or call
+    ``stop()``.
+    """
+
+    def __init__(
+        self,
+        address: str = "tcp://127.0.0.1:0",
+        *,
+        workers: int = 4,
+        behaviour: BehaviourSource = None,
+        serializer: Serializer | None = None,
+        log_limit: int | None = 100_000,
+    ) -> None:
+        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+            raise ValueError(f"workers: expected an int >= 1, got {workers!r}")
+        if behaviour is None:
+            behaviour = DEFAULT_BEHAVIOUR
+        if isinstance(behaviour, Behaviour):
+            self._behaviour: Behaviour | None = behaviour
+            self._behaviour_fn: Callable[[int], Behaviour] | None = None
+        elif callable(behaviour):
+            self._behaviour, self._behaviour_fn = None, behaviour
+        else:
+            raise TypeError(
+                f"behaviour: expected a Behaviour, a callable or None, got {behaviour!r}"
+            )
+        self._serializer = serializer if serializer is not None else DEFAULT_SERIALIZER
+        self._answer_heartbeats = self._behaviour is None or self._behaviour.answer_heartbeats
+
+        # Owned by the I/O thread once it runs.
+        self._clients: dict[bytes, ClientBook] = {}
+        self._arrivals = 0
+        self._timers: list[tuple[float, int, TaskRecord]] = []
+        self._timer_seq = itertools.count()
+        self._running = True
+        self._loud_warnings = _LOUD_WARNINGS
+
+        # Shared: the claim lock (see records.py); log and stats under the records lock.
+        self._claim_lock = threading.Lock()
+        self._records_lock = threading.Lock()
+        self._log: deque[LogRecord] = deque(maxlen=log_limit)
+        self._stats = dict.fromkeys(_STAT_NAMES, 0)
+        self._lifecycle_lock = threading.Lock()
+        self._stopped = False
+
+        name = f"futurefsm-stub-{id(self):x}"
+        self._context: zmq.Context[Any] = zmq.Context()
+        try:
+            self._router = self._context.socket(zmq.ROUTER)
+            self._router.setsockopt(zmq.ROUTER_MANDATORY, 1)
+            self._router.setsockopt(zmq.SNDHWM, 0)
+            self._router.setsockopt(zmq.RCVHWM, 0)
+            self._router.bind(_bind_endpoint(address))
+            self.address: str = _connectable(self._router.getsockopt(zmq.LAST_ENDPOINT).decode())
+            """The bound address, as a client on this host connects to it."""
+            self._inbox = Inbox(self._context, name)
+        except BaseException:
+            self._context.destroy(linger=0)
+            raise
+        self._pool = WorkerPool(workers, self._serializer, self._claim, self._report, name)
+        self._io_thread = threading.Thread(target=self._run, name=f"{name}-io", daemon=True)
+        self._io_thread.start()
+
+    # ------------------------------------------------------------------ public API
+
+    def __enter__(self) -> SchedulerStub:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        state = "stopped" if self._stopped else "serving"
+        return f"<SchedulerStub {self.address} {state}>"
+
+    @property
+    def log(self) -> list[LogRecord]:
+        """A snapshot of every message in and out, oldest first (thread-safe)."""
+        with self._records_lock:
+            return list(self._log)
+
+    def stats(self) -> dict[str, int]:
+        """A snapshot of the counters: tasks_received, results_sent, confirms_sent,
+        protocol_errors, unroutable, heartbeats_answered, heartbeats_ignored,
+        cancels_received, disconnects_received, disconnects_sent, results_discarded
+        (of cancelled, ignored or forgotten tasks), results_dropped (``drop_result``),
+        internal_errors, and clients (currently known)."""
+        with self._records_lock:
+            stats = dict(self._stats)
+        stats["clients"] = len(self._clients)
+        return stats
+
+    @property
+    def answer_heartbeats(self) -> bool:
+        """Whether heartbeats are answered now.
+
+        Starts as the single Behaviour's ``answer_heartbeats`` (True for a callable).
+        With a callable behaviour, every arriving Task sets it from its Behaviour. Set
+        it to make the stub go silent or speak again (a callable's next Task overrides).
+        """
+        return self._answer_heartbeats
+
+    @answer_heartbeats.setter
+    def answer_heartbeats(self, value: bool) -> None:
+        # A plain attribute the I/O thread reads per heartbeat: one atomic store.
+        self._answer_heartbeats = bool(value)
+
+    def disconnect_all(self, timeout: float = 5.0) -> int:
+        """Simulate the scheduler going away: send ``Disconnect`` to every client heard
+        from, forget all tasks (results of running ones are discarded), keep serving.
+
+        Returns how many clients were sent a Disconnect, once that is done. Raises
+        ``RuntimeError`` if the stub is stopped, ``TimeoutError`` if the I/O thread did
+        not get to it within ``timeout``.
+        """
+        done = threading.Event()
+        count: list[int] = []
+
+        def disconnect_all_now() -> None:
+            count.append(self._disconnect_all_now())
+            done.set()
+
+        if self._stopped or not self._inbox.post(disconnect_all_now):
+            raise RuntimeError("the scheduler stub is stopped")
+        if not done.wait(timeout):
+            raise TimeoutError(f"disconnect_all did not complete within {timeout} s")
+        return count[0]
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Go away silently: stop serving, close the socket, stop the threads.
+
+        Clients are not told (they notice by heartbeat timeout). Idempotent. Waits at
+        most about ``timeout`` seconds: a worker still inside a task that does not
+        return by then is left to finish on its own (it is a daemon thread and its
+        result goes nowhere).
+        """
+        with self._lifecycle_lock:
+            if self._stopped:
+                return
+            self._stopped = True
+        deadline = time.monotonic() + timeout
+        self._inbox.post(self._request_exit)
+        self._io_thread.join(max(0.0, deadline - time.monotonic()))
+        busy = self._pool.stop(deadline)
+        if busy:
+            logger.warning("scheduler stub stopped with workers still in a task: %s", busy)
+        if self._io_thread.is_alive():  # should not happen: its handlers never block
+            logger.error("scheduler stub: I/O thread did not exit; leaving its context open")
+            return
+        self._inbox.close()
+        self._context.term()
+
+    # ------------------------------------------------------------------ I/O thread
+
+    def _run(self) -> None:
+        poller = zmq.Poller()
+        poller.register(self._router, zmq.POLLIN)
+        poller.register(self._inbox.reader, zmq.POLLIN)
+        try:
+            while self._running:
+                ready = dict(poller.poll(self._poll_timeout_ms()))
+                if self._router in ready:
+                    self._drain_router()
+                if self._inbox.reader in ready:
+                    for item in self._inbox.drain():
+                        self._guarded(item)
+                self._fire_due_timers()
+        except Exception:  # only a broken poller gets here; the handlers are guarded
+            logger.exception("scheduler stub: I/O thread failed")
+        finally:
+            self._router.close(linger=_CLOSE_LINGER_MS)
+            self._inbox.reader.close(linger=0)
+
+    def _request_exit(self) -> None:
+        self._running = False
+
+    def _poll_timeout_ms(self) -> int | None:
+        if not self._timers:
+            return None
+        return max(0, math.ceil((self._timers[0][0] - time.monotonic()) * 1000))
+
+    def _guarded(self, handler: Callable[..., None], *args: Any) -> None:
+        """Run a handler; whatever it raises is logged and counted, never fatal."""
+        try:
+            handler(*args)
+        except Exception:
+            logger.exception("scheduler stub: internal error in %r", handler)
+            self._count("internal_errors")
+
+    def _drain_router(self) -> None:
+        for _ in range(_ROUTER_BATCH):
+            try:
+                frames = self._router.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            self._guarded(self._on_frames, frames)
+
+    def _on_frames(self, frames: list[bytes]) -> None:
+        identity = frames[0]
+        if len(frames) != 2:
+            self._protocol_error(
+                identity, f"expected 1 message frame, got a multipart of {len(frames) - 1}"
+            )
+            return
+        try:
+            message = decode(frames[1])
+        except ProtocolError as exc:
+            self._protocol_error(identity, str(exc))
+            return
+        self._note("in", identity, message)
+        kind = type(message)
+        if kind is Task:
+            self._on_task(identity, message)
+        elif kind is TaskCancel:
+            self._on_cancel(identity, message)
+        elif kind is Heartbeat:
+            self._on_heartbeat(identity, message)
+        elif kind is Disconnect:
+            self._on_disconnect(identity)
+        else:
+            self._protocol_error(identity, f"a scheduler does not accept {kind.__name__}")
+
+    # -- inbound messages
+
+    def _on_task(self, identity: bytes, task: Task) -> None:
+        index = self._arrivals
+        self._arrivals += 1
+        behaviour = self._behaviour_for(index)
+        if self._behaviour_fn is not None:
+            self._answer_heartbeats = behaviour.answer_heartbeats
+        book = self._book(identity)
+        if book.knows(task.task_id):
+            self._protocol_error(identity, f"task id {task.task_id.hex()} is already in use")
+            return
+        record = TaskRecord(identity, task, behaviour, index)
+        blocked_by = book.register(record, task.depends_on)
+        if blocked_by is DEPENDENCY_CANCELLED:
+            self._cancel_record(record, confirms=1)
+        elif blocked_by is not None:
+            self._finish(record, TaskResult(record.task_id, blocked_by.status, blocked_by.payload))
+        elif not record.pending_deps:
+            self._enqueue(record)
+
+    def _on_cancel(self, identity: bytes, cancel: TaskCancel) -> None:
+        self._count("cancels_received")
+        book = self._book(identity)
+        record = book.live.get(cancel.task_id)
+        if record is not None:
+            self._cancel_held(record, cancel.force)
+            return
+        members = book.group_members(cancel.task_id)
+        if members is None:
+            self._send_confirm(identity, cancel.task_id, ConfirmKind.NOT_FOUND)
+            return
+        # A group cancel: each held member is cancelled as if forced, and confirmed on
+        # its own id. Members that finished get nothing; cancelling one member may have
+        # cancelled its dependents already, hence the state check.
+        for member in members:
+            if member.state not in (TaskState.DONE, TaskState.CANCELLED):
+                self._cancel_held(member, force=True)
+
+    def _on_heartbeat(self, identity: bytes, heartbeat: Heartbeat) -> None:
+        self._book(identity)
+        if self._answer_heartbeats:
+            self._send(identity, HeartbeatEcho(heartbeat.seq))
+        else:
+            self._count("heartbeats_ignored")
+
+    def _on_disconnect(self, identity: bytes) -> None:
+        self._count("disconnects_received")
+        book = self._clients.pop(identity, None)
+        if book is not None:
+            self._forget(book)
+
+    # -- cancellation
+
+    def _cancel_held(self, record: TaskRecord, force: bool) -> None:
+        """Answer a TaskCancel for a held task, as its Behaviour's ``on_cancel`` says."""
+        mode = record.behaviour.on_cancel
+        if mode is OnCancel.CONFIRM or mode is OnCancel.DUPLICATE:
+            times = 2 if mode is OnCancel.DUPLICATE else 1
+            if self._unqueue(record) or force:
+                self._cancel_record(record, confirms=times)
+            else:
+                self._send_confirm(record.client, record.task_id, ConfirmKind.CANCEL_FAILED, times)
+        elif mode is OnCancel.RESULT_THEN_CONFIRM:
+            record.after_finish = AfterFinish.SEND_RESULT_THEN_CONFIRM
+            record.confirms_after_result += 1
+        elif mode is OnCancel.CONFIRM_THEN_RESULT:
+            self._send_confirm(record.client, record.task_id, ConfirmKind.CANCELED)
+        elif mode is OnCancel.CANCEL_FAILED:
+            self._send_confirm(record.client, record.task_id, ConfirmKind.CANCEL_FAILED)
+        elif mode is OnCancel.NOT_FOUND:
+            self._send_confirm(record.client, record.task_id, ConfirmKind.NOT_FOUND)
+        else:  # OnCancel.IGNORE
+            record.after_finish = AfterFinish.SUPPRESS_RESULT
+
+    def _unqueue(self, record: TaskRecord) -> bool:
+        """Take a task that has not started out of the way; False if it has started."""
+        if record.state is TaskState.WAITING:
+            return True
+        if record.state is TaskState.QUEUED:
+            with self._claim_lock:
+                if record.state is TaskState.QUEUED:  # else a worker just claimed it
+                    record.state = TaskState.CANCELLED
+                    return True
+        return False
+
+    def _cancel_record(self, record: TaskRecord, confirms: int) -> None:
+        """Cancel a held task (its result, if it is running, is discarded) and confirm
+        ``canceled``; then its waiting dependents, transitively, each confirmed once
+        (they cannot run without it, whatever their own ``on_cancel``)."""
+        book = self._clients[record.client]
+        pending = [(record, confirms)]
+        while pending:
+            record, times = pending.pop()
+            # A worker may claim a queued task first: then it is running, and it is
+            # cancelled as running (its result discarded).
+            self._unqueue(record)
+            record.state = TaskState.CANCELLED
+            book.release(record)
+            self._send_confirm(record.client, record.task_id, ConfirmKind.CANCELED, times)
+            pending.extend((d, 1) for d in book.settle(record, DEPENDENCY_CANCELLED))
+
+    def _forget(self, book: ClientBook) -> None:
+        """Drop every held task of a client without a word; running results are discarded."""
+        with self._claim_lock:
+            for record in book.live.values():
+                record.state = TaskState.CANCELLED
+        book.live.clear()
+
+    def _disconnect_all_now(self) -> int:
+        clients = list(self._clients.values())
+        self._clients.clear()
+        for book in clients:
+            self._forget(book)
+            self._send(book.identity, Disconnect())
+        return len(clients)
+
+    # -- running and finishing
+
+    def _enqueue(self, record: TaskRecord) -> None:
+        record.state = TaskState.QUEUED
+        self._pool.submit(record)
+
+    def _claim(self, record: TaskRecord) -> bool:
+        """Called by a worker before it runs ``record``."""
+        with self._claim_lock:
+            if record.state is not TaskState.QUEUED:
+                return False
+            record.state = TaskState.RUNNING
+            return True
+
+    def _report(self, record: TaskRecord, result: TaskResult, frame: bytes) -> None:
+        """Called by a worker with a task's outcome: hand it to the I/O thread."""
+        self._inbox.post(partial(self._on_task_done, record, result, frame))
+
+    def _on_task_done(self, record: TaskRecord, result: TaskResult, frame: bytes) -> None:
+        if record.state is TaskState.CANCELLED:
+            self._count("results_discarded")
+            return
+        self._finish(record, result, frame)
+
+    def _finish(self, record: TaskRecord, result: TaskResult, frame: bytes | None = None) -> None:
+        """A held task ended with ``result``: release its dependents (or fail them with
+        the same status and payload, transitively), then send or delay the result."""
+        book = self._clients[record.client]
+        pending = [(record, result, frame)]
+        while pending:
+            record, result, frame = pending.pop()
+            for dependent in book.settle(record, result):
+                if result.status is ResultStatus.SUCCESS:
+                    dependent.dep_payloads[record.task_id] = result.payload
+                    dependent.pending_deps.discard(record.task_id)
+                    if not dependent.pending_deps:
+                        self._enqueue(dependent)
+                else:
+                    failed = TaskResult(dependent.task_id, result.status, result.payload)
+                    pending.append((dependent, failed, None))
+            record.result, record.frame = result, frame
+            delay = record.behaviour.result_delay
+            if delay > 0:
+                record.state = TaskState.DELAYED
+                due = time.monotonic() + delay
+                heapq.heappush(self._timers, (due, next(self._timer_seq), record))
+            else:
+                self._deliver(record)
+
+    def _fire_due_timers(self) -> None:
+        now = time.monotonic()
+        while self._timers and self._timers[0][0] <= now:
+            record = heapq.heappop(self._timers)[2]
+            if record.state is TaskState.DELAYED:
+                self._guarded(self._deliver, record)
+            else:  # cancelled (or forgotten) during its delay
+                self._count("results_discarded")
+
+    def _deliver(self, record: TaskRecord) -> None:
+        """Send a finished task's result as its Behaviour and any TaskCancel say."""
+        record.state = TaskState.DONE
+        book = self._clients[record.client]
+        book.release(record)
+        result = record.result
+        assert result is not None
+        if record.after_finish is AfterFinish.SUPPRESS_RESULT:
+            self._count("results_discarded")
+            return
+        behaviour = record.behaviour
+        if behaviour.drop_result:
+            self._count("results_dropped")
+        else:
+            frame = record.frame if record.frame is not None else encode(result)
+            for _ in range(2 if behaviour.duplicate_result else 1):
+                self._send(record.client, result, frame)
+        if record.after_finish is AfterFinish.SEND_RESULT_THEN_CONFIRM:
+            confirms = record.confirms_after_result
+            self._send_confirm(record.client, record.task_id, ConfirmKind.CANCELED, confirms)
+        record.result = record.frame = None
+
+    # -- helpers
+
+    def _book(self, identity: bytes) -> ClientBook:
+        book = self._clients.get(identity)
+        if book is None:
+            book = self._clients[identity] = ClientBook(identity)
+        return book
+
+    def _behaviour_for(self, index: int) -> Behaviour:
+        if self._behaviour is not None:
+            return self._behaviour
+        assert self._behaviour_fn is not None
+        try:
+            behaviour = self._behaviour_fn(index)
+            if not isinstance(behaviour, Behaviour):
+                raise TypeError(f"expected a Behaviour, got {behaviour!r}")
+        except Exception:
+            logger.exception("scheduler stub: behaviour(%d) failed; using no faults", index)
+            self._count("internal_errors")
+            return DEFAULT_BEHAVIOUR
+        return behaviour
+
+    def _send_confirm(
+        self, identity: bytes, task_id: bytes, kind: ConfirmKind, times: int = 1
+    ) -> None:
+        confirm = TaskCancelConfirm(task_id, kind)
+        frame = encode(confirm)
+        for _ in range(times):
+            self._send(identity, confirm, frame)
+
+    def _send(self, identity: bytes, message: Message, frame: bytes | None = None) -> None:
+        if frame is None:
+            frame = encode(message)
+        try:
+            self._router.send_multipart((identity, frame), zmq.NOBLOCK)
+        except zmq.ZMQError as exc:
+            # EHOSTUNREACH: the peer is gone (ROUTER_MANDATORY). EAGAIN cannot happen with
+            # no high water mark, but is accounted for the same way if it does.
+            self._count("unroutable")
+            self._warn(
+                "scheduler stub: could not send %s to client %r: %s",
+                type(message).__name__,
+                identity,
+                exc.strerror,
+            )
+            return
+        self._note("out", identity, message)
+
+    def _note(self, direction: Literal["in", "out"], identity: bytes, message: Message) -> None:
+        record = LogRecord(direction, identity, message, time.monotonic())
+        stat = _OUT_STATS.get(type(message)) if direction == "out" else None
+        with self._records_lock:
+            self._log.append(record)
+            if stat is not None:
+                self._stats[stat] += 1
+            elif direction == "in" and type(message) is Task:
+                self._stats["tasks_received"] += 1
+
+    def _count(self, stat: str) -> None:
+        with self._records_lock:
+            self._stats[stat] += 1
+
+    def _protocol_error(self, identity: bytes, what: str) -> None:
+        self._count("protocol_errors")
+        self._warn("scheduler stub: protocol error from client %r: %s", identity, what)
+
+    def _warn(self, message: str, *args: Any) -> None:
+        if self._loud_warnings > 0:
+            self._loud_warnings -= 1
+            if self._loud_warnings == 0:
+                message += " (further such messages are logged at debug level)"
+            logger.warning(message, *args)
+        else:
+            logger.debug(message, *args)
+
+
+_OUT_STATS: dict[type[Any], str] = {
+    TaskResult: "results_sent",
+    TaskCancelConfirm: "confirms_sent",
+    HeartbeatEcho: "heartbeats_answered",
+    Disconnect: "disconnects_sent",
+}
