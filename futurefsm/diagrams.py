@@ -1,0 +1,630 @@
+"""Diagrams and docs generated from the one transition table (``futurefsm diagrams``).
+
+Everything here is derived from ``futurefsm.fsm.table.TRANSITION_TABLE``:
+
+- ``future.mmd``: a Mermaid ``stateDiagram-v2`` (GitHub renders it; the README shows it);
+- ``future.dot``: the same diagram in Graphviz DOT, and ``future.svg`` rendered from it
+  when the ``dot`` program is installed (nothing else needs Graphviz);
+- ``transitions.md``: the table of SPEC section 2 as markdown, plus which protocol
+  message or local event is behind each trigger (``TRIGGER_SOURCES``).
+
+The output is deterministic: states and triggers are always walked in their Enum order
+and nothing carries a timestamp, so a test can compare the committed files with fresh
+ones byte for byte.
+
+How the table is drawn
+----------------------
+Cells that change the state become edges labelled ``trigger [OUTCOME] / effect``; cells
+between the same two states are merged into one edge with one line per trigger. The
+cells that keep the state (the stale self-loops and the few internal "no change" cells,
+such as ``user_cancel`` while a cancel is in flight) would bury the main flow under 23
+loops, so each state gets at most one discreet loop (dashed and grey in DOT) that names
+the non-stale triggers and only counts the stale ones; ``transitions.md`` has the detail.
+
+``path_diagram`` draws the same diagram with one future's history on it: visited states
+filled, taken edges emphasised and each taken line numbered with its step(s).
+
+Why not ``transitions.extensions.diagrams``: its graphviz engines need the pygraphviz or
+graphviz packages (not dependencies of futurefsm), and its Mermaid engine, which needs
+nothing, labels edges with trigger names only (no outcome or effect), draws every stale
+trigger as a full self-loop and marks some model's current state as active. The DOT and
+Mermaid text is simple enough to write directly. This module is never imported by
+``futurefsm.fsm`` or ``futurefsm.client``: drawing is not on the runtime path.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, NamedTuple
+
+from .fsm.machine import HistoryEntry
+from .fsm.table import (
+    TERMINAL_STATES,
+    TRANSITION_TABLE,
+    CancelOutcome,
+    Effect,
+    FutureState,
+    Trigger,
+)
+
+__all__ = [
+    "EFFECT_LABELS",
+    "README_END",
+    "README_START",
+    "TRIGGER_SOURCES",
+    "Edge",
+    "HistoryLike",
+    "TriggerSource",
+    "dot",
+    "edges",
+    "generate",
+    "main",
+    "mermaid",
+    "path_diagram",
+    "stale_triggers",
+    "transitions_markdown",
+    "update_readme",
+    "write_path_diagram",
+]
+
+README_START = "<!-- futurefsm:diagram:start -->"
+"""Marker opening the README block that ``update_readme`` keeps equal to future.mmd."""
+README_END = "<!-- futurefsm:diagram:end -->"
+"""Marker closing that README block."""
+
+
+class TriggerSource(NamedTuple):
+    """What fires a trigger: an inbound protocol message or a local event."""
+
+    kind: Literal["inbound", "local"]
+    what: str
+    """The message (with the field value that selects the trigger) or the event, markdown."""
+
+
+TRIGGER_SOURCES: dict[Trigger, TriggerSource] = {
+    Trigger.SENT: TriggerSource(
+        "local", "the `Task` message was handed to the transport (the I/O thread sent it)"
+    ),
+    Trigger.USER_CANCEL: TriggerSource(
+        "local", "the user called `TaskFuture.cancel()` (or `Client.cancel()` / `close()`)"
+    ),
+    Trigger.RECV_RESULT: TriggerSource(
+        "inbound", "`TaskResult` of any `status`: `success`, `failed` or `worker_died`"
+    ),
+    Trigger.RECV_CONFIRM_CANCELED: TriggerSource("inbound", "`TaskCancelConfirm(kind=canceled)`"),
+    Trigger.RECV_CONFIRM_NOT_FOUND: TriggerSource("inbound", "`TaskCancelConfirm(kind=not_found)`"),
+    Trigger.RECV_CONFIRM_CANCEL_FAILED: TriggerSource(
+        "inbound", "`TaskCancelConfirm(kind=cancel_failed)`"
+    ),
+    Trigger.CANCEL_TIMED_OUT: TriggerSource(
+        "local", "the cancel deadline (`cancel(timeout)` or the client's `cancel_timeout`) passed"
+    ),
+    Trigger.CONNECTION_LOST: TriggerSource(
+        "local",
+        "no `HeartbeatEcho` within `connection_timeout`, or the scheduler went away",
+    ),
+}
+"""The protocol message or local event behind each trigger (the second table of
+transitions.md). A test checks that every ``Trigger`` has an entry."""
+
+EFFECT_LABELS: dict[Effect, str] = {
+    Effect.NONE: "",
+    Effect.STALE: "stale: nothing changes; counted and logged",
+    Effect.SEND_CANCEL: "send TaskCancel",
+    Effect.RESOLVE: "set result",
+    Effect.FAIL_CONNECTION_LOST: "set ConnectionLostError",
+}
+"""How each ``Effect`` reads on an edge label and in transitions.md."""
+
+_STATES: tuple[FutureState, ...] = tuple(FutureState)
+_TRIGGERS: tuple[Trigger, ...] = tuple(Trigger)
+
+
+# ---------------------------------------------------------------------------
+# The table as edges
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Edge:
+    """One drawn edge: the table cells from ``source`` that lead to ``dest``.
+
+    An edge between two states carries every trigger that moves ``source`` to ``dest``.
+    A self-loop (``quiet``) carries the internal cells of ``source`` that are not stale
+    (they keep the state, like a second ``user_cancel``). Stale cells are not edges:
+    each state box only counts them (``stale_triggers``).
+    """
+
+    source: FutureState
+    dest: FutureState
+    triggers: tuple[Trigger, ...]
+
+    @property
+    def quiet(self) -> bool:
+        """True for the self-loop of internal cells that are not stale."""
+        return self.source is self.dest
+
+
+def stale_triggers(state: FutureState) -> tuple[Trigger, ...]:
+    """The triggers that are stale in ``state``, in ``Trigger`` order."""
+    return tuple(t for t in _TRIGGERS if TRANSITION_TABLE[state, t].effect is Effect.STALE)
+
+
+def edges() -> list[Edge]:
+    """The table's non-stale cells as edges, in a stable order.
+
+    Sources in state order; from each, destinations in the order of the first trigger
+    (in ``Trigger`` order) that leads there; the state's quiet self-loop, if any, last.
+    """
+    result: list[Edge] = []
+    for source in _STATES:
+        by_dest: dict[FutureState, list[Trigger]] = {}
+        for trigger in _TRIGGERS:
+            cell = TRANSITION_TABLE[source, trigger]
+            if cell.effect is not Effect.STALE:
+                by_dest.setdefault(cell.dest, []).append(trigger)
+        loop = by_dest.pop(source, None)
+        result.extend(Edge(source, dest, tuple(trigs)) for dest, trigs in by_dest.items())
+        if loop:
+            result.append(Edge(source, source, tuple(loop)))
+    return result
+
+
+def _cell_label(source: FutureState, trigger: Trigger) -> str:
+    """``trigger [OUTCOME] / effect`` for one cell; ``(stale)`` or ``(no change)`` on loops."""
+    cell = TRANSITION_TABLE[source, trigger]
+    label = trigger.value
+    if cell.outcome is not None:
+        label += f" [{cell.outcome.name}]"
+    if cell.effect is Effect.STALE:
+        return label + " (stale)"
+    if cell.dest is source:
+        return label + " (no change)"
+    effect = EFFECT_LABELS[cell.effect]
+    return f"{label} / {effect}" if effect else label
+
+
+def _stale_label(state: FutureState) -> str:
+    count = len(stale_triggers(state))
+    return f"stale: {count} trigger{'s' if count != 1 else ''}" if count else ""
+
+
+# ---------------------------------------------------------------------------
+# Paths: which cells and states a history took
+# ---------------------------------------------------------------------------
+
+HistoryLike = Iterable[
+    HistoryEntry | tuple[float, Trigger | str, FutureState | str, FutureState | str]
+]
+"""A future's history: ``HistoryEntry`` tuples or raw ``(time, trigger, source, dest)``."""
+
+
+@dataclass(frozen=True)
+class _Path:
+    """A history indexed for drawing: the 1-based step numbers of each table cell."""
+
+    steps: dict[tuple[FutureState, Trigger], tuple[int, ...]]
+    visited: frozenset[FutureState]
+    last: FutureState | None
+
+
+def _as_path(history: HistoryLike) -> _Path:
+    steps: dict[tuple[FutureState, Trigger], list[int]] = {}
+    visited: set[FutureState] = set()
+    last: FutureState | None = None
+    for number, entry in enumerate(history, start=1):
+        _, raw_trigger, raw_source, raw_dest = entry
+        trigger, source, dest = Trigger(raw_trigger), FutureState(raw_source), FutureState(raw_dest)
+        expected = TRANSITION_TABLE[source, trigger].dest
+        if dest is not expected:
+            raise ValueError(
+                f"history step {number}: {trigger.value} in {source.value} leads to "
+                f"{expected.value} in the transition table, not {dest.value}"
+            )
+        steps.setdefault((source, trigger), []).append(number)
+        visited.update((source, dest))
+        last = dest
+    return _Path(
+        {cell: tuple(numbers) for cell, numbers in steps.items()}, frozenset(visited), last
+    )
+
+
+def _step_text(numbers: Sequence[int]) -> str:
+    """``(1)``, ``(2, 4)``, ``(3-9)``: runs of consecutive steps are collapsed."""
+    runs: list[list[int]] = []
+    for n in numbers:
+        if runs and n == runs[-1][-1] + 1:
+            runs[-1].append(n)
+        else:
+            runs.append([n])
+    return "(" + ", ".join(str(r[0]) if len(r) == 1 else f"{r[0]}-{r[-1]}" for r in runs) + ")"
+
+
+class _Line(NamedTuple):
+    """One line of an edge label: a cell, and the steps that took it (if any)."""
+
+    text: str
+    steps: tuple[int, ...]
+
+
+class _Drawn(NamedTuple):
+    """An edge as drawn: its label lines, and whether a path took it."""
+
+    source: FutureState
+    dest: FutureState
+    lines: tuple[_Line, ...]
+    quiet: bool
+
+    @property
+    def taken(self) -> bool:
+        return any(line.steps for line in self.lines)
+
+
+def _drawn_edges(path: _Path | None) -> list[_Drawn]:
+    """``edges()`` with label lines; a path adds its stale steps to the state's loop."""
+
+    def line(source: FutureState, trigger: Trigger) -> _Line:
+        steps = path.steps.get((source, trigger), ()) if path else ()
+        return _Line(_cell_label(source, trigger), steps)
+
+    loops: dict[FutureState, list[_Line]] = {}
+    if path is not None:
+        # A stale cell is only drawn when the history took it: on the state's loop.
+        for source, trigger in _table_order():
+            if (source, trigger) in path.steps and (source, trigger) in _STALE_CELLS:
+                loops.setdefault(source, []).append(line(source, trigger))
+    drawn = []
+    for source in _STATES:
+        for edge in (e for e in edges() if e.source is source):
+            lines = [line(source, t) for t in edge.triggers]
+            if edge.quiet:
+                lines += loops.pop(source, [])
+            drawn.append(_Drawn(source, edge.dest, tuple(lines), edge.quiet))
+        if source in loops:
+            drawn.append(_Drawn(source, source, tuple(loops.pop(source)), True))
+    return drawn
+
+
+def _table_order() -> list[tuple[FutureState, Trigger]]:
+    return [(s, t) for s in _STATES for t in _TRIGGERS]
+
+
+_STALE_CELLS = frozenset(
+    cell for cell in _table_order() if TRANSITION_TABLE[cell].effect is Effect.STALE
+)
+
+
+# ---------------------------------------------------------------------------
+# Mermaid
+# ---------------------------------------------------------------------------
+
+_MERMAID_TERMINAL = "    classDef terminal stroke-width:3px"
+_MERMAID_PATH_CLASSES = (
+    "    classDef visited fill:#fde68a,stroke:#b45309,color:#000",
+    "    classDef last fill:#f59e0b,stroke:#7c2d12,color:#000",
+)
+
+
+def _mermaid_text(path: _Path | None) -> str:
+    if path is None:
+        header = "%% Generated by `futurefsm diagrams` from TRANSITION_TABLE: do not edit."
+    else:
+        header = "%% One future's path: taken edges are bold, with their step numbers."
+    out = ["stateDiagram-v2", header, "    direction TB", _MERMAID_TERMINAL]
+    if path is not None:
+        out += _MERMAID_PATH_CLASSES
+    for state in _STATES:
+        # A state with a description line draws as a titled box: the name, then the
+        # count of its stale triggers (the cells that would otherwise be 23 loops).
+        out.append(f'    state "{state.value}" as {state.value}')
+        if stale := _stale_label(state):
+            out.append(f"    {state.value} : {stale}")
+    out.append(f"    [*] --> {FutureState.PENDING.value}")
+    for edge in _drawn_edges(path):
+        texts = [
+            f"<b>{_step_text(line.steps)} {line.text}</b>" if line.steps else line.text
+            for line in edge.lines
+        ]
+        out.append(f"    {edge.source.value} --> {edge.dest.value}: {'<br/>'.join(texts)}")
+    out.append(f"    class {','.join(s.value for s in _STATES if s in TERMINAL_STATES)} terminal")
+    if path is not None and path.last is not None:
+        visited = [s.value for s in _STATES if s in path.visited and s is not path.last]
+        if visited:
+            out.append(f"    class {','.join(visited)} visited")
+        out.append(f"    class {path.last.value} last")
+    return "\n".join(out) + "\n"
+
+
+def mermaid() -> str:
+    """The transition table as a Mermaid ``stateDiagram-v2`` (the text of future.mmd)."""
+    return _mermaid_text(None)
+
+
+# ---------------------------------------------------------------------------
+# Graphviz DOT
+# ---------------------------------------------------------------------------
+
+_TAKEN_COLOR = "#c2410c"
+_QUIET_COLOR = "gray45"
+_DOT_LEGEND = (
+    "stale: late or duplicate triggers that change nothing (counted, logged);"
+    " dashed: no change.  Every cell: transitions.md"
+)
+
+
+def _dot_quote(text: str) -> str:
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _html(text: str) -> str:
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def _dot_edge_label(lines: Sequence[_Line], *, quiet: bool) -> str:
+    """An HTML-like label: one left-aligned line per cell, taken lines bold and coloured."""
+    rows = []
+    for line in lines:
+        if line.steps:
+            text = _html(f"{_step_text(line.steps)} {line.text}")
+            rows.append(f'<FONT COLOR="{_TAKEN_COLOR}"><B>{text}</B></FONT>')
+        else:
+            rows.append(_html(line.text))
+    br = '<BR ALIGN="LEFT"/>'
+    body = br.join(rows) + br
+    return f'<<FONT POINT-SIZE="9">{body}</FONT>>' if quiet else f"<{body}>"
+
+
+def _dot_node(state: FutureState, path: _Path | None) -> str:
+    # One group keeps the main flow in a column: pending, running, cancel_requested.
+    attrs = ["group=flow"] if state not in TERMINAL_STATES else ["peripheries=2"]
+    stale = _stale_label(state)
+    if stale:
+        note = f'<BR/><FONT POINT-SIZE="9" COLOR="{_QUIET_COLOR}">{stale}</FONT>'
+        attrs.append(f"label=<{state.value}{note}>")
+        trigger_list = ", ".join(t.value for t in stale_triggers(state))
+        attrs.append(f"tooltip={_dot_quote(f'stale in {state.value}: {trigger_list}')}")
+    if path is not None and state in path.visited:
+        fill = "#f59e0b" if state is path.last else "#fde68a"
+        attrs += [f'fillcolor="{fill}"', f'color="{_TAKEN_COLOR}"', "penwidth=2"]
+    return f"    {state.value} [{', '.join(attrs)}];"
+
+
+def _dot_text(path: _Path | None) -> str:
+    if path is None:
+        header = "// Generated by `futurefsm diagrams` from TRANSITION_TABLE: do not edit."
+    else:
+        header = "// One future's path: taken edges are coloured, with their step numbers."
+    out = [
+        header,
+        "digraph future {",
+        '    graph [rankdir=TB, fontname="Helvetica", nodesep=0.8, ranksep=0.7, pad=0.3,',
+        f'        labelloc=b, fontsize=10, fontcolor="{_QUIET_COLOR}",',
+        f"        label={_dot_quote(_DOT_LEGEND)}];",
+        '    node [shape=box, style="rounded,filled", fillcolor="#ffffff", fontname="Helvetica",',
+        '        fontsize=13, margin="0.25,0.1"];',
+        '    edge [fontname="Helvetica", fontsize=10, arrowsize=0.8];',
+        '    start [shape=circle, style=filled, fillcolor=black, label="", width=0.18];',
+    ]
+    out += [_dot_node(state, path) for state in _STATES]
+    terminals = "; ".join(s.value for s in _STATES if s in TERMINAL_STATES)
+    out.append(f"    {{ rank=same; {terminals}; }}")
+    out.append(f"    start -> {FutureState.PENDING.value};")
+    for edge in _drawn_edges(path):
+        attrs = [f"label={_dot_edge_label(edge.lines, quiet=edge.quiet)}"]
+        if edge.quiet:
+            attrs += ["style=dashed", f'fontcolor="{_QUIET_COLOR}"']
+        if edge.taken:
+            attrs += [f'color="{_TAKEN_COLOR}"', "penwidth=2.5"]
+        elif edge.quiet:
+            attrs.append(f'color="{_QUIET_COLOR}"')
+        out.append(f"    {edge.source.value} -> {edge.dest.value} [{', '.join(attrs)}];")
+    out.append("}")
+    return "\n".join(out) + "\n"
+
+
+def dot() -> str:
+    """The transition table as a Graphviz DOT digraph (the text of future.dot)."""
+    return _dot_text(None)
+
+
+# ---------------------------------------------------------------------------
+# Path diagrams
+# ---------------------------------------------------------------------------
+
+
+def path_diagram(history: HistoryLike, *, fmt: Literal["mermaid", "dot"] = "mermaid") -> str:
+    """The state diagram with the path of ``history`` highlighted.
+
+    ``history`` is a future's history (``future.history``, ``history_of(model)``) or the
+    raw ``(time, trigger, source, dest)`` tuples. Visited states are filled (the last one
+    darker), and every taken line of an edge label, stale triggers included, is bold and
+    prefixed with its step number(s). Raises ``ValueError`` for a step that contradicts
+    the transition table or an unknown ``fmt``.
+    """
+    path = _as_path(history)
+    if fmt == "mermaid":
+        return _mermaid_text(path)
+    if fmt == "dot":
+        return _dot_text(path)
+    raise ValueError(f"unknown diagram format {fmt!r} (expected 'mermaid' or 'dot')")
+
+
+def write_path_diagram(history: HistoryLike, path: Path | str) -> Path:
+    """Write ``path_diagram(history)`` to ``path``: Mermaid for ``.mmd``, DOT for ``.dot``.
+
+    Returns the path written. Raises ``ValueError`` for any other suffix.
+    """
+    target = Path(path)
+    formats: dict[str, Literal["mermaid", "dot"]] = {".mmd": "mermaid", ".dot": "dot"}
+    fmt = formats.get(target.suffix)
+    if fmt is None:
+        raise ValueError(f"{target}: expected a .mmd or .dot file name")
+    target.write_text(path_diagram(history, fmt=fmt), encoding="utf-8")
+    return target
+
+
+# ---------------------------------------------------------------------------
+# transitions.md
+# ---------------------------------------------------------------------------
+
+
+def _markdown_cell(source: FutureState, trigger: Trigger) -> str:
+    cell = TRANSITION_TABLE[source, trigger]
+    if cell.effect is Effect.STALE:
+        return "stale"
+    if cell.dest is source:
+        return "no change"
+    text = f"**{cell.dest.value}**"
+    if cell.outcome is not None:
+        text += f" [{cell.outcome.name}]"
+    effect = EFFECT_LABELS[cell.effect]
+    return f"{text}, {effect}" if effect else text
+
+
+def transitions_markdown() -> str:
+    """The transition table as markdown (the text of transitions.md)."""
+    out = [
+        "# The transition table of a remote-task future",
+        "",
+        "<!-- Generated by `futurefsm diagrams` from TRANSITION_TABLE: do not edit. -->",
+        "",
+        "Generated from `futurefsm.fsm.table.TRANSITION_TABLE`, the table the runtime",
+        "machine is built from. Rows are states, columns are triggers; each cell is the",
+        "destination state, the `CancelOutcome` recorded [in brackets] and what the caller",
+        "must do. **stale** is an explicit self-loop: nothing changes, the client counts it",
+        '(`stats()["stale_messages"]`) and logs it at debug level. **no change** keeps the',
+        "state without being stale (a second `cancel()` sends no second TaskCancel).",
+        "Terminal states: "
+        + ", ".join(f"`{s.value}`" for s in _STATES if s in TERMINAL_STATES)
+        + "; nothing leaves them.",
+        "",
+        "| state \\ trigger | " + " | ".join(f"`{t.value}`" for t in _TRIGGERS) + " |",
+        "|---" * (len(_TRIGGERS) + 1) + "|",
+    ]
+    for state in _STATES:
+        name = f"**{state.value}**" + (" (terminal)" if state in TERMINAL_STATES else "")
+        cells = [_markdown_cell(state, t) for t in _TRIGGERS]
+        out.append(f"| {name} | " + " | ".join(cells) + " |")
+    out += [
+        "",
+        "## What fires each trigger",
+        "",
+        "| trigger | kind | protocol message or local event |",
+        "|---|---|---|",
+    ]
+    out += [
+        f"| `{t.value}` | {TRIGGER_SOURCES[t].kind} | {TRIGGER_SOURCES[t].what} |"
+        for t in _TRIGGERS
+    ]
+    out += [
+        "",
+        "## Cancel outcomes",
+        "",
+        "| `CancelOutcome` | recorded by |",
+        "|---|---|",
+    ]
+    for outcome in CancelOutcome:
+        cells = [
+            f"`{trigger.value}` in `{source.value}`"
+            for (source, trigger) in _table_order()
+            if TRANSITION_TABLE[source, trigger].outcome is outcome
+        ]
+        out.append(f"| `{outcome.name}` | {', '.join(cells) or 'no cell'} |")
+    out += [
+        "",
+        "Diagrams of the same table: [future.mmd](future.mmd) (Mermaid),",
+        "[future.dot](future.dot) and [future.svg](future.svg) (Graphviz).",
+    ]
+    return "\n".join(out) + "\n"
+
+
+# ---------------------------------------------------------------------------
+# Writing files
+# ---------------------------------------------------------------------------
+
+_README_BLOCK = re.compile(
+    re.escape(README_START) + r"\n.*?" + re.escape(README_END), flags=re.DOTALL
+)
+
+
+def update_readme(readme_path: Path | str, mmd_text: str) -> bool:
+    """Replace the README block between ``README_START`` and ``README_END`` with
+    ``mmd_text`` in a ```` ```mermaid ```` fence. Returns True if the file changed,
+    False if it was already up to date. Raises ``ValueError`` without the markers."""
+    readme = Path(readme_path)
+    text = readme.read_text(encoding="utf-8")
+    if not _README_BLOCK.search(text):
+        raise ValueError(f"{readme}: no {README_START} ... {README_END} block")
+    block = f"{README_START}\n```mermaid\n{mmd_text}```\n{README_END}"
+    new = _README_BLOCK.sub(lambda _: block, text, count=1)
+    if new == text:
+        return False
+    readme.write_text(new, encoding="utf-8")
+    return True
+
+
+def generate() -> dict[str, str]:
+    """The text files ``main`` writes, by file name (everything but the svg; no I/O)."""
+    return {
+        "future.mmd": mermaid(),
+        "future.dot": dot(),
+        "transitions.md": transitions_markdown(),
+    }
+
+
+def _write_if_changed(path: Path, text: str) -> None:
+    if not path.exists() or path.read_text(encoding="utf-8") != text:
+        path.write_text(text, encoding="utf-8")
+
+
+def main(out: Path | str = "diagrams") -> int:
+    """Write future.mmd, future.dot, transitions.md and (with Graphviz) future.svg to
+    ``out``; the ``futurefsm diagrams`` command. Returns the exit status.
+
+    Without the Graphviz ``dot`` program the svg is skipped with a note on stderr and
+    the command still succeeds. When ``out`` is a directory named ``diagrams`` beside a
+    README.md holding the ``README_START``/``README_END`` markers (the repository's own
+    layout, ``futurefsm diagrams --out diagrams``), that README block is refreshed too.
+    """
+    target = Path(out)
+    target.mkdir(parents=True, exist_ok=True)
+    texts = generate()
+    for name, text in texts.items():
+        _write_if_changed(target / name, text)
+        print(f"wrote {target / name}")
+
+    status = 0
+    dot_program = shutil.which("dot")
+    if dot_program is None:
+        print(
+            "Graphviz `dot` is not installed: future.svg not written "
+            "(the .mmd, .dot and .md files are complete without it)",
+            file=sys.stderr,
+        )
+    else:
+        svg = target / "future.svg"
+        done = subprocess.run(
+            [dot_program, "-Tsvg", "-o", str(svg), str(target / "future.dot")],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if done.returncode == 0:
+            print(f"wrote {svg}")
+        else:
+            print(f"dot failed on {target / 'future.dot'}:\n{done.stderr}", file=sys.stderr)
+            status = 1
+
+    readme = target.resolve().parent / "README.md"
+    if target.resolve().name == "diagrams" and readme.is_file():
+        text = readme.read_text(encoding="utf-8")
+        if README_START in text and README_END in text:
+            if update_readme(readme, texts["future.mmd"]):
+                print(f"updated the diagram in {readme}")
+    return status
