@@ -61,6 +61,7 @@ class InMemoryTransport:
         self.io_thread: threading.Thread | None = None
         """The thread that plays the I/O thread, if a test designates one."""
         self._lock = threading.Lock()
+        self._cancel_sent = threading.Condition(self._lock)
 
     def create_future(self, task_id: bytes | None = None) -> TaskFuture:
         """A new pending future, registered here."""
@@ -85,6 +86,12 @@ class InMemoryTransport:
         with self._lock:
             self.cancels_sent.append(future.task_id)
             self.cancel_deadlines[future.task_id] = deadline
+            self._cancel_sent.notify_all()
+
+    def wait_for_cancels(self, count: int, timeout: float) -> bool:
+        """Block until at least ``count`` TaskCancels were sent; False on timeout."""
+        with self._lock:
+            return self._cancel_sent.wait_for(lambda: len(self.cancels_sent) >= count, timeout)
 
     def release(self, future: TaskFuture) -> None:
         with self._lock:
