@@ -1,0 +1,811 @@
+"""Tests for futurefsm.scheduler_stub, over real loopback sockets.
+
+A raw DEALER plays the client, with ``futurefsm.protocol`` to encode and decode. Tasks
+finish when a test opens their gate (``sample_tasks.gate_wait``), never after a sleep;
+every wait has a deadline, and "nothing arrives" is checked with a short bounded poll.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import operator
+import os
+import select
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+import zmq
+
+from futurefsm.errors import RemoteTraceback
+from futurefsm.protocol import (
+    ConfirmKind,
+    Disconnect,
+    Heartbeat,
+    HeartbeatEcho,
+    Message,
+    ResultStatus,
+    Task,
+    TaskCancel,
+    TaskCancelConfirm,
+    TaskResult,
+    decode,
+    encode,
+    new_task_id,
+)
+from futurefsm.scheduler_stub import (
+    WORKER_DIED_REASON,
+    Behaviour,
+    OnCancel,
+    SchedulerStub,
+)
+from futurefsm.scheduler_stub.sample_tasks import (
+    add,
+    echo,
+    fail,
+    gate_wait,
+    noop,
+    open_gate,
+    reset_gates,
+    unpicklable_result,
+    wait_started,
+)
+from futurefsm.serializer import DEFAULT_SERIALIZER, DependencyRef, decode_failure
+
+dumps = DEFAULT_SERIALIZER.dumps
+loads = DEFAULT_SERIALIZER.loads
+
+WAIT = 5.0
+"""Deadline for anything that must happen."""
+QUIET = 0.15
+"""How long a poll for "nothing arrives" lasts."""
+
+# ---------------------------------------------------------------------------
+# Helpers
+# ---------------------------------------------------------------------------
+
+
+class Peer:
+    """A raw DEALER client speaking the protocol."""
+
+    def __init__(self, context: zmq.Context[Any], address: str, identity: bytes | None) -> None:
+        self.socket = context.socket(zmq.DEALER)
+        self.socket.setsockopt(zmq.LINGER, 0)
+        if identity is not None:
+            self.socket.setsockopt(zmq.ROUTING_ID, identity)
+        self.socket.connect(address)
+
+    def send(self, message: Message) -> None:
+        self.socket.send(encode(message))
+
+    def submit(
+        self,
+        fn: Callable[..., Any],
+        *args: Any,
+        task_id: bytes | None = None,
+        group_id: bytes | None = None,
+        depends_on: tuple[bytes, ...] = (),
+        **kwargs: Any,
+    ) -> bytes:
+        """Send a Task running ``fn(*args, **kwargs)``; return its id."""
+        task_id = new_task_id() if task_id is None else task_id
+        self.send(Task(task_id, dumps(fn), dumps((args, kwargs)), group_id, depends_on))
+        return task_id
+
+    def cancel(self, task_id: bytes, force: bool = False) -> None:
+        self.send(TaskCancel(task_id, force))
+
+    def recv(self, timeout: float = WAIT) -> Message:
+        """The next message; fails the test if none arrives within ``timeout``."""
+        if not self.socket.poll(int(timeout * 1000)):
+            pytest.fail(f"no message from the stub within {timeout} s")
+        return decode(self.socket.recv())
+
+    def recv_many(self, count: int) -> list[Message]:
+        return [self.recv() for _ in range(count)]
+
+    def assert_silent(self, within: float = QUIET) -> None:
+        """Fails the test if a message arrives within ``within`` seconds."""
+        if self.socket.poll(int(within * 1000)):
+            pytest.fail(f"unexpected message from the stub: {decode(self.socket.recv())!r}")
+
+    def close(self) -> None:
+        self.socket.close(linger=0)
+
+
+def wait_until(condition: Callable[[], bool], what: str, timeout: float = WAIT) -> None:
+    """Poll ``condition`` (a cheap read of the stub's counters) until it holds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}")
+        time.sleep(0.002)  # a polling interval, not a synchronisation
+
+
+def result_value(message: Message) -> Any:
+    assert isinstance(message, TaskResult)
+    assert message.status is ResultStatus.SUCCESS, message
+    return loads(message.payload)
+
+
+def confirm(task_id: bytes, kind: str) -> TaskCancelConfirm:
+    return TaskCancelConfirm(task_id, ConfirmKind(kind))
+
+
+def unique(name: str) -> str:
+    """A gate name no other test uses."""
+    return f"{name}-{os.urandom(4).hex()}"
+
+
+@pytest.fixture
+def context() -> Iterator[zmq.Context[Any]]:
+    ctx: zmq.Context[Any] = zmq.Context()
+    yield ctx
+    ctx.destroy(linger=0)
+
+
+@pytest.fixture
+def make_stub() -> Iterator[Callable[..., SchedulerStub]]:
+    stubs: list[SchedulerStub] = []
+
+    def make(**kwargs: Any) -> SchedulerStub:
+        stub = SchedulerStub(**kwargs)
+        stubs.append(stub)
+        return stub
+
+    yield make
+    reset_gates()  # release any task still blocked, so stop() is quick
+    for stub in stubs:
+        stub.stop()
+
+
+@pytest.fixture
+def connect(context: zmq.Context[Any]) -> Iterator[Callable[..., Peer]]:
+    peers: list[Peer] = []
+
+    def make(stub: SchedulerStub, identity: bytes | None = None) -> Peer:
+        peer = Peer(context, stub.address, identity)
+        peers.append(peer)
+        return peer
+
+    yield make
+    for peer in peers:
+        peer.close()
+
+
+def running_gate_task(peer: Peer, name: str, value: Any = None) -> bytes:
+    """Submit ``gate_wait(name, value)`` and wait until a worker is inside it."""
+    task_id = peer.submit(gate_wait, name, value)
+    assert wait_started(name, WAIT)
+    return task_id
+
+
+# ---------------------------------------------------------------------------
+# Running tasks
+# ---------------------------------------------------------------------------
+
+
+def test_task_runs_and_its_result_unpickles(make_stub, connect):
+    stub = make_stub()
+    peer = connect(stub)
+    task_id = peer.submit(add, 2, 3)
+    result = peer.recv()
+    assert isinstance(result, TaskResult) and result.task_id == task_id
+    assert result_value(result) == 5
+    task_id = peer.submit(echo, value={"a": [1, 2]})
+    result = peer.recv()
+    assert result.task_id == task_id and result_value(result) == {"a": [1, 2]}
+
+
+def test_stub_binds_a_free_loopback_port_by_default(make_stub):
+    stub = make_stub()
+    assert stub.address.startswith("tcp://127.0.0.1:")
+    assert int(stub.address.rsplit(":", 1)[1]) > 0
+
+
+def test_failure_carries_the_exception_and_its_traceback(make_stub, connect):
+    stub = make_stub()
+    peer = connect(stub)
+    task_id = peer.submit(fail, "boom")
+    result = peer.recv()
+    assert result.task_id == task_id and result.status is ResultStatus.FAILED
+    exc = decode_failure(result.payload, DEFAULT_SERIALIZER)
+    assert type(exc) is ValueError and str(exc) == "boom"
+    assert isinstance(exc.__cause__, RemoteTraceback)
+    assert "ValueError: boom" in exc.__cause__.tb
+    assert "in fail" in exc.__cause__.tb
+
+
+def test_unpicklable_function_args_or_result_fail_the_task(make_stub, connect):
+    stub = make_stub()
+    peer = connect(stub)
+    bad_function = new_task_id()
+    peer.send(Task(bad_function, b"not a pickle", dumps(((), {}))))
+    bad_args = new_task_id()
+    peer.send(Task(bad_args, dumps(noop), b"not a pickle either"))
+    bad_result = peer.submit(unpicklable_result)
+    results = {m.task_id: m for m in peer.recv_many(3)}
+    for task_id in (bad_function, bad_args, bad_result):
+        assert results[task_id].status is ResultStatus.FAILED
+    exc = decode_failure(results[bad_result].payload, DEFAULT_SERIALIZER)
+    assert isinstance(exc, TypeError) and "pickle" in str(exc)
+
+
+# ---------------------------------------------------------------------------
+# Behaviour options
+# ---------------------------------------------------------------------------
+
+
+def test_result_delay_holds_the_result_without_blocking_the_stub(make_stub, connect):
+    delays = {0: Behaviour(result_delay=0.3)}
+    stub = make_stub(behaviour=lambda index: delays.get(index, Behaviour()))
+    peer = connect(stub)
+    started = time.monotonic()
+    delayed = peer.submit(echo, "late")
+    prompt = peer.submit(echo, "prompt")
+    peer.send(Heartbeat(1))
+    first, second = peer.recv_many(2)
+    assert {type(first), type(second)} == {TaskResult, HeartbeatEcho}
+    assert next(m for m in (first, second) if type(m) is TaskResult).task_id == prompt
+    late = peer.recv()
+    assert late.task_id == delayed and result_value(late) == "late"
+    assert time.monotonic() - started >= 0.3
+
+
+def test_worker_died_answers_without_running_the_task(make_stub, connect):
+    stub = make_stub(behaviour=Behaviour(worker_died=True))
+    peer = connect(stub)
+    gate = unique("worker-died")
+    task_id = peer.submit(gate_wait, gate)
+    result = peer.recv()
+    assert result.task_id == task_id and result.status is ResultStatus.WORKER_DIED
+    assert loads(result.payload) == WORKER_DIED_REASON
+    assert not wait_started(gate, 0.05)
+
+
+# For a running task cancelled with force=True: (what the client receives at once,
+# what it receives after the task finishes). "result" stands for the task's result.
+ON_CANCEL_SEQUENCES = {
+    "confirm": (["canceled"], []),
+    "result_then_confirm": ([], ["result", "canceled"]),
+    "confirm_then_result": (["canceled"], ["result"]),
+    "cancel_failed": (["cancel_failed"], ["result"]),
+    "not_found": (["not_found"], ["result"]),
+    "ignore": ([], []),
+    "duplicate": (["canceled", "canceled"], []),
+}
+
+
+def test_every_on_cancel_mode_has_a_sequence():
+    assert set(ON_CANCEL_SEQUENCES) == {mode.value for mode in OnCancel}
+
+
+@pytest.mark.parametrize("mode", sorted(ON_CANCEL_SEQUENCES))
+def test_on_cancel_mode_sends_its_exact_sequence(make_stub, connect, mode):
+    at_once, after = ON_CANCEL_SEQUENCES[mode]
+    stub = make_stub(behaviour=Behaviour(on_cancel=mode))
+    peer = connect(stub)
+    gate = unique(mode)
+    task_id = running_gate_task(peer, gate, "value")
+    peer.cancel(task_id, force=True)
+
+    def expected(items: list[str]) -> list[Message]:
+        return [
+            TaskResult(task_id, ResultStatus.SUCCESS, dumps("value"))
+            if item == "result"
+            else confirm(task_id, item)
+            for item in items
+        ]
+
+    assert peer.recv_many(len(at_once)) == expected(at_once)
+    peer.assert_silent()
+    open_gate(gate)
+    assert peer.recv_many(len(after)) == expected(after)
+    if "result" not in after:
+        wait_until(lambda: stub.stats()["results_discarded"] == 1, "the result to be discarded")
+    peer.assert_silent()
+
+
+def test_drop_result_never_sends_the_result(make_stub, connect):
+    stub = make_stub(behaviour=Behaviour(drop_result=True))
+    peer = connect(stub)
+    task_id = peer.submit(add, 1, 2)
+    wait_until(lambda: stub.stats()["results_dropped"] == 1, "the task to finish")
+    peer.assert_silent()
+    peer.cancel(task_id)  # the task is finished: the scheduler no longer has it
+    assert peer.recv() == confirm(task_id, "not_found")
+
+
+def test_duplicate_result_sends_the_result_twice(make_stub, connect):
+    stub = make_stub(behaviour=Behaviour(duplicate_result=True))
+    peer = connect(stub)
+    task_id = peer.submit(add, 1, 2)
+    first, second = peer.recv_many(2)
+    assert first == second and first.task_id == task_id and result_value(first) == 3
+    peer.assert_silent()
+    assert stub.stats()["results_sent"] == 2
+
+
+def test_answer_heartbeats_false_goes_silent_until_set_again(make_stub, connect):
+    stub = make_stub(behaviour=Behaviour(answer_heartbeats=False))
+    peer = connect(stub)
+    assert stub.answer_heartbeats is False
+    peer.send(Heartbeat(1))
+    peer.assert_silent()
+    assert stub.stats()["heartbeats_ignored"] == 1
+    stub.answer_heartbeats = True
+    peer.send(Heartbeat(2))
+    assert peer.recv() == HeartbeatEcho(2)
+    assert stub.stats()["heartbeats_answered"] == 1
+
+
+def test_heartbeats_are_echoed_by_default(make_stub, connect):
+    stub = make_stub()
+    peer = connect(stub)
+    for seq in (0, 5, 2**63 - 1):
+        peer.send(Heartbeat(seq))
+        assert peer.recv() == HeartbeatEcho(seq)
+
+
+def test_callable_behaviour_is_chosen_by_arrival_index(make_stub, connect):
+    indexes: list[int] = []
+
+    def behaviour(index: int) -> Behaviour:
+        indexes.append(index)
+        return Behaviour(worker_died=index == 1)
+
+    stub = make_stub(behaviour=behaviour)
+    peer = connect(stub)
+    statuses = []
+    for n in range(3):
+        task_id = peer.submit(echo, n)
+        result = peer.recv()
+        assert result.task_id == task_id
+        statuses.append(result.status)
+    assert statuses == [ResultStatus.SUCCESS, ResultStatus.WORKER_DIED, ResultStatus.SUCCESS]
+    assert indexes == [0, 1, 2]
+
+
+def test_callable_behaviour_can_silence_heartbeats_from_task_k(make_stub, connect):
+    stub = make_stub(behaviour=lambda index: Behaviour(answer_heartbeats=index < 2))
+    peer = connect(stub)
+    for n in range(2):
+        peer.submit(noop)
+        peer.send(Heartbeat(n))
+        assert set(map(type, peer.recv_many(2))) == {TaskResult, HeartbeatEcho}
+    peer.submit(noop)
+    peer.send(Heartbeat(2))
+    assert type(peer.recv()) is TaskResult
+    peer.assert_silent()
+    assert stub.answer_heartbeats is False
+
+
+def test_a_callable_behaviour_that_raises_falls_back_to_no_faults(make_stub, connect):
+    def broken(index: int) -> Behaviour:
+        raise RuntimeError("scripted bug")
+
+    stub = make_stub(behaviour=broken)
+    peer = connect(stub)
+    peer.submit(add, 1, 1)
+    assert result_value(peer.recv()) == 2
+    assert stub.stats()["internal_errors"] == 1
+
+
+# ---------------------------------------------------------------------------
+# Default cancel handling
+# ---------------------------------------------------------------------------
+
+
+def test_cancel_queued_task_removes_it(make_stub, connect):
+    stub = make_stub(workers=1)
+    peer = connect(stub)
+    blocker_gate, queued_gate = unique("blocker"), unique("queued")
+    blocker = running_gate_task(peer, blocker_gate, "blocker")
+    queued = peer.submit(gate_wait, queued_gate)
+    peer.cancel(queued, force=False)
+    assert peer.recv() == confirm(queued, "canceled")
+    open_gate(blocker_gate)
+    assert result_value(peer.recv()) == "blocker"
+    after = peer.submit(echo, "after")  # the worker skips the cancelled task
+    result = peer.recv()
+    assert result.task_id == after and result.task_id != blocker
+    assert not wait_started(queued_gate, 0.01)
+    peer.cancel(queued)
+    assert peer.recv() == confirm(queued, "not_found")
+
+
+def test_cancel_running_task_with_force_discards_its_result(make_stub, connect):
+    stub = make_stub()
+    peer = connect(stub)
+    gate = unique("force")
+    task_id = running_gate_task(peer, gate)
+    peer.cancel(task_id, force=True)
+    assert peer.recv() == confirm(task_id, "canceled")
+    open_gate(gate)
+    wait_until(lambda: stub.stats()["results_discarded"] == 1, "the result to be discarded")
+    peer.assert_silent()
+
+
+def test_cancel_running_task_without_force_fails_and_the_task_runs_on(make_stub, connect):
+    stub = make_stub()
+    peer = connect(stub)
+    gate = unique("no-force")
+    task_id = running_gate_task(peer, gate, 7)
+    peer.cancel(task_id, force=False)
+    assert peer.recv() == confirm(task_id, "cancel_failed")
+    open_gate(gate)
+    result = peer.recv()
+    assert result.task_id == task_id and result_value(result) == 7
+
+
+@pytest.mark.parametrize("force", [False, True])
+def test_a_task_in_its_result_delay_counts_as_running(make_stub, connect, force):
+    delays = {0: Behaviour(result_delay=0.3)}
+    stub = make_stub(workers=1, behaviour=lambda index: delays.get(index, Behaviour()))
+    peer = connect(stub)
+    delayed = peer.submit(echo, "delayed")
+    prompt = peer.submit(echo, "prompt")
+    # One worker, and its reports reach the I/O thread in order: once the second
+    # result is here, the first task has finished and its result is being held.
+    assert peer.recv().task_id == prompt
+    peer.cancel(delayed, force=force)
+    if force:
+        assert peer.recv() == confirm(delayed, "canceled")
+        wait_until(lambda: stub.stats()["results_discarded"] == 1, "the result to be discarded")
+        peer.assert_silent()
+    else:
+        assert peer.recv() == confirm(delayed, "cancel_failed")
+        assert result_value(peer.recv()) == "delayed"
+
+
+def test_cancel_finished_or_unknown_task_is_not_found(make_stub, connect):
+    stub = make_stub()
+    peer = connect(stub)
+    finished = peer.submit(noop)
+    assert peer.recv().task_id == finished
+    peer.cancel(finished, force=True)
+    assert peer.recv() == confirm(finished, "not_found")
+    unknown = new_task_id()
+    peer.cancel(unknown)
+    assert peer.recv() == confirm(unknown, "not_found")
+
+
+def test_task_ids_are_per_client(make_stub, connect):
+    stub = make_stub()
+    owner, stranger = connect(stub), connect(stub)
+    gate = unique("owner")
+    task_id = running_gate_task(owner, gate)
+    stranger.cancel(task_id, force=True)
+    assert stranger.recv() == confirm(task_id, "not_found")
+    open_gate(gate)
+    assert owner.recv().task_id == task_id
+
+
+# ---------------------------------------------------------------------------
+# Graphs
+# ---------------------------------------------------------------------------
+
+
+def test_graph_runs_in_dependency_order_with_substitution(make_stub, connect):
+    stub = make_stub()
+    peer = connect(stub)
+    group, gate = new_task_id(), unique("graph-a")
+    a = peer.submit(gate_wait, gate, 2, group_id=group)
+    b = peer.submit(add, DependencyRef(a), 10, group_id=group, depends_on=(a,))
+    c = peer.submit(add, DependencyRef(b), b=DependencyRef(a), group_id=group, depends_on=(a, b))
+    assert wait_started(gate, WAIT)
+    peer.assert_silent()  # b and c wait for a
+    open_gate(gate)
+    results = peer.recv_many(3)
+    assert [r.task_id for r in results] == [a, b, c]
+    assert [result_value(r) for r in results] == [2, 12, 14]
+
+
+def test_dependency_may_arrive_after_its_dependent(make_stub, connect):
+    stub = make_stub()
+    peer = connect(stub)
+    group, a = new_task_id(), new_task_id()
+    b = peer.submit(add, DependencyRef(a), 1, group_id=group, depends_on=(a,))
+    peer.assert_silent()
+    peer.submit(echo, 41, task_id=a, group_id=group)
+    results = {r.task_id: result_value(r) for r in peer.recv_many(2)}
+    assert results == {a: 41, b: 42}
+
+
+def test_dependent_arriving_after_its_dependency_finished_gets_its_value(make_stub, connect):
+    stub = make_stub()
+    peer = connect(stub)
+    group = new_task_id()
+    a = peer.submit(echo, 5, group_id=group)
+    assert peer.recv().task_id == a
+    b = peer.submit(add, DependencyRef(a), 1, group_id=group, depends_on=(a,))
+    result = peer.recv()
+    assert result.task_id == b and result_value(result) == 6
+
+
+def test_failed_dependency_fails_its_dependents_transitively(make_stub, connect):
+    stub = make_stub()
+    peer = connect(stub)
+    group, gate_b, gate_c = new_task_id(), unique("dep-b"), unique("dep-c")
+    a = peer.submit(fail, "upstream", group_id=group)
+    b = peer.submit(gate_wait, gate_b, group_id=group, depends_on=(a,))
+    c = peer.submit(gate_wait, gate_c, group_id=group, depends_on=(b,))
+    results = {r.task_id: r for r in peer.recv_many(3)}
+    assert set(results) == {a, b, c}
+    assert all(r.status is ResultStatus.FAILED for r in results.values())
+    assert results[b].payload == results[c].payload == results[a].payload
+    exc = decode_failure(results[c].payload, DEFAULT_SERIALIZER)
+    assert type(exc) is ValueError and str(exc) == "upstream"
+    assert not wait_started(gate_b, 0.01) and not wait_started(gate_c, 0.01)
+    late = peer.submit(noop, group_id=group, depends_on=(c,))  # arrives after the failure
+    assert peer.recv() == TaskResult(late, ResultStatus.FAILED, results[a].payload)
+
+
+def test_group_cancel_confirms_every_unfinished_member_at_once(make_stub, connect):
+    stub = make_stub(workers=2)
+    peer = connect(stub)
+    group, gate_a, gate_c = new_task_id(), unique("group-a"), unique("group-c")
+    finished = peer.submit(noop, group_id=group)
+    assert peer.recv().task_id == finished
+    a = peer.submit(gate_wait, gate_a, group_id=group)
+    c = peer.submit(gate_wait, gate_c, group_id=group)
+    b = peer.submit(noop, group_id=group, depends_on=(a,))
+    assert wait_started(gate_a, WAIT) and wait_started(gate_c, WAIT)
+    peer.cancel(group, force=False)
+    confirms = peer.recv_many(3)
+    assert {(m.task_id, m.kind) for m in confirms} == {
+        (a, ConfirmKind.CANCELED),
+        (b, ConfirmKind.CANCELED),
+        (c, ConfirmKind.CANCELED),
+    }
+    open_gate(gate_a)
+    open_gate(gate_c)
+    wait_until(lambda: stub.stats()["results_discarded"] == 2, "both results to be discarded")
+    peer.assert_silent()
+    peer.cancel(group)  # a known group with nothing left to cancel: nothing to say
+    peer.assert_silent()
+
+
+def test_cancelling_one_graph_member_cancels_its_dependents(make_stub, connect):
+    stub = make_stub()
+    peer = connect(stub)
+    group, gate = new_task_id(), unique("member")
+    a = peer.submit(gate_wait, gate, group_id=group)
+    b = peer.submit(noop, group_id=group, depends_on=(a,))
+    c = peer.submit(noop, group_id=group, depends_on=(b,))
+    assert wait_started(gate, WAIT)
+    peer.cancel(a, force=True)
+    assert peer.recv_many(3) == [
+        confirm(a, "canceled"),
+        confirm(b, "canceled"),
+        confirm(c, "canceled"),
+    ]
+    late = peer.submit(noop, group_id=group, depends_on=(a,))
+    assert peer.recv() == confirm(late, "canceled")
+
+
+# ---------------------------------------------------------------------------
+# Bad input, disconnection, lifecycle
+# ---------------------------------------------------------------------------
+
+
+def test_garbage_is_counted_and_the_stub_keeps_serving(make_stub, connect):
+    stub = make_stub()
+    peer = connect(stub)
+    peer.socket.send(os.urandom(64))
+    peer.socket.send(b"")
+    peer.socket.send_multipart([encode(Heartbeat(1)), encode(Heartbeat(2))])
+    peer.send(TaskResult(new_task_id(), ResultStatus.SUCCESS, b""))
+    peer.send(HeartbeatEcho(3))
+    peer.send(Heartbeat(4))
+    assert peer.recv() == HeartbeatEcho(4)
+    assert stub.stats()["protocol_errors"] == 5
+    task_id = peer.submit(echo, "still here")
+    assert result_value(peer.recv()) == "still here"
+    peer.submit(echo, "again", task_id=task_id)  # a finished task's id may be reused
+    assert result_value(peer.recv()) == "again"
+    assert stub.stats()["protocol_errors"] == 5
+
+
+def test_reusing_the_id_of_a_held_task_is_a_protocol_error(make_stub, connect):
+    stub = make_stub()
+    peer = connect(stub)
+    gate = unique("held")
+    task_id = running_gate_task(peer, gate, "first")
+    peer.submit(echo, "second", task_id=task_id)
+    peer.send(Heartbeat(1))
+    assert peer.recv() == HeartbeatEcho(1)
+    assert stub.stats()["protocol_errors"] == 1
+    open_gate(gate)
+    assert result_value(peer.recv()) == "first"
+    peer.assert_silent()
+
+
+def test_disconnect_from_a_client_forgets_its_tasks(make_stub, connect):
+    stub = make_stub(workers=1)
+    peer = connect(stub)
+    running_gate, queued_gate = unique("disc-running"), unique("disc-queued")
+    running = running_gate_task(peer, running_gate)
+    peer.submit(gate_wait, queued_gate)
+    peer.send(Disconnect())
+    peer.send(Heartbeat(1))  # processed after the Disconnect
+    assert peer.recv() == HeartbeatEcho(1)
+    open_gate(running_gate)
+    wait_until(lambda: stub.stats()["results_discarded"] == 1, "the result to be discarded")
+    peer.submit(noop)  # the worker is free again, and skips the forgotten queued task
+    assert type(peer.recv()) is TaskResult
+    assert not wait_started(queued_gate, 0.01)
+    assert stub.stats()["disconnects_received"] == 1
+    peer.cancel(running)
+    assert peer.recv() == confirm(running, "not_found")
+
+
+def test_disconnect_all_tells_every_client_and_forgets_all_tasks(make_stub, connect):
+    stub = make_stub()
+    busy, idle = connect(stub), connect(stub)
+    gate = unique("disconnect-all")
+    task_id = running_gate_task(busy, gate)
+    idle.send(Heartbeat(1))
+    assert idle.recv() == HeartbeatEcho(1)
+    assert stub.disconnect_all() == 2
+    assert busy.recv() == Disconnect()
+    assert idle.recv() == Disconnect()
+    open_gate(gate)
+    wait_until(lambda: stub.stats()["results_discarded"] == 1, "the result to be discarded")
+    busy.assert_silent()
+    busy.cancel(task_id)  # the socket is still open, and the task is forgotten
+    assert busy.recv() == confirm(task_id, "not_found")
+    assert stub.stats()["disconnects_sent"] == 2
+
+
+def test_result_for_a_client_that_is_gone_is_counted_unroutable(make_stub, connect):
+    stub = make_stub()
+    witness = connect(stub)
+    deadline = time.monotonic() + WAIT
+    attempt = 0
+    # ZeroMQ notices a closed peer asynchronously; if the result goes out before it
+    # does, ZeroMQ loses it inside the dead pipe and we try again.
+    while stub.stats()["unroutable"] == 0:
+        assert time.monotonic() < deadline, "never saw an unroutable result"
+        gate = unique("gone")
+        gone = connect(stub)
+        running_gate_task(gone, gate)
+        gone.close()
+        witness.send(Heartbeat(attempt))
+        assert witness.recv() == HeartbeatEcho(attempt)
+        before = stub.stats()
+        open_gate(gate)
+        wait_until(
+            lambda before=before: (
+                sum(stub.stats()[k] for k in ("unroutable", "results_sent"))
+                > before["unroutable"] + before["results_sent"]
+            ),
+            "the result to be sent or refused",
+        )
+        attempt += 1
+    witness.send(Heartbeat(99))
+    assert witness.recv() == HeartbeatEcho(99)
+
+
+def test_stop_is_bounded_and_idempotent(make_stub, connect):
+    stub = make_stub()
+    peer = connect(stub)
+    running_gate_task(peer, unique("stuck"))  # never opened: stop must not wait for it
+    started = time.monotonic()
+    stub.stop(timeout=0.5)
+    assert time.monotonic() - started < 2.0
+    stub.stop()
+    peer.send(Heartbeat(1))
+    peer.assert_silent()
+    with pytest.raises(RuntimeError):
+        stub.disconnect_all()
+
+
+def test_context_manager_stops_the_stub(connect):
+    with SchedulerStub() as stub:
+        peer = connect(stub)
+        peer.send(Heartbeat(1))
+        assert peer.recv() == HeartbeatEcho(1)
+    assert "stopped" in repr(stub)
+
+
+def test_log_records_messages_in_and_out(make_stub, connect):
+    stub = make_stub()
+    peer = connect(stub, identity=b"peer-log")
+    task_id = peer.submit(add, 1, 2)
+    result = peer.recv()
+    log = stub.log
+    assert [(r.direction, r.client, type(r.message)) for r in log] == [
+        ("in", b"peer-log", Task),
+        ("out", b"peer-log", TaskResult),
+    ]
+    assert log[0].message.task_id == task_id and log[1].message == result
+    assert log[0].time <= log[1].time
+    stats = stub.stats()
+    assert stats["tasks_received"] == 1 and stats["results_sent"] == 1
+
+
+# ---------------------------------------------------------------------------
+# Behaviour validation
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("result_delay", -1),
+        ("result_delay", math.nan),
+        ("result_delay", "1"),
+        ("result_delay", True),
+        ("worker_died", 1),
+        ("on_cancel", "sometimes"),
+        ("drop_result", None),
+        ("duplicate_result", "yes"),
+        ("answer_heartbeats", 0),
+    ],
+)
+def test_behaviour_rejects_bad_values_naming_the_field(field, value):
+    with pytest.raises(ValueError, match=field):
+        Behaviour(**{field: value})
+
+
+def test_behaviour_from_dict_and_json_file(tmp_path):
+    assert Behaviour.from_dict({"on_cancel": "ignore"}).on_cancel is OnCancel.IGNORE
+    with pytest.raises(ValueError, match="bogus"):
+        Behaviour.from_dict({"bogus": 1, "result_delay": 0})
+    behaviour = Behaviour(result_delay=0.5, on_cancel="duplicate", drop_result=True)
+    path = tmp_path / "behaviour.json"
+    path.write_text(json.dumps(behaviour.to_dict()))
+    assert Behaviour.from_json_file(path) == behaviour
+    path.write_text("[1, 2]")
+    with pytest.raises(ValueError, match="JSON object"):
+        Behaviour.from_json_file(path)
+
+
+# ---------------------------------------------------------------------------
+# The command
+# ---------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def read_line(stream: Any, timeout: float) -> str:
+    ready, _, _ = select.select([stream], [], [], timeout)
+    if not ready:
+        pytest.fail(f"no output within {timeout} s")
+    return stream.readline()
+
+
+@pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGINT])
+def test_cli_serves_until_signalled(tmp_path, context, stop_signal):
+    address = f"tcp://127.0.0.1:{free_port()}"
+    behaviour_file = tmp_path / "behaviour.json"
+    behaviour_file.write_text(json.dumps({"duplicate_result": True}))
+    command = [sys.executable, "-m", "futurefsm", "scheduler", "--address", address]
+    command += ["--workers", "2", "--behaviour", str(behaviour_file)]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+    try:
+        line = read_line(process.stdout, 10.0)
+        assert line == f"futurefsm scheduler listening on {address}\n"
+        peer = Peer(context, address, None)
+        task_id = peer.submit(operator.add, 2, 2)
+        first, second = peer.recv_many(2)  # the Behaviour file says: twice
+        assert first == second and first.task_id == task_id and result_value(first) == 4
+        peer.close()
+        process.send_signal(stop_signal)
+        assert process.wait(timeout=WAIT) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        process.stdout.close()
