@@ -27,6 +27,8 @@ __all__ = ["WORKER_DIED_REASON", "Inbox", "WorkerPool", "run_task"]
 
 logger = logging.getLogger("futurefsm.scheduler_stub")
 
+_NOBLOCK = int(zmq.NOBLOCK)  # a plain int: pyzmq's flag enums cost time per call
+
 WORKER_DIED_REASON = "worker died (scripted by Behaviour.worker_died)"
 """The reason text sent, pickled, in a scripted ``worker_died`` result."""
 
@@ -47,43 +49,52 @@ class Inbox:
         self.reader.bind(endpoint)
         self._writer: zmq.Socket[Any] = context.socket(zmq.PUSH)
         self._writer.connect(endpoint)
+        self._writer_lock = threading.Lock()  # the writer is shared by the posting threads
         self._items: deque[Callable[[], None]] = deque()
-        self._lock = threading.Lock()  # guards _items, _wake_pending, _closed and _writer
         self._wake_pending = False
         self._closed = False
 
+    # No lock is taken around ``_items`` and ``_wake_pending``: a lock held by a worker
+    # while the GIL passes to another thread convoys every worker behind it. deque
+    # appends and pops are atomic, and the order of the steps makes it safe: ``post``
+    # appends *then* reads the flag; ``drain`` clears the flag *then* pops. A post that
+    # still sees the flag set appended before the drain pops, so its item is taken; a
+    # post that sees it clear sends a wake-up. At worst a wake-up finds nothing to do.
+
     def post(self, item: Callable[[], None]) -> bool:
         """Queue ``item`` to run on the I/O thread; False (dropped) once closed."""
-        with self._lock:
-            if self._closed:
-                return False
-            self._items.append(item)
-            if not self._wake_pending:
-                self._wake_pending = True
-                try:
-                    self._writer.send(b"", zmq.NOBLOCK)
-                except zmq.Again:  # a wake-up is already queued: the reader will look
-                    pass
+        if self._closed:
+            return False
+        self._items.append(item)
+        if not self._wake_pending:
+            self._wake_pending = True
+            with self._writer_lock:
+                if not self._closed:
+                    try:
+                        self._writer.send(b"", _NOBLOCK)
+                    except zmq.Again:  # a wake-up is already queued: the reader will look
+                        pass
         return True
 
     def drain(self) -> list[Callable[[], None]]:
         """Called by the I/O thread: consume the wake-up frames and take every item."""
         while True:
             try:
-                self.reader.recv(zmq.NOBLOCK)
+                self.reader.recv(_NOBLOCK)
             except zmq.Again:
                 break
-        # The flag is cleared in the same critical section that takes the items: a post
-        # after this sends a new wake-up, a post before it is in ``items``.
-        with self._lock:
-            items = list(self._items)
-            self._items.clear()
-            self._wake_pending = False
-        return items
+        self._wake_pending = False
+        items = []
+        take = self._items.popleft
+        while True:
+            try:
+                items.append(take())
+            except IndexError:
+                return items
 
     def close(self) -> None:
         """Stop accepting posts and close the writer (after the I/O thread has exited)."""
-        with self._lock:
+        with self._writer_lock:
             if self._closed:
                 return
             self._closed = True
