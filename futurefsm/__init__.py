@@ -5,7 +5,7 @@ transition table in ``futurefsm.fsm``; ``TaskFuture`` makes it a real
 ``concurrent.futures.Future``; cancellation is confirmed by the scheduler.
 """
 
-from .client import TaskFuture
+from .client import Client, TaskFuture
 from .errors import (
     ConnectionLostError,
     FutureFSMError,
@@ -19,6 +19,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "CancelOutcome",
+    "Client",
     "ConnectionLostError",
     "FutureFSMError",
     "FutureState",

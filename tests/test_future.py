@@ -554,3 +554,27 @@ def test_live_future_is_held_by_the_transport(transport):
     del future
     gc.collect()
     assert ref() is not None
+
+
+def _wait_until_blocked_on(condition, deadline=DEADLINE):
+    """Poll until some thread waits on ``condition`` (stdlib internals, test only)."""
+    import time
+
+    end = time.monotonic() + deadline
+    while not condition._waiters:
+        assert time.monotonic() < end, "nobody started waiting"
+        time.sleep(0.001)
+
+
+def test_result_waiter_is_not_woken_by_non_terminal_transitions(transport):
+    # The stdlib's result(timeout) treats any notify as "terminal": sent, a cancel
+    # request and a refused cancel must not wake it into a spurious TimeoutError.
+    future = transport.create_future()
+    waiting = in_thread(future.result, timeout=DEADLINE)
+    _wait_until_blocked_on(future._condition)
+    transport.send_task(future)
+    future.cancel(wait=False)
+    future.recv_cancel_confirm("cancel_failed")
+    assert not waiting.done()
+    future.recv_result("value")
+    assert waiting.result(DEADLINE) == "value"

@@ -1,6 +1,7 @@
 """The client side: ``TaskFuture`` (the concurrent.futures adapter) and its transports."""
 
+from .client import Client
 from .future import TaskFuture
 from .transport import FutureTransport, InMemoryTransport
 
-__all__ = ["FutureTransport", "InMemoryTransport", "TaskFuture"]
+__all__ = ["Client", "FutureTransport", "InMemoryTransport", "TaskFuture"]

@@ -82,6 +82,7 @@ class TaskFuture(_base.Future):
     """
 
     __slots__ = (
+        "_cancel_answered",
         "_cancel_deadline",
         "_transport",
         "cancel_outcome",
@@ -99,6 +100,9 @@ class TaskFuture(_base.Future):
         self._transport = transport
         # Monotonic deadline of the cancel request in flight (cancel_requested only).
         self._cancel_deadline = 0.0
+        # Where cancel()/cancelled() wait for the answer to leave cancel_requested; it
+        # shares _condition's lock and is created by the first such waiter only.
+        self._cancel_answered: threading.Condition | None = None
 
     def __repr__(self) -> str:
         return (
@@ -126,7 +130,12 @@ class TaskFuture(_base.Future):
                 if cell.effect is Effect.SEND_CANCEL:
                     self._cancel_deadline = deadline
                 self._enter_stdlib_state(dest, cell, result, exception)
-                self._condition.notify_all()
+                if dest in TERMINAL_STATES:
+                    # The stdlib's result()/exception() take any wake-up on _condition
+                    # to mean "terminal", so it is notified on entering one only.
+                    self._condition.notify_all()
+                if source is FutureState.CANCEL_REQUESTED and self._cancel_answered:
+                    self._cancel_answered.notify_all()
         if cell.effect is Effect.SEND_CANCEL:
             self._transport.send_cancel(self, deadline)
         elif cell.effect is Effect.STALE:
@@ -232,11 +241,15 @@ class TaskFuture(_base.Future):
         if timeout is None:
             timeout = self._transport.cancel_timeout
         deadline = _monotonic() + timeout
-        self._fire(Trigger.USER_CANCEL, deadline=deadline)
+        self._request_cancel(deadline)
         if wait and not self._must_not_block():
             return self._wait_for_cancel_answer(deadline)
         state = self.state
         return state is FutureState.CANCELLED or state is FutureState.CANCEL_REQUESTED
+
+    def _request_cancel(self, deadline: float) -> None:
+        """Fire ``user_cancel``; a TaskCancel goes out (once) with ``deadline``."""
+        self._fire(Trigger.USER_CANCEL, deadline=deadline)
 
     def _wait_for_cancel_answer(self, deadline: float) -> bool:
         """Wait until the cancel in flight is answered or ``deadline`` passes.
@@ -249,7 +262,9 @@ class TaskFuture(_base.Future):
                 remaining = deadline - _monotonic()
                 if remaining <= 0:
                     break
-                self._condition.wait(remaining)
+                if self._cancel_answered is None:
+                    self._cancel_answered = threading.Condition(self._condition)
+                self._cancel_answered.wait(remaining)
             unanswered = self.state is FutureState.CANCEL_REQUESTED
         if unanswered:
             self._fire(Trigger.CANCEL_TIMED_OUT)
