@@ -258,6 +258,20 @@ def test_result_delay_holds_the_result_without_blocking_the_stub(make_stub, conn
     assert time.monotonic() - started >= 0.3
 
 
+def test_a_huge_result_delay_holds_the_result_and_the_stub_keeps_serving(make_stub, connect):
+    delays = {0: Behaviour(result_delay=1e300)}
+    stub = make_stub(workers=1, behaviour=lambda index: delays.get(index, Behaviour()))
+    peer = connect(stub)
+    task_id = peer.submit(noop)
+    prompt = peer.submit(noop)
+    assert peer.recv().task_id == prompt  # so the first result is held (one worker)
+    peer.send(Heartbeat(1))
+    assert peer.recv() == HeartbeatEcho(1)
+    peer.cancel(task_id, force=True)
+    assert peer.recv() == confirm(task_id, "canceled")
+    assert stub.stats()["internal_errors"] == 0
+
+
 def test_worker_died_answers_without_running_the_task(make_stub, connect):
     stub = make_stub(behaviour=Behaviour(worker_died=True))
     peer = connect(stub)
@@ -707,6 +721,19 @@ def test_stop_is_bounded_and_idempotent(make_stub, connect):
         stub.disconnect_all()
 
 
+def test_stop_drops_queued_tasks(make_stub, connect):
+    stub = make_stub(workers=1)
+    peer = connect(stub)
+    running_gate, queued_gate = unique("stop-running"), unique("stop-queued")
+    running_gate_task(peer, running_gate)
+    peer.submit(gate_wait, queued_gate)
+    peer.send(Heartbeat(1))
+    assert peer.recv() == HeartbeatEcho(1)  # the queued task has arrived
+    stub.stop(timeout=0.2)  # the worker is still inside the running task
+    open_gate(running_gate)
+    assert not wait_started(queued_gate, QUIET)
+
+
 def test_context_manager_stops_the_stub(connect):
     with SchedulerStub() as stub:
         peer = connect(stub)
@@ -741,6 +768,8 @@ def test_log_records_messages_in_and_out(make_stub, connect):
     [
         ("result_delay", -1),
         ("result_delay", math.nan),
+        ("result_delay", math.inf),
+        ("result_delay", 10**400),
         ("result_delay", "1"),
         ("result_delay", True),
         ("worker_died", 1),

@@ -83,9 +83,13 @@ class Behaviour:
         delay = self.result_delay
         if isinstance(delay, bool) or not isinstance(delay, (int, float)):
             raise ValueError(f"Behaviour.result_delay: expected a number of seconds, got {delay!r}")
-        if not math.isfinite(delay) or delay < 0:
+        try:
+            seconds = float(delay)
+        except OverflowError:
+            seconds = math.inf
+        if not 0 <= seconds < math.inf:  # also rejects NaN
             raise ValueError(f"Behaviour.result_delay: expected a finite value >= 0, got {delay!r}")
-        object.__setattr__(self, "result_delay", float(delay))
+        object.__setattr__(self, "result_delay", seconds)
         try:
             object.__setattr__(self, "on_cancel", OnCancel(self.on_cancel))
         except ValueError:

@@ -80,6 +80,9 @@ _ROUTER_BATCH = 1000
 _CLOSE_LINGER_MS = 50
 """How long ``stop()`` lets queued outgoing messages flush when closing the socket."""
 
+_MAX_POLL_MS = 60_000
+"""Longest single poll: a huge ``result_delay`` must not overflow zmq's timeout."""
+
 _NOBLOCK = int(zmq.NOBLOCK)  # plain ints: pyzmq's flag enums cost time per call
 _NOBLOCK_SNDMORE = int(zmq.NOBLOCK | zmq.SNDMORE)
 
@@ -307,12 +310,18 @@ class SchedulerStub:
             self._inbox.reader.close(linger=0)
 
     def _request_exit(self) -> None:
+        """Leave the loop, forgetting every task so the workers skip queued ones."""
         self._running = False
+        for book in self._clients.values():
+            self._forget(book)
+        self._clients.clear()
+        self._timers.clear()
 
     def _poll_timeout_ms(self) -> int | None:
         if not self._timers:
             return None
-        return max(0, math.ceil((self._timers[0][0] - time.monotonic()) * 1000))
+        wait_ms = math.ceil((self._timers[0][0] - time.monotonic()) * 1000)
+        return min(max(0, wait_ms), _MAX_POLL_MS)
 
     def _guarded(self, handler: Callable[..., None], *args: Any) -> None:
         """Run a handler; whatever it raises is logged and counted, never fatal."""
