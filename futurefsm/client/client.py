@@ -221,11 +221,15 @@ class Client(cf.Executor):
             try:
                 submitted.reverse()
                 while submitted:
-                    future = submitted.pop()
+                    # The future stays in the list while awaited, so a timeout or
+                    # an early close cancels it too (as the stdlib does since 3.12).
+                    future = submitted[-1]
                     if end_time is None:
-                        yield future.result()
+                        value = future.result()
                     else:
-                        yield future.result(end_time - time.monotonic())
+                        value = future.result(end_time - time.monotonic())
+                    submitted.pop()
+                    yield value
             finally:
                 if submitted:
                     self.cancel(submitted, wait=False)
@@ -427,12 +431,16 @@ class Client(cf.Executor):
             os.close(self._wake_write)
 
     def _drain_wake_pipe(self) -> None:
-        self._wake_pending = False  # before draining the outbox: see _post
         try:
             while os.read(self._wake_read, 4096):
                 pass
         except BlockingIOError:
             pass
+        # After emptying the pipe and before draining the outbox: a post that saw
+        # the flag still set is drained below; one that sees it clear writes a byte
+        # that stays in the pipe for the next poll. Cleared before the read, the
+        # read could swallow a byte whose post then left the flag set for good.
+        self._wake_pending = False
 
     def _drain_outbox(self) -> bool:
         """Send everything queued; False once a close was requested."""
