@@ -15,14 +15,15 @@ ones byte for byte.
 How the table is drawn
 ----------------------
 Cells that change the state become edges labelled ``trigger [OUTCOME] / effect``; cells
-between the same two states are merged into one edge with one line per trigger. The
-cells that keep the state (the stale self-loops and the few internal "no change" cells,
-such as ``user_cancel`` while a cancel is in flight) would bury the main flow under 23
-loops, so each state gets at most one discreet loop (dashed and grey in DOT) that names
-the non-stale triggers and only counts the stale ones; ``transitions.md`` has the detail.
+between the same two states are merged into one edge with one line per trigger. The 23
+stale cells would bury the main flow under self-loops, so they are not drawn: each state
+box counts them ("stale: 7 triggers"; the DOT/SVG tooltip names them, transitions.md has
+every cell). The few internal cells that are not stale (``user_cancel`` while a cancel
+is in flight or after the end) are one small self-loop per state, dashed and grey in DOT.
 
 ``path_diagram`` draws the same diagram with one future's history on it: visited states
-filled, taken edges emphasised and each taken line numbered with its step(s).
+filled, taken edges emphasised and each taken line numbered with its step(s); a stale
+step the history took appears as a highlighted self-loop on its state.
 
 Why not ``transitions.extensions.diagrams``: its graphviz engines need the pygraphviz or
 graphviz packages (not dependencies of futurefsm), and its Mermaid engine, which needs
@@ -279,9 +280,10 @@ def _drawn_edges(path: _Path | None) -> list[_Drawn]:
         for source, trigger in _table_order():
             if (source, trigger) in path.steps and (source, trigger) in _STALE_CELLS:
                 loops.setdefault(source, []).append(line(source, trigger))
+    all_edges = edges()
     drawn = []
     for source in _STATES:
-        for edge in (e for e in edges() if e.source is source):
+        for edge in (e for e in all_edges if e.source is source):
             lines = [line(source, t) for t in edge.triggers]
             if edge.quiet:
                 lines += loops.pop(source, [])
