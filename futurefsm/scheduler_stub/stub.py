@@ -21,6 +21,22 @@ reused task id) is counted as ``protocol_errors``, logged, and otherwise ignored
 
 Lifecycle: the constructor binds the socket and starts every thread, so a stub serves
 as soon as it exists; ``stop()`` (or leaving the ``with`` block) ends it.
+
+What a client sees
+------------------
+- Task ids are per client connection (ROUTER identity). A task is *held* from its
+  arrival until its result is sent; during ``result_delay`` it still counts as running.
+  A TaskCancel for an id that is not held (finished, cancelled, never seen) is answered
+  ``not_found``; for a held task, as its Behaviour's ``on_cancel`` says (``OnCancel``).
+- Graphs (``records.py``): a task waits until every ``depends_on`` task finished, in
+  whatever order they arrive. A dependency that failed (or whose worker died) ends its
+  dependents, transitively and without running them, with the same status and payload.
+  A cancelled dependency cancels its dependents, each confirmed ``canceled`` unasked.
+  A TaskCancel naming a known group id cancels every held member as if forced (each
+  by its own ``on_cancel``, each confirmed on its own id); finished members get nothing,
+  and so does the group id itself.
+- A ``Disconnect`` from a client forgets its tasks; ``disconnect_all()`` sends one to
+  every client and forgets everything; ``stop()`` goes away without a word.
 """
 
 from __future__ import annotations
