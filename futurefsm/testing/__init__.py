@@ -1,0 +1,105 @@
+"""Race-condition testing for futures of remote tasks: hypothesis strategies, the race
+state machine, and an exhaustive explorer, usable on any future implementation.
+
+Needs hypothesis (``pip install 'futurefsm[test]'``); ``futurefsm`` itself does not
+import this package.
+
+The pieces
+----------
+``Step``
+    One inbound message or local event for one future (``sent``, ``user_cancel``, a
+    result of each status, a confirm of each kind, ``cancel_timed_out``,
+    ``connection_lost``), each mapped to one FSM ``Trigger``.
+``FutureHarness`` / ``FutureUnderTest``
+    The adapter protocols: how the tools create a future, deliver a step to it, route
+    a message by task id, expire cancels, lose the connection, and read its state.
+    ``TaskFutureHarness`` is the implementation for ``TaskFuture`` on the in-memory
+    transport (and any ``TaskFuture`` subclass).
+``ExpectedWorld``
+    The oracle: the same steps replayed on ``TRANSITION_TABLE``.
+``make_race_machine(harness_factory)`` / ``FutureRaceMachine``
+    The hypothesis ``RuleBasedStateMachine``: messages and local events on an I/O
+    thread racing user calls (``cancel``, ``cancelled``, ``result``, ``wait``,
+    ``as_completed``, ``add_done_callback``) on several threads, every invariant
+    checked after every step.
+``explore(depth)``
+    Every sequence of steps for one future up to ``depth``, checked step by step.
+``strategies``
+    Triggers, steps and step sequences; protocol messages, valid, mutated and garbage
+    frames; scheduler-stub ``Behaviour``s.
+
+Checking another implementation
+-------------------------------
+::
+
+    from hypothesis import settings
+    from hypothesis.stateful import run_state_machine_as_test
+    from futurefsm.testing import make_race_machine, explore
+
+    Machine = make_race_machine(MyHarness)          # MyHarness: a FutureHarness
+    run_state_machine_as_test(Machine, settings=settings(deadline=None))
+    assert not explore(8, harness_factory=MyHarness).violations
+"""
+
+from __future__ import annotations
+
+from .budget import examples
+from .explorer import EXPLORED_STEPS, ExplorationReport, Violation, explore, run_sequence
+from .harness import (
+    STDLIB_STATE,
+    CountingWaiter,
+    FutureHarness,
+    FutureSnapshot,
+    FutureUnderTest,
+    HarnessFactory,
+    TaskFutureHarness,
+    TaskFutureUnderTest,
+)
+from .invariants import InvariantViolation, describe_future, format_history
+from .model import CallbackKind, ExpectedFuture, ExpectedWorld, Resolution, ResolutionKind
+from .race import FutureRaceMachine, make_race_machine
+from .steps import (
+    CONFIRM_STEPS,
+    DELIVERABLE_STEPS,
+    MESSAGE_STEPS,
+    RESULT_STEPS,
+    ResultValue,
+    Step,
+    TaskError,
+    payload_for,
+)
+
+__all__ = [
+    "CONFIRM_STEPS",
+    "DELIVERABLE_STEPS",
+    "EXPLORED_STEPS",
+    "MESSAGE_STEPS",
+    "RESULT_STEPS",
+    "STDLIB_STATE",
+    "CallbackKind",
+    "CountingWaiter",
+    "ExpectedFuture",
+    "ExpectedWorld",
+    "ExplorationReport",
+    "FutureHarness",
+    "FutureRaceMachine",
+    "FutureSnapshot",
+    "FutureUnderTest",
+    "HarnessFactory",
+    "InvariantViolation",
+    "Resolution",
+    "ResolutionKind",
+    "ResultValue",
+    "Step",
+    "TaskError",
+    "TaskFutureHarness",
+    "TaskFutureUnderTest",
+    "Violation",
+    "describe_future",
+    "examples",
+    "explore",
+    "format_history",
+    "make_race_machine",
+    "payload_for",
+    "run_sequence",
+]
