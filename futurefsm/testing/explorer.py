@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..fsm import HISTORY_STALE_LIMIT
+from ..fsm import HISTORY_STALE_LIMIT, Effect, FutureState, Trigger
 from .harness import CountingWaiter, FutureHarness, FutureUnderTest, HarnessFactory
 from .harness import TaskFutureHarness as _DefaultHarness
 from .invariants import (
@@ -55,11 +55,12 @@ class Violation:
 
     sequence: tuple[Step, ...]
     error: str
+    """The first line of the failure: the steps so far and what was wrong."""
     report: str
+    """The whole failure: that line, the future's history table and path diagram."""
 
     def __str__(self) -> str:
-        steps = ", ".join(s.value for s in self.sequence)
-        return f"after [{steps}]: {self.error}\n{self.report}"
+        return self.report
 
 
 @dataclass
@@ -80,6 +81,8 @@ class ExplorationReport:
     or shorter."""
     keys: set[tuple[Any, ...]] = field(default_factory=set, repr=False)
     """Every observable state reached."""
+    cells: set[tuple[FutureState, Trigger]] = field(default_factory=set)
+    """Every (state, trigger) cell of the table some step fired in."""
     violations: list[Violation] = field(default_factory=list)
     seconds: float = 0.0
 
@@ -113,13 +116,15 @@ class _Run:
         self.fut.future.add_done_callback(count)
         self.model.add_callback(0, CallbackKind.COUNT, None)
         self.payloads = 0
+        self.cells: list[tuple[FutureState, Trigger]] = []
 
     def apply(self, step: Step) -> None:
         """Deliver ``step`` (``user_cancel`` as ``cancel(wait=False)``) to both sides."""
+        self.cells.append((self.model.futures[0].state, step.trigger))
         if step is Step.USER_CANCEL:
             returned = self.fut.future.cancel(wait=False)
             self.model.cancel(0, deadline_passed=False, wait=False)
-            expected = self.model.futures[0].state.value != "done"
+            expected = self.model.futures[0].state is not FutureState.DONE
             if returned is not expected:
                 raise InvariantViolation(f"cancel(wait=False) returned {returned}")
             return
@@ -127,7 +132,7 @@ class _Run:
         payload = payload_for(step, self.payloads)
         stale = self.fut.deliver(step, payload)
         cell = self.model.step(0, step, payload)
-        want = cell.effect.value == "stale"
+        want = cell.effect is Effect.STALE
         if stale is not None and stale is not want:
             raise InvariantViolation(f"{step} reported stale={stale}, the table says {want}")
 
@@ -160,11 +165,13 @@ def run_sequence(
     harness_factory: HarnessFactory = _DefaultHarness,
     *,
     check_every_step: bool = True,
+    cells: set[tuple[FutureState, Trigger]] | None = None,
 ) -> tuple[Any, ...]:
     """Run one sequence on a fresh future and check every invariant after every step
     (or, with ``check_every_step=False``, after the last one only: ``explore`` runs
     every prefix as a sequence of its own). Return the final observable-state key.
-    Raises ``InvariantViolation`` (with a report of the future) on failure."""
+    Raises ``InvariantViolation`` (with a report of the future) on failure. The table
+    cells the steps fired in are added to ``cells`` if given."""
     harness = harness_factory()
     try:
         run = _Run(harness)
@@ -179,6 +186,8 @@ def run_sequence(
                 done = ", ".join(s.value for s in sequence[:number])
                 report = describe_future("future", run.fut, run.model.futures[0])
                 raise InvariantViolation(f"after [{done}]: {error}\n{report}") from error
+        if cells is not None:
+            cells.update(run.cells)
         return key
     finally:
         harness.close()
@@ -212,7 +221,9 @@ def explore(
                 report.sequences_run += 1
                 report.steps_run += len(sequence)
                 try:
-                    key = run_sequence(sequence, harness_factory, check_every_step=False)
+                    key = run_sequence(
+                        sequence, harness_factory, check_every_step=False, cells=report.cells
+                    )
                 except InvariantViolation as error:
                     report.violations.append(
                         Violation(sequence, str(error).split("\n")[0], str(error))
