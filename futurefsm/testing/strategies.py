@@ -151,10 +151,11 @@ def raw_frame(*items: Any) -> bytes:
 def msgpack_values(max_leaves: int = 10) -> st.SearchStrategy[Any]:
     """Arbitrary msgpack-encodable values: nil, bool, ints at the edges of every width,
     floats, str, bin, arrays and maps, nested."""
+    ints = st.integers(min_value=-(2**63), max_value=2**64 - 1)
     leaves = (
         st.none()
         | st.booleans()
-        | st.integers(min_value=-(2**63), max_value=2**64 - 1)
+        | ints
         | st.sampled_from([0, 1, -1, 127, 128, 255, 256, 65535, 65536, 2**32, 2**63 - 1, 2**63])
         | st.floats()
         | st.text(max_size=20)
@@ -165,7 +166,7 @@ def msgpack_values(max_leaves: int = 10) -> st.SearchStrategy[Any]:
         leaves,
         lambda children: (
             st.lists(children, max_size=5)
-            | st.dictionaries(st.text(max_size=5) | st.integers(), children, max_size=3)
+            | st.dictionaries(st.text(max_size=5) | ints, children, max_size=3)
         ),
         max_leaves=max_leaves,
     )
