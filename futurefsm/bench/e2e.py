@@ -1,0 +1,248 @@
+"""``futurefsm bench e2e``: client and scheduler stub end to end (SPEC section 9).
+
+Figures, all measured in one run:
+
+1. no-op tasks per second through ``Client`` and a ``SchedulerStub`` running in its
+   own process (``futurefsm scheduler``), against the raw pyzmq+msgpack echo rate
+   between two processes measured just before (one message out, one back, in
+   sequence: the round trip every task needs at least once); target >= 0.5x. The
+   pipelined echo rate is printed too, for scale;
+2. cancel of a running task, request to answer: p50 <= 2 ms, p99 <= 10 ms;
+3. bulk cancel of 10,000 tasks: <= 1 s;
+4. ``close()`` with 10,000 outstanding: <= 2 s.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import msgpack
+import zmq
+
+from ..client import Client
+from ..fsm import FutureState
+from ..scheduler_stub import SchedulerStub
+from ..scheduler_stub import sample_tasks as tasks
+
+__all__ = ["main", "measure"]
+
+_ECHO_SERVER = """
+import sys, msgpack, zmq
+context = zmq.Context()
+router = context.socket(zmq.ROUTER)
+router.setsockopt(zmq.ROUTER_MANDATORY, 1)
+router.bind(sys.argv[1])
+print("ready", flush=True)
+while True:
+    identity, frame = router.recv_multipart()
+    message = msgpack.unpackb(frame)
+    if message == "stop":
+        break
+    router.send_multipart([identity, msgpack.packb(message)])
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@contextmanager
+def _process(
+    args: list[str], ready_word: str, *, kill: bool = False
+) -> Iterator[subprocess.Popen[str]]:
+    """Run ``args``; wait for a line containing ``ready_word``; terminate (or, with
+    ``kill``, kill: its workers may be stuck in long tasks) at the end."""
+    process = subprocess.Popen(args, stdout=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout is not None
+        line = process.stdout.readline()
+        if ready_word not in line:
+            raise RuntimeError(f"benchmark helper did not start: {args!r} said {line!r}")
+        yield process
+    finally:
+        if kill:
+            process.kill()
+        else:
+            process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def _echo_rates(count: int) -> tuple[float, float]:
+    """(sequential, pipelined) round trips per second with a raw echo process."""
+    address = f"tcp://127.0.0.1:{_free_port()}"
+    # A message shaped like a Task: version, type, 16-byte id, two small payloads.
+    message = [1, 1, os.urandom(16), os.urandom(60), os.urandom(20), None, []]
+    with _process([sys.executable, "-c", _ECHO_SERVER, address], "ready"):
+        context = zmq.Context()
+        dealer = context.socket(zmq.DEALER)
+        dealer.setsockopt(zmq.LINGER, 0)
+        dealer.connect(address)
+        try:
+            for _ in range(100):  # warm up the connection
+                dealer.send(msgpack.packb(message))
+                msgpack.unpackb(dealer.recv())
+            start = time.perf_counter()
+            for _ in range(count):
+                dealer.send(msgpack.packb(message))
+                msgpack.unpackb(dealer.recv())
+            sequential = count / (time.perf_counter() - start)
+            start = time.perf_counter()
+            for _ in range(count):
+                dealer.send(msgpack.packb(message))
+            for _ in range(count):
+                msgpack.unpackb(dealer.recv())
+            pipelined = count / (time.perf_counter() - start)
+            dealer.send(msgpack.packb("stop"))
+        finally:
+            dealer.close()
+            context.term()
+    return sequential, pipelined
+
+
+@contextmanager
+def _scheduler_process(workers: int, *, kill: bool = False) -> Iterator[str]:
+    address = f"tcp://127.0.0.1:{_free_port()}"
+    args = [sys.executable, "-m", "futurefsm", "scheduler", "--address", address]
+    with _process([*args, "--workers", str(workers)], "listening", kill=kill):
+        yield address
+
+
+def _task_rate(address: str, count: int) -> float:
+    with Client(address) as client:
+        client.submit(tasks.noop).result(30)  # connected and warm
+        start = time.perf_counter()
+        futures = [client.submit(tasks.noop) for _ in range(count)]
+        for future in futures:
+            future.result(60)
+        return count / (time.perf_counter() - start)
+
+
+def _cancel_latencies(count: int) -> list[float]:
+    """Seconds from cancel() to its answer, for a task that is running (in-process stub,
+    so a gate can tell when the task runs)."""
+    latencies = []
+    with SchedulerStub(workers=2) as stub, Client(stub.address) as client:
+        for i in range(count):
+            gate = f"bench-cancel-{i}"
+            future = client.submit(tasks.gate_wait, gate)
+            if not tasks.wait_started(gate, 30):
+                raise RuntimeError("benchmark: task did not start")
+            start = time.perf_counter()
+            answered = future.cancel()
+            latencies.append(time.perf_counter() - start)
+            if not answered:
+                raise RuntimeError(f"benchmark: cancel refused: {future.cancel_outcome}")
+            tasks.open_gate(gate)  # free the worker (its result is discarded)
+        tasks.reset_gates()
+    return latencies
+
+
+def _outstanding(client: Client, count: int) -> list[Any]:
+    """``count`` futures whose Tasks were all handed to the socket (state running).
+
+    The scheduler may still be reading the last of them when the cancels follow; the
+    cancels queue behind them on the same connection, so that time counts against
+    the figure, never for it.
+    """
+    futures = [client.submit(tasks.sleep_then, 60) for _ in range(count)]
+    end = time.monotonic() + 60
+    while any(future.state is FutureState.PENDING for future in futures):
+        if time.monotonic() > end:
+            raise RuntimeError("benchmark: tasks were not sent")
+        time.sleep(0.01)
+    return futures
+
+
+def _bulk_cancel_seconds(address: str, count: int) -> float:
+    client = Client(address)
+    try:
+        futures = _outstanding(client, count)
+        start = time.perf_counter()
+        answers = client.cancel(futures)
+        elapsed = time.perf_counter() - start
+    finally:
+        client.close()
+    if not all(answers):
+        raise RuntimeError("benchmark: some cancels were refused")
+    return elapsed
+
+
+def _close_seconds(address: str, count: int) -> float:
+    client = Client(address)
+    futures = _outstanding(client, count)
+    start = time.perf_counter()
+    client.close()
+    elapsed = time.perf_counter() - start
+    cf.wait(futures, timeout=0)
+    if not all(future.cancelled() for future in futures):
+        raise RuntimeError("benchmark: close() left futures unfinished")
+    return elapsed
+
+
+def measure(tasks_count: int = 20_000, cancels: int = 300, bulk: int = 10_000) -> dict[str, float]:
+    """Run every measurement; return the figures."""
+    sequential, pipelined = _echo_rates(tasks_count)
+    with _scheduler_process(workers=2) as address:
+        rate = _task_rate(address, tasks_count)
+    latencies = sorted(_cancel_latencies(cancels))
+    # Each bulk figure gets a fresh scheduler: sleeping workers do not carry over.
+    # Their workers sleep in cancelled tasks: those schedulers are killed, not stopped.
+    with _scheduler_process(workers=2, kill=True) as address:
+        bulk_seconds = _bulk_cancel_seconds(address, bulk)
+    with _scheduler_process(workers=2, kill=True) as address:
+        close_seconds = _close_seconds(address, bulk)
+    return {
+        "echo_sequential_per_s": sequential,
+        "echo_pipelined_per_s": pipelined,
+        "tasks_per_s": rate,
+        "tasks_vs_echo": rate / sequential,
+        "cancel_p50_ms": statistics.median(latencies) * 1000,
+        "cancel_p99_ms": latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1000,
+        "bulk": bulk,
+        "bulk_cancel_s": bulk_seconds,
+        "close_s": close_seconds,
+    }
+
+
+def main(quick: bool = False) -> int:
+    """Print every figure against its target; exit code 0 either way."""
+    figures = measure(tasks_count=2_000, cancels=50, bulk=1_000) if quick else measure()
+
+    def verdict(ok: bool) -> str:
+        return "ok" if ok else "MISSED"
+
+    print(f"raw pyzmq+msgpack echo, sequential: {figures['echo_sequential_per_s']:>9,.0f} /s")
+    print(f"raw pyzmq+msgpack echo, pipelined:  {figures['echo_pipelined_per_s']:>9,.0f} /s")
+    print(f"no-op tasks through client + stub:  {figures['tasks_per_s']:>9,.0f} /s")
+    ratio = figures["tasks_vs_echo"]
+    print(f"tasks / sequential echo: {ratio:.2f}x   target >= 0.5x {verdict(ratio >= 0.5)}")
+    p50, p99 = figures["cancel_p50_ms"], figures["cancel_p99_ms"]
+    print(
+        f"cancel of a running task: p50 {p50:.2f} ms (<= 2 {verdict(p50 <= 2)}), "
+        f"p99 {p99:.2f} ms (<= 10 {verdict(p99 <= 10)})"
+    )
+    bulk = figures["bulk"]
+    print(
+        f"bulk cancel of {bulk:,} tasks: {figures['bulk_cancel_s']:.3f} s "
+        f"(<= 1 s {verdict(figures['bulk_cancel_s'] <= 1)})"
+    )
+    print(
+        f"close() with {bulk:,} outstanding: {figures['close_s']:.3f} s "
+        f"(<= 2 s {verdict(figures['close_s'] <= 2)})"
+    )
+    return 0

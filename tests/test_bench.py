@@ -1,0 +1,24 @@
+"""The benchmarks run and report every figure (speed is never asserted here)."""
+
+from __future__ import annotations
+
+from futurefsm.bench import e2e, fsm
+from futurefsm.cli import main as cli_main
+
+
+def test_fsm_benchmark_reports_three_ratios(capsys):
+    assert cli_main(["bench", "fsm", "--quick"]) == 0
+    out = capsys.readouterr().out
+    assert "lifecycle: TaskFuture / stdlib Future" in out
+    assert "alive / with 100 alive" in out
+    assert "memory per running future" in out
+    figures = fsm.measure(number=200, repeat=1, alive=1_000)
+    for key in ("lifecycle_ratio", "alive_ratio", "memory_ratio"):
+        assert figures[key] > 0
+
+
+def test_e2e_benchmark_measures_every_figure():
+    figures = e2e.measure(tasks_count=200, cancels=5, bulk=100)
+    assert figures["echo_sequential_per_s"] > 0 and figures["tasks_per_s"] > 0
+    assert 0 < figures["cancel_p50_ms"] <= figures["cancel_p99_ms"]
+    assert figures["bulk_cancel_s"] > 0 and figures["close_s"] > 0
