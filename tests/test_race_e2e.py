@@ -1,0 +1,418 @@
+"""End to end race machine: a ``Client`` against a ``SchedulerStub`` over real loopback
+sockets, with a generated ``Behaviour`` per task (SPEC sections 6 and 8).
+
+Kept small and fast: a few steps per case, short timeouts. Tasks echo a value, fail,
+or wait on a gate the machine opens. Cancels (single, bulk, waiting or not), results,
+waits and callbacks race the stub's scripted faults; the stub can also disconnect
+every client or go silent. After every step: nothing raised in either I/O thread,
+every future is consistent (stdlib view, history with at most one terminal transition,
+callbacks at most once) and its outcome is one its task's Behaviour allows. Teardown
+cancels what is left and then silences the stub: every future must be terminal within
+``cancel_timeout + connection_timeout`` (plus one heartbeat and scheduling slack),
+every callback must have run exactly once and every call must have returned.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import itertools
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from hypothesis import note, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    Bundle,
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    precondition,
+    rule,
+)
+
+from futurefsm import Client, ConnectionLostError, TaskFuture
+from futurefsm.errors import WorkerDiedError
+from futurefsm.fsm import TERMINAL_STATES, CancelOutcome, FutureState
+from futurefsm.protocol import Task
+from futurefsm.scheduler_stub import Behaviour, OnCancel, SchedulerStub
+from futurefsm.scheduler_stub.sample_tasks import echo, fail, gate_wait, open_gate, reset_gates
+from futurefsm.serializer import DEFAULT_SERIALIZER
+from futurefsm.testing.budget import examples
+from futurefsm.testing.harness import FutureSnapshot
+from futurefsm.testing.invariants import Outcome, capture, check_snapshot, describe_future
+from futurefsm.testing.strategies import behaviours
+
+CANCEL_TIMEOUT = 0.3
+CONNECTION_TIMEOUT = 0.5
+HEARTBEAT_INTERVAL = 0.05
+SLACK = 2.0
+"""Scheduling slack on a loaded 2-core CI runner, added to every time bound."""
+LONG = 10.0
+"""Timeout of result() and wait() calls: teardown ends every future well before."""
+TERMINAL_WITHIN = CANCEL_TIMEOUT + CONNECTION_TIMEOUT + HEARTBEAT_INTERVAL + SLACK
+
+_case = itertools.count()
+
+# Which cancel outcomes a task's on_cancel mode allows (the client always forces).
+# Any mode allows NOT_FOUND (the task finished first), RESULT_RACED (its result was in
+# flight), TIMED_OUT (a slow runner), CONNECTION_LOST and BEFORE_SEND.
+_ANY_MODE = {
+    CancelOutcome.NOT_FOUND,
+    CancelOutcome.RESULT_RACED,
+    CancelOutcome.TIMED_OUT,
+    CancelOutcome.CONNECTION_LOST,
+    CancelOutcome.BEFORE_SEND,
+}
+_ALLOWED_OUTCOMES: dict[OnCancel, set[CancelOutcome]] = {
+    OnCancel.CONFIRM: _ANY_MODE | {CancelOutcome.CONFIRMED},
+    OnCancel.DUPLICATE: _ANY_MODE | {CancelOutcome.CONFIRMED},
+    OnCancel.CONFIRM_THEN_RESULT: _ANY_MODE | {CancelOutcome.CONFIRMED},
+    OnCancel.RESULT_THEN_CONFIRM: _ANY_MODE | {CancelOutcome.CONFIRMED},
+    OnCancel.CANCEL_FAILED: _ANY_MODE | {CancelOutcome.FAILED},
+    OnCancel.NOT_FOUND: set(_ANY_MODE),
+    OnCancel.IGNORE: set(_ANY_MODE),
+}
+
+
+@dataclass(eq=False)
+class Submitted:
+    """One submitted task, what it should produce, and its callback count."""
+
+    index: int
+    future: TaskFuture
+    kind: str
+    value: Any
+    behaviour: Behaviour
+    gate: str | None
+    callbacks: list[int]
+
+    def __repr__(self) -> str:
+        return f"t{self.index}"
+
+
+@dataclass(eq=False)
+class Call:
+    """A user call on its own thread, with the time it must have returned by."""
+
+    label: str
+    outcome: cf.Future[Any]
+    must_return_by: float | None
+    verify: Callable[[Outcome], None]
+
+
+def snapshot(future: TaskFuture) -> FutureSnapshot:
+    """A consistent view of a client future (taken under its lock)."""
+    with future._condition:
+        return FutureSnapshot(
+            state=future.state,
+            stdlib_state=future._state,
+            running=future.running(),
+            done=future.done(),
+            cancel_outcome=future.cancel_outcome,
+            history=future.history,
+            registered=None,
+        )
+
+
+class _ClientFuture:
+    """Just enough of ``FutureUnderTest`` for ``describe_future``."""
+
+    def __init__(self, future: TaskFuture) -> None:
+        self.future = future
+
+    def snapshot(self) -> FutureSnapshot:
+        return snapshot(self.future)
+
+    def cancels_sent(self) -> str:
+        return "(not counted end to end)"
+
+
+_KINDS = st.sampled_from(["echo", "fail", "gate"])
+# One in three tasks may silence the stub (answer_heartbeats=False) once it arrives.
+_BEHAVIOURS = st.one_of(behaviours(silence=False), behaviours(silence=False), behaviours())
+
+
+class ClientStubMachine(RuleBasedStateMachine):
+    """A Client and a SchedulerStub; see the module docstring."""
+
+    tasks = Bundle("tasks")
+
+    def __init__(self) -> None:
+        super().__init__()
+        reset_gates()
+        self.case = next(_case)
+        self.behaviours: dict[str, Behaviour] = {}
+        self.stub = SchedulerStub(workers=2, behaviour=self._behaviour_for)
+        self.client = Client(
+            self.stub.address,
+            cancel_timeout=CANCEL_TIMEOUT,
+            heartbeat_interval=HEARTBEAT_INTERVAL,
+            connection_timeout=CONNECTION_TIMEOUT,
+        )
+        self.submitted: list[Submitted] = []
+        self.calls: list[Call] = []
+
+    def _behaviour_for(self, index: int) -> Behaviour:
+        # The arrival index is not the submission index: a task cancelled before it was
+        # sent never arrives. So find the Task being handled (the stub logs it just
+        # before asking) and look its Behaviour up by the value among its arguments.
+        for record in reversed(self.stub.log):
+            if record.direction == "in" and isinstance(record.message, Task):
+                args, _ = DEFAULT_SERIALIZER.loads(record.message.args)
+                for arg in args:
+                    if isinstance(arg, str) and arg in self.behaviours:
+                        return self.behaviours[arg]
+                break
+        raise AssertionError(f"no Behaviour for task #{index}")
+
+    def _start(
+        self,
+        label: str,
+        fn: Callable[[], Any],
+        bound: float | None,
+        verify: Callable[[Outcome], None],
+    ) -> None:
+        outcome: cf.Future[Any] = cf.Future()
+
+        def run() -> None:
+            outcome.set_result(capture(fn))
+
+        threading.Thread(target=run, name=f"e2e-{label}", daemon=True).start()
+        deadline = None if bound is None else time.monotonic() + bound
+        self.calls.append(Call(label, outcome, deadline, verify))
+
+    # ------------------------------------------------------------------ rules
+
+    @initialize(target=tasks, kind=_KINDS, behaviour=_BEHAVIOURS)
+    def first_task(self, kind: str, behaviour: Behaviour) -> Submitted:
+        return self.submit(kind, behaviour)
+
+    @precondition(lambda self: len(self.submitted) < 6)
+    @rule(target=tasks, kind=_KINDS, behaviour=_BEHAVIOURS)
+    def another_task(self, kind: str, behaviour: Behaviour) -> Submitted:
+        return self.submit(kind, behaviour)
+
+    def submit(self, kind: str, behaviour: Behaviour) -> Submitted:
+        index = len(self.submitted)
+        value = f"value-{self.case}-{index}"
+        gate = f"gate-{self.case}-{index}" if kind == "gate" else None
+        self.behaviours[value] = behaviour
+        if kind == "echo":
+            future = self.client.submit(echo, value)
+        elif kind == "fail":
+            future = self.client.submit(fail, value)
+        else:
+            future = self.client.submit(gate_wait, gate, value, LONG)
+        record = Submitted(index, future, kind, value, behaviour, gate, [])
+        self.submitted.append(record)
+        return record
+
+    @rule(task=tasks)
+    def open_its_gate(self, task: Submitted) -> None:
+        if task.gate is not None:
+            open_gate(task.gate)
+
+    @rule(task=tasks)
+    def cancel_without_waiting(self, task: Submitted) -> None:
+        result = task.future.cancel(wait=False)
+        assert isinstance(result, bool)
+        if not result:
+            assert task.future.state is not FutureState.CANCELLED
+
+    @rule(task=tasks)
+    def start_cancel(self, task: Submitted) -> None:
+        future = task.future
+
+        def verify(outcome: Outcome) -> None:
+            kind, value = outcome
+            assert kind == "value" and isinstance(value, bool), outcome
+            if value:
+                assert future.state is FutureState.CANCELLED
+
+        self._start(f"{task}.cancel()", future.cancel, CANCEL_TIMEOUT + SLACK, verify)
+
+    @rule(tasks_=st.lists(tasks, min_size=1, max_size=3, unique_by=id))
+    def start_bulk_cancel(self, tasks_: Sequence[Submitted]) -> None:
+        futures = [t.future for t in tasks_]
+
+        def verify(outcome: Outcome) -> None:
+            kind, value = outcome
+            assert kind == "value" and len(value) == len(futures), outcome
+            for future, cancelled in zip(futures, value, strict=True):
+                if cancelled:
+                    assert future.state is FutureState.CANCELLED
+
+        self._start(
+            f"client.cancel({list(tasks_)})",
+            lambda: self.client.cancel(futures),
+            CANCEL_TIMEOUT + SLACK,
+            verify,
+        )
+
+    @rule(task=tasks)
+    def start_result(self, task: Submitted) -> None:
+        self._start(
+            f"{task}.result()",
+            lambda: task.future.result(LONG),
+            None,
+            lambda outcome: self._check_result(task, outcome),
+        )
+
+    @rule(
+        tasks_=st.lists(tasks, min_size=1, max_size=3, unique_by=id),
+        return_when=st.sampled_from([cf.FIRST_COMPLETED, cf.FIRST_EXCEPTION, cf.ALL_COMPLETED]),
+    )
+    def start_wait(self, tasks_: Sequence[Submitted], return_when: str) -> None:
+        futures = [t.future for t in tasks_]
+
+        def verify(outcome: Outcome) -> None:
+            kind, value = outcome
+            assert kind == "value", outcome
+            done = value.done
+            assert all(f.done() for f in done)
+            if return_when == cf.ALL_COMPLETED:
+                assert done == set(futures)
+            elif return_when == cf.FIRST_COMPLETED:
+                assert done
+            else:
+                assert len(done) == len(futures) or any(
+                    not f.cancelled() and f.exception() is not None for f in done
+                )
+
+        self._start(
+            f"wait({list(tasks_)}, {return_when})",
+            lambda: cf.wait(futures, LONG, return_when),
+            None,
+            verify,
+        )
+
+    @rule(task=tasks)
+    def add_done_callback(self, task: Submitted) -> None:
+        task.callbacks.append(0)
+        slot = len(task.callbacks) - 1
+
+        def callback(future: Any) -> None:
+            task.callbacks[slot] += 1
+            assert future.done()
+
+        task.future.add_done_callback(callback)
+
+    @rule()
+    def disconnect_all(self) -> None:
+        """The scheduler says Disconnect: every live future gets connection lost.
+
+        (Only if the stub knew the client: it forgets it at a Disconnect and knows it
+        again from its next message, a heartbeat at the latest.)"""
+        live = [t.future for t in self.submitted if not t.future.done()]
+        if self.stub.disconnect_all():
+            _, not_done = cf.wait(live, timeout=SLACK)
+            assert not not_done, f"not ended by a Disconnect: {not_done}"
+
+    @rule()
+    def let_something_happen(self) -> None:
+        """Wait (bounded) for the next future to finish, if any is live."""
+        live = [t.future for t in self.submitted if not t.future.done()]
+        if live:
+            cf.wait(live, timeout=CANCEL_TIMEOUT, return_when=cf.FIRST_COMPLETED)
+
+    # ------------------------------------------------------------------ checks
+
+    def _check_result(self, task: Submitted, outcome: Outcome) -> None:
+        kind, value = outcome
+        state = task.future.state
+        assert state in TERMINAL_STATES, f"{task}.result() returned in {state}"
+        if state is FutureState.CANCELLED:
+            assert kind == "raised" and isinstance(value, cf.CancelledError), outcome
+            return
+        if kind == "value":
+            assert not task.behaviour.worker_died and task.kind != "fail", outcome
+            assert value == task.value
+            return
+        allowed: tuple[type[BaseException], ...] = (ConnectionLostError,)
+        if task.behaviour.worker_died:
+            allowed += (WorkerDiedError,)
+        elif task.kind == "fail":
+            allowed += (ValueError,)
+        assert isinstance(value, allowed), f"{task}: {value!r}"
+
+    @invariant()
+    def nothing_raised_in_an_io_thread(self) -> None:
+        assert self.client.stats()["io_errors"] == 0
+        assert self.stub.stats()["internal_errors"] == 0
+
+    @invariant()
+    def every_future_is_consistent(self) -> None:
+        for task in self.submitted:
+            snap = snapshot(task.future)
+            check_snapshot(repr(task), snap)
+            assert all(calls <= 1 for calls in task.callbacks), task.callbacks
+            if snap.state in TERMINAL_STATES:
+                assert task.future.cancelled() is (snap.state is FutureState.CANCELLED)
+                self._check_result(task, capture(lambda t=task: t.future.result(timeout=0)))
+            outcome = snap.cancel_outcome
+            if outcome is not None:
+                allowed = _ALLOWED_OUTCOMES[task.behaviour.on_cancel]
+                assert outcome in allowed, f"{task}: {outcome} with {task.behaviour}"
+
+    @invariant()
+    def calls_return_in_time(self) -> None:
+        now = time.monotonic()
+        remaining = []
+        for call in self.calls:
+            if call.outcome.done():
+                call.verify(call.outcome.result())
+            elif call.must_return_by is not None and now > call.must_return_by:
+                raise AssertionError(f"{call.label} did not return in time")
+            else:
+                remaining.append(call)
+        self.calls = remaining
+
+    # ------------------------------------------------------------------ teardown
+
+    def teardown(self) -> None:
+        try:
+            self._end_everything()
+        except BaseException:
+            for task in self.submitted:
+                note(describe_future(repr(task), _ClientFuture(task.future), None))  # type: ignore[arg-type]
+            raise
+        finally:
+            reset_gates()
+            self.client.close()
+            self.stub.stop()
+
+    def _end_everything(self) -> None:
+        started = time.monotonic()
+        futures = [t.future for t in self.submitted]
+        for future in futures:
+            future.cancel(wait=False)
+        _, not_done = cf.wait(futures, timeout=CANCEL_TIMEOUT + SLACK)
+        if not_done:
+            # Refused cancels of tasks that will never answer: a silent scheduler must
+            # end them within connection_timeout.
+            self.stub.answer_heartbeats = False
+            _, not_done = cf.wait(futures, timeout=CONNECTION_TIMEOUT + HEARTBEAT_INTERVAL + SLACK)
+        elapsed = time.monotonic() - started
+        assert not not_done, f"not terminal after {elapsed:.2f} s: {not_done}"
+        assert elapsed <= TERMINAL_WITHIN, f"took {elapsed:.2f} s to end every future"
+        for call in self.calls:
+            call.verify(call.outcome.result(SLACK))
+        self.calls = []
+        end = time.monotonic() + SLACK
+        for task in self.submitted:
+            # Callbacks run on the I/O thread just after the future turned terminal.
+            while any(c != 1 for c in task.callbacks) and time.monotonic() < end:
+                time.sleep(0.001)
+            assert all(c == 1 for c in task.callbacks), f"{task}: callbacks {task.callbacks}"
+            self._check_result(task, capture(lambda t=task: t.future.result(timeout=0)))
+        self.nothing_raised_in_an_io_thread()
+        self.every_future_is_consistent()
+
+
+ClientStubMachine.TestCase.settings = settings(
+    max_examples=examples(0.25, minimum=5), stateful_step_count=8, deadline=None
+)
+TestClientStubMachine = ClientStubMachine.TestCase
