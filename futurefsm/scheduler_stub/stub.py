@@ -610,12 +610,16 @@ class SchedulerStub:
     def _send(self, identity: bytes, message: Message, frame: bytes | None = None) -> None:
         if frame is None:
             frame = encode(message)
+        # Logged and counted before the send: a peer that has the reply must find it in
+        # the log and the stats already. Taken back below if the send fails.
+        self._note("out", identity, message)
         try:
             # Two sends with plain int flags: cheaper than send_multipart, and with
             # ROUTER_MANDATORY an unroutable identity fails on the first, sending nothing.
             self._router.send(identity, _NOBLOCK_SNDMORE)
             self._router.send(frame, _NOBLOCK)
         except zmq.ZMQError as exc:
+            self._unnote_last_out(message)
             # EHOSTUNREACH: the peer is gone (ROUTER_MANDATORY). EAGAIN cannot happen with
             # no high water mark, but is accounted for the same way if it does.
             self._count("unroutable")
@@ -626,7 +630,15 @@ class SchedulerStub:
                 exc.strerror,
             )
             return
-        self._note("out", identity, message)
+
+    def _unnote_last_out(self, message: Message) -> None:
+        """Take back the "out" record ``_send`` just made (only the I/O thread logs)."""
+        stat = _OUT_STATS.get(type(message))
+        with self._records_lock:
+            if self._log and self._log[-1].message is message:
+                self._log.pop()
+            if stat is not None:
+                self._stats[stat] -= 1
 
     def _note(self, direction: Literal["in", "out"], identity: bytes, message: Message) -> None:
         record = LogRecord(direction, identity, message, time.monotonic())
