@@ -417,6 +417,27 @@ def test_cancelling_a_graph_member_cancels_the_whole_graph_promptly(stub_and_cli
     assert stub.stats()["cancels_received"] == 1  # one TaskCancel for the group
 
 
+def test_graph_member_cancelled_before_sending_takes_the_graph_with_it(stub_and_client):
+    stub, client = stub_and_client
+    graph: dict = {}
+
+    def submit_and_cancel_on_the_io_thread(_):
+        # The I/O thread is busy running this callback: nothing submitted here is sent
+        # before the callback returns.
+        graph.update(client.submit_graph({"a": (tasks.echo, 1), "b": (tasks.add, "a", 1)}))
+        graph["b"].cancel()
+
+    trigger = client.submit(tasks.noop)
+    trigger.add_done_callback(submit_and_cancel_on_the_io_thread)
+    _, not_done = cf.wait([trigger], timeout=DEADLINE)
+    assert not not_done
+    wait_until(lambda: len(graph) == 2, what="the callback")
+    _, not_done = cf.wait(list(graph.values()), timeout=DEADLINE)
+    assert not not_done
+    assert {future.cancel_outcome for future in graph.values()} == {CancelOutcome.BEFORE_SEND}
+    assert stub.stats()["tasks_received"] == 1  # only the trigger
+
+
 # ------------------------------------------------------------------ bulk cancel, close, shutdown
 
 

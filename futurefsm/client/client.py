@@ -192,8 +192,24 @@ class Client(cf.Executor):
         depends_on: tuple[bytes, ...],
         task_id: bytes | None = None,
     ) -> TaskFuture:
+        self._check_open()
+        future, frame = self._register(task_id, function, arguments, group_id, depends_on)
+        self._post(("task", future, frame))
+        return future
+
+    def _check_open(self) -> None:
         if self._shutdown:
             raise RuntimeError("cannot schedule new futures after shutdown")
+
+    def _register(
+        self,
+        task_id: bytes | None,
+        function: bytes,
+        arguments: bytes,
+        group_id: bytes | None,
+        depends_on: tuple[bytes, ...],
+    ) -> tuple[TaskFuture, bytes]:
+        """A new future, registered, and its encoded Task (not queued yet)."""
         task_id = new_task_id() if task_id is None else task_id
         frame = encode(Task(task_id, function, arguments, group_id, depends_on))
         future = TaskFuture(task_id, self)
@@ -202,8 +218,7 @@ class Client(cf.Executor):
         self._futures[task_id] = future  # registered before the Task is queued
         with self._stats_lock:
             self._stats["submitted"] += 1
-        self._post(("task", future, frame))
-        return future
+        return future, frame
 
     def map(
         self,
@@ -247,6 +262,7 @@ class Client(cf.Executor):
         any of their futures cancels the whole graph, and every member future ends
         cancelled promptly.
         """
+        self._check_open()
         order = _topological_order(graph)
         wanted = list(graph) if keys is None else list(keys)
         for key in wanted:
@@ -263,10 +279,13 @@ class Client(cf.Executor):
             )
             function, arguments = self._serialize_call(fn, refs, {})
             payloads.append((key, function, arguments, depends_on))
-        futures = {
-            key: self._submit_task(function, arguments, group_id, depends_on, task_ids[key])
+        members = [
+            self._register(task_ids[key], function, arguments, group_id, depends_on)
             for key, function, arguments, depends_on in payloads
-        }
+        ]
+        # One outbox item: the I/O thread sends the graph whole or not at all.
+        self._post(("graph", group_id, members))
+        futures = {key: future for key, (future, _) in zip(order, members, strict=True)}
         return {key: futures[key] for key in wanted}
 
     # ------------------------------------------------------------------ cancelling
@@ -455,6 +474,9 @@ class Client(cf.Executor):
                     # future running and queues its TaskCancel behind this Task.
                     if future.sent().effect is not Effect.STALE:
                         self._send(frame)
+                elif kind == "graph":
+                    _, group_id, members = item
+                    self._send_graph(group_id, members)
                 elif kind == "cancel":
                     _, task_id, frame, deadline = item
                     self._send(frame)
@@ -466,6 +488,24 @@ class Client(cf.Executor):
                 LOGGER.exception("client I/O thread: failed to send %s", kind)
                 self._count("io_errors")
         return True
+
+    def _send_graph(self, group_id: bytes, members: list[tuple[TaskFuture, bytes]]) -> None:
+        """Send a graph's Tasks together; a member cancelled before sending takes the
+        whole graph with it, as a cancel of any member does later."""
+        if any(future.state is not FutureState.PENDING for future, _ in members):
+            for future, _ in members:
+                # Pending: cancelled at once, nothing sent (the deadline is unused).
+                future._request_cancel(time.monotonic())
+            return
+        # "sent" for every member before any frame goes: once the scheduler runs one
+        # member, none of them is still pending.
+        frames = [frame for future, frame in members if future.sent().effect is not Effect.STALE]
+        for frame in frames:
+            self._send(frame)
+        if frames and len(frames) < len(members):
+            # A member was cancelled between the check above and its "sent": cancel
+            # the members that went out, as a cancel of any member would.
+            self._send(encode(TaskCancel(group_id, True)))
 
     def _send(self, frame: bytes) -> None:
         # SNDHWM is 0 (no limit): a DEALER queues the frame even before it connects,
