@@ -26,9 +26,11 @@ from hypothesis import note, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
     Bundle,
+    MultipleResults,
     RuleBasedStateMachine,
     initialize,
     invariant,
+    multiple,
     precondition,
     rule,
 )
@@ -38,7 +40,14 @@ from futurefsm.errors import WorkerDiedError
 from futurefsm.fsm import TERMINAL_STATES, CancelOutcome, FutureState
 from futurefsm.protocol import Task
 from futurefsm.scheduler_stub import Behaviour, OnCancel, SchedulerStub
-from futurefsm.scheduler_stub.sample_tasks import echo, fail, gate_wait, open_gate, reset_gates
+from futurefsm.scheduler_stub.sample_tasks import (
+    add,
+    echo,
+    fail,
+    gate_wait,
+    open_gate,
+    reset_gates,
+)
 from futurefsm.serializer import DEFAULT_SERIALIZER
 from futurefsm.testing.budget import examples
 from futurefsm.testing.harness import FutureSnapshot
@@ -88,6 +97,9 @@ class Submitted:
     behaviour: Behaviour
     gate: str | None
     callbacks: list[int]
+    upstream: Submitted | None = None
+    """The graph member this one depends on."""
+    in_graph: bool = False
 
     def __repr__(self) -> str:
         return f"t{self.index}"
@@ -210,6 +222,24 @@ class ClientStubMachine(RuleBasedStateMachine):
         record = Submitted(index, future, kind, value, behaviour, gate, [])
         self.submitted.append(record)
         return record
+
+    @precondition(lambda self: len(self.submitted) < 5 and not self.closed)
+    @rule(target=tasks, behaviour=_BEHAVIOURS, dependent=_BEHAVIOURS)
+    def submit_a_graph(self, behaviour: Behaviour, dependent: Behaviour) -> MultipleResults[Any]:
+        """``{"root": gate_wait(...), "dep": add("root", suffix)}``: one group."""
+        index = len(self.submitted)
+        value, gate = f"value-{self.case}-{index}", f"gate-{self.case}-{index}"
+        suffix = f"-then-{self.case}-{index + 1}"
+        self.behaviours[value], self.behaviours[suffix] = behaviour, dependent
+        futures = self.client.submit_graph(
+            {"root": (gate_wait, gate, value, LONG), "dep": (add, "root", suffix)}
+        )
+        root = Submitted(index, futures["root"], "gate", value, behaviour, gate, [], None, True)
+        dep = Submitted(
+            index + 1, futures["dep"], "dependent", value + suffix, dependent, None, [], root, True
+        )
+        self.submitted += [root, dep]
+        return multiple(root, dep)
 
     @rule(task=tasks)
     def open_its_gate(self, task: Submitted) -> None:
@@ -341,12 +371,15 @@ class ClientStubMachine(RuleBasedStateMachine):
         if state is FutureState.CANCELLED:
             assert kind == "raised" and isinstance(value, cf.CancelledError), outcome
             return
+        died = task.behaviour.worker_died or (
+            task.upstream is not None and task.upstream.behaviour.worker_died
+        )
         if kind == "value":
-            assert not task.behaviour.worker_died and task.kind != "fail", outcome
+            assert not died and task.kind != "fail", outcome
             assert value == task.value
             return
         allowed: tuple[type[BaseException], ...] = (ConnectionLostError,)
-        if task.behaviour.worker_died:
+        if died:
             allowed += (WorkerDiedError,)
         elif task.kind == "fail":
             allowed += (ValueError,)
@@ -369,6 +402,10 @@ class ClientStubMachine(RuleBasedStateMachine):
             outcome = snap.cancel_outcome
             if outcome is not None:
                 allowed = _ALLOWED_OUTCOMES[task.behaviour.on_cancel]
+                if task.in_graph:
+                    # A sibling's cancel reaches it as an unasked confirm; cancelling a
+                    # member confirms its dependents whatever their own mode.
+                    allowed = allowed | {CancelOutcome.CONFIRMED, CancelOutcome.BY_SCHEDULER}
                 assert outcome in allowed, f"{task}: {outcome} with {task.behaviour}"
 
     @invariant()
