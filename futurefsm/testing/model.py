@@ -55,6 +55,9 @@ class CallbackKind(str, Enum):
     CANCEL = "cancel"
     """Records the call, then calls ``cancel()`` on a target future: inside a callback
     that must not block, so it acts as ``cancel(wait=False)``."""
+    QUERY = "query"
+    """Records the call, then asks a target future ``cancelled()``, ``done()`` and
+    ``result(timeout=0)``: inside a callback none of them may block or change it."""
 
 
 @dataclass

@@ -36,6 +36,7 @@ history table and path diagram.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
 import functools
 import threading
 from collections.abc import Callable, Sequence
@@ -194,6 +195,12 @@ class _RaceMachineBase(RuleBasedStateMachine):
                 raise RuntimeError("a done-callback that fails (the future must log it)")
             if kind is CallbackKind.CANCEL and target is not None:
                 target.fut.future.cancel()  # in a callback: must not block
+            if kind is CallbackKind.QUERY and target is not None:
+                other = target.fut.future
+                other.cancelled()  # in a callback: must not wait for a cancel in flight
+                other.done()
+                with contextlib.suppress(Exception):
+                    other.result(timeout=0)
 
         return callback
 
@@ -492,7 +499,7 @@ class _RaceMachineBase(RuleBasedStateMachine):
     @_step
     def add_done_callback(self, f: FutureRecord, kind: CallbackKind, other: FutureRecord) -> None:
         """``add_done_callback`` from a user thread: counts its calls; or raises; or
-        cancels ``other`` (inside a callback, which must not block)."""
+        cancels ``other``, or queries it (inside a callback: must not block)."""
         callback = self._probe(f, kind, other)
         future = f.fut.future
         outcome = UserCall.run(f"{f}.add_done_callback", lambda: future.add_done_callback(callback))
