@@ -17,8 +17,10 @@ What a harness promises:
 - ``deliver_to_id(task_id, step, payload)`` routes the step by task id the way a
   client's registry does: an id with no live future is stale (True).
 - ``expire_cancels()`` fires ``cancel_timed_out`` through the transport on every
-  future that is not terminal and had a TaskCancel sent.
-- ``lose_connection()`` fires ``connection_lost`` on every live future.
+  future that is not terminal and had a TaskCancel sent, in the order of their first
+  TaskCancel (the order matters when a done-callback cancels another future).
+- ``lose_connection()`` fires ``connection_lost`` on every future live when it is
+  called, in creation order.
 - ``attach_io_thread(thread)`` tells the implementation which thread delivers
   messages (user calls made there, or in done-callbacks, must never block).
 - ``snapshot()`` reads a future's observable state consistently (under its lock if it
@@ -116,11 +118,12 @@ class FutureHarness(Protocol):
         ...
 
     def expire_cancels(self) -> None:
-        """Fire ``cancel_timed_out`` on every live future that had a TaskCancel sent."""
+        """Fire ``cancel_timed_out`` on every live future that had a TaskCancel sent,
+        in the order of their first TaskCancel."""
         ...
 
     def lose_connection(self) -> None:
-        """Fire ``connection_lost`` on every live future."""
+        """Fire ``connection_lost`` on every future live now, in creation order."""
         ...
 
     def attach_io_thread(self, thread: threading.Thread) -> None:
