@@ -83,7 +83,8 @@ def test_task_exception_is_raised_by_result(transport):
 
 def test_result_timeout(transport):
     future = running(transport)
-    with pytest.raises(TimeoutError):
+    # concurrent.futures.TimeoutError: the builtin one only from Python 3.11 on.
+    with pytest.raises(cf.TimeoutError):
         future.result(timeout=0.01)
 
 
