@@ -101,8 +101,11 @@ class _Demo:
             future.cancel()  # on the I/O thread: never waits; nothing was sent
             before_send.append(future)
 
-        trigger = self.submit(tasks.noop)
+        # The callback is added while its task waits on a gate, so it runs on the I/O
+        # thread when the result arrives (added to a finished future, it would run here).
+        trigger = self.submit(tasks.gate_wait, "trigger")
         trigger.add_done_callback(submit_and_cancel)
+        tasks.open_gate("trigger")
         _wait_until(lambda: bool(before_send), "the callback to run")
         self.rows.append(Row("cancel before sending", before_send[0], None))
 

@@ -424,11 +424,15 @@ def test_graph_member_cancelled_before_sending_takes_the_graph_with_it(stub_and_
     def submit_and_cancel_on_the_io_thread(_):
         # The I/O thread is busy running this callback: nothing submitted here is sent
         # before the callback returns.
+        assert client.on_io_thread()
         graph.update(client.submit_graph({"a": (tasks.echo, 1), "b": (tasks.add, "a", 1)}))
         graph["b"].cancel()
 
-    trigger = client.submit(tasks.noop)
+    # The callback is added while the task cannot finish, so it runs on the I/O thread
+    # when the result arrives (added later, it would run at once on this thread).
+    trigger = client.submit(tasks.gate_wait, "trigger")
     trigger.add_done_callback(submit_and_cancel_on_the_io_thread)
+    tasks.open_gate("trigger")
     _, not_done = cf.wait([trigger], timeout=DEADLINE)
     assert not not_done
     wait_until(lambda: len(graph) == 2, what="the callback")
