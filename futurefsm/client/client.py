@@ -50,8 +50,9 @@ from ..protocol import (
     encode,
     new_task_id,
 )
-from ..serializer import DEFAULT_SERIALIZER, DependencyRef, Serializer, decode_failure
+from ..serializer import DEFAULT_SERIALIZER, Serializer, decode_failure
 from .future import TaskFuture
+from .graph import as_task, dependencies, dependency_refs, topological_order
 
 __all__ = ["Client"]
 
@@ -263,7 +264,7 @@ class Client(cf.Executor):
         cancelled promptly.
         """
         self._check_open()
-        order = _topological_order(graph)
+        order = topological_order(graph)
         wanted = list(graph) if keys is None else list(keys)
         for key in wanted:
             if key not in graph:
@@ -272,10 +273,10 @@ class Client(cf.Executor):
         group_id = new_task_id()
         payloads = []
         for key in order:
-            fn, args = _as_task(graph[key])
-            refs = _dependency_refs(args, graph, task_ids)
+            fn, args = as_task(graph[key])
+            refs = dependency_refs(args, graph, task_ids)
             depends_on = tuple(
-                dict.fromkeys(task_ids[dep] for dep in _dependencies(graph[key], graph))
+                dict.fromkeys(task_ids[dep] for dep in dependencies(graph[key], graph))
             )
             function, arguments = self._serialize_call(fn, refs, {})
             payloads.append((key, function, arguments, depends_on))
@@ -611,84 +612,3 @@ class Client(cf.Executor):
             LOGGER.warning(message, *args)
         else:
             LOGGER.debug(message, *args)
-
-
-# ---------------------------------------------------------------------- graph helpers
-
-
-_EXHAUSTED = object()
-
-
-def _is_task(value: Any) -> bool:
-    return isinstance(value, tuple) and bool(value) and callable(value[0])
-
-
-def _as_task(value: Any) -> tuple[Callable[..., Any], tuple[Any, ...]]:
-    if _is_task(value):
-        return value[0], tuple(value[1:])
-    return _identity, (value,)
-
-
-def _identity(value: Any) -> Any:
-    return value
-
-
-def _is_key(value: Any, graph: Mapping[Hashable, Any]) -> bool:
-    try:
-        return value in graph
-    except TypeError:  # unhashable
-        return False
-
-
-def _dependencies(value: Any, graph: Mapping[Hashable, Any]) -> list[Hashable]:
-    _, args = _as_task(value)
-    found: list[Hashable] = []
-
-    def visit(item: Any) -> None:
-        if _is_key(item, graph):
-            found.append(item)
-        elif isinstance(item, list):
-            for element in item:
-                visit(element)
-
-    for arg in args:
-        visit(arg)
-    return found
-
-
-def _dependency_refs(
-    args: tuple[Any, ...], graph: Mapping[Hashable, Any], task_ids: dict[Hashable, bytes]
-) -> tuple[Any, ...]:
-    def replace(item: Any) -> Any:
-        if _is_key(item, graph):
-            return DependencyRef(task_ids[item])
-        if isinstance(item, list):
-            return [replace(element) for element in item]
-        return item
-
-    return tuple(replace(arg) for arg in args)
-
-
-def _topological_order(graph: Mapping[Hashable, Any]) -> list[Hashable]:
-    """Keys with every dependency before its dependents; ValueError on a cycle."""
-    order: list[Hashable] = []
-    state: dict[Hashable, int] = {}  # 1 visiting, 2 done
-
-    for root in graph:
-        if state.get(root) == 2:
-            continue
-        stack = [(root, iter(_dependencies(graph[root], graph)))]
-        state[root] = 1
-        while stack:
-            key, children = stack[-1]
-            child = next(children, _EXHAUSTED)
-            if child is _EXHAUSTED:
-                stack.pop()
-                state[key] = 2
-                order.append(key)
-            elif state.get(child) == 1:
-                raise ValueError(f"submit_graph: the graph has a cycle through {child!r}")
-            elif state.get(child) is None:
-                state[child] = 1
-                stack.append((child, iter(_dependencies(graph[child], graph))))
-    return order
