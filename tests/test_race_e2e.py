@@ -167,6 +167,7 @@ class ClientStubMachine(RuleBasedStateMachine):
         self.submitted: list[Submitted] = []
         self.calls: list[Call] = []
         self.closed = False
+        self._failed = False
 
     def _behaviour_for(self, index: int) -> Behaviour:
         # The arrival index is not the submission index: a task cancelled before it was
@@ -386,11 +387,26 @@ class ClientStubMachine(RuleBasedStateMachine):
         assert isinstance(value, allowed), f"{task}: {value!r}"
 
     @invariant()
+    def check_everything(self) -> None:
+        """After every step; on failure, note every future's history and path."""
+        try:
+            self.nothing_raised_in_an_io_thread()
+            self.every_future_is_consistent()
+            self.calls_return_in_time()
+        except BaseException:
+            self._failed = True
+            self._note_futures()
+            raise
+
+    def _note_futures(self) -> None:
+        for task in self.submitted:
+            note(f"{task}: {task.kind} {task.behaviour}")
+            note(describe_future(repr(task), _ClientFuture(task.future), None))  # type: ignore[arg-type]
+
     def nothing_raised_in_an_io_thread(self) -> None:
         assert self.client.stats()["io_errors"] == 0
         assert self.stub.stats()["internal_errors"] == 0
 
-    @invariant()
     def every_future_is_consistent(self) -> None:
         for task in self.submitted:
             snap = snapshot(task.future)
@@ -408,7 +424,6 @@ class ClientStubMachine(RuleBasedStateMachine):
                     allowed = allowed | {CancelOutcome.CONFIRMED, CancelOutcome.BY_SCHEDULER}
                 assert outcome in allowed, f"{task}: {outcome} with {task.behaviour}"
 
-    @invariant()
     def calls_return_in_time(self) -> None:
         now = time.monotonic()
         remaining = []
@@ -425,10 +440,10 @@ class ClientStubMachine(RuleBasedStateMachine):
 
     def teardown(self) -> None:
         try:
-            self._end_everything()
+            if not self._failed:  # after a failure, only clean up
+                self._end_everything()
         except BaseException:
-            for task in self.submitted:
-                note(describe_future(repr(task), _ClientFuture(task.future), None))  # type: ignore[arg-type]
+            self._note_futures()
             raise
         finally:
             reset_gates()
