@@ -100,6 +100,18 @@ class PendingCall:
     strict: bool = True
 
 
+def _interleavings(threads: Sequence[Sequence[str]]) -> list[tuple[str, ...]]:
+    """Every merge of the threads' op sequences that keeps each thread's order."""
+    if not any(threads):
+        return [()]
+    merged: set[tuple[str, ...]] = set()
+    for index, ops in enumerate(threads):
+        if ops:
+            rest = [*threads[:index], ops[1:], *threads[index + 1 :]]
+            merged.update((ops[0], *tail) for tail in _interleavings(rest))
+    return sorted(merged)
+
+
 def _step(method: _F) -> _F:
     """Wrap a rule: run it, then check every invariant; on failure note the futures."""
 
@@ -513,14 +525,16 @@ class _RaceMachineBase(RuleBasedStateMachine):
     @rule(
         f=futures,
         step=st.sampled_from(DELIVERABLE_STEPS),
-        cancellers=st.integers(min_value=1, max_value=3),
+        cancellers=st.integers(min_value=0, max_value=3),
+        timing_out=st.booleans(),
     )
     @_step
-    def burst(self, f: FutureRecord, step: Step, cancellers: int) -> None:
-        """A delivery, ``cancellers`` x ``cancel(wait=False)`` and an
-        ``add_done_callback``, all released at once from different threads."""
+    def burst(self, f: FutureRecord, step: Step, cancellers: int, timing_out: bool) -> None:
+        """A delivery on the I/O thread, ``cancellers`` x ``cancel(wait=False)``, an
+        ``add_done_callback`` and (``timing_out``) a ``cancel(timeout=0)`` whose waiter
+        fires ``cancel_timed_out`` itself, all released at once from their own threads."""
         future, fut, payload = f.fut.future, f.fut, self._payload(step)
-        barrier = threading.Barrier(cancellers + 2)
+        barrier = threading.Barrier(cancellers + 2 + timing_out)
         callback = self._probe(f, CallbackKind.COUNT, None)
 
         def after_barrier(fn: Callable[[], Any]) -> Callable[[], Any]:
@@ -532,57 +546,84 @@ class _RaceMachineBase(RuleBasedStateMachine):
 
         delivery = self.io.submit(after_barrier(lambda: fut.deliver(step, payload)))
         users = [
-            UserCall(f"{f}.cancel(wait=False)", after_barrier(lambda: future.cancel(wait=False)))
-            for _ in range(cancellers)
-        ]
-        users.append(
             UserCall(
                 f"{f}.add_done_callback", after_barrier(lambda: future.add_done_callback(callback))
             )
-        )
+        ]
+        users += [
+            UserCall(f"{f}.cancel(wait=False)", after_barrier(lambda: future.cancel(wait=False)))
+            for _ in range(cancellers)
+        ]
+        if timing_out:
+            users.append(UserCall(f"{f}.cancel(0)", after_barrier(lambda: future.cancel(0.0))))
         for user in users:
             user.start()
         outcomes = [user.join() for user in users]
         stale = delivery.result(DEADLINE)
         for pending in self.calls:
             pending.strict = False
-        self._resolve_burst(f, step, payload, cancellers, stale)
+        self._resolve_burst(f, step, payload, cancellers, timing_out, stale)
         state = self._expected(f).state
-        for outcome in outcomes[:-1]:
-            if outcome[0] != "value" or (
-                outcome[1] is not (state is not FutureState.DONE) and state in TERMINAL_STATES
-            ):
+        if outcomes[0][0] != "value":
+            raise InvariantViolation(f"{f}: racing add_done_callback raised {outcomes[0][1]!r}")
+        for outcome in outcomes[1 : 1 + cancellers]:
+            # Terminal states are final: DONE means every cancel came too late, and
+            # CANCELLED means each saw its request in flight or answered.
+            want = state is not FutureState.DONE
+            if outcome[0] != "value" or (state in TERMINAL_STATES and outcome[1] is not want):
                 raise InvariantViolation(
                     f"{f}: racing cancel(wait=False) gave {outcome!r} in {state}"
                 )
-        if outcomes[-1][0] != "value":
-            raise InvariantViolation(f"{f}: racing add_done_callback raised {outcomes[-1][1]!r}")
+        if timing_out:
+            outcome = outcomes[-1]
+            if outcome[0] != "value" or (outcome[1] and state is not FutureState.CANCELLED):
+                raise InvariantViolation(f"{f}: racing cancel(0) gave {outcome!r} in {state}")
 
     def _resolve_burst(
-        self, f: FutureRecord, step: Step, payload: Any, cancellers: int, stale: bool | None
+        self,
+        f: FutureRecord,
+        step: Step,
+        payload: Any,
+        cancellers: int,
+        timing_out: bool,
+        stale: bool | None,
     ) -> None:
-        """Keep the serial order of the burst that explains what the futures show."""
+        """Keep a serial order of the burst that explains what the futures show.
+
+        The racing calls are ``UC`` (a ``user_cancel``), ``EV`` (the delivery), and for
+        ``cancel(0)`` ``UCt`` then ``TOt``: its waiter looks at the state and, if the
+        cancel is still in flight, fires ``cancel_timed_out`` (the look and the fire are
+        not atomic, so ``TOt`` is tried both as "if in flight" and as "always").
+        """
         observed = [(r.fut.snapshot(), r.fut.cancels_sent()) for r in self.records]
+        seen = [(snap.state, snap.cancel_outcome, sent) for snap, sent in observed]
+        threads = [["EV"]] + [["UC"]] * cancellers + ([["UCt", "TOt"]] if timing_out else [])
         tried = []
-        for position in range(cancellers + 1):
-            world = self.model.clone()
-            cell = None
-            for op in range(cancellers + 1):
-                if op == position:
-                    cell = world.step(f.index, step, payload)
-                else:
-                    world.fire(f.index, T.USER_CANCEL)
-            world.add_callback(f.index, CallbackKind.COUNT, None)
-            assert cell is not None
-            seen = [(snap.state, snap.cancel_outcome, sent) for snap, sent in observed]
-            want = [(e.state, e.outcome, e.cancels_sent) for e in world.futures]
-            if seen == want and (stale is None or stale is (cell.effect is Effect.STALE)):
-                self.model = world
-                return
-            tried.append(want)
+        for order in _interleavings(threads):
+            for always in (False, True) if timing_out else (False,):
+                world = self.model.clone()
+                cell = None
+                expected = world.futures[f.index]
+                for op in order:
+                    if op == "EV":
+                        cell = world.step(f.index, step, payload)
+                    elif op == "UC":
+                        world.fire(f.index, T.USER_CANCEL)
+                    elif op == "UCt":
+                        world.fire(f.index, T.USER_CANCEL, deadline_passed=True)
+                    elif always or expected.state is FutureState.CANCEL_REQUESTED:
+                        world.fire(f.index, T.CANCEL_TIMED_OUT)
+                world.add_callback(f.index, CallbackKind.COUNT, None)
+                assert cell is not None
+                want = [(e.state, e.outcome, e.cancels_sent) for e in world.futures]
+                if seen == want and (stale is None or stale is (cell.effect is Effect.STALE)):
+                    self.model = world
+                    return
+                tried.append((order, want))
         raise InvariantViolation(
-            f"no serial order of {step} and {cancellers} cancel(wait=False) on {f} explains "
-            f"(state, outcome, TaskCancels) = {seen} (stale={stale}); the orders give {tried}"
+            f"no serial order of the burst ({step}, {cancellers} cancel(wait=False)"
+            f"{', cancel(0)' if timing_out else ''}) on {f} explains (state, outcome, "
+            f"TaskCancels) = {seen} (stale={stale}); the orders give {tried}"
         )
 
     # ------------------------------------------------------------------ teardown
