@@ -16,10 +16,12 @@ once the call has finished or is parked in ``Condition.wait``; after every step,
 call whose answer has arrived (by the model) is joined with a deadline and its return
 value checked, and each call whose answer has not arrived must still be waiting.
 
-One rule, ``burst``, is a real race: one delivery, one to three ``cancel(wait=False)``
-and an ``add_done_callback`` are released together by a barrier. Its outcome depends on
-scheduling, so the model then keeps whichever serial order explains what happened
-(there must be one), and the calls that were waiting meanwhile are checked leniently.
+One rule, ``burst``, is a real race: one delivery, up to three ``cancel(wait=False)``,
+an ``add_done_callback`` and possibly a ``cancel(timeout=0)`` (whose waiter fires
+``cancel_timed_out`` itself, racing the delivery as a user thread races the I/O thread
+in a client) are released together by a barrier. Its outcome depends on scheduling, so
+the model then keeps whichever serial order explains what happened (there must be
+one), and the calls that were waiting meanwhile are checked leniently.
 
 After every step every future is checked (``invariants``): state, outcome and kept
 result as the table says; the stdlib's ``_state``/``running()``/``done()`` per SPEC
