@@ -22,6 +22,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import pytest
 from hypothesis import note, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -38,7 +39,7 @@ from hypothesis.stateful import (
 from futurefsm import Client, ConnectionLostError, TaskFuture
 from futurefsm.errors import WorkerDiedError
 from futurefsm.fsm import TERMINAL_STATES, CancelOutcome, FutureState
-from futurefsm.protocol import Task
+from futurefsm.protocol import Task, TaskCancel
 from futurefsm.scheduler_stub import Behaviour, OnCancel, SchedulerStub
 from futurefsm.scheduler_stub.sample_tasks import (
     add,
@@ -47,6 +48,7 @@ from futurefsm.scheduler_stub.sample_tasks import (
     gate_wait,
     open_gate,
     reset_gates,
+    wait_started,
 )
 from futurefsm.serializer import DEFAULT_SERIALIZER
 from futurefsm.testing.budget import examples
@@ -484,3 +486,56 @@ ClientStubMachine.TestCase.settings = settings(
     max_examples=examples(0.5, minimum=5), stateful_step_count=8, deadline=None
 )
 TestClientStubMachine = ClientStubMachine.TestCase
+
+
+# ---------------------------------------------------------------------------
+# A race found while writing the machine above, forced deterministically
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "BUG: a graph member's cancel request is sent for the member, not its group, when "
+        "the member's result arrives between user_cancel (under the future's lock) and "
+        "Client.send_cancel (outside it, by design): the result releases the future, "
+        "release() pops _group_of, and send_cancel then falls back to the task id. The "
+        "cancel was accepted (the member ends cancelled, RESULT_RACED), yet the rest of "
+        "the graph keeps running (SPEC 5: cancelling any member cancels the whole graph)."
+    ),
+)
+def test_a_member_result_racing_its_cancel_request_still_cancels_the_graph() -> None:
+    reset_gates()
+    with SchedulerStub(workers=2) as stub:
+        client = Client(stub.address, cancel_timeout=CANCEL_TIMEOUT)
+        try:
+            futures = client.submit_graph(
+                {"a": (gate_wait, "race-a", 1, LONG), "b": (gate_wait, "race-b", 2, LONG)}
+            )
+            a, b = futures["a"], futures["b"]
+            assert wait_started("race-a", SLACK) and wait_started("race-b", SLACK)
+            # Hold the cancelling thread just before send_cancel, as a preemption would.
+            send_cancel, reached, resume = client.send_cancel, threading.Event(), threading.Event()
+
+            def preempted(future: TaskFuture, deadline: float) -> None:
+                reached.set()
+                resume.wait(SLACK)
+                send_cancel(future, deadline)
+
+            client.send_cancel = preempted  # type: ignore[method-assign]
+            canceller = threading.Thread(target=b.cancel, kwargs={"wait": False})
+            canceller.start()
+            assert reached.wait(SLACK) and b.state is FutureState.CANCEL_REQUESTED
+            open_gate("race-b")  # b's result now races the cancel request
+            cf.wait([b], timeout=SLACK)
+            assert b.cancel_outcome is CancelOutcome.RESULT_RACED
+            resume.set()
+            canceller.join(SLACK)
+            (group,) = {r.message.group_id for r in stub.log if isinstance(r.message, Task)}
+            cf.wait([a], timeout=1.0)
+            cancels = [r.message.task_id for r in stub.log if isinstance(r.message, TaskCancel)]
+            assert group in cancels, "the TaskCancel named the member, not its group"
+            assert a.cancelled(), f"the rest of the graph was not cancelled: a is {a.state}"
+        finally:
+            reset_gates()
+            client.close()
