@@ -15,7 +15,9 @@ every callback must have run exactly once and every call must have returned.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
 import itertools
+import os
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -589,3 +591,57 @@ def test_a_submit_racing_close_is_refused_or_resolved() -> None:
             closer.join(SLACK)
         _, not_done = cf.wait([future], timeout=CANCEL_TIMEOUT + SLACK)
         assert not not_done, f"a future submitted during close() hangs in {future.state}"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason=(
+        "BUG: Client._post after close() writes its wake-up byte to a closed file "
+        "descriptor number, which the process may have reused: the I/O thread closes "
+        "the wake pipe when it exits, _wake_pending is left False, and a post that raced "
+        "close() (here a TaskCancel from a user's cancel(wait=False) preempted before "
+        "send_cancel; also a racing submit) calls os.write on the stale number. The "
+        "NUL byte lands in whatever file, pipe or socket now has it."
+    ),
+)
+def test_a_post_after_close_never_writes_to_a_reused_descriptor() -> None:
+    reset_gates()
+    pipes: list[tuple[int, int]] = []
+    with SchedulerStub(workers=1) as stub:
+        client = Client(stub.address, cancel_timeout=0.2)
+        try:
+            future = client.submit(gate_wait, "fd-reuse", 1, LONG)
+            assert wait_started("fd-reuse", SLACK)
+            send_cancel, reached, resume = client.send_cancel, threading.Event(), threading.Event()
+
+            def preempted(future: TaskFuture, deadline: float) -> None:
+                reached.set()
+                resume.wait(SLACK)
+                send_cancel(future, deadline)
+
+            client.send_cancel = preempted  # type: ignore[method-assign]
+            canceller = threading.Thread(target=future.cancel, kwargs={"wait": False})
+            canceller.start()
+            assert reached.wait(SLACK)
+            wake_fd = client._wake_write
+            client.close()  # times the cancel out (its TaskCancel never went) and stops
+            # Something else in the process opens files: the lowest free numbers first.
+            while len(pipes) < 256 and not any(wake_fd in pipe for pipe in pipes):
+                pipes.append(os.pipe())
+            if not any(wake_fd in pipe for pipe in pipes):
+                resume.set()
+                pytest.skip(f"fd {wake_fd} was reused by something else in the process")
+            resume.set()
+            canceller.join(SLACK)
+            for read_fd, _ in pipes:
+                os.set_blocking(read_fd, False)
+                with contextlib.suppress(BlockingIOError):
+                    data = os.read(read_fd, 16)
+                    assert not data, f"a closed client wrote {data!r} into fd {wake_fd}"
+        finally:
+            for pipe in pipes:
+                for fd in pipe:
+                    os.close(fd)
+            reset_gates()
+            client.close()
