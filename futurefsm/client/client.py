@@ -112,10 +112,12 @@ class Client(cf.Executor):
 
         # Shared between user threads and the I/O thread.
         self._futures: dict[bytes, TaskFuture] = {}
-        self._group_of: dict[bytes, bytes] = {}
         self._outbox: collections.deque[tuple[Any, ...]] = collections.deque()
         self._wake_pending = False
         self._shutdown = False
+        # Held while checking _shutdown and registering a future, and while setting
+        # _shutdown: no future can be registered after close() took its snapshot.
+        self._submit_lock = threading.Lock()
         self._closed = False
         self._lifecycle_lock = threading.Lock()
         self._stats_lock = threading.Lock()
@@ -145,6 +147,10 @@ class Client(cf.Executor):
         self._socket.connect(address)
         self._wake_read, self._wake_write = os.pipe()
         os.set_blocking(self._wake_read, False)
+        # Guards writing to and closing the wake pipe: a post racing the I/O thread's
+        # exit must not write to a closed (and maybe reused) descriptor number.
+        self._wake_lock = threading.Lock()
+        self._wake_closed = False
         self._io_thread = threading.Thread(
             target=self._run, name=f"futurefsm-client-{id(self):x}-io", daemon=True
         )
@@ -193,33 +199,35 @@ class Client(cf.Executor):
         depends_on: tuple[bytes, ...],
         task_id: bytes | None = None,
     ) -> TaskFuture:
-        self._check_open()
-        future, frame = self._register(task_id, function, arguments, group_id, depends_on)
-        self._post(("task", future, frame))
+        future, frame = self._new_task(function, arguments, group_id, depends_on, task_id)
+        with self._submit_lock:
+            self._check_open()
+            self._register(future)
+            self._post(("task", future, frame))
         return future
 
     def _check_open(self) -> None:
         if self._shutdown:
             raise RuntimeError("cannot schedule new futures after shutdown")
 
-    def _register(
+    def _new_task(
         self,
-        task_id: bytes | None,
         function: bytes,
         arguments: bytes,
         group_id: bytes | None,
         depends_on: tuple[bytes, ...],
+        task_id: bytes | None = None,
     ) -> tuple[TaskFuture, bytes]:
-        """A new future, registered, and its encoded Task (not queued yet)."""
+        """A new (unregistered) future and its encoded Task."""
         task_id = new_task_id() if task_id is None else task_id
         frame = encode(Task(task_id, function, arguments, group_id, depends_on))
-        future = TaskFuture(task_id, self)
-        if group_id is not None:
-            self._group_of[task_id] = group_id
-        self._futures[task_id] = future  # registered before the Task is queued
+        return TaskFuture(task_id, self, group_id), frame
+
+    def _register(self, future: TaskFuture) -> None:
+        """Register ``future`` (``_submit_lock`` held), before its Task is queued."""
+        self._futures[future.task_id] = future
         with self._stats_lock:
             self._stats["submitted"] += 1
-        return future, frame
 
     def map(
         self,
@@ -263,7 +271,6 @@ class Client(cf.Executor):
         any of their futures cancels the whole graph, and every member future ends
         cancelled promptly.
         """
-        self._check_open()
         order = topological_order(graph)
         wanted = list(graph) if keys is None else list(keys)
         for key in wanted:
@@ -281,11 +288,15 @@ class Client(cf.Executor):
             function, arguments = self._serialize_call(fn, refs, {})
             payloads.append((key, function, arguments, depends_on))
         members = [
-            self._register(task_ids[key], function, arguments, group_id, depends_on)
+            self._new_task(function, arguments, group_id, depends_on, task_ids[key])
             for key, function, arguments, depends_on in payloads
         ]
-        # One outbox item: the I/O thread sends the graph whole or not at all.
-        self._post(("graph", group_id, members))
+        with self._submit_lock:
+            self._check_open()
+            for future, _ in members:
+                self._register(future)
+            # One outbox item: the I/O thread sends the graph whole or not at all.
+            self._post(("graph", group_id, members))
         futures = {key: future for key, (future, _) in zip(order, members, strict=True)}
         return {key: futures[key] for key in wanted}
 
@@ -323,14 +334,13 @@ class Client(cf.Executor):
 
     def send_cancel(self, future: TaskFuture, deadline: float) -> None:
         """FutureTransport: queue one TaskCancel (the group's, for a graph member)."""
-        target = self._group_of.get(future.task_id, future.task_id)
+        target = future.task_id if future.group_id is None else future.group_id
         frame = encode(TaskCancel(target, True))
         self._post(("cancel", future.task_id, frame, deadline))
 
     def release(self, future: TaskFuture) -> None:
         """FutureTransport: ``future`` is terminal; forget it and count how it ended."""
         self._futures.pop(future.task_id, None)
-        self._group_of.pop(future.task_id, None)
         with self._stats_lock:
             if future.state is FutureState.CANCELLED:
                 outcome = future.cancel_outcome
@@ -361,7 +371,8 @@ class Client(cf.Executor):
         unfinished future (in bulk, confirmed); with ``wait``, wait for all of them to
         finish and close the connection. Without ``wait`` the connection closes in
         the background once they have."""
-        self._shutdown = True
+        with self._submit_lock:
+            self._shutdown = True
         if cancel_futures:
             outstanding = list(self._futures.values())
             if outstanding:
@@ -386,7 +397,8 @@ class Client(cf.Executor):
         with self._lifecycle_lock:
             if self._closed:
                 return
-            self._shutdown = True
+            with self._submit_lock:
+                self._shutdown = True
             outstanding = list(self._futures.values())
             if outstanding and self._io_thread.is_alive() and not self.on_io_thread():
                 self.cancel(outstanding)
@@ -406,11 +418,11 @@ class Client(cf.Executor):
         """Queue ``item`` for the I/O thread and wake it if it may be asleep."""
         self._outbox.append(item)
         if not self._wake_pending:
-            self._wake_pending = True
-            try:
+            with self._wake_lock:
+                if self._wake_closed:  # the I/O thread has exited; nothing reads it
+                    return
+                self._wake_pending = True
                 os.write(self._wake_write, b"\0")
-            except OSError:  # pipe closed: the I/O thread has exited
-                pass
 
     def _run(self) -> None:
         poller = zmq.Poller()
@@ -447,8 +459,10 @@ class Client(cf.Executor):
             self._connection_lost("client closed")
             self._socket.close(linger=0)
             self._context.term()
-            os.close(self._wake_read)
-            os.close(self._wake_write)
+            with self._wake_lock:
+                self._wake_closed = True
+                os.close(self._wake_read)
+                os.close(self._wake_write)
 
     def _drain_wake_pipe(self) -> None:
         try:

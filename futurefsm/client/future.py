@@ -87,13 +87,18 @@ class TaskFuture(_base.Future):
         "_transport",
         "cancel_outcome",
         "fsm_history",
+        "group_id",
         "state",
         "task_id",
     )
 
-    def __init__(self, task_id: bytes, transport: FutureTransport) -> None:
+    def __init__(
+        self, task_id: bytes, transport: FutureTransport, group_id: bytes | None = None
+    ) -> None:
         super().__init__()
         self.task_id = task_id
+        self.group_id = group_id
+        """The graph this task belongs to (cancelled as a whole), or None."""
         self.state = FutureState.PENDING
         self.fsm_history: list[tuple[float, Trigger, FutureState, FutureState]] = []
         self.cancel_outcome: CancelOutcome | None = None
