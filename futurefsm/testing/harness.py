@@ -151,16 +151,19 @@ class CountingWaiter(_base._Waiter):
         self._lock = threading.Lock()
 
     def add_result(self, future: Future[Any]) -> None:
+        """Count a result notification."""
         with self._lock:
             self.results += 1
         super().add_result(future)
 
     def add_exception(self, future: Future[Any]) -> None:
+        """Count an exception notification."""
         with self._lock:
             self.exceptions += 1
         super().add_exception(future)
 
     def add_cancelled(self, future: Future[Any]) -> None:
+        """Count a cancellation notification."""
         with self._lock:
             self.cancellations += 1
         super().add_cancelled(future)
