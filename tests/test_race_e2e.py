@@ -491,23 +491,16 @@ TestClientStubMachine = ClientStubMachine.TestCase
 
 
 # ---------------------------------------------------------------------------
-# A race found while writing the machine above, forced deterministically
+# Races found while writing the machine above, forced deterministically by holding
+# a thread where a preemption could stop it
 # ---------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason=(
-        "BUG: a graph member's cancel request is sent for the member, not its group, when "
-        "the member's result arrives between user_cancel (under the future's lock) and "
-        "Client.send_cancel (outside it, by design): the result releases the future, "
-        "release() pops _group_of, and send_cancel then falls back to the task id. The "
-        "cancel was accepted (the member ends cancelled, RESULT_RACED), yet the rest of "
-        "the graph keeps running (SPEC 5: cancelling any member cancels the whole graph)."
-    ),
-)
 def test_a_member_result_racing_its_cancel_request_still_cancels_the_graph() -> None:
+    """Regression (found by this suite, fixed in f09ae4d): a graph member's result
+    arriving between its user_cancel (under the future's lock) and send_cancel (outside
+    it) released the future, and the TaskCancel then named the member, not its group,
+    so the rest of the graph kept running."""
     reset_gates()
     with SchedulerStub(workers=2) as stub:
         client = Client(stub.address, cancel_timeout=CANCEL_TIMEOUT)
@@ -535,7 +528,7 @@ def test_a_member_result_racing_its_cancel_request_still_cancels_the_graph() -> 
             resume.set()
             canceller.join(SLACK)
             (group,) = {r.message.group_id for r in stub.log if isinstance(r.message, Task)}
-            cf.wait([a], timeout=1.0)
+            cf.wait([a], timeout=SLACK)
             cancels = [r.message.task_id for r in stub.log if isinstance(r.message, TaskCancel)]
             assert group in cancels, "the TaskCancel named the member, not its group"
             assert a.cancelled(), f"the rest of the graph was not cancelled: a is {a.state}"
@@ -544,20 +537,10 @@ def test_a_member_result_racing_its_cancel_request_still_cancels_the_graph() -> 
             client.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason=(
-        "BUG: submit() racing close() leaves a future pending forever. submit checks "
-        "_shutdown, then registers the future and posts its Task without any lock shared "
-        "with close(); a close() in between finds nothing outstanding, stops the I/O "
-        "thread (whose final connection_lost sweep misses the future) and closes the wake "
-        "pipe, so the Task is never sent and nothing ever resolves the future (SPEC: "
-        "nothing hangs). The late _post also writes to the closed pipe fd, which the "
-        "process may have reused for another file by then."
-    ),
-)
 def test_a_submit_racing_close_is_refused_or_resolved() -> None:
+    """Regression (found by this suite, fixed in f09ae4d): submit() registering its
+    future after a concurrent close() had taken its snapshot and stopped the I/O thread
+    left that future pending forever."""
     with SchedulerStub(workers=1) as stub:
         client = Client(stub.address, cancel_timeout=CANCEL_TIMEOUT)
         # Hold the submitting thread after its shutdown check, as a preemption would.
@@ -581,7 +564,9 @@ def test_a_submit_racing_close_is_refused_or_resolved() -> None:
         assert reached.wait(SLACK)
         closer = threading.Thread(target=client.close, daemon=True)
         closer.start()
-        closer.join(5.0)  # a close() that waits for the submit (a fix) is let through
+        # close() now waits for the submit (it holds the submit lock); before the fix it
+        # returned at once, and the submit then registered into a closed client.
+        closer.join(1.0)
         resume.set()
         try:
             future = submitted.result(SLACK)
@@ -593,19 +578,11 @@ def test_a_submit_racing_close_is_refused_or_resolved() -> None:
         assert not not_done, f"a future submitted during close() hangs in {future.state}"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason=(
-        "BUG: Client._post after close() writes its wake-up byte to a closed file "
-        "descriptor number, which the process may have reused: the I/O thread closes "
-        "the wake pipe when it exits, _wake_pending is left False, and a post that raced "
-        "close() (here a TaskCancel from a user's cancel(wait=False) preempted before "
-        "send_cancel; also a racing submit) calls os.write on the stale number. The "
-        "NUL byte lands in whatever file, pipe or socket now has it."
-    ),
-)
 def test_a_post_after_close_never_writes_to_a_reused_descriptor() -> None:
+    """Regression (found by this suite, fixed in f09ae4d): a post that raced close()
+    (a TaskCancel from a preempted cancel(wait=False), a racing submit) wrote its
+    wake-up byte to the closed wake pipe's descriptor number, which the process may
+    have reused for another file, pipe or socket."""
     reset_gates()
     pipes: list[tuple[int, int]] = []
     with SchedulerStub(workers=1) as stub:
