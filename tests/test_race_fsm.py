@@ -3,6 +3,7 @@ section 2 written out a second time, independently of ``TRANSITION_TABLE``."""
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, initialize, invariant, rule
@@ -116,9 +117,15 @@ class FSMMachine(RuleBasedStateMachine):
         assert {id(m): m.state for m in self.all if m is not model} == {
             k: v for k, v in before.items() if k != id(model)
         }
-        # Recorded unless it is a stale self-loop in an already long history.
-        recorded = effect is not Effect.STALE or length < HISTORY_STALE_LIMIT
-        assert len(model.fsm_history) == length + recorded
+        # A state change is always recorded, and so is anything while the history is
+        # short; a stale self-loop in a long history never is. (A no-op user cancel in a
+        # long history may go either way: see the xfail at the end.)
+        recorded = len(model.fsm_history) == length + 1
+        assert len(model.fsm_history) in (length, length + 1)
+        if dest is not source or length < HISTORY_STALE_LIMIT:
+            assert recorded
+        elif effect is Effect.STALE:
+            assert not recorded
         if recorded:
             _, fired, entry_source, entry_dest = model.fsm_history[-1]
             assert (fired, entry_source, entry_dest) == (trigger, source, dest)
@@ -147,3 +154,22 @@ class FSMMachine(RuleBasedStateMachine):
 
 FSMMachine.TestCase.settings = settings(max_examples=examples(15), stateful_step_count=30)
 TestFSMMachine = FSMMachine.TestCase
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason=(
+        "BUG (minor): no-op user cancels grow a future's history without bound. "
+        "fire() caps only STALE self-loops at HISTORY_STALE_LIMIT; the user_cancel "
+        "self-loops of cancel_requested, cancelled and done have effect NONE and are "
+        "always recorded, so each cancel() on a finished future (or repeated cancel() "
+        "while one is in flight) adds an entry forever (SPEC 2: a *short* history)."
+    ),
+)
+def test_no_op_user_cancels_do_not_grow_the_history_without_bound() -> None:
+    for state in (S.CANCEL_REQUESTED, S.CANCELLED, S.DONE):
+        model = FSMModel(state)
+        for _ in range(10 * HISTORY_STALE_LIMIT):
+            model.fire(T.USER_CANCEL)
+        assert len(model.fsm_history) <= HISTORY_STALE_LIMIT, (state, len(model.fsm_history))
