@@ -482,6 +482,26 @@ class ClientStubMachine(RuleBasedStateMachine):
             self._check_result(task, capture(lambda t=task: t.future.result(timeout=0)))
         self.nothing_raised_in_an_io_thread()
         self.every_future_is_consistent()
+        self._stats_add_up()
+
+    def _stats_add_up(self) -> None:
+        """Every future is accounted for once in ``stats()``, by how it ended."""
+        end = time.monotonic() + SLACK
+        while self.client.stats()["in_flight"] and time.monotonic() < end:
+            time.sleep(0.001)  # released just after its callbacks ran
+        stats = self.client.stats()
+        futures = [t.future for t in self.submitted]
+        cancelled: dict[str, int] = {}
+        for future in futures:
+            if future.cancelled():
+                key = future.cancel_outcome.value if future.cancel_outcome else "unknown"
+                cancelled[key] = cancelled.get(key, 0) + 1
+        failed = sum(1 for f in futures if not f.cancelled() and f.exception() is not None)
+        assert stats["in_flight"] == 0
+        assert stats["submitted"] == len(futures)
+        assert stats["failed"] == failed
+        assert stats["completed"] == len(futures) - failed - sum(cancelled.values())
+        assert {k: v for k, v in stats["cancelled"].items() if v} == cancelled
 
 
 ClientStubMachine.TestCase.settings = settings(
