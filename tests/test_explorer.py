@@ -27,7 +27,7 @@ from futurefsm.testing import (
 STEPS = len(EXPLORED_STEPS)
 PRUNED_DEPTH = 12
 # Without pruning, depth 5 runs 111,110 sequences (about 10 s); the thorough profile
-# runs depth 6 (1,111,110 sequences, about 2 minutes).
+# runs depth 6 (1,111,110 sequences, about 1.5 minutes).
 UNPRUNED_DEPTH = 6 if os.environ.get("HYPOTHESIS_PROFILE") == "thorough" else 5
 
 

@@ -4,8 +4,9 @@
 ``user_cancel`` as ``cancel(wait=False)``, a result of each status, a confirm of each
 kind, ``cancel_timed_out`` and ``connection_lost``) of length 1 to ``depth`` against a
 real future from a ``FutureHarness`` (a fresh one per sequence), and checks every
-invariant after every step against ``ExpectedWorld``. The future starts ``pending``
-with a counting waiter and a counting done-callback installed.
+invariant against ``ExpectedWorld`` after the last step (every prefix is run as a
+sequence of its own, so every step of every sequence is checked). The future starts
+``pending`` with a counting waiter and a counting done-callback installed.
 
 Pruning (``dedup=True``, the default): the walk is breadth first, and a prefix whose
 *observable state* was already reached by an earlier prefix of the same or smaller
