@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from futurefsm.fsm import (
-    HISTORY_STALE_LIMIT,
+    HISTORY_SELF_LOOP_LIMIT,
     MACHINE,
     TERMINAL_STATES,
     TRANSITION_TABLE,
@@ -108,9 +108,9 @@ def test_machine_refuses_callbacks():
 
 def test_stale_history_is_bounded():
     model = FSMModel(S.DONE)
-    for _ in range(HISTORY_STALE_LIMIT * 3):
+    for _ in range(HISTORY_SELF_LOOP_LIMIT * 3):
         model.fire(T.RECV_RESULT)
-    assert len(model.history) == HISTORY_STALE_LIMIT
+    assert len(model.history) == HISTORY_SELF_LOOP_LIMIT
 
 
 @given(st.lists(st.sampled_from(list(Trigger)), max_size=30))

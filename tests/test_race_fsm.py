@@ -3,13 +3,12 @@ section 2 written out a second time, independently of ``TRANSITION_TABLE``."""
 
 from __future__ import annotations
 
-import pytest
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, initialize, invariant, rule
 
 from futurefsm.fsm import (
-    HISTORY_STALE_LIMIT,
+    HISTORY_SELF_LOOP_LIMIT,
     TERMINAL_STATES,
     TRANSITION_TABLE,
     CancelOutcome,
@@ -118,14 +117,10 @@ class FSMMachine(RuleBasedStateMachine):
             k: v for k, v in before.items() if k != id(model)
         }
         # A state change is always recorded, and so is anything while the history is
-        # short; a stale self-loop in a long history never is. (A no-op user cancel in a
-        # long history may go either way: see the xfail at the end.)
+        # short; a self-loop (stale, or a no-op user cancel) in a long history never is.
         recorded = len(model.fsm_history) == length + 1
         assert len(model.fsm_history) in (length, length + 1)
-        if dest is not source or length < HISTORY_STALE_LIMIT:
-            assert recorded
-        elif effect is Effect.STALE:
-            assert not recorded
+        assert recorded == (dest is not source or length < HISTORY_SELF_LOOP_LIMIT)
         if recorded:
             _, fired, entry_source, entry_dest = model.fsm_history[-1]
             assert (fired, entry_source, entry_dest) == (trigger, source, dest)
@@ -134,7 +129,7 @@ class FSMMachine(RuleBasedStateMachine):
     @rule(model=models, trigger=triggers(), times=st.integers(min_value=1, max_value=40))
     def flood(self, model: FSMModel, trigger: Trigger, times: int) -> None:
         """The same trigger many times: stale floods must not grow the history past
-        ``HISTORY_STALE_LIMIT`` (user cancels are not messages and are always kept)."""
+        ``HISTORY_SELF_LOOP_LIMIT`` (user cancels are not messages and are always kept)."""
         for _ in range(times):
             self.fire(model, trigger)
 
@@ -148,7 +143,7 @@ class FSMMachine(RuleBasedStateMachine):
         for model in self.all:
             start = self.started[id(model)]
             check_history("model", model.fsm_history, model.state, start)
-            for _, trigger, source, _ in model.fsm_history[HISTORY_STALE_LIMIT:]:
+            for _, trigger, source, _ in model.fsm_history[HISTORY_SELF_LOOP_LIMIT:]:
                 assert TRANSITION_TABLE[source, trigger].effect is not Effect.STALE
 
 
@@ -156,20 +151,9 @@ FSMMachine.TestCase.settings = settings(max_examples=examples(15), stateful_step
 TestFSMMachine = FSMMachine.TestCase
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason=(
-        "BUG (minor): no-op user cancels grow a future's history without bound. "
-        "fire() caps only STALE self-loops at HISTORY_STALE_LIMIT; the user_cancel "
-        "self-loops of cancel_requested, cancelled and done have effect NONE and are "
-        "always recorded, so each cancel() on a finished future (or repeated cancel() "
-        "while one is in flight) adds an entry forever (SPEC 2: a *short* history)."
-    ),
-)
 def test_no_op_user_cancels_do_not_grow_the_history_without_bound() -> None:
     for state in (S.CANCEL_REQUESTED, S.CANCELLED, S.DONE):
         model = FSMModel(state)
-        for _ in range(10 * HISTORY_STALE_LIMIT):
+        for _ in range(10 * HISTORY_SELF_LOOP_LIMIT):
             model.fire(T.USER_CANCEL)
-        assert len(model.fsm_history) <= HISTORY_STALE_LIMIT, (state, len(model.fsm_history))
+        assert len(model.fsm_history) <= HISTORY_SELF_LOOP_LIMIT, (state, len(model.fsm_history))

@@ -355,7 +355,7 @@ def test_the_explorer_runs_on_another_implementation() -> None:
 @settings(max_examples=examples(10))
 @given(fst.step_sequences(max_size=45))
 def test_long_step_sequences_follow_the_table(sequence: list[Step]) -> None:
-    """Past the explorer's depth, and past HISTORY_STALE_LIMIT stale entries."""
+    """Past the explorer's depth, and past HISTORY_SELF_LOOP_LIMIT stale entries."""
     run_sequence(sequence)
 
 

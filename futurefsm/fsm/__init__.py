@@ -5,7 +5,7 @@ sockets, threads or pickle.
 """
 
 from .machine import (
-    HISTORY_STALE_LIMIT,
+    HISTORY_SELF_LOOP_LIMIT,
     MACHINE,
     FSMModel,
     FutureMachine,
@@ -25,7 +25,7 @@ from .table import (
 )
 
 __all__ = [
-    "HISTORY_STALE_LIMIT",
+    "HISTORY_SELF_LOOP_LIMIT",
     "MACHINE",
     "TERMINAL_STATES",
     "TRANSITION_TABLE",

@@ -27,10 +27,10 @@ from typing import Any, NamedTuple, Protocol
 from transitions import Machine
 from transitions.core import Event, EventData, MachineError, Transition
 
-from .table import TRANSITION_TABLE, Cell, Effect, FutureState, Trigger
+from .table import TRANSITION_TABLE, Cell, FutureState, Trigger
 
 __all__ = [
-    "HISTORY_STALE_LIMIT",
+    "HISTORY_SELF_LOOP_LIMIT",
     "MACHINE",
     "FSMModel",
     "FutureMachine",
@@ -40,9 +40,11 @@ __all__ = [
     "history_of",
 ]
 
-HISTORY_STALE_LIMIT = 32
-"""Stale self-loops are recorded in a history only while it is shorter than this,
-so a flood of duplicate messages cannot grow a future without bound."""
+HISTORY_SELF_LOOP_LIMIT = 32
+"""Self-loops (stale messages, cancels that change nothing) are recorded in a history
+only while it is shorter than this, so a flood of duplicate messages or repeated
+``cancel()`` calls cannot grow a future without bound. Real transitions are always
+recorded, and there are at most a few of them per cancel request."""
 
 
 class Model(Protocol):
@@ -134,7 +136,7 @@ def fire(model: Model, trigger: Trigger) -> Cell:
     cell = TRANSITION_TABLE[source, trigger]
     _EVENTS[trigger].trigger(model)
     history = model.fsm_history
-    if cell.effect is not Effect.STALE or len(history) < HISTORY_STALE_LIMIT:
+    if cell.dest is not source or len(history) < HISTORY_SELF_LOOP_LIMIT:
         history.append((_monotonic(), trigger, source, model.state))
     return cell
 

@@ -15,7 +15,7 @@ observable state is everything a later step or check can depend on: the model's
 state, cancel outcome, kind of kept result, TaskCancels sent, whether the cancel
 deadline passed, callback and waiter counts, and the implementation's own snapshot
 (state, stdlib state, outcome, registration, and whether the history reached
-``HISTORY_STALE_LIMIT``, the one length at which recording changes). Payload identities
+``HISTORY_SELF_LOOP_LIMIT``, the one length at which recording changes). Payload identities
 are not part of it: each result carries a fresh payload, and the checks compare
 against the model's. ``ExplorationReport.states_reached`` lets a test confirm the
 pruning empirically: with and without it, the same states are reached.
@@ -30,7 +30,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..fsm import HISTORY_STALE_LIMIT, Effect, FutureState, Trigger
+from ..fsm import HISTORY_SELF_LOOP_LIMIT, Effect, FutureState, Trigger
 from .harness import CountingWaiter, FutureHarness, FutureUnderTest, HarnessFactory
 from .harness import TaskFutureHarness as _DefaultHarness
 from .invariants import (
@@ -149,9 +149,9 @@ class _Run:
         check_user_view("future", self.fut, expected)
         check_notifications("future", expected, self.waiter, self.callback_calls)
         # The history's length changes what a step records only once it reaches
-        # HISTORY_STALE_LIMIT (stale self-loops stop being recorded); its content was
+        # HISTORY_SELF_LOOP_LIMIT (stale self-loops stop being recorded); its content was
         # checked above and later steps can only append to it.
-        history = None if snap.history is None else len(snap.history) >= HISTORY_STALE_LIMIT
+        history = None if snap.history is None else len(snap.history) >= HISTORY_SELF_LOOP_LIMIT
         waiter = (self.waiter.results, self.waiter.exceptions, self.waiter.cancellations)
         return (
             self.model.key(),
