@@ -85,7 +85,9 @@ class InMemoryTransport:
     def send_cancel(self, future: TaskFuture, deadline: float) -> None:
         with self._lock:
             self.cancels_sent.append(future.task_id)
-            self.cancel_deadlines[future.task_id] = deadline
+            # A result racing the cancel may have released the future already.
+            if future.task_id in self.futures:
+                self.cancel_deadlines[future.task_id] = deadline
             self._cancel_sent.notify_all()
 
     def wait_for_cancels(self, count: int, timeout: float) -> bool:
