@@ -139,7 +139,7 @@ class TaskFuture(_base.Future):
                     # The stdlib's result()/exception() take any wake-up on _condition
                     # to mean "terminal", so it is notified on entering one only.
                     self._condition.notify_all()
-                if source is FutureState.CANCEL_REQUESTED and self._cancel_answered:
+                if source is FutureState.CANCEL_REQUESTED and self._cancel_answered is not None:
                     self._cancel_answered.notify_all()
         if cell.effect is Effect.SEND_CANCEL:
             self._transport.send_cancel(self, deadline)
@@ -290,7 +290,9 @@ class TaskFuture(_base.Future):
     def add_done_callback(self, fn: Callable[[TaskFuture], object]) -> None:
         """Run ``fn(future)`` once the future is terminal (at once if it is already).
 
-        It runs exactly once, outside the future's lock; an exception it raises is
+        It runs exactly once, outside the future's lock, on the thread that finished
+        the future: for a message from the scheduler, the client's I/O thread, so a
+        slow callback delays every other future's messages. An exception it raises is
         logged, not raised.
         """
         with self._condition:
