@@ -341,15 +341,15 @@ class Client(cf.Executor):
     def release(self, future: TaskFuture) -> None:
         """FutureTransport: ``future`` is terminal; forget it and count how it ended."""
         self._futures.pop(future.task_id, None)
+        outcome = future.cancel_outcome
+        if future.state is FutureState.CANCELLED and outcome is not None:
+            # (Every cell that enters cancelled records an outcome.)
+            counter, key = self._stats["cancelled"], outcome.value
+        else:
+            failed = future.exception(timeout=0) is not None
+            counter, key = self._stats, "failed" if failed else "completed"
         with self._stats_lock:
-            if future.state is FutureState.CANCELLED:
-                outcome = future.cancel_outcome
-                key = outcome.value if outcome is not None else "unknown"
-                self._stats["cancelled"][key] = self._stats["cancelled"].get(key, 0) + 1
-            elif future._exception is not None:
-                self._stats["failed"] += 1
-            else:
-                self._stats["completed"] += 1
+            counter[key] += 1
 
     def on_io_thread(self) -> bool:
         """FutureTransport: True on this client's I/O thread."""

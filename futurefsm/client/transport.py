@@ -13,6 +13,8 @@ import threading
 import time
 from typing import TYPE_CHECKING, Protocol
 
+from ..fsm import Effect
+
 if TYPE_CHECKING:
     from .future import TaskFuture
 
@@ -74,8 +76,6 @@ class InMemoryTransport:
 
     def send_task(self, future: TaskFuture) -> bool:
         """Fire ``sent`` and record the Task as sent; False if it must not go out."""
-        from ..fsm import Effect
-
         if future.sent().effect is Effect.STALE:
             return False
         with self._lock:
