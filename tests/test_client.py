@@ -475,7 +475,7 @@ def test_close_cancels_outstanding_and_leaves_finished_alone():
     assert all(future.cancelled() for future in outstanding)
     assert {future.cancel_outcome for future in outstanding} == {CancelOutcome.CONFIRMED}
     assert finished.result(0) == "kept"
-    assert not client._io_thread.is_alive()
+    assert not client.engine._io_thread.is_alive()
     client.close()  # idempotent
     wait_until(lambda: stub.stats()["disconnects_received"] == 1, what="the Disconnect")
     tasks.reset_gates()
@@ -487,7 +487,7 @@ def test_shutdown_cancel_futures(stub_and_client):
     future = running_gate_task(stub, client)
     client.shutdown(wait=True, cancel_futures=True)
     assert future.cancelled()
-    assert not client._io_thread.is_alive()
+    assert not client.engine._io_thread.is_alive()
 
 
 def test_shutdown_waits_for_outstanding_work(stub_and_client):
@@ -505,7 +505,7 @@ def test_context_manager_waits_and_closes():
     with Client(workers=1) as client:
         future = client.submit(tasks.sleep_then, 0.05, "slept")
     assert future.result(0) == "slept"
-    assert not client._io_thread.is_alive()
+    assert not client.engine._io_thread.is_alive()
 
 
 # ------------------------------------------------------------------ bad input to the client
@@ -540,7 +540,7 @@ def test_garbage_and_stale_messages_never_kill_the_io_thread():
         stats = client.stats()
         assert stats["protocol_errors"] == 2
         assert stats["io_errors"] == 0
-        assert client._io_thread.is_alive()
+        assert client.engine._io_thread.is_alive()
     finally:
         client.close()
         router.close()

@@ -621,7 +621,7 @@ def test_a_post_after_close_never_writes_to_a_reused_descriptor() -> None:
             canceller = threading.Thread(target=future.cancel, kwargs={"wait": False})
             canceller.start()
             assert reached.wait(SLACK)
-            wake_fd = client._wake_write
+            wake_fd = client.engine._wake_write
             client.close()  # times the cancel out (its TaskCancel never went) and stops
             # Something else in the process opens files: the lowest free numbers first.
             while len(pipes) < 256 and not any(wake_fd in pipe for pipe in pipes):

@@ -1,4 +1,7 @@
-"""The client side: ``TaskFuture`` (the concurrent.futures adapter) and its transports."""
+"""The client side: ``TaskFuture`` (the concurrent.futures adapter) and its transports.
+
+Everything here is engine-agnostic; engines live in ``futurefsm.engines``.
+"""
 
 from .client import Client
 from .future import TaskFuture

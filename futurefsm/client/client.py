@@ -1,29 +1,21 @@
-"""``Client``: a ``concurrent.futures.Executor`` whose futures run on a remote scheduler.
+"""``Client``: a ``concurrent.futures.Executor`` whose futures run on a remote engine.
 
-Threads
--------
-One I/O thread owns the DEALER socket; nothing else touches it. User threads hand it
-work through ``_outbox`` (a deque) and wake it by writing one byte to a pipe that the
-I/O thread polls beside the socket; a byte is written only when no wake-up is already
-pending, so a burst of submits costs one system call. Every frame is encoded before
-it is queued, so the I/O thread only sends bytes, and decodes and deserializes
-inbound messages before it fires a future's trigger (no lock held while doing so).
+The client is engine-agnostic (``futurefsm.engines``): it keeps the Executor API, the
+registry of live futures, bulk cancel, cancel deadlines, the graph facade and the
+stats; the engine carries tasks and cancels and turns inbound messages into the
+futures' triggers.
 
-A future is registered (``_futures``) before its Task is queued, and unregistered by
-``release()`` when it reaches a terminal state: the client holds no reference to a
-finished future.
+A future is registered (``futures``) before its task is handed to the engine, and
+unregistered by ``release()`` when it reaches a terminal state: the client holds no
+reference to a finished future.
 
-Nothing hangs: cancel deadlines are enforced by the I/O thread's timer heap, and a
-scheduler that is silent for ``connection_timeout`` (heartbeats unanswered) or says
-``Disconnect`` resolves every unfinished future through the ``connection_lost``
-trigger.
+Nothing hangs: cancel deadlines are enforced by a timer thread (``CancelDeadlines``),
+and an engine that loses its scheduler resolves every unfinished future through the
+``connection_lost`` trigger.
 """
 
 from __future__ import annotations
 
-import collections
-import heapq
-import itertools
 import logging
 import os
 import threading
@@ -32,60 +24,47 @@ from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
 from concurrent import futures as cf
 from typing import Any
 
-import zmq
-
-from ..errors import TaskFailedError, WorkerDiedError
-from ..fsm import CancelOutcome, Effect, FutureState
-from ..protocol import (
-    Disconnect,
-    Heartbeat,
-    HeartbeatEcho,
-    ProtocolError,
-    ResultStatus,
-    Task,
-    TaskCancel,
-    TaskCancelConfirm,
-    TaskResult,
-    decode,
-    encode,
-    new_task_id,
-)
-from ..serializer import DEFAULT_SERIALIZER, Serializer, decode_failure
+from ..engines import Engine, get_engine
+from ..fsm import CancelOutcome, FutureState
+from ..serializer import Serializer
+from .deadlines import CancelDeadlines
 from .future import TaskFuture
-from .graph import as_task, dependencies, dependency_refs, topological_order
+from .graph import topological_order
 
 __all__ = ["Client"]
 
 LOGGER = logging.getLogger("futurefsm.client")
 
-_MAX_INBOUND_BATCH = 1000  # messages handled per poll before timers get a turn
-_LOUD_PROTOCOL_ERRORS = 10  # warnings before protocol errors drop to debug level
-
 
 class Client(cf.Executor):
-    """Submit work to a scheduler over ZeroMQ; every future is a ``TaskFuture``.
+    """Submit work to a scheduler through an engine; every future is a ``TaskFuture``.
 
-    ``address=None`` starts an embedded ``SchedulerStub`` in-process on a loopback
-    port (with ``workers`` threads), so the default needs no setup. Otherwise
-    ``address`` is a ZeroMQ endpoint such as ``tcp://127.0.0.1:5555``.
+    ``engine`` is ``"futurefsm"`` (our own ZeroMQ scheduler, the default), ``"scaler"``,
+    ``"dask"``, another name registered in ``futurefsm.engines``, or an ``Engine``
+    instance. With the default engine, ``address=None`` starts an embedded scheduler
+    in-process on a loopback port (with ``workers`` workers), so the default needs no
+    setup; otherwise ``address`` is the scheduler's address, such as
+    ``tcp://127.0.0.1:5555``. ``serializer`` and other keyword options go to the
+    engine.
 
     ``cancel_timeout``: default seconds a cancel waits for the scheduler's answer
     before the future ends cancelled with ``TIMED_OUT``. ``heartbeat_interval`` and
     ``connection_timeout``: a scheduler that answers nothing for
     ``connection_timeout`` seconds is taken as lost and every unfinished future is
-    resolved. ``serializer``: how functions, arguments and results become bytes
-    (stdlib pickle by default; the scheduler must use the same).
+    resolved.
     """
 
     def __init__(
         self,
         address: str | None = None,
         *,
+        engine: str | Engine = "futurefsm",
         workers: int | None = None,
         cancel_timeout: float = 30.0,
         heartbeat_interval: float = 1.0,
         connection_timeout: float = 5.0,
         serializer: Serializer | None = None,
+        **engine_options: Any,
     ) -> None:
         for name, value in (
             ("cancel_timeout", cancel_timeout),
@@ -94,26 +73,32 @@ class Client(cf.Executor):
         ):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
                 raise ValueError(f"{name}: expected a positive number of seconds, got {value!r}")
-        if workers is not None and address is not None:
-            raise ValueError("workers: only meaningful for the embedded scheduler (address=None)")
         self.cancel_timeout = float(cancel_timeout)
         self.heartbeat_interval = float(heartbeat_interval)
         self.connection_timeout = float(connection_timeout)
-        self._serializer = serializer if serializer is not None else DEFAULT_SERIALIZER
 
-        self._stub: Any = None
-        if address is None:
-            from ..scheduler_stub import SchedulerStub
-
-            self._stub = SchedulerStub(workers=workers or 4, serializer=self._serializer)
-            address = self._stub.address
-        self.address: str = address
+        if isinstance(engine, Engine):
+            if address is not None or workers is not None or serializer is not None:
+                raise ValueError(
+                    "address, workers, serializer: give them to the engine object, not the Client"
+                )
+            if engine_options:
+                raise TypeError(f"unexpected engine options {sorted(engine_options)}")
+            self._engine = engine
+        else:
+            if not isinstance(engine, str):
+                raise TypeError(f"engine: expected a name or an Engine, got {engine!r}")
+            options = dict(engine_options)
+            if workers is not None:
+                options["workers"] = workers
+            if serializer is not None:
+                options["serializer"] = serializer
+            self._engine = get_engine(engine).from_address(address, **options)
+        self.address: str = self._engine.address
         """The scheduler's address."""
 
-        # Shared between user threads and the I/O thread.
-        self._futures: dict[bytes, TaskFuture] = {}
-        self._outbox: collections.deque[tuple[Any, ...]] = collections.deque()
-        self._wake_pending = False
+        self.futures: dict[bytes, TaskFuture] = {}
+        """Live (not yet terminal) futures by task id. Read it; do not change it."""
         self._shutdown = False
         # Held while checking _shutdown and registering a future, and while setting
         # _shutdown: no future can be registered after close() took its snapshot.
@@ -132,33 +117,19 @@ class Client(cf.Executor):
             "connection_lost": 0,
         }
         del self._stats["cancelled"][CancelOutcome.FAILED.value]  # a refusal is not a cancel
-
-        # Owned by the I/O thread.
-        self._cancel_timers: list[tuple[float, int, bytes]] = []
-        self._timer_seq = itertools.count()
-        self._heartbeat_seq = itertools.count()
-        self._loud_errors = _LOUD_PROTOCOL_ERRORS
-
-        self._context: zmq.Context[Any] = zmq.Context()
-        self._socket = self._context.socket(zmq.DEALER)
-        self._socket.setsockopt(zmq.SNDHWM, 0)
-        self._socket.setsockopt(zmq.RCVHWM, 0)
-        self._socket.setsockopt(zmq.LINGER, 0)
-        self._socket.connect(address)
-        self._wake_read, self._wake_write = os.pipe()
-        os.set_blocking(self._wake_read, False)
-        # Guards writing to and closing the wake pipe: a post racing the I/O thread's
-        # exit must not write to a closed (and maybe reused) descriptor number.
-        self._wake_lock = threading.Lock()
-        self._wake_closed = False
-        self._io_thread = threading.Thread(
-            target=self._run, name=f"futurefsm-client-{id(self):x}-io", daemon=True
+        self._deadlines = CancelDeadlines(
+            self.futures.get, name=f"futurefsm-client-{id(self):x}-deadlines"
         )
-        self._io_thread.start()
+        self._engine.start(self)
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"
-        return f"<Client {self.address} {state} in_flight={len(self._futures)}>"
+        return f"<Client {self.address} {state} in_flight={len(self.futures)}>"
+
+    @property
+    def engine(self) -> Engine:
+        """The engine this client's tasks run on."""
+        return self._engine
 
     # ------------------------------------------------------------------ submitting
 
@@ -166,66 +137,23 @@ class Client(cf.Executor):
         """Run ``fn(*args, **kwargs)`` on the scheduler; return its ``TaskFuture``.
 
         The function and its arguments are serialized here, at once: something that
-        cannot be pickled raises ``TypeError`` naming it, and nothing is sent.
+        cannot be serialized raises ``TypeError`` naming it, and nothing is sent.
         """
-        function, arguments = self._serialize_call(fn, args, kwargs)
-        return self._submit_task(function, arguments, None, ())
-
-    def _serialize_call(
-        self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> tuple[bytes, bytes]:
-        if not callable(fn):
-            raise TypeError(f"submit() needs a callable, got {fn!r}")
-        try:
-            function = self._serializer.dumps(fn)
-        except Exception as error:
-            raise TypeError(
-                f"cannot serialize the function {fn!r} for submit(): {error}"
-            ) from error
-        try:
-            arguments = self._serializer.dumps((args, kwargs))
-        except Exception as error:
-            raise TypeError(
-                f"cannot serialize the arguments of {getattr(fn, '__name__', fn)!r} "
-                f"for submit(): {error}"
-            ) from error
-        return function, arguments
-
-    def _submit_task(
-        self,
-        function: bytes,
-        arguments: bytes,
-        group_id: bytes | None,
-        depends_on: tuple[bytes, ...],
-        task_id: bytes | None = None,
-    ) -> TaskFuture:
-        future, frame = self._new_task(function, arguments, group_id, depends_on, task_id)
+        prepared = self._engine.prepare(fn, args, kwargs)
+        future = TaskFuture(prepared.task_id, self)
         with self._submit_lock:
             self._check_open()
             self._register(future)
-            self._post(("task", future, frame))
+            self._engine.send(future, prepared)
         return future
 
     def _check_open(self) -> None:
         if self._shutdown:
             raise RuntimeError("cannot schedule new futures after shutdown")
 
-    def _new_task(
-        self,
-        function: bytes,
-        arguments: bytes,
-        group_id: bytes | None,
-        depends_on: tuple[bytes, ...],
-        task_id: bytes | None = None,
-    ) -> tuple[TaskFuture, bytes]:
-        """A new (unregistered) future and its encoded Task."""
-        task_id = new_task_id() if task_id is None else task_id
-        frame = encode(Task(task_id, function, arguments, group_id, depends_on))
-        return TaskFuture(task_id, self, group_id), frame
-
     def _register(self, future: TaskFuture) -> None:
-        """Register ``future`` (``_submit_lock`` held), before its Task is queued."""
-        self._futures[future.task_id] = future
+        """Register ``future`` (``_submit_lock`` held), before its task is sent."""
+        self.futures[future.task_id] = future
         with self._stats_lock:
             self._stats["submitted"] += 1
 
@@ -276,27 +204,14 @@ class Client(cf.Executor):
         for key in wanted:
             if key not in graph:
                 raise KeyError(f"submit_graph: key {key!r} is not in the graph")
-        task_ids = {key: new_task_id() for key in order}
-        group_id = new_task_id()
-        payloads = []
-        for key in order:
-            fn, args = as_task(graph[key])
-            refs = dependency_refs(args, graph, task_ids)
-            depends_on = tuple(
-                dict.fromkeys(task_ids[dep] for dep in dependencies(graph[key], graph))
-            )
-            function, arguments = self._serialize_call(fn, refs, {})
-            payloads.append((key, function, arguments, depends_on))
-        members = [
-            self._new_task(function, arguments, group_id, depends_on, task_ids[key])
-            for key, function, arguments, depends_on in payloads
-        ]
+        group_id = os.urandom(16)
+        prepared = self._engine.prepare_graph(graph, order, group_id)
+        members = [(TaskFuture(item.task_id, self, group_id), item) for item in prepared]
         with self._submit_lock:
             self._check_open()
             for future, _ in members:
                 self._register(future)
-            # One outbox item: the I/O thread sends the graph whole or not at all.
-            self._post(("graph", group_id, members))
+            self._engine.send_graph(group_id, members)
         futures = {key: future for key, (future, _) in zip(order, members, strict=True)}
         return {key: futures[key] for key in wanted}
 
@@ -333,14 +248,15 @@ class Client(cf.Executor):
     # ------------------------------------------------------------------ FutureTransport
 
     def send_cancel(self, future: TaskFuture, deadline: float) -> None:
-        """FutureTransport: queue one TaskCancel (the group's, for a graph member)."""
-        target = future.task_id if future.group_id is None else future.group_id
-        frame = encode(TaskCancel(target, True))
-        self._post(("cancel", future.task_id, frame, deadline))
+        """FutureTransport: send one TaskCancel (the group's, for a graph member)
+        through the engine, and time it out at ``deadline``."""
+        self._deadlines.schedule(deadline, future.task_id)
+        self._engine.send_cancel([future])
 
     def release(self, future: TaskFuture) -> None:
         """FutureTransport: ``future`` is terminal; forget it and count how it ended."""
-        self._futures.pop(future.task_id, None)
+        self.futures.pop(future.task_id, None)
+        self._engine.forget(future)
         outcome = future.cancel_outcome
         if future.state is FutureState.CANCELLED and outcome is not None:
             # (Every cell that enters cancelled records an outcome.)
@@ -352,8 +268,32 @@ class Client(cf.Executor):
             counter[key] += 1
 
     def on_io_thread(self) -> bool:
-        """FutureTransport: True on this client's I/O thread."""
-        return threading.current_thread() is self._io_thread
+        """FutureTransport: True on a thread that delivers events (the engine's, or
+        the one that expires cancel deadlines)."""
+        return self._engine.on_io_thread() or threading.current_thread() is self._deadlines.thread
+
+    # ------------------------------------------------------------------ EngineClient
+
+    def stale(self, message: object) -> None:
+        """EngineClient: count and debug-log a message that changed nothing."""
+        self.count("stale_messages")
+        LOGGER.debug("stale message %r", message)
+
+    def count(self, stat: str) -> None:
+        """EngineClient: add one to the counter ``stat`` of ``stats()``."""
+        with self._stats_lock:
+            self._stats[stat] += 1
+
+    def connection_lost(self, why: str) -> None:
+        """EngineClient: the scheduler is gone; every live future gets ``connection_lost``."""
+        futures = list(self.futures.values())
+        if futures:
+            self.count("connection_lost")
+            LOGGER.warning(
+                "connection to %s lost (%s): %d futures resolved", self.address, why, len(futures)
+            )
+        for future in futures:
+            future.connection_lost()
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -363,7 +303,7 @@ class Client(cf.Executor):
         with self._stats_lock:
             snapshot = dict(self._stats)
             snapshot["cancelled"] = dict(self._stats["cancelled"])
-        snapshot["in_flight"] = len(self._futures)
+        snapshot["in_flight"] = len(self.futures)
         return snapshot
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
@@ -374,7 +314,7 @@ class Client(cf.Executor):
         with self._submit_lock:
             self._shutdown = True
         if cancel_futures:
-            outstanding = list(self._futures.values())
+            outstanding = list(self.futures.values())
             if outstanding:
                 self.cancel(outstanding, wait=wait)
         if wait:
@@ -385,244 +325,28 @@ class Client(cf.Executor):
             ).start()
 
     def _close_when_idle(self) -> None:
-        outstanding = list(self._futures.values())
+        outstanding = list(self.futures.values())
         if outstanding:
             cf.wait(outstanding)
         self.close()
 
     def close(self) -> None:
         """Cancel everything outstanding in bulk (within ``cancel_timeout``), tell the
-        scheduler, stop the I/O thread, and stop the embedded scheduler if any.
-        Futures that were already terminal stay as they were. Idempotent."""
+        scheduler, and stop the engine (and the embedded scheduler if any). Futures
+        that were already terminal stay as they were. Idempotent."""
         with self._lifecycle_lock:
             if self._closed:
                 return
             with self._submit_lock:
                 self._shutdown = True
-            outstanding = list(self._futures.values())
-            if outstanding and self._io_thread.is_alive() and not self.on_io_thread():
+            outstanding = list(self.futures.values())
+            if outstanding and not self.on_io_thread():
                 self.cancel(outstanding)
-            self._post(("close",))
-            if not self.on_io_thread():
-                self._io_thread.join()
+            self._engine.close()
+            # Whatever the engine left unresolved is resolved now: nothing waits forever.
+            self.connection_lost("client closed")
+            self._deadlines.close()
             self._closed = True
-        if self._stub is not None:
-            self._stub.stop()
 
     def __exit__(self, *exc_info: object) -> None:
         self.shutdown(wait=True)
-
-    # ------------------------------------------------------------------ I/O thread
-
-    def _post(self, item: tuple[Any, ...]) -> None:
-        """Queue ``item`` for the I/O thread and wake it if it may be asleep."""
-        self._outbox.append(item)
-        if not self._wake_pending:
-            with self._wake_lock:
-                if self._wake_closed:  # the I/O thread has exited; nothing reads it
-                    return
-                self._wake_pending = True
-                os.write(self._wake_write, b"\0")
-
-    def _run(self) -> None:
-        poller = zmq.Poller()
-        poller.register(self._socket, zmq.POLLIN)
-        poller.register(self._wake_read, zmq.POLLIN)
-        now = time.monotonic()
-        self._last_heard = now
-        next_heartbeat = now
-        running = True
-        try:
-            while running:
-                now = time.monotonic()
-                if now >= next_heartbeat:
-                    self._send(encode(Heartbeat(next(self._heartbeat_seq))))
-                    next_heartbeat = now + self.heartbeat_interval
-                    if now - self._last_heard > self.connection_timeout:
-                        self._connection_lost("no answer to heartbeats")
-                        self._last_heard = now
-                wake_at = next_heartbeat
-                if self._cancel_timers:
-                    wake_at = min(wake_at, self._cancel_timers[0][0])
-                timeout_ms = max(0, int((wake_at - now) * 1000) + 1)
-                events = dict(poller.poll(timeout_ms))
-                if self._wake_read in events:
-                    self._drain_wake_pipe()
-                running = self._drain_outbox()
-                if self._socket in events:
-                    self._drain_socket()
-                self._expire_cancels()
-        except Exception:  # the loop itself failed: nothing may wait forever for it
-            LOGGER.exception("client I/O thread failed")
-            self._count("io_errors")
-        finally:
-            self._connection_lost("client closed")
-            self._socket.close(linger=0)
-            self._context.term()
-            with self._wake_lock:
-                self._wake_closed = True
-                os.close(self._wake_read)
-                os.close(self._wake_write)
-
-    def _drain_wake_pipe(self) -> None:
-        try:
-            while os.read(self._wake_read, 4096):
-                pass
-        except BlockingIOError:
-            pass
-        # After emptying the pipe and before draining the outbox: a post that saw
-        # the flag still set is drained below; one that sees it clear writes a byte
-        # that stays in the pipe for the next poll. Cleared before the read, the
-        # read could swallow a byte whose post then left the flag set for good.
-        self._wake_pending = False
-
-    def _drain_outbox(self) -> bool:
-        """Send everything queued; False once a close was requested."""
-        outbox = self._outbox
-        while outbox:
-            item = outbox.popleft()
-            kind = item[0]
-            try:
-                if kind == "task":
-                    _, future, frame = item
-                    # "sent" before the bytes go: a cancel after this point finds the
-                    # future running and queues its TaskCancel behind this Task.
-                    if future.sent().effect is not Effect.STALE:
-                        self._send(frame)
-                elif kind == "graph":
-                    _, group_id, members = item
-                    self._send_graph(group_id, members)
-                elif kind == "cancel":
-                    _, task_id, frame, deadline = item
-                    self._send(frame)
-                    heapq.heappush(self._cancel_timers, (deadline, next(self._timer_seq), task_id))
-                elif kind == "close":
-                    self._send(encode(Disconnect()))
-                    return False
-            except Exception:
-                LOGGER.exception("client I/O thread: failed to send %s", kind)
-                self._count("io_errors")
-        return True
-
-    def _send_graph(self, group_id: bytes, members: list[tuple[TaskFuture, bytes]]) -> None:
-        """Send a graph's Tasks together; a member cancelled before sending takes the
-        whole graph with it, as a cancel of any member does later."""
-        if any(future.state is not FutureState.PENDING for future, _ in members):
-            for future, _ in members:
-                # Pending: cancelled at once, nothing sent (the deadline is unused).
-                future._request_cancel(time.monotonic())
-            return
-        # "sent" for every member before any frame goes: once the scheduler runs one
-        # member, none of them is still pending.
-        frames = [frame for future, frame in members if future.sent().effect is not Effect.STALE]
-        for frame in frames:
-            self._send(frame)
-        if frames and len(frames) < len(members):
-            # A member was cancelled between the check above and its "sent": cancel
-            # the members that went out, as a cancel of any member would.
-            self._send(encode(TaskCancel(group_id, True)))
-
-    def _send(self, frame: bytes) -> None:
-        # SNDHWM is 0 (no limit): a DEALER queues the frame even before it connects,
-        # so this never blocks and never drops.
-        self._socket.send(frame)
-
-    def _drain_socket(self) -> None:
-        socket = self._socket
-        for _ in range(_MAX_INBOUND_BATCH):
-            try:
-                frames = socket.recv_multipart(zmq.NOBLOCK, copy=True)
-            except zmq.Again:
-                return
-            self._last_heard = time.monotonic()
-            try:
-                if len(frames) != 1:
-                    raise ProtocolError(f"expected 1 frame per message, got {len(frames)}")
-                self._on_message(decode(frames[0]))
-            except ProtocolError as error:
-                self._count("protocol_errors")
-                self._warn("protocol error from the scheduler: %s", error)
-            except Exception:
-                LOGGER.exception("client I/O thread: failed to handle a message")
-                self._count("io_errors")
-
-    def _on_message(self, message: Any) -> None:
-        if isinstance(message, TaskResult):
-            future = self._futures.get(message.task_id)
-            if future is None:
-                self._stale(message)
-                return
-            result, exception = self._unpack_result(message)
-            cell = future.recv_result(result, exception)
-        elif isinstance(message, TaskCancelConfirm):
-            future = self._futures.get(message.task_id)
-            if future is None:
-                self._stale(message)
-                return
-            cell = future.recv_cancel_confirm(message.kind.value)
-        elif isinstance(message, HeartbeatEcho):
-            return
-        elif isinstance(message, Disconnect):
-            self._connection_lost("the scheduler disconnected")
-            return
-        else:
-            raise ProtocolError(f"{type(message).__name__} is not a scheduler-to-client message")
-        if cell.effect is Effect.STALE:
-            self._stale(message)
-
-    def _unpack_result(self, message: TaskResult) -> tuple[Any, BaseException | None]:
-        """Deserialize a TaskResult (never raises: a bad payload becomes the exception)."""
-        if message.status is ResultStatus.SUCCESS:
-            try:
-                return self._serializer.loads(message.payload), None
-            except Exception as error:
-                return None, TaskFailedError(
-                    f"the result of task {message.task_id.hex()} could not be deserialized: "
-                    f"{error!r}"
-                )
-        if message.status is ResultStatus.FAILED:
-            return None, decode_failure(message.payload, self._serializer)
-        try:
-            reason = self._serializer.loads(message.payload)
-        except Exception:
-            reason = "no reason given"
-        return None, WorkerDiedError(
-            f"the worker running task {message.task_id.hex()} died: {reason}"
-        )
-
-    def _stale(self, message: Any) -> None:
-        self._count("stale_messages")
-        LOGGER.debug("stale message %r", message)
-
-    def _expire_cancels(self) -> None:
-        timers = self._cancel_timers
-        now = time.monotonic()
-        while timers and timers[0][0] <= now:
-            _, _, task_id = heapq.heappop(timers)
-            future = self._futures.get(task_id)
-            # The timer may belong to an earlier request that was refused; only the
-            # deadline of the request in flight counts.
-            deadline = None if future is None else future.cancel_deadline
-            if deadline is not None and deadline <= now:
-                future.cancel_timed_out()
-
-    def _connection_lost(self, why: str) -> None:
-        futures = list(self._futures.values())
-        if futures:
-            self._count("connection_lost")
-            LOGGER.warning(
-                "connection to %s lost (%s): %d futures resolved", self.address, why, len(futures)
-            )
-        for future in futures:
-            future.connection_lost()
-
-    def _count(self, stat: str) -> None:
-        with self._stats_lock:
-            self._stats[stat] += 1
-
-    def _warn(self, message: str, *args: Any) -> None:
-        if self._loud_errors > 0:
-            self._loud_errors -= 1
-            LOGGER.warning(message, *args)
-        else:
-            LOGGER.debug(message, *args)

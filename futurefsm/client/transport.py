@@ -3,7 +3,8 @@
 A future asks its transport for three things only: send one TaskCancel (and make
 sure the cancel deadline is enforced), forget me (I am terminal), and "is this the
 thread that delivers answers?" (so it never blocks there). ``Client`` implements it
-over ZeroMQ; ``InMemoryTransport`` implements it with lists, for tests and tools.
+on whichever engine it runs; ``InMemoryTransport`` implements it with lists, for
+tests and tools.
 """
 
 from __future__ import annotations
