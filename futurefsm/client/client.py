@@ -36,6 +36,21 @@ __all__ = ["Client"]
 LOGGER = logging.getLogger("futurefsm.client")
 
 
+def _worker_count(workers: int | None, max_workers: int | None) -> int | None:
+    """The embedded scheduler's worker count from ``workers`` or its stdlib alias."""
+    if workers is not None and max_workers is not None:
+        raise ValueError("workers and max_workers name the same thing: pass one of them")
+    name, count = ("max_workers", max_workers) if max_workers is not None else ("workers", workers)
+    if count is None:
+        return None
+    if isinstance(count, bool) or not isinstance(count, int):
+        raise TypeError(f"{name}: expected an int, got {count!r}")
+    if count <= 0:
+        # The stdlib executors' wording, so code that matches on it keeps working.
+        raise ValueError(f"{name} must be greater than 0, got {count}")
+    return count
+
+
 class Client(cf.Executor):
     """Submit work to a scheduler through an engine; every future is a ``TaskFuture``.
 
@@ -45,7 +60,8 @@ class Client(cf.Executor):
     in-process on a loopback port (with ``workers`` workers), so the default needs no
     setup; otherwise ``address`` is the scheduler's address, such as
     ``tcp://127.0.0.1:5555``. ``serializer`` and other keyword options go to the
-    engine.
+    engine. ``max_workers`` is the stdlib executors' name for ``workers`` (``Client(max_workers=4)``
+    replaces ``ThreadPoolExecutor(max_workers=4)``); a count below 1 is a ``ValueError``.
 
     ``cancel_timeout``: default seconds a cancel waits for the scheduler's answer
     before the future ends cancelled with ``TIMED_OUT``. ``heartbeat_interval`` and
@@ -60,6 +76,7 @@ class Client(cf.Executor):
         *,
         engine: str | Engine = "futurefsm",
         workers: int | None = None,
+        max_workers: int | None = None,
         cancel_timeout: float = 30.0,
         heartbeat_interval: float = 1.0,
         connection_timeout: float = 5.0,
@@ -73,6 +90,7 @@ class Client(cf.Executor):
         ):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
                 raise ValueError(f"{name}: expected a positive number of seconds, got {value!r}")
+        workers = _worker_count(workers, max_workers)
         self.cancel_timeout = float(cancel_timeout)
         self.heartbeat_interval = float(heartbeat_interval)
         self.connection_timeout = float(connection_timeout)
