@@ -51,6 +51,25 @@ def _worker_count(workers: int | None, max_workers: int | None) -> int | None:
     return count
 
 
+def _next_result(submitted: list[TaskFuture], end_time: float | None) -> Any:
+    """The result of the last future in ``submitted``, which is then removed.
+
+    The future stays in the list while awaited, so a timeout or an early close of
+    ``map``'s iterator cancels it too (as the stdlib does since 3.12).
+    """
+    future = submitted[-1]
+    value = future.result(None if end_time is None else end_time - time.monotonic())
+    submitted.pop()
+    return value
+
+
+def _progress_bar(total: int, what: str) -> Any:
+    """A tqdm bar counting ``total`` finished tasks (tqdm is imported only here)."""
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=what, unit="task")
+
+
 class Client(cf.Executor):
     """Submit work to a scheduler through an engine; every future is a ``TaskFuture``.
 
@@ -181,28 +200,35 @@ class Client(cf.Executor):
         *iterables: Iterable[Any],
         timeout: float | None = None,
         chunksize: int = 1,
+        progress: bool = False,
     ) -> Iterator[Any]:
         """``Executor.map``: results in order; leftover futures are cancelled in bulk
-        (without waiting) if the iterator is closed early or a call raises."""
+        (without waiting) if the iterator is closed early or a call raises.
+
+        The iterator keeps no reference to a result it has yielded (nor to its future).
+        ``progress=True`` shows a tqdm progress bar of finished tasks on stderr, closed
+        when the iterator ends. ``chunksize`` is accepted for compatibility and ignored:
+        every call is its own task.
+        """
         end_time = None if timeout is None else timeout + time.monotonic()
         submitted = [self.submit(fn, *args) for args in zip(*iterables, strict=False)]
+        bar = _progress_bar(len(submitted), getattr(fn, "__name__", "map")) if progress else None
+        if bar is not None:
+            for future in submitted:
+                future.add_done_callback(lambda _: bar.update(1))
+        submitted.reverse()
 
         def result_iterator() -> Iterator[Any]:
             try:
-                submitted.reverse()
                 while submitted:
-                    # The future stays in the list while awaited, so a timeout or
-                    # an early close cancels it too (as the stdlib does since 3.12).
-                    future = submitted[-1]
-                    if end_time is None:
-                        value = future.result()
-                    else:
-                        value = future.result(end_time - time.monotonic())
-                    submitted.pop()
-                    yield value
+                    # No local names here: a suspended generator keeps its locals alive,
+                    # and the caller may have dropped the value it was given.
+                    yield _next_result(submitted, end_time)
             finally:
                 if submitted:
                     self.cancel(submitted, wait=False)
+                if bar is not None:
+                    bar.close()
 
         return result_iterator()
 
