@@ -5,6 +5,8 @@ transition table in ``futurefsm.fsm``; ``TaskFuture`` makes it a real
 ``concurrent.futures.Future``; cancellation is confirmed by the scheduler.
 """
 
+from concurrent.futures import CancelledError
+
 from .client import Client, TaskFuture
 from .errors import (
     ConnectionLostError,
@@ -14,15 +16,18 @@ from .errors import (
     WorkerDiedError,
 )
 from .fsm import CancelOutcome, FutureState, Trigger
+from .protocol import ProtocolError
 
 __version__ = "0.1.0"
 
 __all__ = [
     "CancelOutcome",
+    "CancelledError",
     "Client",
     "ConnectionLostError",
     "FutureFSMError",
     "FutureState",
+    "ProtocolError",
     "RemoteTraceback",
     "TaskFailedError",
     "TaskFuture",

@@ -1,7 +1,9 @@
 """Exceptions raised by futurefsm.
 
 ``ProtocolError`` (a peer sent something malformed) lives in ``futurefsm.protocol``;
-the ones here describe what happened to a task or a connection.
+the ones here describe what happened to a task or a connection. Every one of them is
+importable from ``futurefsm`` itself, with ``CancelledError`` (the stdlib's, raised by
+``result()`` of a cancelled future). ``FutureFSMError`` is the base of futurefsm's own.
 """
 
 from __future__ import annotations

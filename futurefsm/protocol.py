@@ -32,6 +32,8 @@ from typing import Any, ClassVar, TypeAlias
 
 import msgpack
 
+from .errors import FutureFSMError
+
 __all__ = [
     "MAX_FRAME_BYTES",
     "PROTOCOL_VERSION",
@@ -67,8 +69,11 @@ _ID_OR_NONE = f"{TASK_ID_BYTES} bytes or None"
 _IDS = f"a tuple of {TASK_ID_BYTES}-byte ids"
 
 
-class ProtocolError(ValueError):
-    """A message or frame that breaks the protocol; the message says what was wrong."""
+class ProtocolError(FutureFSMError, ValueError):
+    """A message or frame that breaks the protocol; the message says what was wrong.
+
+    Also raised by ``submit()`` for a task whose frame would exceed ``MAX_FRAME_BYTES``.
+    """
 
 
 class ResultStatus(str, Enum):

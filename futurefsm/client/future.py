@@ -287,6 +287,32 @@ class TaskFuture(_base.Future):
             return self._wait_for_cancel_answer(self._cancel_deadline)
         return state is FutureState.CANCELLED
 
+    def result(self, timeout: float | None = None) -> Any:
+        """The task's return value, as ``concurrent.futures.Future.result``.
+
+        Raises ``RuntimeError`` instead of waiting where waiting would deadlock: on the
+        client's I/O thread (e.g. in a done-callback) for a future that is not finished,
+        unless ``timeout`` is 0 or less. That thread is the one that would deliver it.
+        """
+        if timeout is None or timeout > 0:
+            self._refuse_to_deadlock("result")
+        return super().result(timeout)
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        """The task's exception or None, as ``concurrent.futures.Future.exception``;
+        refuses to wait on the client's I/O thread as ``result()`` does."""
+        if timeout is None or timeout > 0:
+            self._refuse_to_deadlock("exception")
+        return super().exception(timeout)
+
+    def _refuse_to_deadlock(self, method: str) -> None:
+        if self.state not in TERMINAL_STATES and self._transport.on_io_thread():
+            raise RuntimeError(
+                f"{method}() would wait forever: it was called on the client's I/O thread "
+                f"(for instance in a done-callback) for {self!r}, which only that thread "
+                f"can finish. Call it from another thread, or pass timeout=0 to poll."
+            )
+
     def add_done_callback(self, fn: Callable[[TaskFuture], object]) -> None:
         """Run ``fn(future)`` once the future is terminal (at once if it is already).
 
