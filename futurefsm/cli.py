@@ -1,4 +1,4 @@
-"""The ``futurefsm`` command: ``demo | scheduler | diagrams | bench``."""
+"""The ``futurefsm`` command: ``demo | scheduler | status | diagrams | bench``."""
 
 from __future__ import annotations
 
@@ -10,24 +10,56 @@ from collections.abc import Sequence
 __all__ = ["main"]
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each option's default, except where there is none to show."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default in (None, False, argparse.SUPPRESS) or action.option_strings == [
+            "-v",
+            "--verbose",
+        ]:
+            return action.help
+        return super()._get_help_string(action)
+
+
+_VERBOSE_HELP = "log more: -v at info level (connects, cancels), -vv at debug level"
+
+
 def _parser() -> argparse.ArgumentParser:
+    from . import __version__
+
     parser = argparse.ArgumentParser(
         prog="futurefsm",
         description="Remote-task futures as explicit finite-state machines.",
+        formatter_class=_HelpFormatter,
     )
-    parser.add_argument("-v", "--verbose", action="store_true", help="log at debug level")
+    parser.add_argument("--version", action="version", version=f"futurefsm {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help=_VERBOSE_HELP)
+    # Every command takes -v too (`futurefsm scheduler -v`); SUPPRESS keeps a command
+    # without it from resetting a -v given before the command.
+    verbosity = argparse.ArgumentParser(add_help=False)
+    verbosity.add_argument(
+        "-v", "--verbose", action="count", default=argparse.SUPPRESS, help=_VERBOSE_HELP
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    demo = commands.add_parser(
-        "demo", help="run tasks on the embedded scheduler stub and cancel them in every phase"
+    def command(name: str, help: str) -> argparse.ArgumentParser:
+        return commands.add_parser(
+            name, help=help, description=help, parents=[verbosity], formatter_class=_HelpFormatter
+        )
+
+    demo = command(
+        "demo", "run tasks on the embedded scheduler stub and cancel them in every phase"
     )
     demo.add_argument(
         "--diagram-out",
         default=None,
-        help="where to write the example path diagram (default: a temporary directory)",
+        metavar="DIR",
+        help="directory to write the raced future's path diagram to (Mermaid); "
+        "without it the path is printed as text and nothing is written",
     )
 
-    scheduler = commands.add_parser("scheduler", help="run a scheduler stub")
+    scheduler = command("scheduler", "run a scheduler stub")
     scheduler.add_argument(
         "--address", default="tcp://127.0.0.1:5555", help="ZeroMQ address to bind"
     )
@@ -36,10 +68,18 @@ def _parser() -> argparse.ArgumentParser:
         "--behaviour", default=None, metavar="FILE.json", help="Behaviour to apply to every task"
     )
 
-    diagrams = commands.add_parser("diagrams", help="generate the state diagrams")
+    status = command(
+        "status",
+        "show a running scheduler's clients, queued, running and finished tasks, cancels "
+        "and protocol errors",
+    )
+    status.add_argument("address", help="the scheduler's ZeroMQ address, e.g. tcp://127.0.0.1:5555")
+    status.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the answer")
+
+    diagrams = command("diagrams", "generate the state diagrams and the docs' transition table")
     diagrams.add_argument("--out", default="diagrams", help="output directory")
 
-    bench = commands.add_parser("bench", help="run a benchmark and print ratios")
+    bench = command("bench", "run a benchmark and print ratios")
     bench.add_argument("which", choices=["fsm", "e2e"], help="which benchmark")
     bench.add_argument("--quick", action="store_true", help="fewer repeats (a smoke run)")
     return parser
@@ -48,8 +88,9 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``futurefsm`` console script and ``python -m futurefsm``."""
     args = _parser().parse_args(argv)
+    levels = (logging.WARNING, logging.INFO, logging.DEBUG)
     logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.WARNING,
+        level=levels[min(args.verbose, len(levels) - 1)],
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     if args.command == "demo":
@@ -60,6 +101,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .scheduler_stub.cli import main as scheduler_main
 
         return scheduler_main(args.address, workers=args.workers, behaviour_file=args.behaviour)
+    if args.command == "status":
+        from .status import main as status_main
+
+        return status_main(args.address, timeout=args.timeout)
     if args.command == "diagrams":
         from .diagrams import main as diagrams_main
 

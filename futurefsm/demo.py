@@ -11,7 +11,7 @@ event it needs with a deadline.
 from __future__ import annotations
 
 import concurrent.futures as cf
-import tempfile
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from .client import Client, TaskFuture
+from .fsm import TRANSITION_TABLE
 from .scheduler_stub import Behaviour, SchedulerStub
 from .scheduler_stub import sample_tasks as tasks
 
@@ -188,8 +189,40 @@ def run_demo() -> tuple[list[Row], TaskFuture, dict[str, Any]]:
     return demo.rows, demo.raced, stats
 
 
+def _diagram_dir(diagram_out: str) -> Path | str:
+    """The directory for the path diagram, created if need be; or the error to print."""
+    out = Path(diagram_out)
+    if out.exists() and not out.is_dir():
+        return f"--diagram-out {diagram_out}: is a file; expected a directory"
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        return f"--diagram-out {diagram_out}: cannot create the directory: {error.strerror}"
+    return out
+
+
+def _path_text(raced: TaskFuture) -> str:
+    """The raced future's path as one line: state -trigger-> state ..."""
+    steps = [raced.history[0][2].value] if raced.history else []
+    for _, trigger, source, dest in raced.history:
+        outcome = TRANSITION_TABLE[source, trigger].outcome
+        steps.append(f"-{trigger.value}-> {dest.value}")
+        if outcome is not None:
+            steps.append(f"[{outcome.name}]")
+    return " ".join(steps)
+
+
 def main(diagram_out: str | None = None) -> int:
-    """Run the demo and print the table; exit code 0 when every phase behaved."""
+    """Run the demo and print the table; exit code 0 when every phase behaved, 2 when
+    ``diagram_out`` is not a usable directory (checked before anything runs).
+
+    With ``diagram_out`` the raced future's path is written there as a Mermaid diagram;
+    without it the path is printed as text and nothing is left on disk.
+    """
+    out = _diagram_dir(diagram_out) if diagram_out else None
+    if isinstance(out, str):
+        print(f"futurefsm demo: {out}", file=sys.stderr)
+        return 2
     started = time.perf_counter()
     rows, raced, stats = run_demo()
     header = ("task", "final state", "cancel outcome", "latency")
@@ -205,11 +238,11 @@ def main(diagram_out: str | None = None) -> int:
         f"failed {stats['failed']}, cancelled {cancelled}, "
         f"stale messages {stats['stale_messages']}, protocol errors {stats['protocol_errors']}"
     )
-    out = Path(diagram_out) if diagram_out else Path(tempfile.mkdtemp(prefix="futurefsm-demo-"))
-    out.mkdir(parents=True, exist_ok=True)
-    from .diagrams import write_path_diagram
+    print(f"path of the raced future: {_path_text(raced)}")
+    if out is not None:
+        from .diagrams import write_path_diagram
 
-    path = write_path_diagram(raced.history, out / "result_raced_path.mmd")
-    print(f"path of the raced future (Mermaid): {path}")
+        path = write_path_diagram(raced.history, out / "result_raced_path.mmd")
+        print(f"the same path on the state diagram (Mermaid): {path}")
     print(f"demo finished in {time.perf_counter() - started:.2f} s")
     return 0

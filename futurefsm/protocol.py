@@ -45,6 +45,8 @@ __all__ = [
     "Message",
     "ProtocolError",
     "ResultStatus",
+    "Status",
+    "StatusRequest",
     "Task",
     "TaskCancel",
     "TaskCancelConfirm",
@@ -112,7 +114,7 @@ def _field_error(where: str, expected: str, value: object) -> ProtocolError:
 
 
 def _check_seq(where: str, seq: object) -> None:
-    """Check a heartbeat sequence number: an int (not a bool) in [0, 2**63)."""
+    """Check a sequence number or counter: an int (not a bool) in [0, 2**63)."""
     if type(seq) is not int:
         raise _field_error(where, "int", seq)
     if not 0 <= seq < _SEQ_LIMIT:
@@ -282,8 +284,67 @@ class HeartbeatEcho:
         _check_seq("HeartbeatEcho.seq", self.seq)
 
 
+# ---------------------------------------------------------------------------
+# Observability: any peer (``futurefsm status``) -> scheduler -> that peer
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class StatusRequest:
+    """Ask the scheduler for its counters; it answers with a ``Status`` of the same seq.
+
+    Sending one does not make the sender a client of the scheduler (no task book is
+    kept for it), so ``futurefsm status`` leaves nothing behind.
+    """
+
+    TYPE_CODE: ClassVar[int] = 8
+
+    seq: int
+
+    def __post_init__(self) -> None:
+        """Reject a seq that is not an int in [0, 2**63) with ``ProtocolError``."""
+        _check_seq("StatusRequest.seq", self.seq)
+
+
+@dataclass(frozen=True, slots=True)
+class Status:
+    """The scheduler's counters, answering the ``StatusRequest`` with the same ``seq``.
+
+    ``clients``: clients it holds state for; ``queued``: tasks waiting for a worker or
+    for their dependencies; ``running``: tasks on a worker (or finished with their
+    result held back by a ``result_delay``); ``done``: results sent since it started;
+    ``cancels``: TaskCancels received; ``protocol_errors``: bad frames received.
+    """
+
+    TYPE_CODE: ClassVar[int] = 9
+
+    seq: int
+    clients: int
+    queued: int
+    running: int
+    done: int
+    cancels: int
+    protocol_errors: int
+
+    def __post_init__(self) -> None:
+        """Reject a field that is not an int in [0, 2**63) with ``ProtocolError``."""
+        for name in _STATUS_FIELDS:
+            _check_seq(f"Status.{name}", getattr(self, name))
+
+
+_STATUS_FIELDS = ("seq", "clients", "queued", "running", "done", "cancels", "protocol_errors")
+
+
 Message: TypeAlias = (
-    Task | TaskCancel | Heartbeat | Disconnect | TaskResult | TaskCancelConfirm | HeartbeatEcho
+    Task
+    | TaskCancel
+    | Heartbeat
+    | Disconnect
+    | TaskResult
+    | TaskCancelConfirm
+    | HeartbeatEcho
+    | StatusRequest
+    | Status
 )
 """Any protocol message, in either direction."""
 
@@ -295,6 +356,8 @@ _MESSAGE_CLASSES: tuple[type[Any], ...] = (
     TaskResult,
     TaskCancelConfirm,
     HeartbeatEcho,
+    StatusRequest,
+    Status,
 )
 
 

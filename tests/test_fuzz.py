@@ -28,6 +28,8 @@ from futurefsm.protocol import (
     Message,
     ProtocolError,
     ResultStatus,
+    Status,
+    StatusRequest,
     Task,
     TaskCancel,
     TaskCancelConfirm,
@@ -125,7 +127,7 @@ def test_structural_mutations_are_mostly_rejected() -> None:
 garbage_messages = st.one_of(
     garbage_frames().map(lambda frame: [frame]),
     st.lists(st.binary(max_size=20), min_size=2, max_size=3),
-    st.sampled_from([Task, TaskCancel, Heartbeat])
+    st.sampled_from([Task, TaskCancel, Heartbeat, StatusRequest, Status])
     .flatmap(MESSAGE_STRATEGIES.get)
     .map(lambda message: [encode(message)]),
     st.sampled_from([TaskResult, TaskCancelConfirm, HeartbeatEcho])
@@ -140,7 +142,7 @@ def client_effect(frames: list[bytes]) -> str | None:
     if len(frames) != 1:
         return "protocol_errors"
     message = decodes_or_protocol_error(frames[0])
-    if message is None or isinstance(message, (Task, TaskCancel, Heartbeat)):
+    if message is None or isinstance(message, (Task, TaskCancel, Heartbeat, StatusRequest, Status)):
         return "protocol_errors"
     if isinstance(message, (TaskResult, TaskCancelConfirm)):
         return "stale_messages"  # random ids: no future of this client has them
@@ -248,7 +250,7 @@ def test_client_counts_a_disconnect_among_garbage_as_connection_lost(
 stub_garbage = st.one_of(
     garbage_frames().map(lambda frame: [frame]),
     st.lists(st.binary(max_size=20), min_size=2, max_size=3),
-    st.sampled_from([TaskResult, TaskCancelConfirm, HeartbeatEcho])
+    st.sampled_from([TaskResult, TaskCancelConfirm, HeartbeatEcho, Status])
     .flatmap(MESSAGE_STRATEGIES.get)
     .map(lambda message: [encode(message)]),
 )
@@ -260,7 +262,8 @@ def stub_counts_it(frames: list[bytes]) -> bool | None:
     if len(frames) != 1:
         return True
     message = decodes_or_protocol_error(frames[0])
-    if message is None or isinstance(message, (TaskResult, TaskCancelConfirm, HeartbeatEcho)):
+    scheduler_to_client = (TaskResult, TaskCancelConfirm, HeartbeatEcho, Status)
+    if message is None or isinstance(message, scheduler_to_client):
         return True
     return None
 

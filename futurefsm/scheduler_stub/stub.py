@@ -64,6 +64,8 @@ from ..protocol import (
     Message,
     ProtocolError,
     ResultStatus,
+    Status,
+    StatusRequest,
     Task,
     TaskCancel,
     TaskCancelConfirm,
@@ -377,6 +379,8 @@ class SchedulerStub:
             self._on_heartbeat(identity, message)
         elif kind is Disconnect:
             self._on_disconnect(identity)
+        elif kind is StatusRequest:
+            self._send(identity, self._status(message.seq))
         else:
             self._protocol_error(identity, f"a scheduler does not accept {kind.__name__}")
 
@@ -403,6 +407,9 @@ class SchedulerStub:
 
     def _on_cancel(self, identity: bytes, cancel: TaskCancel) -> None:
         self._count("cancels_received")
+        if logger.isEnabledFor(logging.INFO):  # `futurefsm scheduler -v`
+            force = " (force)" if cancel.force else ""
+            logger.info("cancel%s of %s from %s", force, cancel.task_id.hex(), identity.hex())
         book = self._book(identity)
         record = book.live.get(cancel.task_id)
         if record is not None:
@@ -425,6 +432,22 @@ class SchedulerStub:
             self._send(identity, HeartbeatEcho(heartbeat.seq))
         else:
             self._count("heartbeats_ignored")
+
+    def _status(self, seq: int) -> Status:
+        """The counters ``futurefsm status`` shows (no task book for the asker)."""
+        states = [r.state for book in self._clients.values() for r in book.live.values()]
+        waiting = (TaskState.WAITING, TaskState.QUEUED)
+        with self._records_lock:
+            stats = dict(self._stats)
+        return Status(
+            seq,
+            clients=len(self._clients),
+            queued=sum(state in waiting for state in states),
+            running=sum(state in (TaskState.RUNNING, TaskState.DELAYED) for state in states),
+            done=stats["results_sent"],
+            cancels=stats["cancels_received"],
+            protocol_errors=stats["protocol_errors"],
+        )
 
     def _on_disconnect(self, identity: bytes) -> None:
         self._count("disconnects_received")
@@ -603,6 +626,8 @@ class SchedulerStub:
         self, identity: bytes, task_id: bytes, kind: ConfirmKind, times: int = 1
     ) -> None:
         confirm = TaskCancelConfirm(task_id, kind)
+        if logger.isEnabledFor(logging.INFO):
+            logger.info("cancel of %s: %s, to client %s", task_id.hex(), kind.value, identity.hex())
         frame = encode(confirm)
         for _ in range(times):
             self._send(identity, confirm, frame)

@@ -21,6 +21,8 @@ from ..protocol import (
     HeartbeatEcho,
     Message,
     ResultStatus,
+    Status,
+    StatusRequest,
     Task,
     TaskCancel,
     TaskCancelConfirm,
@@ -111,6 +113,17 @@ MESSAGE_STRATEGIES: dict[type[Any], st.SearchStrategy[Any]] = {
         TaskCancelConfirm, task_id=task_ids(), kind=st.sampled_from(ConfirmKind)
     ),
     HeartbeatEcho: st.builds(HeartbeatEcho, seq=_SEQS),
+    StatusRequest: st.builds(StatusRequest, seq=_SEQS),
+    Status: st.builds(
+        Status,
+        seq=_SEQS,
+        clients=_SEQS,
+        queued=_SEQS,
+        running=_SEQS,
+        done=_SEQS,
+        cancels=_SEQS,
+        protocol_errors=_SEQS,
+    ),
 }
 """A strategy for every message class, keyed by the class."""
 
