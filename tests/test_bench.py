@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from futurefsm.bench import e2e, fsm
+from futurefsm.bench.progress import stage, stages
 from futurefsm.cli import main as cli_main
 
 
@@ -17,8 +18,28 @@ def test_fsm_benchmark_reports_three_ratios(capsys):
         assert figures[key] > 0
 
 
-def test_e2e_benchmark_measures_every_figure():
-    figures = e2e.measure(tasks_count=200, cancels=5, bulk=100)
+def test_e2e_benchmark_measures_every_figure(capsys):
+    with stages(e2e.STAGES, "bench e2e", disable=False) as bar:
+        figures = e2e.measure(tasks_count=200, cancels=5, bulk=100)
+    assert bar.n == e2e.STAGES  # main's bar counts every stage measure() runs
+    assert "bench e2e: 100%" in capsys.readouterr().err
     assert figures["echo_sequential_per_s"] > 0 and figures["tasks_per_s"] > 0
     assert 0 < figures["cancel_p50_ms"] <= figures["cancel_p99_ms"]
     assert figures["bulk_cancel_s"] > 0 and figures["close_s"] > 0
+
+
+def test_a_stage_outside_a_bar_is_silent_and_inside_one_is_counted(capsys):
+    calls = []
+
+    @stage
+    def _warm_up(x):
+        calls.append(x)
+        return x * 2
+
+    assert _warm_up(1) == 2
+    assert capsys.readouterr().err == ""
+    with stages(2, "demo bench", disable=False) as bar:
+        assert _warm_up(2) == 4
+        assert bar.n == 1 and bar.postfix == "warm up"
+    assert calls == [1, 2]
+    assert "demo bench:  50%" in capsys.readouterr().err

@@ -32,8 +32,12 @@ from ..client import Client
 from ..fsm import FutureState
 from ..scheduler_stub import SchedulerStub
 from ..scheduler_stub import sample_tasks as tasks
+from .progress import stage, stages
 
-__all__ = ["main", "measure"]
+__all__ = ["STAGES", "main", "measure"]
+
+STAGES = 5
+"""The ``@stage`` functions ``measure`` runs: the length of ``main``'s progress bar."""
 
 _ECHO_SERVER = """
 import sys, msgpack, zmq
@@ -82,6 +86,7 @@ def _process(
             process.wait()
 
 
+@stage
 def _echo_rates(count: int) -> tuple[float, float]:
     """(sequential, pipelined) round trips per second with a raw echo process."""
     address = f"tcp://127.0.0.1:{_free_port()}"
@@ -122,6 +127,7 @@ def _scheduler_process(workers: int, *, kill: bool = False) -> Iterator[str]:
         yield address
 
 
+@stage
 def _task_rate(address: str, count: int) -> float:
     with Client(address) as client:
         client.submit(tasks.noop).result(30)  # connected and warm
@@ -132,6 +138,7 @@ def _task_rate(address: str, count: int) -> float:
         return count / (time.perf_counter() - start)
 
 
+@stage
 def _cancel_latencies(count: int) -> list[float]:
     """Seconds from cancel() to its answer, for a task that is running (in-process stub,
     so a gate can tell when the task runs)."""
@@ -168,6 +175,7 @@ def _outstanding(client: Client, count: int) -> list[Any]:
     return futures
 
 
+@stage
 def _bulk_cancel_seconds(address: str, count: int) -> float:
     client = Client(address)
     try:
@@ -182,6 +190,7 @@ def _bulk_cancel_seconds(address: str, count: int) -> float:
     return elapsed
 
 
+@stage
 def _close_seconds(address: str, count: int) -> float:
     client = Client(address)
     futures = _outstanding(client, count)
@@ -221,7 +230,8 @@ def measure(tasks_count: int = 20_000, cancels: int = 300, bulk: int = 10_000) -
 
 def main(quick: bool = False) -> int:
     """Print every figure against its target; exit code 0 either way."""
-    figures = measure(tasks_count=2_000, cancels=50, bulk=1_000) if quick else measure()
+    with stages(STAGES, "bench e2e"):
+        figures = measure(tasks_count=2_000, cancels=50, bulk=1_000) if quick else measure()
 
     def verdict(ok: bool) -> str:
         return "ok" if ok else "MISSED"
