@@ -23,6 +23,7 @@ from futurefsm import (
 from futurefsm.protocol import (
     ConfirmKind,
     ResultStatus,
+    TaskCancel,
     TaskCancelConfirm,
     TaskResult,
     decode,
@@ -482,11 +483,28 @@ def test_close_cancels_outstanding_and_leaves_finished_alone():
     stub.stop()
 
 
-def test_shutdown_cancel_futures(stub_and_client):
+def test_shutdown_cancel_futures_cancels_only_what_has_not_started(stub_and_client):
+    """As the stdlib: queued tasks are cancelled, running ones finish (a non-force
+    TaskCancel, which the scheduler refuses for a running task)."""
     stub, client = stub_and_client
-    future = running_gate_task(stub, client)
-    client.shutdown(wait=True, cancel_futures=True)
-    assert future.cancelled()
+    running = [running_gate_task(stub, client, gate) for gate in ("g1", "g2")]  # 2 workers
+    queued = [client.submit(tasks.noop) for _ in range(3)]
+    wait_until(lambda: stub.stats()["tasks_received"] == 5, what="the tasks to arrive")
+    shutting = cf.ThreadPoolExecutor(1)
+    shut = shutting.submit(client.shutdown, wait=True, cancel_futures=True)
+    wait_until(
+        lambda: all(f.cancel_outcome is CancelOutcome.FAILED for f in running),
+        what="the running tasks' cancels to be refused",
+    )
+    assert not shut.done()  # shutdown waits for the running tasks
+    tasks.open_gate("g1")
+    tasks.open_gate("g2")
+    shut.result(DEADLINE)
+    shutting.shutdown()
+    assert [f.result(0) for f in running] == ["gate value", "gate value"]
+    assert all(f.cancel_outcome is CancelOutcome.CONFIRMED for f in queued)
+    cancels = [r.message for r in stub.log if isinstance(r.message, TaskCancel)]
+    assert len(cancels) == 5 and not any(cancel.force for cancel in cancels)
     assert not client.engine._io_thread.is_alive()
 
 

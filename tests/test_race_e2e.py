@@ -533,10 +533,10 @@ def test_a_member_result_racing_its_cancel_request_still_cancels_the_graph() -> 
             # Hold the cancelling thread just before send_cancel, as a preemption would.
             send_cancel, reached, resume = client.send_cancel, threading.Event(), threading.Event()
 
-            def preempted(future: TaskFuture, deadline: float) -> None:
+            def preempted(future: TaskFuture, deadline: float, force: bool = True) -> None:
                 reached.set()
                 resume.wait(SLACK)
-                send_cancel(future, deadline)
+                send_cancel(future, deadline, force=force)
 
             client.send_cancel = preempted  # type: ignore[method-assign]
             canceller = threading.Thread(target=b.cancel, kwargs={"wait": False})
@@ -612,10 +612,10 @@ def test_a_post_after_close_never_writes_to_a_reused_descriptor() -> None:
             assert wait_started("fd-reuse", SLACK)
             send_cancel, reached, resume = client.send_cancel, threading.Event(), threading.Event()
 
-            def preempted(future: TaskFuture, deadline: float) -> None:
+            def preempted(future: TaskFuture, deadline: float, force: bool = True) -> None:
                 reached.set()
                 resume.wait(SLACK)
-                send_cancel(future, deadline)
+                send_cancel(future, deadline, force=force)
 
             client.send_cancel = preempted  # type: ignore[method-assign]
             canceller = threading.Thread(target=future.cancel, kwargs={"wait": False})

@@ -31,7 +31,7 @@ class _NullTransport:
 
     cancel_timeout = 30.0
 
-    def send_cancel(self, future: TaskFuture, deadline: float) -> None:
+    def send_cancel(self, future: TaskFuture, deadline: float, force: bool = True) -> None:
         pass
 
     def release(self, future: TaskFuture) -> None:

@@ -267,9 +267,12 @@ class Client(cf.Executor):
         *,
         timeout: float | None = None,
         wait: bool = True,
+        force: bool = True,
     ) -> list[bool]:
         """Cancel many futures at once: every TaskCancel goes out together, and one
         deadline (``timeout``, default ``cancel_timeout``) bounds them all.
+        ``force=False`` cancels only tasks that have not started (see
+        ``TaskFuture.cancel``).
 
         Returns, per future, what ``future.cancel()`` would: True if it ended
         cancelled, False if it finished or the scheduler refused. With
@@ -281,7 +284,7 @@ class Client(cf.Executor):
                 raise ValueError(f"{future!r} does not belong to this client")
         deadline = time.monotonic() + (self.cancel_timeout if timeout is None else timeout)
         for future in futures:
-            future._request_cancel(deadline)
+            future._request_cancel(deadline, force)
         if wait and futures and not futures[0]._must_not_block():
             return [future._wait_for_cancel_answer(deadline) for future in futures]
         return [
@@ -291,11 +294,11 @@ class Client(cf.Executor):
 
     # ------------------------------------------------------------------ FutureTransport
 
-    def send_cancel(self, future: TaskFuture, deadline: float) -> None:
+    def send_cancel(self, future: TaskFuture, deadline: float, force: bool = True) -> None:
         """FutureTransport: send one TaskCancel (the group's, for a graph member)
-        through the engine, and time it out at ``deadline``."""
+        through the engine, with ``force``, and time it out at ``deadline``."""
         self._deadlines.schedule(deadline, future.task_id)
-        self._engine.send_cancel([future])
+        self._engine.send_cancel([future], force)
 
     def release(self, future: TaskFuture) -> None:
         """FutureTransport: ``future`` is terminal; forget it and count how it ended."""
@@ -352,15 +355,16 @@ class Client(cf.Executor):
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """``Executor.shutdown``: refuse new work; with ``cancel_futures``, cancel every
-        unfinished future (in bulk, confirmed); with ``wait``, wait for all of them to
-        finish and close the connection. Without ``wait`` the connection closes in
-        the background once they have."""
+        task that has not started (in bulk, confirmed, ``force=False``: as in the
+        stdlib, running tasks are refused and finish); with ``wait``, wait for all of
+        them to finish and close the connection. Without ``wait`` the connection
+        closes in the background once they have."""
         with self._submit_lock:
             self._shutdown = True
         if cancel_futures:
             outstanding = list(self.futures.values())
             if outstanding:
-                self.cancel(outstanding, wait=wait)
+                self.cancel(outstanding, wait=wait, force=False)
         if wait:
             self._close_when_idle()
         else:

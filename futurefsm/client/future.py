@@ -123,6 +123,7 @@ class TaskFuture(_base.Future):
         result: Any = None,
         exception: BaseException | None = None,
         deadline: float = 0.0,
+        force: bool = True,
     ) -> Cell:
         """Run one trigger under the lock, then its I/O effect and callbacks outside it."""
         with self._condition:
@@ -142,7 +143,7 @@ class TaskFuture(_base.Future):
                 if source is FutureState.CANCEL_REQUESTED and self._cancel_answered is not None:
                     self._cancel_answered.notify_all()
         if cell.effect is Effect.SEND_CANCEL:
-            self._transport.send_cancel(self, deadline)
+            self._transport.send_cancel(self, deadline, force=force)
         elif cell.effect is Effect.STALE:
             LOGGER.debug("stale %s on %r", trigger.value, self)
         if dest is not source and dest in TERMINAL_STATES:
@@ -228,7 +229,9 @@ class TaskFuture(_base.Future):
         """True where waiting for an answer could deadlock or stall an event loop."""
         return _in_done_callback() or self._transport.on_io_thread() or _in_event_loop()
 
-    def cancel(self, timeout: float | None = None, *, wait: bool = True) -> bool:
+    def cancel(
+        self, timeout: float | None = None, *, wait: bool = True, force: bool = True
+    ) -> bool:
         """Cancel the task, confirmed by the scheduler.
 
         pending: cancelled at once, nothing sent. running: one TaskCancel is sent and
@@ -238,6 +241,10 @@ class TaskFuture(_base.Future):
         refused. A cancel already in flight is waited for, never sent twice.
         cancelled: True; done: False.
 
+        ``force=False`` asks the scheduler to cancel the task only if it has not
+        started, as ``concurrent.futures.Future.cancel`` does: a running task is
+        refused (``cancel_failed``: False) and runs on to its result.
+
         ``wait=False`` sends the request and returns at once: True if the future is
         cancelled or the request is in flight, False if it is done. Called from the
         client's I/O thread, from a done-callback or from a thread running an asyncio
@@ -246,15 +253,16 @@ class TaskFuture(_base.Future):
         if timeout is None:
             timeout = self._transport.cancel_timeout
         deadline = _monotonic() + timeout
-        self._request_cancel(deadline)
+        self._request_cancel(deadline, force)
         if wait and not self._must_not_block():
             return self._wait_for_cancel_answer(deadline)
         state = self.state
         return state is FutureState.CANCELLED or state is FutureState.CANCEL_REQUESTED
 
-    def _request_cancel(self, deadline: float) -> None:
-        """Fire ``user_cancel``; a TaskCancel goes out (once) with ``deadline``."""
-        self._fire(Trigger.USER_CANCEL, deadline=deadline)
+    def _request_cancel(self, deadline: float, force: bool = True) -> None:
+        """Fire ``user_cancel``; a TaskCancel goes out (once) with ``deadline`` and
+        ``force``."""
+        self._fire(Trigger.USER_CANCEL, deadline=deadline, force=force)
 
     def _wait_for_cancel_answer(self, deadline: float) -> bool:
         """Wait until the cancel in flight is answered or ``deadline`` passes.

@@ -28,10 +28,11 @@ class FutureTransport(Protocol):
     cancel_timeout: float
     """Default seconds ``cancel()`` waits for the scheduler's answer."""
 
-    def send_cancel(self, future: TaskFuture, deadline: float) -> None:
-        """Send one TaskCancel for ``future``, and fire ``future.cancel_timed_out()``
-        at ``deadline`` (``time.monotonic()`` seconds) if it is still unanswered.
-        Called without the future's lock held; must not block for long."""
+    def send_cancel(self, future: TaskFuture, deadline: float, force: bool = True) -> None:
+        """Send one TaskCancel for ``future`` with ``force`` (False: only if it has not
+        started), and fire ``future.cancel_timed_out()`` at ``deadline``
+        (``time.monotonic()`` seconds) if it is still unanswered. Called without the
+        future's lock held; must not block for long."""
         ...
 
     def release(self, future: TaskFuture) -> None:
@@ -59,6 +60,8 @@ class InMemoryTransport:
         """Live futures by task id, as a client's registry holds them."""
         self.tasks_sent: list[bytes] = []
         self.cancels_sent: list[bytes] = []
+        self.cancel_forces: list[bool] = []
+        """The ``force`` flag of each TaskCancel in ``cancels_sent``."""
         self.cancel_deadlines: dict[bytes, float] = {}
         self.released: list[bytes] = []
         self.io_thread: threading.Thread | None = None
@@ -83,9 +86,10 @@ class InMemoryTransport:
             self.tasks_sent.append(future.task_id)
         return True
 
-    def send_cancel(self, future: TaskFuture, deadline: float) -> None:
+    def send_cancel(self, future: TaskFuture, deadline: float, force: bool = True) -> None:
         with self._lock:
             self.cancels_sent.append(future.task_id)
+            self.cancel_forces.append(force)
             # A result racing the cancel may have released the future already.
             if future.task_id in self.futures:
                 self.cancel_deadlines[future.task_id] = deadline
