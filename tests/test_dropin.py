@@ -9,12 +9,14 @@ import gc
 import inspect
 import pkgutil
 import threading
+import time
 import weakref
 
 import pytest
 
 import futurefsm
-from futurefsm import Client, ProtocolError
+from futurefsm import CancelOutcome, Client, ProtocolError
+from futurefsm.client import InMemoryTransport
 from futurefsm.protocol import MAX_FRAME_BYTES
 from futurefsm.scheduler_stub import SchedulerStub
 from futurefsm.scheduler_stub import sample_tasks as tasks
@@ -230,3 +232,37 @@ def test_a_result_over_the_frame_limit_fails_the_task_with_a_clear_error(
     assert isinstance(error, ProtocolError), error
     assert f"exceeds the {MAX_FRAME_BYTES}-byte limit" in str(error)
     assert future.cancel_outcome is None and future.state.value == "done"
+
+
+# ------------------------------------------------------------------ cancel(force=False)
+
+
+def test_force_travels_from_the_future_to_the_transport() -> None:
+    transport = InMemoryTransport()
+    forced, gentle = transport.create_future(), transport.create_future()
+    for future in (forced, gentle):
+        transport.send_task(future)
+    assert forced.cancel(wait=False) and gentle.cancel(wait=False, force=False)
+    assert transport.cancels_sent == [forced.task_id, gentle.task_id]
+    assert transport.cancel_forces == [True, False]
+
+
+def test_cancel_without_force_cancels_a_queued_task_and_not_a_running_one(
+    client: Client, stub: SchedulerStub
+) -> None:
+    running = [client.submit(tasks.gate_wait, gate, gate) for gate in ("a", "b")]  # 2 workers
+    assert tasks.wait_started("a", DEADLINE) and tasks.wait_started("b", DEADLINE)
+    received = stub.stats()["tasks_received"]
+    queued = client.submit(tasks.noop)
+    end = time.monotonic() + DEADLINE
+    while stub.stats()["tasks_received"] == received:  # queued behind the two
+        assert time.monotonic() < end, "the task did not arrive"
+        time.sleep(0.002)
+    assert queued.cancel(force=False) is True
+    assert queued.cancel_outcome is CancelOutcome.CONFIRMED
+    assert running[0].cancel(force=False) is False  # refused: it has started
+    assert running[0].cancel_outcome is CancelOutcome.FAILED
+    assert client.cancel(running, force=False) == [False, False]
+    tasks.open_gate("a")
+    tasks.open_gate("b")
+    assert [future.result(DEADLINE) for future in running] == ["a", "b"]
