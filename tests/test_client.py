@@ -23,7 +23,6 @@ from futurefsm import (
 from futurefsm.protocol import (
     ConfirmKind,
     ResultStatus,
-    TaskCancel,
     TaskCancelConfirm,
     TaskResult,
     decode,
@@ -503,8 +502,8 @@ def test_shutdown_cancel_futures_cancels_only_what_has_not_started(stub_and_clie
     shutting.shutdown()
     assert [f.result(0) for f in running] == ["gate value", "gate value"]
     assert all(f.cancel_outcome is CancelOutcome.CONFIRMED for f in queued)
-    cancels = [r.message for r in stub.log if isinstance(r.message, TaskCancel)]
-    assert len(cancels) == 5 and not any(cancel.force for cancel in cancels)
+    # (A forced cancel would have stopped the running tasks: CONFIRMED, not FAILED.)
+    assert stub.stats()["cancels_received"] == 5
     assert not client.engine._io_thread.is_alive()
 
 
