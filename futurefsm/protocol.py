@@ -1,4 +1,4 @@
-"""The futurefsm wire protocol: message classes and their msgpack encoding (SPEC section 4).
+"""The futurefsm wire protocol: message classes and their msgpack encoding (docs/protocol.md).
 
 Theory of operation
 -------------------

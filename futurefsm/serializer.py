@@ -1,4 +1,4 @@
-"""How functions, arguments, results and failures become bytes (SPEC section 4).
+"""How functions, arguments, results and failures become bytes (docs/protocol.md).
 
 The protocol carries opaque bytes; this module is the one contract between the
 client and the scheduler about what is inside them:

@@ -1,5 +1,5 @@
 """The exhaustive explorer: every sequence of one future's messages and local events,
-run against a real ``TaskFuture`` on the in-memory transport (SPEC section 8).
+run against a real ``TaskFuture`` on the in-memory transport (docs/race-kit.md).
 
 The alphabet is all ten ``Step``s: ``sent``, ``user_cancel`` (``cancel(wait=False)``),
 ``TaskResult`` success / failed / worker_died, ``TaskCancelConfirm`` canceled /

@@ -24,7 +24,7 @@ from futurefsm.fsm import (
 S, T, O = FutureState, Trigger, CancelOutcome  # noqa: E741
 ALL_CELLS = [(state, trigger) for state in FutureState for trigger in Trigger]
 
-# SPEC section 2, written out independently of the table: the non-stale cells.
+# docs/transitions.md, written out independently of the table: the non-stale cells.
 # Anything not listed here must be a stale self-loop or a no-change user cancel.
 SPEC_MOVES = {
     (S.PENDING, T.SENT): (S.RUNNING, None),

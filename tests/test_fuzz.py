@@ -1,5 +1,5 @@
 """Fuzzing: the decoder raises nothing but ``ProtocolError``, and both ends keep serving
-after garbage arrives on their sockets (SPEC sections 4 and 8).
+after garbage arrives on their sockets (docs/protocol.md, docs/race-kit.md).
 
 Garbage reaches a ``Client`` from a raw ROUTER that plays its scheduler, and a
 ``SchedulerStub`` from a raw DEALER that plays a client; both must count every bad

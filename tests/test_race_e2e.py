@@ -1,5 +1,5 @@
 """End to end race machine: a ``Client`` against a ``SchedulerStub`` over real loopback
-sockets, with a generated ``Behaviour`` per task (SPEC sections 6 and 8).
+sockets, with a generated ``Behaviour`` per task (docs/scheduler.md, docs/race-kit.md).
 
 Kept small and fast: a few steps per case, short timeouts. Tasks echo a value, fail,
 or wait on a gate the machine opens. Cancels (single, bulk, waiting or not), results,

@@ -1,5 +1,5 @@
-"""A hypothesis state machine over the bare FSM (``FSMModel``), checked against SPEC
-section 2 written out a second time, independently of ``TRANSITION_TABLE``."""
+"""A hypothesis state machine over the bare FSM (``FSMModel``), checked against
+docs/transitions.md written out a second time, independently of ``TRANSITION_TABLE``."""
 
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ _CANCEL_ANSWERS = {
 
 
 def spec_cell(state: FutureState, trigger: Trigger) -> tuple[FutureState, Effect, Out | None]:
-    """SPEC section 2, row by row, as code: (dest, effect, outcome)."""
+    """docs/transitions.md, row by row, as code: (dest, effect, outcome)."""
     if state in TERMINAL_STATES:
         # Terminal: a user cancel is "no change", everything else is stale.
         return state, (Effect.NONE if trigger is T.USER_CANCEL else Effect.STALE), None

@@ -1,4 +1,4 @@
-"""The race machine over ``TaskFuture`` on the in-memory transport (SPEC section 8).
+"""The race machine over ``TaskFuture`` on the in-memory transport (docs/race-kit.md).
 
 User calls from several threads race inbound messages and local events; see
 ``futurefsm.testing.race`` for the rules and the invariants checked after every step.

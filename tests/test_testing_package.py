@@ -3,8 +3,8 @@
 - Deliberately broken ``TaskFuture`` subclasses: the race machine must find each bug
   (``run_state_machine_as_test`` inside ``pytest.raises``), and report it with the
   steps, the history table and the path diagram.
-- ``SimpleFuture``: a second, independent implementation of SPEC sections 2 and 3
-  (a plain ``concurrent.futures.Future`` subclass over ``TRANSITION_TABLE``, no
+- ``SimpleFuture``: a second, independent implementation of docs/transitions.md and
+  docs/semantics.md (a plain ``concurrent.futures.Future`` subclass over ``TRANSITION_TABLE``, no
   ``transitions`` machine), with its own ``FutureHarness``: the race machine and the
   explorer run on it unchanged.
 - The strategies draw what they say they draw.
@@ -159,8 +159,8 @@ _in_callback = threading.local()
 
 
 class SimpleFuture(_base.Future):
-    """SPEC sections 2 and 3 again, independently: a stdlib Future whose state moves
-    only by ``TRANSITION_TABLE`` lookups under its lock. No ``transitions``."""
+    """docs/transitions.md and docs/semantics.md again, independently: a stdlib Future
+    whose state moves only by ``TRANSITION_TABLE`` lookups under its lock. No ``transitions``."""
 
     def __init__(self, task_id: bytes, transport: SimpleTransport) -> None:
         super().__init__()

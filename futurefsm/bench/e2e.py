@@ -1,4 +1,4 @@
-"""``futurefsm bench e2e``: client and scheduler stub end to end (SPEC section 9).
+"""``futurefsm bench e2e``: client and scheduler stub end to end (docs/performance.md).
 
 Figures, all measured in one run:
 

@@ -1,6 +1,6 @@
 """``futurefsm bench fsm``: the cost of a TaskFuture against a stdlib Future.
 
-Three ratios (SPEC section 9):
+Three ratios (docs/performance.md):
 
 1. lifecycle (create, sent, result, ``result()``) of a TaskFuture / of a stdlib
    ``Future`` doing the same (create, set_running_or_notify_cancel, set_result,

@@ -37,7 +37,7 @@ __all__ = ["TaskFuture"]
 
 LOGGER = logging.getLogger("futurefsm.future")
 
-# The state concurrent.futures sees for each FSM state (SPEC section 2).
+# The state concurrent.futures sees for each FSM state (docs/transitions.md, States).
 _STDLIB_STATE: dict[FutureState, str] = {
     FutureState.PENDING: _base.PENDING,
     FutureState.RUNNING: _base.RUNNING,

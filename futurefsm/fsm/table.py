@@ -129,7 +129,7 @@ _E = Effect
 _O = CancelOutcome
 
 # (state, trigger) -> Cell(dest, effect, outcome). Every one of the 5 x 8 cells is
-# spelled out, including the stale self-loops: SPEC section 2, row by row.
+# spelled out, including the stale self-loops: docs/transitions.md, row by row.
 TRANSITION_TABLE: dict[tuple[FutureState, Trigger], Cell] = {
     # pending: the Task is not on the wire yet.
     (_S.PENDING, _T.SENT): Cell(_S.RUNNING, _E.NONE, None),

@@ -1,4 +1,4 @@
-"""A real ZeroMQ scheduler for tests, the demo and benchmarks (SPEC section 6).
+"""A real ZeroMQ scheduler for tests, the demo and benchmarks (docs/scheduler.md).
 
 ``SchedulerStub`` binds a ROUTER socket and runs the tasks it receives on worker
 threads; ``Behaviour`` scripts its faults (late, lost, duplicated results; every way a

@@ -1,4 +1,4 @@
-"""``Behaviour``: the faults a ``SchedulerStub`` scripts for a task (SPEC section 6).
+"""``Behaviour``: the faults a ``SchedulerStub`` scripts for a task (docs/scheduler.md).
 
 A ``Behaviour`` is plain data, validated on construction, so a test or a hypothesis
 strategy can build one and the stub can trust it. What each field does, precisely:

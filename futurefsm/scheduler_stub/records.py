@@ -1,5 +1,5 @@
 """What the scheduler stub knows about tasks: one ``TaskRecord`` per task, one
-``ClientBook`` per client connection (task ids are per client, SPEC section 4).
+``ClientBook`` per client connection (task ids are per client, docs/protocol.md).
 
 Everything here is owned by the stub's I/O thread, with one exception: a worker
 thread claims a record by moving it from ``QUEUED`` to ``RUNNING`` under the stub's

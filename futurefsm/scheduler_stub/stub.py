@@ -1,4 +1,4 @@
-"""``SchedulerStub``: a real ZeroMQ scheduler that runs tasks on threads (SPEC section 6).
+"""``SchedulerStub``: a real ZeroMQ scheduler that runs tasks on threads (docs/scheduler.md).
 
 Theory of operation
 -------------------

@@ -2,8 +2,8 @@
 
 The race machine and the explorer never touch a future's internals: they go through
 a ``FutureHarness`` (one transport and the futures it carries) and a
-``FutureUnderTest`` per future. To check another implementation against SPEC
-section 2, implement these two small protocols for it (about 60 lines; see
+``FutureUnderTest`` per future. To check another implementation against
+docs/transitions.md, implement these two small protocols for it (about 60 lines; see
 ``TaskFutureHarness``) and hand the harness factory to ``make_race_machine`` or
 ``explore``.
 
@@ -62,7 +62,7 @@ STDLIB_STATE: dict[FutureState, str] = {
     FutureState.CANCELLED: _base.CANCELLED_AND_NOTIFIED,
     FutureState.DONE: _base.FINISHED,
 }
-"""SPEC section 2: the ``_state`` concurrent.futures must see in each FSM state."""
+"""docs/transitions.md, States: the ``_state`` concurrent.futures must see in each FSM state."""
 
 
 @dataclass(frozen=True)

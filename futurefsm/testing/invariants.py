@@ -32,7 +32,7 @@ __all__ = [
 
 
 class InvariantViolation(AssertionError):
-    """A future broke one of the invariants of SPEC sections 2, 3 and 8."""
+    """A future broke an invariant of docs/transitions.md, semantics.md or race-kit.md."""
 
 
 def _fail(name: str, message: str) -> None:
@@ -73,7 +73,7 @@ def check_history(
 
 
 def check_snapshot(name: str, snap: FutureSnapshot) -> None:
-    """What concurrent.futures sees agrees with the FSM state (SPEC section 2's table)."""
+    """What concurrent.futures sees agrees with the FSM state (docs/transitions.md, States)."""
     state = snap.state
     expected = (
         STDLIB_STATE[state],

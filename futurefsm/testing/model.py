@@ -1,4 +1,4 @@
-"""The oracle: what SPEC section 2 says a set of futures must look like.
+"""The oracle: what docs/transitions.md says a set of futures must look like.
 
 ``ExpectedWorld`` replays, on plain records, every trigger the tools deliver to the
 implementation under test, using ``TRANSITION_TABLE`` itself, plus the few things the

@@ -24,8 +24,8 @@ the model then keeps whichever serial order explains what happened (there must b
 one), and the calls that were waiting meanwhile are checked leniently.
 
 After every step every future is checked (``invariants``): state, outcome and kept
-result as the table says; the stdlib's ``_state``/``running()``/``done()`` per SPEC
-section 2; a history that walks the table with exactly one terminal transition;
+result as the table says; the stdlib's ``_state``/``running()``/``done()`` per
+docs/transitions.md; a history that walks the table with exactly one terminal transition;
 callbacks and waiters notified exactly once; ``cancelled()`` implies ``done()``;
 ``result()`` raises ``CancelledError`` exactly when cancelled; TaskCancels sent once per
 request; stale deliveries reported as stale. Teardown loses the connection, which must
