@@ -106,6 +106,18 @@ def test_map_progress_bar_counts_finished_tasks(
     assert "add: 100%" in err and "7/7" in err, err
 
 
+def test_map_progress_bar_completes_even_if_nobody_iterates(
+    client: Client, capsys: pytest.CaptureFixture[str]
+) -> None:
+    results = client.map(tasks.add, range(3), range(3), progress=True)
+    err, end = "", time.monotonic() + DEADLINE
+    while "3/3" not in err:
+        assert time.monotonic() < end, f"the bar did not reach 3/3: {err!r}"
+        time.sleep(0.005)
+        err += capsys.readouterr().err
+    del results
+
+
 def test_map_without_progress_prints_nothing(
     client: Client, capsys: pytest.CaptureFixture[str]
 ) -> None:

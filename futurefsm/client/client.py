@@ -63,6 +63,14 @@ def _next_result(submitted: list[TaskFuture], end_time: float | None) -> Any:
     return value
 
 
+def _tick(bar: Any) -> None:
+    """One more task finished; the bar closes itself after the last one (also when
+    nobody iterates ``map``'s results)."""
+    bar.update(1)
+    if bar.n >= bar.total:
+        bar.close()
+
+
 def _progress_bar(total: int, what: str) -> Any:
     """A tqdm bar counting ``total`` finished tasks (tqdm is imported only here)."""
     from tqdm import tqdm
@@ -215,7 +223,7 @@ class Client(cf.Executor):
         bar = _progress_bar(len(submitted), getattr(fn, "__name__", "map")) if progress else None
         if bar is not None:
             for future in submitted:
-                future.add_done_callback(lambda _: bar.update(1))
+                future.add_done_callback(lambda _: _tick(bar))
         submitted.reverse()
 
         def result_iterator() -> Iterator[Any]:
