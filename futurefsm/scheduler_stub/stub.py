@@ -32,10 +32,9 @@ What a client sees
   whatever order they arrive. A dependency that failed (or whose worker died) ends its
   dependents, transitively and without running them, with the same status and payload.
   A cancelled dependency cancels its dependents, each confirmed ``canceled`` unasked.
-  A TaskCancel naming a known group id cancels every held member with the request's
-  ``force`` (each by its own ``on_cancel``, each confirmed on its own id: without
-  force a running member answers ``cancel_failed``); finished members get nothing, and
-  so does the group id itself.
+  A TaskCancel naming a known group id cancels every held member as if forced (each
+  by its own ``on_cancel``, each confirmed on its own id); finished members get nothing,
+  and so does the group id itself.
 - A ``Disconnect`` from a client forgets its tasks; ``disconnect_all()`` sends one to
   every client and forgets everything; ``stop()`` goes away without a word.
 """
@@ -420,12 +419,12 @@ class SchedulerStub:
         if members is None:
             self._send_confirm(identity, cancel.task_id, ConfirmKind.NOT_FOUND)
             return
-        # A group cancel: each held member is cancelled with the request's force, and
-        # confirmed on its own id. Members that finished get nothing; cancelling one member may have
+        # A group cancel: each held member is cancelled as if forced, and confirmed on
+        # its own id. Members that finished get nothing; cancelling one member may have
         # cancelled its dependents already, hence the state check.
         for member in members:
             if member.state not in (TaskState.DONE, TaskState.CANCELLED):
-                self._cancel_held(member, cancel.force)
+                self._cancel_held(member, force=True)
 
     def _on_heartbeat(self, identity: bytes, heartbeat: Heartbeat) -> None:
         self._book(identity)
