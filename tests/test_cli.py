@@ -91,12 +91,17 @@ def test_demo_leaves_no_temporary_directory(
     assert out.rstrip().splitlines()[-2].endswith("-recv_result-> cancelled [RESULT_RACED]")
 
 
-def test_scheduler_process_with_v_logs_cancels_and_answers_status() -> None:
+def test_scheduler_process_with_v_logs_cancels_and_answers_status(tmp_path: Path) -> None:
     """A real ``futurefsm scheduler -v`` process: INFO lines for a cancel and its
     answer, and ``futurefsm status`` (another process) reads its counters."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    # The task ends at once but its result is held back: it counts as running for the
+    # cancel, and no worker is left busy when the scheduler stops.
+    behaviour = tmp_path / "held.json"
+    behaviour.write_text('{"result_delay": 60}')
+    args = ["scheduler", "-v", "--address", "tcp://127.0.0.1:0", "--behaviour", str(behaviour)]
     scheduler = subprocess.Popen(
-        [sys.executable, "-m", "futurefsm", "scheduler", "-v", "--address", "tcp://127.0.0.1:0"],
+        [sys.executable, "-m", "futurefsm", *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -108,7 +113,7 @@ def test_scheduler_process_with_v_logs_cancels_and_answers_status() -> None:
         address = line.split()[-1]
         assert address.startswith("tcp://127.0.0.1:") and not address.endswith(":0"), line
         with Client(address, cancel_timeout=DEADLINE) as client:
-            future = client.submit(tasks.sleep_then, 30.0)
+            future = client.submit(tasks.noop)
             end = time.monotonic() + DEADLINE
             while future.state.value != "running" and time.monotonic() < end:
                 time.sleep(0.002)
