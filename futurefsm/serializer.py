@@ -12,7 +12,14 @@ client and the scheduler about what is inside them:
 - ``TaskResult(worker_died).payload``: ``dumps(reason_text)``
 
 The serializer is pluggable: anything with ``dumps(obj) -> bytes`` and
-``loads(bytes) -> obj``; ``PickleSerializer`` (stdlib pickle) is the default.
+``loads(bytes) -> obj``. ``CloudpickleSerializer`` is the default: functions defined
+in the user's script (``__main__``), lambdas, closures and methods of script classes
+are pickled by value, so they run on a scheduler that cannot import the script.
+``PickleSerializer`` (stdlib pickle, by reference only) remains available.
+
+Trust model: unpickling runs code. A scheduler runs whatever its authorised clients
+send, and a client unpickles what its scheduler answers: connect only to schedulers
+you trust, and let only clients you trust connect to yours.
 """
 
 from __future__ import annotations
@@ -21,10 +28,13 @@ import pickle
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import cloudpickle
+
 from .errors import RemoteTraceback, TaskFailedError
 
 __all__ = [
     "DEFAULT_SERIALIZER",
+    "CloudpickleSerializer",
     "DependencyRef",
     "PickleSerializer",
     "Serializer",
@@ -47,16 +57,33 @@ class Serializer(Protocol):
 
 
 class PickleSerializer:
-    """The default serializer: stdlib ``pickle`` at its highest protocol."""
+    """Stdlib ``pickle`` at its highest protocol: functions by reference only (they
+    must be importable by the scheduler)."""
 
     def dumps(self, obj: Any) -> bytes:
+        """``pickle.dumps(obj)``."""
         return pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
 
     def loads(self, data: bytes) -> Any:
+        """``pickle.loads(data)``."""
         return pickle.loads(data)
 
 
-DEFAULT_SERIALIZER = PickleSerializer()
+class CloudpickleSerializer:
+    """The default serializer: ``cloudpickle`` (what Dask and Ray use), which pickles
+    functions from ``__main__``, lambdas and closures by value; its output is read by
+    plain ``pickle.loads``."""
+
+    def dumps(self, obj: Any) -> bytes:
+        """``cloudpickle.dumps(obj)`` at the highest pickle protocol."""
+        return cloudpickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+
+    def loads(self, data: bytes) -> Any:
+        """``pickle.loads(data)``."""
+        return pickle.loads(data)
+
+
+DEFAULT_SERIALIZER: Serializer = CloudpickleSerializer()
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,10 +1,12 @@
 """What the scheduler stub knows about tasks: one ``TaskRecord`` per task, one
 ``ClientBook`` per client connection (task ids are per client, docs/protocol.md).
 
-Everything here is owned by the stub's I/O thread, with one exception: a worker
-thread claims a record by moving it from ``QUEUED`` to ``RUNNING`` under the stub's
-claim lock, and the I/O thread takes the same lock to move a ``QUEUED`` record to
-``CANCELLED``, so exactly one of "it ran" and "it was removed from the queue" happens.
+Everything here is owned by the stub's I/O thread, with one exception: with worker
+threads (``threads=True``) a worker thread claims a record by moving it from ``QUEUED``
+to ``RUNNING`` under the stub's claim lock, and the I/O thread takes the same lock to
+move a ``QUEUED`` record to ``CANCELLED``, so exactly one of "it ran" and "it was
+removed from the queue" happens. Worker processes are dispatched by the I/O thread
+itself, which claims for them.
 
 A task's life in the stub::
 
@@ -97,9 +99,10 @@ class TaskRecord:
         "group_id",
         "index",
         "pending_deps",
-        "result",
         "state",
+        "status",
         "task_id",
+        "worker",
     )
 
     def __init__(self, client: bytes, task: Task, behaviour: Behaviour, index: int) -> None:
@@ -118,9 +121,11 @@ class TaskRecord:
         self.dep_payloads: dict[bytes, bytes] = {}
         """Dependency id -> its success payload, substituted for its DependencyRef."""
         self.dependents: list[TaskRecord] = []
-        self.result: TaskResult | None = None
-        self.frame: bytes | None = None
-        """``result`` encoded, when the worker already did it."""
+        self.status: ResultStatus | None = None
+        self.frame: bytes | memoryview | None = None
+        """Once finished: its encoded ``TaskResult`` (of ``status``), until sent."""
+        self.worker: object = None
+        """The worker process running it, if any (the pool's business)."""
 
     def __repr__(self) -> str:
         return f"<TaskRecord {self.task_id.hex()} #{self.index} {self.state.value}>"
@@ -179,13 +184,15 @@ class ClientBook:
                 record.pending_deps.add(dep)
         return None
 
-    def settle(self, record: TaskRecord, outcome: Outcome) -> list[TaskRecord]:
+    def settle(self, record: TaskRecord, outcome: Outcome | None) -> list[TaskRecord]:
         """``record`` finished (or was cancelled) with ``outcome``.
 
-        Retains the outcome for late dependents if ``record`` is a graph member, and
-        returns (and detaches) its dependents that still wait.
+        Retains the outcome for late dependents if ``record`` is a graph member (then
+        ``outcome`` must not be None), and returns (and detaches) its dependents that
+        still wait.
         """
         if record.group_id is not None and record.group_id in self.groups:
+            assert outcome is not None
             self.settled[record.task_id] = outcome
         dependents = [d for d in record.dependents if d.state is TaskState.WAITING]
         record.dependents = []

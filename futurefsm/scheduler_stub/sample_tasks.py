@@ -5,17 +5,26 @@ Tasks are pickled by reference, so they must live in an importable module; these
 Gates let a test decide exactly when a task finishes, without sleeping:
 ``gate_wait("g")`` (run as a task) marks gate "g" as started and blocks until the test
 calls ``open_gate("g")``; ``wait_started("g", timeout)`` waits until the task got
-there. Gates are plain ``threading.Event``s in this process, so they work only when the
-stub runs in the same process as the test (an in-process ``SchedulerStub``, not the
-``futurefsm scheduler`` command). Call ``reset_gates()`` between tests: it releases any
-task still blocked on a gate and forgets every gate.
+there. Gates are files in a directory of the process that runs the ``SchedulerStub``
+(its worker processes find it through their environment), polled every millisecond,
+so they work with worker threads and processes alike, but only when the stub runs in
+the same process as the test (an in-process ``SchedulerStub``, not the ``futurefsm
+scheduler`` command). Call ``reset_gates()`` between tests: it releases any task
+still blocked on a gate and forgets every gate.
 """
 
 from __future__ import annotations
 
+import atexit
+import os
+import shutil
+import tempfile
 import threading
 import time
 from typing import Any
+from urllib.parse import quote
+
+from .processes import OWNER_PID_ENV
 
 __all__ = [
     "add",
@@ -63,56 +72,94 @@ def unpicklable_result() -> Any:
     return threading.Lock()
 
 
-class _Gate:
-    """One named gate: ``started`` is set by the task, ``opened`` by the test."""
-
-    __slots__ = ("opened", "started")
-
-    def __init__(self) -> None:
-        self.started = threading.Event()
-        self.opened = threading.Event()
+def _root() -> str:
+    """This test process's gate directory (a worker process finds its stub's)."""
+    owner = os.environ.get(OWNER_PID_ENV) or str(os.getpid())
+    return os.path.join(tempfile.gettempdir(), f"futurefsm-gates-{os.getuid()}-{owner}")
 
 
-_gates: dict[str, _Gate] = {}
-_gates_lock = threading.Lock()
+def _generation() -> str:
+    """The directory of the current generation of gates (``reset_gates`` starts a new
+    one), created on first use."""
+    global _cleanup_registered
+    root = _root()
+    current = os.path.join(root, "current")
+    if not _cleanup_registered and os.environ.get(OWNER_PID_ENV) is None:
+        _cleanup_registered = True  # the owner removes the directory when it exits
+        atexit.register(shutil.rmtree, root, True)
+    try:
+        return os.path.join(root, os.readlink(current))
+    except FileNotFoundError:
+        pass
+    with _lock:
+        os.makedirs(root, exist_ok=True)
+        if not os.path.lexists(current):
+            _new_generation(root)
+    return os.path.join(root, os.readlink(current))
 
 
-def _gate(name: str) -> _Gate:
-    """The gate called ``name``, created on first use by either side."""
-    with _gates_lock:
-        gate = _gates.get(name)
-        if gate is None:
-            gate = _gates[name] = _Gate()
-        return gate
+def _new_generation(root: str) -> None:
+    """Make a fresh generation directory and point ``current`` at it, atomically."""
+    generation = os.path.basename(tempfile.mkdtemp(prefix="gen-", dir=root))
+    link = os.path.join(root, f"link-{generation}")
+    os.symlink(generation, link)
+    os.replace(link, os.path.join(root, "current"))
+
+
+def _path(generation: str, name: str, what: str) -> str:
+    return os.path.join(generation, f"{quote(name, safe='')}.{what}")
+
+
+def _touch(path: str) -> None:
+    with open(path, "a"):
+        pass
+
+
+_lock = threading.Lock()
+_cleanup_registered = False
 
 
 def gate_wait(name: str, value: Any = None, timeout: float = 30.0) -> Any:
     """Mark gate ``name`` as started, block until ``open_gate(name)``, return ``value``.
 
     Raises ``TimeoutError`` if the gate is not opened within ``timeout`` seconds, so a
-    forgotten gate cannot hold a worker thread forever.
+    forgotten gate cannot hold a worker forever.
     """
-    gate = _gate(name)
-    gate.started.set()
-    if not gate.opened.wait(timeout):
-        raise TimeoutError(f"gate {name!r} was not opened within {timeout} s")
+    generation = _generation()
+    _touch(_path(generation, name, "started"))
+    opened = _path(generation, name, "opened")
+    deadline = time.monotonic() + timeout
+    # Opened, or its generation was reset away: go on.
+    while not os.path.exists(opened) and os.path.isdir(generation):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"gate {name!r} was not opened within {timeout} s")
+        time.sleep(_POLL)  # a polling interval inside a deadline
     return value
 
 
 def open_gate(name: str) -> None:
     """Let every ``gate_wait(name)`` return (now and later, until ``reset_gates()``)."""
-    _gate(name).opened.set()
+    _touch(_path(_generation(), name, "opened"))
 
 
 def wait_started(name: str, timeout: float = 5.0) -> bool:
     """Wait until a task reached ``gate_wait(name)``; False if it did not in time."""
-    return _gate(name).started.wait(timeout)
+    started = _path(_generation(), name, "started")
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(started):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(_POLL / 2)
+    return True
 
 
 def reset_gates() -> None:
     """Open every gate (releasing tasks still blocked on one) and forget them all."""
-    with _gates_lock:
-        gates = list(_gates.values())
-        _gates.clear()
-    for gate in gates:
-        gate.opened.set()
+    generation = _generation()
+    with _lock:
+        _new_generation(_root())
+    shutil.rmtree(generation, ignore_errors=True)
+
+
+_POLL = 0.001
+"""Seconds between two looks at a gate's files."""

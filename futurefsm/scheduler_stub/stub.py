@@ -1,17 +1,27 @@
-"""``SchedulerStub``: a real ZeroMQ scheduler that runs tasks on threads (docs/scheduler.md).
+"""``SchedulerStub``: a real ZeroMQ scheduler that runs tasks on worker processes
+(or threads) (docs/scheduler.md).
 
 Theory of operation
 -------------------
 Threads: one I/O thread owns the ROUTER socket and every piece of task bookkeeping
-(``records.ClientBook`` per client identity). ``workers`` worker threads take queued
-tasks from a ``queue.SimpleQueue``, run them, and post their results to an ``Inbox``
-(a deque plus an inproc PUSH/PULL wake-up) that the I/O thread drains; the public
-methods that change things (``disconnect_all``, ``stop``) post to the same inbox. Only
-the move of a queued task to running (by a worker) or to cancelled (by the I/O thread)
-is shared, and it happens under one small claim lock.
+(``records.ClientBook`` per client identity). Tasks run on a pool (``workers.py``):
 
-The I/O thread polls the ROUTER and the inbox, with a timeout that is the next due
-``result_delay`` timer (a heap), so a delayed result blocks nothing.
+- worker processes (the default): the I/O thread hands one task at a time to each idle
+  process and polls their connections beside the ROUTER, so a task cannot starve it
+  (no shared GIL) and a running task can be stopped by killing its process. A
+  background thread starts processes, one more than ``workers`` so a spare is warm,
+  and posts them to the I/O thread.
+- worker threads (``threads=True``): they take queued tasks from a queue, run them, and
+  post their results to the ``Inbox``. Only the move of a queued task to running (by a
+  worker) or to cancelled (by the I/O thread) is shared, under one small claim lock.
+
+Other threads reach the I/O thread through the ``Inbox`` (a deque plus an inproc
+PUSH/PULL wake-up) that it drains; the public methods that change things
+(``disconnect_all``, ``drop_client``, ``stop``) post to it.
+
+The I/O thread polls the ROUTER, the inbox and the worker processes, with a timeout
+that is the next due ``result_delay`` timer (a heap), so a delayed result blocks
+nothing.
 
 Every message is accounted for: the ROUTER is ``ROUTER_MANDATORY`` with unlimited high
 water marks, so a message to a peer that is gone raises ``EHOSTUNREACH``, which is
@@ -20,12 +30,16 @@ that does not decode, a wrong frame count, a message a scheduler should never ge
 reused task id) is counted as ``protocol_errors``, logged, and otherwise ignored.
 
 Lifecycle: the constructor binds the socket and starts every thread, so a stub serves
-as soon as it exists; ``stop()`` (or leaving the ``with`` block) ends it.
+as soon as it exists (worker processes start in the background; tasks queue until the
+first is up); ``stop()`` (or leaving the ``with`` block) tells every client
+``Disconnect`` and ends it.
 
 What a client sees
 ------------------
 - Task ids are per client connection (ROUTER identity). A task is *held* from its
   arrival until its result is sent; during ``result_delay`` it still counts as running.
+  A forced cancel of a task running on a worker process kills that process (a spare
+  takes its slot at once) and confirms ``canceled`` once the process is gone.
   A TaskCancel for an id that is not held (finished, cancelled, never seen) is answered
   ``not_found``; for a held task, as its Behaviour's ``on_cancel`` says (``OnCancel``).
 - Graphs (``records.py``): a task waits until every ``depends_on`` task finished, in
@@ -35,8 +49,14 @@ What a client sees
   A TaskCancel naming a known group id cancels every held member as if forced (each
   by its own ``on_cancel``, each confirmed on its own id); finished members get nothing,
   and so does the group id itself.
-- A ``Disconnect`` from a client forgets its tasks; ``disconnect_all()`` sends one to
-  every client and forgets everything; ``stop()`` goes away without a word.
+- A client that goes away (``Disconnect``, or ``_drop_client`` when the transport says
+  the peer is gone) has its queued tasks dropped and its running ones stopped (worker
+  processes killed); ``disconnect_all()`` sends ``Disconnect`` to every client and
+  forgets everything; ``stop()`` sends ``Disconnect`` to every client, then goes away.
+
+The message log (``log``) is off unless ``log_messages=True``: it keeps each message
+without its payload bytes (``function``, ``args``, ``payload`` are empty; ``size`` is
+the frame's length), bounded by ``log_limit`` records and ``log_bytes``.
 """
 
 from __future__ import annotations
@@ -82,7 +102,7 @@ from .records import (
     TaskRecord,
     TaskState,
 )
-from .workers import Inbox, WorkerPool
+from .workers import STATUSES, Inbox, ProcessPool, ThreadPool
 
 __all__ = ["LogRecord", "SchedulerStub"]
 
@@ -118,7 +138,12 @@ _STAT_NAMES = (
     "results_discarded",
     "results_dropped",
     "internal_errors",
+    "clients_dropped",
+    "workers_killed",
 )
+
+_LOG_RECORD_BYTES = 200
+"""What one log record costs, roughly, beside its ids (for the ``log_bytes`` bound)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,8 +154,30 @@ class LogRecord:
     client: bytes
     """The client's ROUTER identity."""
     message: Message
+    """The message without its payload bytes: a Task's ``function`` and ``args`` and a
+    TaskResult's ``payload`` are ``b""``."""
+    size: int
+    """The length of its frame, in bytes."""
     time: float
     """``time.monotonic()`` when it was received or sent."""
+
+    def cost(self) -> int:
+        """Roughly the bytes this record keeps alive."""
+        message = self.message
+        ids = 16 * len(getattr(message, "depends_on", ()))
+        return _LOG_RECORD_BYTES + len(self.client) + ids
+
+
+def _without_payload(message: Message) -> Message:
+    """``message`` with its payload bytes emptied, for the log."""
+    kind = type(message)
+    if kind is Task:
+        assert isinstance(message, Task)
+        return Task(message.task_id, b"", b"", message.group_id, message.depends_on)
+    if kind is TaskResult:
+        assert isinstance(message, TaskResult)
+        return TaskResult(message.task_id, message.status, b"")
+    return message
 
 
 def _bind_endpoint(address: str) -> str:
@@ -146,13 +193,17 @@ def _connectable(endpoint: str) -> str:
 
 
 class SchedulerStub:
-    """A ZeroMQ ROUTER scheduler that unpickles and runs tasks on worker threads.
+    """A ZeroMQ ROUTER scheduler that unpickles and runs tasks on worker processes.
 
-    ``address``: where to bind; ``tcp://HOST:0`` picks a free port. ``workers``: worker
-    threads. ``behaviour``: one ``Behaviour`` for every task, a callable from a Task's
-    arrival index (0, 1, 2, ... across the stub) to its Behaviour, or None (no faults).
-    ``serializer``: must match the clients' (stdlib pickle by default). ``log_limit``:
-    how many records ``log`` keeps (the oldest go first; None keeps all).
+    ``address``: where to bind; ``tcp://HOST:0`` picks a free port. ``workers``: how
+    many tasks run at once, each in its own worker process (one more process is kept
+    warm as a spare). ``threads=True``: run them on worker threads in this process
+    instead (a running task then cannot be stopped). ``behaviour``: one ``Behaviour``
+    for every task, a callable from a Task's arrival index (0, 1, 2, ... across the
+    stub) to its Behaviour, or None (no faults). ``serializer``: must match the
+    clients' (cloudpickle by default). ``log_messages``: keep the message log
+    (``log``), at most ``log_limit`` records and about ``log_bytes`` bytes (the oldest
+    go first).
 
     Binds and starts serving on construction. Use as a context manager, or call
     ``stop()``.
@@ -163,12 +214,18 @@ class SchedulerStub:
         address: str = "tcp://127.0.0.1:0",
         *,
         workers: int = 4,
+        threads: bool = False,
         behaviour: BehaviourSource = None,
         serializer: Serializer | None = None,
-        log_limit: int | None = 100_000,
+        log_messages: bool = False,
+        log_limit: int = 100_000,
+        log_bytes: int = 64 * 1024 * 1024,
     ) -> None:
         if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
             raise ValueError(f"workers: expected an int >= 1, got {workers!r}")
+        for name, value in (("log_limit", log_limit), ("log_bytes", log_bytes)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name}: expected an int >= 1, got {value!r}")
         if behaviour is None:
             behaviour = DEFAULT_BEHAVIOUR
         if isinstance(behaviour, Behaviour):
@@ -190,11 +247,14 @@ class SchedulerStub:
         self._timer_seq = itertools.count()
         self._running = True
         self._loud_warnings = _LOUD_WARNINGS
+        self._arriving: Task | None = None
 
         # Shared: the claim lock (see records.py); log and stats under the records lock.
         self._claim_lock = threading.Lock()
         self._records_lock = threading.Lock()
-        self._log: deque[LogRecord] = deque(maxlen=log_limit)
+        self._log_messages = bool(log_messages)
+        self._log: deque[LogRecord] = deque()
+        self._log_limit, self._log_bytes, self._log_cost = log_limit, log_bytes, 0
         self._stats = dict.fromkeys(_STAT_NAMES, 0)
         self._lifecycle_lock = threading.Lock()
         self._stopped = False
@@ -213,7 +273,13 @@ class SchedulerStub:
         except BaseException:
             self._context.destroy(linger=0)
             raise
-        self._pool = WorkerPool(workers, self._serializer, self._claim, self._report, name)
+        self._pool: ProcessPool | ThreadPool
+        if threads:
+            self._pool = ThreadPool(workers, self._serializer, self._claim, self._report, name)
+        else:
+            self._pool = ProcessPool(
+                workers, self._serializer, self._claim, self._on_task_done, self._inbox.post, name
+            )
         self._io_thread = threading.Thread(target=self._run, name=f"{name}-io", daemon=True)
         self._io_thread.start()
 
@@ -231,16 +297,25 @@ class SchedulerStub:
 
     @property
     def log(self) -> list[LogRecord]:
-        """A snapshot of every message in and out, oldest first (thread-safe)."""
+        """A snapshot of the messages in and out, oldest first (thread-safe); empty
+        unless the stub was made with ``log_messages=True``."""
         with self._records_lock:
             return list(self._log)
+
+    @property
+    def arriving(self) -> Task | None:
+        """The Task whose Behaviour a behaviour callable is choosing, while it does (on
+        the I/O thread); None at any other time."""
+        return self._arriving
 
     def stats(self) -> dict[str, int]:
         """A snapshot of the counters: tasks_received, results_sent, confirms_sent,
         protocol_errors, unroutable, heartbeats_answered, heartbeats_ignored,
         cancels_received, disconnects_received, disconnects_sent, results_discarded
         (of cancelled, ignored or forgotten tasks), results_dropped (``drop_result``),
-        internal_errors, and clients (currently known)."""
+        internal_errors, clients_dropped (gone clients whose work was dropped),
+        workers_killed (worker processes killed to stop a task), and clients (currently
+        known)."""
         with self._records_lock:
             stats = dict(self._stats)
         stats["clients"] = len(self._clients)
@@ -269,33 +344,47 @@ class SchedulerStub:
         ``RuntimeError`` if the stub is stopped, ``TimeoutError`` if the I/O thread did
         not get to it within ``timeout``.
         """
-        done = threading.Event()
-        count: list[int] = []
+        return self._on_io_thread(self._disconnect_all_now, "disconnect_all", timeout)
 
-        def disconnect_all_now() -> None:
-            count.append(self._disconnect_all_now())
+    def drop_client(self, identity: bytes, why: str = "dropped", timeout: float = 5.0) -> bool:
+        """Treat the client ``identity`` as gone: drop its queued tasks and stop its
+        running ones, without a word to it (``_drop_client`` on the I/O thread).
+
+        Returns whether the client was known. Raises ``RuntimeError`` if the stub is
+        stopped, ``TimeoutError`` if the I/O thread did not get to it within ``timeout``.
+        """
+        return self._on_io_thread(partial(self._drop_client, identity, why), "drop_client", timeout)
+
+    def _on_io_thread(self, action: Callable[[], Any], what: str, timeout: float) -> Any:
+        """Run ``action`` on the I/O thread and return what it returned."""
+        done = threading.Event()
+        answer: list[Any] = []
+
+        def run() -> None:
+            answer.append(action())
             done.set()
 
-        if self._stopped or not self._inbox.post(disconnect_all_now):
+        if self._stopped or not self._inbox.post(run):
             raise RuntimeError("the scheduler stub is stopped")
         if not done.wait(timeout):
-            raise TimeoutError(f"disconnect_all did not complete within {timeout} s")
-        return count[0]
+            raise TimeoutError(f"{what} did not complete within {timeout} s")
+        return answer[0]
 
-    def stop(self, timeout: float = 5.0) -> None:
-        """Go away silently: stop serving, close the socket, stop the threads.
+    def stop(self, timeout: float = 5.0, *, notify: bool = True) -> None:
+        """Go away: tell every client ``Disconnect`` (unless ``notify=False``, which
+        goes silently, as a crashed scheduler would), stop serving, close the socket,
+        stop the workers.
 
-        Clients are not told (they notice by heartbeat timeout). Idempotent. Waits at
-        most about ``timeout`` seconds: a worker still inside a task that does not
-        return by then is left to finish on its own (it is a daemon thread and its
-        result goes nowhere).
+        Idempotent. Waits at most about ``timeout`` seconds. Worker processes are killed,
+        whatever they run; a worker thread still inside a task that does not return by
+        then is left to finish on its own (a daemon thread whose result goes nowhere).
         """
         with self._lifecycle_lock:
             if self._stopped:
                 return
             self._stopped = True
         deadline = time.monotonic() + timeout
-        self._inbox.post(self._request_exit)
+        self._inbox.post(partial(self._request_exit, notify))
         self._io_thread.join(max(0.0, deadline - time.monotonic()))
         busy = self._pool.stop(deadline)
         if busy:
@@ -312,14 +401,20 @@ class SchedulerStub:
         poller = zmq.Poller()
         poller.register(self._router, zmq.POLLIN)
         poller.register(self._inbox.reader, zmq.POLLIN)
+        router, reader, pool = self._router, self._inbox.reader, self._pool
+        self._guarded(pool.attach, poller)
         try:
             while self._running:
-                ready = dict(poller.poll(self._poll_timeout_ms()))
-                if self._router in ready:
-                    self._drain_router()
-                if self._inbox.reader in ready:
-                    for item in self._inbox.drain():
-                        self._guarded(item)
+                for item, _ in poller.poll(self._poll_timeout_ms()):
+                    if item is router:
+                        self._drain_router()
+                    elif item is reader:
+                        for action in self._inbox.drain():
+                            self._guarded(action)
+                    else:  # a worker process's connection
+                        self._guarded(pool.on_readable, item)
+                    if not self._running:
+                        break
                 self._fire_due_timers()
         except Exception:  # only a broken poller gets here; the handlers are guarded
             logger.exception("scheduler stub: I/O thread failed")
@@ -327,12 +422,16 @@ class SchedulerStub:
             self._router.close(linger=_CLOSE_LINGER_MS)
             self._inbox.reader.close(linger=0)
 
-    def _request_exit(self) -> None:
-        """Leave the loop, forgetting every task so the workers skip queued ones."""
+    def _request_exit(self, notify: bool) -> None:
+        """Leave the loop, forgetting every task so the workers skip queued ones; tell
+        every client ``Disconnect`` first if ``notify``."""
         self._running = False
-        for book in self._clients.values():
-            self._forget(book)
+        clients = list(self._clients.values())
         self._clients.clear()
+        for book in clients:
+            self._forget(book)
+            if notify:
+                self._send(book.identity, Disconnect())
         self._timers.clear()
 
     def _poll_timeout_ms(self) -> int | None:
@@ -369,7 +468,7 @@ class SchedulerStub:
         except ProtocolError as exc:
             self._protocol_error(identity, str(exc))
             return
-        self._note("in", identity, message)
+        self._note("in", identity, message, len(frames[1]))
         kind = type(message)
         if kind is Task:
             self._on_task(identity, message)
@@ -389,7 +488,11 @@ class SchedulerStub:
     def _on_task(self, identity: bytes, task: Task) -> None:
         index = self._arrivals
         self._arrivals += 1
-        behaviour = self._behaviour_for(index)
+        self._arriving = task
+        try:
+            behaviour = self._behaviour_for(index)
+        finally:
+            self._arriving = None
         if self._behaviour_fn is not None:
             self._answer_heartbeats = behaviour.answer_heartbeats
         book = self._book(identity)
@@ -401,7 +504,8 @@ class SchedulerStub:
         if blocked_by is DEPENDENCY_CANCELLED:
             self._cancel_record(record, confirms=1)
         elif blocked_by is not None:
-            self._finish(record, TaskResult(record.task_id, blocked_by.status, blocked_by.payload))
+            failed = TaskResult(record.task_id, blocked_by.status, blocked_by.payload)
+            self._finish(record, failed.status, encode(failed))
         elif not record.pending_deps:
             self._enqueue(record)
 
@@ -451,9 +555,25 @@ class SchedulerStub:
 
     def _on_disconnect(self, identity: bytes) -> None:
         self._count("disconnects_received")
+        self._drop_client(identity, "it sent Disconnect")
+
+    def _drop_client(self, identity: bytes, why: str) -> bool:
+        """The client ``identity`` is gone (``why`` says how we know): drop its queued
+        tasks and stop its running ones, without a word to it. I/O thread only; called
+        on ``Disconnect`` and by the transport when it notices a peer is gone. Returns
+        whether the client was known (an unknown one is a no-op)."""
         book = self._clients.pop(identity, None)
-        if book is not None:
-            self._forget(book)
+        if book is None:
+            return False
+        logger.info(
+            "scheduler stub: client %r is gone (%s); dropping its %d tasks",
+            identity,
+            why,
+            len(book.live),
+        )
+        self._count("clients_dropped")
+        self._forget(book)
+        return True
 
     # -- cancellation
 
@@ -462,8 +582,16 @@ class SchedulerStub:
         mode = record.behaviour.on_cancel
         if mode is OnCancel.CONFIRM or mode is OnCancel.DUPLICATE:
             times = 2 if mode is OnCancel.DUPLICATE else 1
-            if self._unqueue(record) or force:
+            if self._unqueue(record):
                 self._cancel_record(record, confirms=times)
+            elif force:
+                confirm = partial(
+                    self._send_confirm, record.client, record.task_id, ConfirmKind.CANCELED, times
+                )
+                if self._stop_running(record, confirm):
+                    self._cancel_record(record, confirms=0)  # confirmed once it is gone
+                else:  # a thread, or a result being delayed: the result is discarded
+                    self._cancel_record(record, confirms=times)
             else:
                 self._send_confirm(record.client, record.task_id, ConfirmKind.CANCEL_FAILED, times)
         elif mode is OnCancel.RESULT_THEN_CONFIRM:
@@ -505,11 +633,24 @@ class SchedulerStub:
             self._send_confirm(record.client, record.task_id, ConfirmKind.CANCELED, times)
             pending.extend((d, 1) for d in book.settle(record, DEPENDENCY_CANCELLED))
 
+    def _stop_running(self, record: TaskRecord, on_gone: Callable[[], None]) -> bool:
+        """Kill the worker process running ``record``; ``on_gone`` runs once it is gone.
+        False if it is not running on a process (a thread cannot be stopped)."""
+        if record.state is not TaskState.RUNNING or not self._pool.kill(record, on_gone):
+            return False
+        self._count("workers_killed")
+        return True
+
     def _forget(self, book: ClientBook) -> None:
-        """Drop every held task of a client without a word; running results are discarded."""
+        """Drop every held task of a client without a word: queued ones never run,
+        running ones are stopped (worker processes) or their results discarded."""
         with self._claim_lock:
+            running = [r for r in book.live.values() if r.state is TaskState.RUNNING]
             for record in book.live.values():
                 record.state = TaskState.CANCELLED
+        for record in running:
+            if self._pool.kill(record, _nothing):
+                self._count("workers_killed")
         book.live.clear()
 
     def _disconnect_all_now(self) -> int:
@@ -534,33 +675,41 @@ class SchedulerStub:
             record.state = TaskState.RUNNING
             return True
 
-    def _report(self, record: TaskRecord, result: TaskResult, frame: bytes) -> None:
-        """Called by a worker with a task's outcome: hand it to the I/O thread."""
-        self._inbox.post(partial(self._on_task_done, record, result, frame))
+    def _report(self, record: TaskRecord, status: int, frame: bytes | memoryview) -> None:
+        """Called by a worker thread with a task's outcome: hand it to the I/O thread."""
+        self._inbox.post(partial(self._on_task_done, record, status, frame))
 
-    def _on_task_done(self, record: TaskRecord, result: TaskResult, frame: bytes) -> None:
+    def _on_task_done(self, record: TaskRecord, status: int, frame: bytes | memoryview) -> None:
+        """A worker finished ``record``: ``status`` (a ``STATUS_CODES`` byte) and the
+        encoded ``TaskResult``."""
         if record.state is TaskState.CANCELLED:
             self._count("results_discarded")
             return
-        self._finish(record, result, frame)
+        self._finish(record, STATUSES[status], frame)
 
-    def _finish(self, record: TaskRecord, result: TaskResult, frame: bytes | None = None) -> None:
-        """A held task ended with ``result``: release its dependents (or fail them with
-        the same status and payload, transitively), then send or delay the result."""
+    def _finish(self, record: TaskRecord, status: ResultStatus, frame: bytes | memoryview) -> None:
+        """A held task ended with ``status`` (``frame`` is its encoded result): release
+        its dependents (or fail them with the same status and payload, transitively),
+        then send or delay the result."""
         book = self._clients[record.client]
-        pending = [(record, result, frame)]
+        pending = [(record, status, frame)]
         while pending:
-            record, result, frame = pending.pop()
-            for dependent in book.settle(record, result):
-                if result.status is ResultStatus.SUCCESS:
-                    dependent.dep_payloads[record.task_id] = result.payload
+            record, status, frame = pending.pop()
+            outcome = None
+            if record.group_id is not None or record.dependents:  # a graph: read it
+                outcome = decode(bytes(frame))
+                assert isinstance(outcome, TaskResult)
+            for dependent in book.settle(record, outcome):
+                assert outcome is not None
+                if status is ResultStatus.SUCCESS:
+                    dependent.dep_payloads[record.task_id] = outcome.payload
                     dependent.pending_deps.discard(record.task_id)
                     if not dependent.pending_deps:
                         self._enqueue(dependent)
                 else:
-                    failed = TaskResult(dependent.task_id, result.status, result.payload)
-                    pending.append((dependent, failed, None))
-            record.result, record.frame = result, frame
+                    failed = TaskResult(dependent.task_id, status, outcome.payload)
+                    pending.append((dependent, status, encode(failed)))
+            record.status, record.frame = status, frame
             delay = record.behaviour.result_delay
             if delay > 0:
                 record.state = TaskState.DELAYED
@@ -583,8 +732,9 @@ class SchedulerStub:
         record.state = TaskState.DONE
         book = self._clients[record.client]
         book.release(record)
-        result = record.result
-        assert result is not None
+        frame, status = record.frame, record.status
+        record.frame = None
+        assert frame is not None and status is not None
         if record.after_finish is AfterFinish.SUPPRESS_RESULT:
             self._count("results_discarded")
             return
@@ -592,13 +742,11 @@ class SchedulerStub:
         if behaviour.drop_result:
             self._count("results_dropped")
         else:
-            frame = record.frame if record.frame is not None else encode(result)
             for _ in range(2 if behaviour.duplicate_result else 1):
-                self._send(record.client, result, frame)
+                self._send_result(record.client, record.task_id, status, frame)
         if record.after_finish is AfterFinish.SEND_RESULT_THEN_CONFIRM:
             confirms = record.confirms_after_result
             self._send_confirm(record.client, record.task_id, ConfirmKind.CANCELED, confirms)
-        record.result = record.frame = None
 
     # -- helpers
 
@@ -632,48 +780,80 @@ class SchedulerStub:
         for _ in range(times):
             self._send(identity, confirm, frame)
 
-    def _send(self, identity: bytes, message: Message, frame: bytes | None = None) -> None:
+    def _send(
+        self, identity: bytes, message: Message, frame: bytes | memoryview | None = None
+    ) -> None:
         if frame is None:
             frame = encode(message)
+        self._send_frame(identity, _OUT_STATS[type(message)], frame, message)
+
+    def _send_result(
+        self, identity: bytes, task_id: bytes, status: ResultStatus, frame: bytes | memoryview
+    ) -> None:
+        """Send an encoded TaskResult (no message object is built unless it is logged)."""
+        self._send_frame(identity, "results_sent", frame, (task_id, status))
+
+    def _send_frame(
+        self,
+        identity: bytes,
+        stat: str,
+        frame: bytes | memoryview,
+        what: Message | tuple[bytes, ResultStatus],
+    ) -> None:
+        """Send ``frame`` to ``identity``, counted under ``stat``; ``what`` is the message
+        (or a result's id and status), for the log and the warnings."""
         # Logged and counted before the send: a peer that has the reply must find it in
         # the log and the stats already. Taken back below if the send fails.
-        self._note("out", identity, message)
+        logged = self._note("out", identity, what, len(frame)) if self._log_messages else None
+        with self._records_lock:
+            self._stats[stat] += 1
         try:
             # Two sends with plain int flags: cheaper than send_multipart, and with
             # ROUTER_MANDATORY an unroutable identity fails on the first, sending nothing.
             self._router.send(identity, _NOBLOCK_SNDMORE)
             self._router.send(frame, _NOBLOCK)
         except zmq.ZMQError as exc:
-            self._unnote_last_out(message)
+            with self._records_lock:
+                self._stats[stat] -= 1
+                if logged is not None and self._log and self._log[-1] is logged:
+                    self._log.pop()
+                    self._log_cost -= logged.cost()
             # EHOSTUNREACH: the peer is gone (ROUTER_MANDATORY). EAGAIN cannot happen with
             # no high water mark, but is accounted for the same way if it does.
             self._count("unroutable")
             self._warn(
                 "scheduler stub: could not send %s to client %r: %s",
-                type(message).__name__,
+                "TaskResult" if isinstance(what, tuple) else type(what).__name__,
                 identity,
                 exc.strerror,
             )
-            return
 
-    def _unnote_last_out(self, message: Message) -> None:
-        """Take back the "out" record ``_send`` just made (only the I/O thread logs)."""
-        stat = _OUT_STATS.get(type(message))
-        with self._records_lock:
-            if self._log and self._log[-1].message is message:
-                self._log.pop()
-            if stat is not None:
-                self._stats[stat] -= 1
-
-    def _note(self, direction: Literal["in", "out"], identity: bytes, message: Message) -> None:
-        record = LogRecord(direction, identity, message, time.monotonic())
-        stat = _OUT_STATS.get(type(message)) if direction == "out" else None
+    def _note(
+        self,
+        direction: Literal["in", "out"],
+        identity: bytes,
+        what: Message | tuple[bytes, ResultStatus],
+        size: int,
+    ) -> LogRecord | None:
+        """Count an inbound Task; log the message if the log is on (and return its
+        record). ``what`` is a message, or a result's id and status."""
+        if direction == "in" and type(what) is Task:
+            with self._records_lock:
+                self._stats["tasks_received"] += 1
+        if not self._log_messages:
+            return None
+        if isinstance(what, tuple):
+            message: Message = TaskResult(what[0], what[1], b"")
+        else:
+            message = _without_payload(what)
+        record = LogRecord(direction, identity, message, size, time.monotonic())
+        cost = record.cost()
         with self._records_lock:
             self._log.append(record)
-            if stat is not None:
-                self._stats[stat] += 1
-            elif direction == "in" and type(message) is Task:
-                self._stats["tasks_received"] += 1
+            self._log_cost += cost
+            while len(self._log) > self._log_limit or self._log_cost > self._log_bytes:
+                self._log_cost -= self._log.popleft().cost()
+        return record
 
     def _count(self, stat: str) -> None:
         with self._records_lock:
@@ -691,6 +871,10 @@ class SchedulerStub:
             logger.warning(message, *args)
         else:
             logger.debug(message, *args)
+
+
+def _nothing() -> None:
+    """A callback with nothing to do."""
 
 
 _OUT_STATS: dict[type[Any], str] = {

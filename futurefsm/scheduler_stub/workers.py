@@ -1,9 +1,18 @@
-"""The stub's worker threads, and the inbox through which they report to the I/O thread.
+"""The stub's workers, and the inbox through which other threads reach the I/O thread.
 
-Workers never touch the ROUTER socket (zmq sockets are not thread-safe). A worker
-takes a ``TaskRecord`` from the work queue, claims it (a cancelled one is skipped),
-runs it, and posts its ``TaskResult`` -- already encoded, to keep that work off the
-I/O thread -- to the ``Inbox``, which wakes the I/O thread through an inproc socket.
+Two pools run tasks, both with the same small interface to the stub (``attach``,
+``submit``, ``kill``, ``on_readable``, ``stop``):
+
+- ``ProcessPool`` (the default): one task at a time per worker process, dispatched by
+  the I/O thread itself; a running task can be stopped by killing its process. Tasks
+  run in parallel and none can starve the I/O thread (no shared GIL).
+- ``ThreadPool`` (``threads=True``): worker threads in the stub's process, which take a
+  ``TaskRecord`` from a queue, claim it (a cancelled one is skipped), run it, and post
+  its result -- already encoded, to keep that work off the I/O thread -- to the
+  ``Inbox``, which wakes the I/O thread through an inproc socket. For tests that want
+  everything in one process.
+
+Workers never touch the ROUTER socket (zmq sockets are not thread-safe).
 """
 
 from __future__ import annotations
@@ -15,15 +24,29 @@ import time
 import traceback
 from collections import deque
 from collections.abc import Callable
+from functools import partial
+from multiprocessing.connection import Connection, wait
 from typing import Any
 
+import cloudpickle
+import msgpack
 import zmq
 
 from ..protocol import ResultStatus, TaskResult, encode
 from ..serializer import Serializer, encode_failure, substitute_dependencies
-from .records import TaskRecord
+from .processes import FunctionCache, fork_worker, kill_worker
+from .records import TaskRecord, TaskState
 
-__all__ = ["WORKER_DIED_REASON", "Inbox", "WorkerPool", "run_task"]
+__all__ = [
+    "STATUSES",
+    "STATUS_CODES",
+    "WORKER_DIED_REASON",
+    "Inbox",
+    "ProcessPool",
+    "ThreadPool",
+    "run_call",
+    "worker_died_result",
+]
 
 logger = logging.getLogger("futurefsm.scheduler_stub")
 
@@ -102,56 +125,81 @@ class Inbox:
             self._writer.close(linger=0)
 
 
-def run_task(record: TaskRecord, serializer: Serializer) -> tuple[TaskResult, bytes]:
-    """Run one task; return its result and the result encoded as a frame.
+# ----------------------------------------------------------------------- running a task
+
+STATUS_CODES: dict[ResultStatus, int] = {status: n for n, status in enumerate(ResultStatus)}
+"""A result's status as one byte, ahead of its frame on a worker process's connection."""
+STATUSES: tuple[ResultStatus, ...] = tuple(ResultStatus)
+
+
+def run_call(
+    task_id: bytes,
+    function: bytes,
+    args: bytes,
+    dep_payloads: dict[bytes, bytes] | None,
+    serializer: Serializer,
+    functions: FunctionCache,
+) -> tuple[int, bytes]:
+    """Run one task; return its status code (``STATUS_CODES``) and its encoded result.
 
     Never raises for anything the task does: an exception while unpickling the
     function or arguments, in the call (even ``SystemExit``), while pickling the value,
     or while encoding a too-large result becomes a ``failed`` result.
     """
-    task_id = record.task_id
-    if record.behaviour.worker_died:
-        result = TaskResult(task_id, ResultStatus.WORKER_DIED, serializer.dumps(WORKER_DIED_REASON))
-        return result, encode(result)
     try:
-        function = serializer.loads(record.function)
-        args, kwargs = serializer.loads(record.args)
-        if record.dep_payloads:
-            values = {dep: serializer.loads(p) for dep, p in record.dep_payloads.items()}
-            args = substitute_dependencies(args, values)
+        fn = functions.load(function)
+        call_args, kwargs = serializer.loads(args)
+        if dep_payloads:
+            values = {dep: serializer.loads(p) for dep, p in dep_payloads.items()}
+            call_args = substitute_dependencies(call_args, values)
             kwargs = substitute_dependencies(kwargs, values)
-        value = function(*args, **kwargs)
-        result = TaskResult(task_id, ResultStatus.SUCCESS, serializer.dumps(value))
-        return result, encode(result)
+        value = fn(*call_args, **kwargs)
+        frame = encode(TaskResult(task_id, ResultStatus.SUCCESS, serializer.dumps(value)))
+        return _SUCCESS, frame
     except BaseException as exc:  # a remote task's failure, whatever it is, is its result
-        return _failure(task_id, exc, serializer)
+        return _FAILED, _failure(task_id, exc, serializer)
 
 
-def _failure(
-    task_id: bytes, exc: BaseException, serializer: Serializer
-) -> tuple[TaskResult, bytes]:
-    """The ``failed`` result carrying ``exc`` and its traceback text."""
+_SUCCESS = STATUS_CODES[ResultStatus.SUCCESS]
+_FAILED = STATUS_CODES[ResultStatus.FAILED]
+_WORKER_DIED = STATUS_CODES[ResultStatus.WORKER_DIED]
+
+
+def worker_died_result(task_id: bytes, reason: str, serializer: Serializer) -> tuple[int, bytes]:
+    """A ``worker_died`` result carrying ``reason``."""
+    result = TaskResult(task_id, ResultStatus.WORKER_DIED, serializer.dumps(reason))
+    return _WORKER_DIED, encode(result)
+
+
+def _failure(task_id: bytes, exc: BaseException, serializer: Serializer) -> bytes:
+    """The ``failed`` result frame carrying ``exc`` and its traceback text."""
     tb_text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
     try:
-        result = TaskResult(task_id, ResultStatus.FAILED, encode_failure(exc, tb_text, serializer))
-        return result, encode(result)
+        return encode(
+            TaskResult(task_id, ResultStatus.FAILED, encode_failure(exc, tb_text, serializer))
+        )
     except Exception as error:  # e.g. an exception too large to fit in a frame
         summary = RuntimeError(
             f"task failed with {type(exc).__name__}, and that failure could not be sent "
             f"back: {error!r}"
         )
-        result = TaskResult(
-            task_id, ResultStatus.FAILED, encode_failure(summary, tb_text[-20_000:], serializer)
-        )
-        return result, encode(result)
+        payload = encode_failure(summary, tb_text[-20_000:], serializer)
+        return encode(TaskResult(task_id, ResultStatus.FAILED, payload))
 
 
-class WorkerPool:
-    """``count`` daemon threads running queued ``TaskRecord``s.
+Report = Callable[[TaskRecord, int, "bytes | memoryview"], None]
+"""How a pool hands back a task's outcome: (record, status code, encoded result)."""
+
+
+# ----------------------------------------------------------------------- thread workers
+
+
+class ThreadPool:
+    """``count`` daemon threads running queued ``TaskRecord``s (``threads=True``).
 
     ``claim(record)`` is called before running a record and must return False if the
-    record was cancelled meanwhile; ``report(record, result, frame)`` is called (on the
-    worker thread) with each outcome.
+    record was cancelled meanwhile; ``report(record, status, frame)`` is called on the
+    worker thread with each outcome. A running task cannot be stopped: ``kill`` says so.
     """
 
     def __init__(
@@ -159,10 +207,11 @@ class WorkerPool:
         count: int,
         serializer: Serializer,
         claim: Callable[[TaskRecord], bool],
-        report: Callable[[TaskRecord, TaskResult, bytes], None],
+        report: Report,
         name: str,
     ) -> None:
         self._serializer = serializer
+        self._functions = FunctionCache(serializer.loads)
         self._claim = claim
         self._report = report
         self._queue: queue.SimpleQueue[TaskRecord | None] = queue.SimpleQueue()
@@ -173,9 +222,19 @@ class WorkerPool:
         for thread in self._threads:
             thread.start()
 
+    def attach(self, poller: zmq.Poller) -> None:
+        """Nothing to poll: threads report through the inbox."""
+
+    def on_readable(self, fd: int) -> None:
+        """Never called: nothing was registered."""
+
     def submit(self, record: TaskRecord) -> None:
         """Queue ``record`` to run (called by the I/O thread)."""
         self._queue.put(record)
+
+    def kill(self, record: TaskRecord, on_gone: Callable[[], None]) -> bool:
+        """A thread cannot be stopped: False, ``on_gone`` is not called."""
+        return False
 
     def stop(self, deadline: float) -> list[str]:
         """Ask every worker to exit once idle; wait until ``deadline`` (monotonic time).
@@ -190,6 +249,7 @@ class WorkerPool:
         return [thread.name for thread in self._threads if thread.is_alive()]
 
     def _run(self) -> None:
+        serializer = self._serializer
         while True:
             record = self._queue.get()
             if record is None:
@@ -197,9 +257,270 @@ class WorkerPool:
             if not self._claim(record):
                 continue  # cancelled or forgotten while queued
             try:
-                result, frame = run_task(record, self._serializer)
+                if record.behaviour.worker_died:
+                    status, frame = worker_died_result(
+                        record.task_id, WORKER_DIED_REASON, serializer
+                    )
+                else:
+                    status, frame = run_call(
+                        record.task_id,
+                        record.function,
+                        record.args,
+                        record.dep_payloads,
+                        serializer,
+                        self._functions,
+                    )
             except Exception:  # only a broken serializer gets here
                 logger.exception("scheduler stub: could not run or report task %r", record)
-                result = TaskResult(record.task_id, ResultStatus.WORKER_DIED, b"")
-                frame = encode(result)
-            self._report(record, result, frame)
+                status, frame = (
+                    _WORKER_DIED,
+                    encode(TaskResult(record.task_id, ResultStatus.WORKER_DIED, b"")),
+                )
+            self._report(record, status, frame)
+
+
+# ---------------------------------------------------------------------- process workers
+
+_START_TIMEOUT = 60.0
+"""How long a worker process may take to start before the attempt counts as failed."""
+
+
+class _Worker:
+    """One worker process, as the I/O thread sees it."""
+
+    __slots__ = ("connection", "fd", "on_gone", "pid", "record")
+
+    def __init__(self, pid: int, connection: Connection) -> None:
+        self.pid = pid
+        self.connection = connection
+        self.fd = connection.fileno()
+        self.record: TaskRecord | None = None
+        """The task it runs, or None when idle."""
+        self.on_gone: list[Callable[[], None]] | None = None
+        """Not None once it was killed: what to call when it is gone."""
+
+    def __repr__(self) -> str:
+        return f"<worker process {self.pid}>"
+
+
+class ProcessPool:
+    """``count`` tasks at a time, each on a worker process; one more process is kept
+    warm, so a killed worker's slot is filled at once (the default).
+
+    Everything but process start-up happens on the stub's I/O thread: ``attach`` gives
+    it the poller on which the workers' connections are registered, ``on_readable``
+    reads a result (or a death), ``submit`` queues a record and ``kill`` stops the one
+    running a record. Processes are started by a background thread (``fork_worker``),
+    so constructing the pool returns at once, and handed to the I/O thread through
+    ``post``. Tasks are dispatched one at a time to idle workers: a queued task is
+    always in the stub, never in a worker's socket, so a cancel can still remove it.
+    """
+
+    def __init__(
+        self,
+        count: int,
+        serializer: Serializer,
+        claim: Callable[[TaskRecord], bool],
+        report: Report,
+        post: Callable[[Callable[[], None]], bool],
+        name: str,
+    ) -> None:
+        self._count = count
+        self._serializer = serializer
+        self._serializer_bytes = cloudpickle.dumps(serializer)
+        self._claim = claim
+        self._report = report
+        self._post = post
+        self._name = name
+        self._poller: zmq.Poller | None = None
+        # Owned by the I/O thread.
+        self._queue: deque[TaskRecord] = deque()
+        self._idle: list[_Worker] = []
+        self._by_fd: dict[int, _Worker] = {}
+        self._busy = 0
+        self._starting = 0
+        # Shared with the starter thread, under the lock.
+        self._lock = threading.Lock()
+        self._arrived: list[_Worker | BaseException] = []
+        self._stopped = False
+        self._starts: queue.SimpleQueue[bool] = queue.SimpleQueue()
+        self._starter = threading.Thread(target=self._start_loop, name=f"{name}-starter")
+        self._starter.daemon = True
+        self._starter.start()
+
+    # -- I/O thread
+
+    def attach(self, poller: zmq.Poller) -> None:
+        """Register workers on ``poller`` from now on; start the first ones."""
+        self._poller = poller
+        self._replenish()
+
+    def submit(self, record: TaskRecord) -> None:
+        """Queue ``record``; it runs when a worker is free."""
+        self._queue.append(record)
+        self._pump()
+
+    def kill(self, record: TaskRecord, on_gone: Callable[[], None]) -> bool:
+        """Stop the process running ``record``; ``on_gone()`` runs (on the I/O thread)
+        once that process is gone. False if no process runs ``record``."""
+        worker = record.worker
+        if not isinstance(worker, _Worker) or worker.record is not record:
+            return False
+        worker.record = record.worker = None
+        worker.on_gone = [on_gone]
+        self._busy -= 1
+        kill_worker(worker.pid)
+        self._replenish()
+        self._pump()  # the spare takes the slot now
+        return True
+
+    def on_readable(self, fd: int) -> None:
+        """A worker's connection is readable: a result, or its end."""
+        worker = self._by_fd.get(fd)
+        if worker is None:
+            return
+        try:
+            data = worker.connection.recv_bytes()
+        except (EOFError, OSError):
+            self._gone(worker)
+            return
+        if worker.on_gone is not None:  # killed: whatever it sent is discarded
+            return
+        record = worker.record
+        if record is None:
+            logger.error("scheduler stub: %r sent a result while idle", worker)
+            return
+        worker.record = record.worker = None
+        self._busy -= 1
+        self._idle.append(worker)
+        self._report(record, data[0], memoryview(data)[1:])
+        self._pump()
+
+    def stop(self, deadline: float) -> list[str]:
+        """Kill every worker process and wait (until ``deadline``) until they are gone.
+
+        Called after the I/O thread exited. Returns the workers not gone in time.
+        """
+        with self._lock:
+            self._stopped = True
+            arrived, self._arrived = self._arrived, []
+        self._starts.put(False)
+        workers = list(self._by_fd.values())
+        workers.extend(w for w in arrived if isinstance(w, _Worker))
+        for worker in workers:
+            kill_worker(worker.pid)
+        left = {worker.connection: worker for worker in workers}
+        while left:
+            timeout = deadline - time.monotonic()
+            if timeout <= 0:
+                break
+            for connection in wait(list(left), timeout):
+                try:
+                    connection.recv_bytes()
+                except (EOFError, OSError):
+                    left.pop(connection).connection.close()  # type: ignore[call-overload]
+        self._starter.join(max(0.0, deadline - time.monotonic()))
+        return [repr(worker) for worker in left.values()]
+
+    def _pump(self) -> None:
+        """Hand queued tasks to idle workers, up to ``count`` running at once."""
+        queue_, idle = self._queue, self._idle
+        while queue_ and idle and self._busy < self._count:
+            record = queue_.popleft()
+            if not self._claim(record):
+                continue  # cancelled or forgotten while queued
+            if record.behaviour.worker_died:  # scripted: no process needed
+                status, frame = worker_died_result(
+                    record.task_id, WORKER_DIED_REASON, self._serializer
+                )
+                self._post(partial(self._report, record, status, frame))
+                continue
+            worker = idle.pop()
+            message = msgpack.packb(
+                [record.task_id, record.function, record.args, record.dep_payloads or None]
+            )
+            try:
+                worker.connection.send_bytes(message)
+            except OSError:  # it died while idle; the task never reached it
+                record.state = TaskState.QUEUED
+                queue_.appendleft(record)
+                worker.on_gone = []
+                self._replenish()
+                continue
+            worker.record, record.worker = record, worker
+            self._busy += 1
+
+    def _gone(self, worker: _Worker) -> None:
+        """``worker``'s connection closed: its process is gone."""
+        assert self._poller is not None
+        self._poller.unregister(worker.fd)
+        del self._by_fd[worker.fd]
+        worker.connection.close()
+        if worker in self._idle:
+            self._idle.remove(worker)
+        callbacks, record = worker.on_gone, worker.record
+        if callbacks is None:  # nobody killed it
+            logger.warning("scheduler stub: %r exited on its own", worker)
+            if record is not None:
+                worker.record = record.worker = None
+                self._busy -= 1
+                reason = f"the worker process running the task exited (pid {worker.pid})"
+                self._report(record, *worker_died_result(record.task_id, reason, self._serializer))
+            self._replenish()
+        else:
+            for callback in callbacks:
+                callback()
+        self._pump()
+
+    def _replenish(self) -> None:
+        """Start processes until ``count`` + 1 are alive or starting."""
+        if self._poller is None:
+            return
+        alive = sum(1 for w in self._by_fd.values() if w.on_gone is None) + self._starting
+        for _ in range(self._count + 1 - alive):
+            self._starting += 1
+            self._starts.put(True)
+
+    def _adopt_arrivals(self) -> None:
+        """Take the processes the starter thread started (posted to the I/O thread)."""
+        with self._lock:
+            arrived, self._arrived = self._arrived, []
+        assert self._poller is not None
+        for item in arrived:
+            self._starting -= 1
+            if isinstance(item, BaseException):
+                self._start_failed(item)
+                continue
+            self._by_fd[item.fd] = item
+            self._poller.register(item.fd, zmq.POLLIN)
+            self._idle.append(item)
+        self._pump()
+
+    def _start_failed(self, error: BaseException) -> None:
+        """No worker could start: fail what waits for one, rather than wait forever."""
+        logger.error("scheduler stub: could not start a worker process: %s", error)
+        if self._by_fd or self._starting:
+            return  # others may serve the queue
+        reason = f"no worker process could be started: {error}"
+        while self._queue:
+            record = self._queue.popleft()
+            if self._claim(record):
+                self._report(record, *worker_died_result(record.task_id, reason, self._serializer))
+
+    # -- starter thread
+
+    def _start_loop(self) -> None:
+        while self._starts.get():
+            try:
+                pid, connection = fork_worker(self._serializer_bytes, _START_TIMEOUT)
+                item: _Worker | BaseException = _Worker(pid, connection)
+            except Exception as error:
+                item = error
+            with self._lock:
+                if self._stopped:
+                    if isinstance(item, _Worker):
+                        kill_worker(item.pid)
+                        item.connection.close()
+                    return
+                self._arrived.append(item)
+            self._post(self._adopt_arrivals)

@@ -1,0 +1,266 @@
+"""Worker processes for the scheduler stub, forked from a clean "zygote" process.
+
+Why not ``multiprocessing``: with its ``spawn`` and ``forkserver`` start methods every
+child re-imports the parent's main script (as ``__mp_main__``), so a user's script that
+creates an embedded ``Client()`` without an ``if __name__ == "__main__":`` guard would
+run again in every worker; ``fork`` is unsafe in a process that runs ZeroMQ and other
+threads. So the stub starts one small interpreter (``python -c ...``, which imports
+nothing of the user's) per stub process, the zygote, and asks it to ``fork()`` each
+worker: a fork of a single-threaded process that only imported the worker's modules
+costs a few milliseconds, and nothing of the user's script runs twice.
+
+Wire, all over Unix socket pairs:
+
+- stub -> zygote (one ``socket.socketpair`` per stub process, shared by its stubs):
+  ``b"F"`` with one file descriptor attached (the worker's end of its task socket);
+  the zygote forks and answers the worker's pid as 4 bytes. EOF: the zygote exits.
+- stub <-> worker (a ``multiprocessing.connection.Connection`` over a socket pair):
+  first the stub sends the pickled serializer and the worker answers ``b"ready"``; then
+  one task at a time, ``msgpack([task_id, function, args, dep_payloads])``, answered by
+  one byte of ``ResultStatus`` code followed by the encoded ``TaskResult`` frame.
+
+The worker is the only holder of its end of the task socket, so EOF on the stub's end
+means the process is gone: that is how a kill is confirmed. Each worker leads its own
+process group, so a kill (``killpg``) also takes whatever the task started, and (on
+Linux) it is killed when the zygote dies; the zygote exits when the stub's process
+closes its socket, however that process ends.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from multiprocessing.connection import Connection
+from typing import Any
+
+__all__ = ["FunctionCache", "fork_worker", "worker_main", "zygote_main"]
+
+logger = logging.getLogger("futurefsm.scheduler_stub")
+
+_PID = struct.Struct("!i")
+
+OWNER_PID_ENV = "FUTUREFSM_SCHEDULER_PID"
+"""Set in the zygote's (and so every worker's) environment: the pid of the process
+that runs the stub. ``sample_tasks``' gates use it to find the test's gate directory."""
+
+
+# ---------------------------------------------------------------------------- stub side
+
+
+class _Zygote:
+    """The stub process's handle on its zygote (one per process, shared by stubs)."""
+
+    def __init__(self) -> None:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        env = dict(os.environ)
+        env[OWNER_PID_ENV] = str(os.getpid())
+        # The zygote must import this package as the stub does, wherever it came from.
+        package_root = os.path.dirname(os.path.dirname(os.path.dirname(__file__)))
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
+        code = "from futurefsm.scheduler_stub.processes import zygote_main; zygote_main()"
+        try:
+            self.process = subprocess.Popen(
+                [sys.executable, "-c", code, str(theirs.fileno())],
+                pass_fds=(theirs.fileno(),),
+                stdin=subprocess.DEVNULL,
+                env=env,
+            )
+        finally:
+            theirs.close()
+        self._socket = ours
+
+    def fork(self, worker_end: socket.socket) -> int:
+        """Fork a worker that serves ``worker_end``; return its pid."""
+        socket.send_fds(self._socket, [b"F"], [worker_end.fileno()])
+        answer = b""
+        while len(answer) < _PID.size:
+            chunk = self._socket.recv(_PID.size - len(answer))
+            if not chunk:
+                raise OSError("the worker zygote exited")
+            answer += chunk
+        return int(_PID.unpack(answer)[0])
+
+    def close(self) -> None:
+        self._socket.close()
+        try:
+            self.process.wait(5)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+_zygote: _Zygote | None = None
+_zygote_lock = threading.Lock()
+
+
+def fork_worker(serializer_bytes: bytes, timeout: float) -> tuple[int, Connection]:
+    """Start one worker process; return its pid and the stub's end of its connection,
+    once the worker said it is ready. Thread-safe; blocks (run it off the I/O thread).
+
+    Raises ``OSError`` (or ``TimeoutError``) if no worker could be started.
+    """
+    global _zygote
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        with _zygote_lock:
+            if _zygote is None or _zygote.process.poll() is not None:
+                if _zygote is not None:
+                    _zygote.close()
+                _zygote = _Zygote()
+            try:
+                pid = _zygote.fork(theirs)
+            except OSError:
+                _zygote.close()
+                _zygote = None
+                raise
+    finally:
+        theirs.close()  # only the worker holds it now: EOF on ours means it is gone
+    connection = Connection(ours.detach())
+    try:
+        connection.send_bytes(serializer_bytes)
+        if not connection.poll(timeout):
+            raise TimeoutError(f"worker process {pid} did not start within {timeout} s")
+        if connection.recv_bytes() != b"ready":
+            raise OSError(f"worker process {pid} did not start")
+    except BaseException:
+        kill_worker(pid)
+        connection.close()
+        raise
+    return pid, connection
+
+
+def kill_worker(pid: int) -> None:
+    """SIGKILL a worker and everything in its process group; quiet if already gone."""
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    except PermissionError:  # the group is gone and its id was reused: kill the pid only
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+# ------------------------------------------------------------------------- zygote side
+
+
+def zygote_main() -> None:
+    """Entry point of the zygote: fork a worker per request until the stub goes away."""
+    control = socket.socket(fileno=int(sys.argv[1]))
+    # Import what every worker needs once, here, so a fork starts warm.
+    from . import workers  # noqa: F401
+
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # workers are reaped by the kernel
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C is the stub's to handle
+    while True:
+        try:
+            message, fds, _, _ = socket.recv_fds(control, 16, 1)
+        except OSError:
+            message, fds = b"", []
+        if not message:
+            os._exit(0)
+        if message != b"F" or len(fds) != 1:
+            for fd in fds:
+                os.close(fd)
+            continue
+        pid = os.fork()
+        if pid == 0:
+            control.close()
+            _run_worker_child(fds[0])  # never returns
+        os.close(fds[0])
+        control.sendall(_PID.pack(pid))
+
+
+def _run_worker_child(fd: int) -> None:
+    code = 1
+    try:
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # tasks may wait for children
+        os.setpgid(0, 0)
+        _die_with_parent()
+        code = worker_main(fd)
+    except BaseException:
+        logger.exception("scheduler stub worker process failed")
+    finally:
+        os._exit(code)
+
+
+def _die_with_parent() -> None:
+    """On Linux, ask to be SIGKILLed when the zygote dies (a worker stuck in a long task
+    cannot notice its connection closing)."""
+    if sys.platform != "linux":
+        return
+    parent = os.getppid()
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # the zygote died before the request took effect
+        os._exit(1)
+
+
+# ------------------------------------------------------------------------- worker side
+
+
+class FunctionCache:
+    """Deserialized task functions by their bytes, so a function sent with every task
+    is unpickled once (as Dask's workers do). Bounded: ``size`` entries of at most
+    ``max_bytes`` each; larger functions are not cached. Thread-safe."""
+
+    def __init__(self, loads: Callable[[bytes], Any], size: int = 128, max_bytes: int = 64_000):
+        self._loads = loads
+        self._size = size
+        self._max_bytes = max_bytes
+        self._functions: OrderedDict[bytes, Any] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def load(self, data: bytes) -> Any:
+        """``loads(data)``, from the cache when it was seen before."""
+        if len(data) > self._max_bytes:
+            return self._loads(data)
+        with self._lock:
+            function = self._functions.get(data)
+            if function is not None:
+                self._functions.move_to_end(data)
+                return function
+        function = self._loads(data)
+        with self._lock:
+            self._functions[data] = function
+            if len(self._functions) > self._size:
+                self._functions.popitem(last=False)
+        return function
+
+
+def worker_main(fd: int) -> int:
+    """Serve tasks on the connection ``fd`` until it closes; return an exit code."""
+    import pickle
+
+    import msgpack
+
+    from .workers import run_call
+
+    connection = Connection(fd)
+    try:
+        serializer = pickle.loads(connection.recv_bytes())
+    except (EOFError, OSError):
+        return 0
+    functions = FunctionCache(serializer.loads)
+    connection.send_bytes(b"ready")
+    while True:
+        try:
+            data = connection.recv_bytes()
+        except (EOFError, OSError):
+            return 0
+        task_id, function, args, dep_payloads = msgpack.unpackb(data)
+        status, frame = run_call(task_id, function, args, dep_payloads, serializer, functions)
+        connection.send_bytes(bytes((status,)) + frame)
