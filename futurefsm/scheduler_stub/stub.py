@@ -430,8 +430,8 @@ class SchedulerStub:
         self._clients.clear()
         for book in clients:
             self._forget(book)
-            if notify:
-                self._send(book.identity, Disconnect())
+            if notify:  # a client that is gone already is expected here: no warning
+                self._send(book.identity, Disconnect(), quiet=True)
         self._timers.clear()
 
     def _poll_timeout_ms(self) -> int | None:
@@ -781,11 +781,16 @@ class SchedulerStub:
             self._send(identity, confirm, frame)
 
     def _send(
-        self, identity: bytes, message: Message, frame: bytes | memoryview | None = None
+        self,
+        identity: bytes,
+        message: Message,
+        frame: bytes | memoryview | None = None,
+        *,
+        quiet: bool = False,
     ) -> None:
         if frame is None:
             frame = encode(message)
-        self._send_frame(identity, _OUT_STATS[type(message)], frame, message)
+        self._send_frame(identity, _OUT_STATS[type(message)], frame, message, quiet)
 
     def _send_result(
         self, identity: bytes, task_id: bytes, status: ResultStatus, frame: bytes | memoryview
@@ -799,9 +804,10 @@ class SchedulerStub:
         stat: str,
         frame: bytes | memoryview,
         what: Message | tuple[bytes, ResultStatus],
+        quiet: bool = False,
     ) -> None:
         """Send ``frame`` to ``identity``, counted under ``stat``; ``what`` is the message
-        (or a result's id and status), for the log and the warnings."""
+        (or a result's id and status), for the log and the warnings (none if ``quiet``)."""
         # Logged and counted before the send: a peer that has the reply must find it in
         # the log and the stats already. Taken back below if the send fails.
         logged = self._note("out", identity, what, len(frame)) if self._log_messages else None
@@ -821,6 +827,8 @@ class SchedulerStub:
             # EHOSTUNREACH: the peer is gone (ROUTER_MANDATORY). EAGAIN cannot happen with
             # no high water mark, but is accounted for the same way if it does.
             self._count("unroutable")
+            if quiet:
+                return
             self._warn(
                 "scheduler stub: could not send %s to client %r: %s",
                 "TaskResult" if isinstance(what, tuple) else type(what).__name__,
