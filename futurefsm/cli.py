@@ -63,7 +63,17 @@ def _parser() -> argparse.ArgumentParser:
     scheduler.add_argument(
         "--address", default="tcp://127.0.0.1:5555", help="ZeroMQ address to bind"
     )
-    scheduler.add_argument("--workers", type=int, default=4, help="worker threads")
+    scheduler.add_argument(
+        "--workers", type=int, default=4, help="tasks run at once, each on a worker process"
+    )
+    scheduler.add_argument(
+        "--threads", action="store_true", help="run tasks on worker threads instead of processes"
+    )
+    scheduler.add_argument(
+        "--log-messages",
+        action="store_true",
+        help="keep a bounded log of the messages in and out (sizes, no payloads)",
+    )
     scheduler.add_argument(
         "--behaviour", default=None, metavar="FILE.json", help="Behaviour to apply to every task"
     )
@@ -100,7 +110,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "scheduler":
         from .scheduler_stub.cli import main as scheduler_main
 
-        return scheduler_main(args.address, workers=args.workers, behaviour_file=args.behaviour)
+        return scheduler_main(
+            args.address,
+            workers=args.workers,
+            behaviour_file=args.behaviour,
+            threads=args.threads,
+            log_messages=args.log_messages,
+        )
     if args.command == "status":
         from .status import main as status_main
 

@@ -118,7 +118,7 @@ def test_unpicklable_submit_raises_at_once_and_sends_nothing(stub_and_client):
     with pytest.raises(TypeError, match="cannot serialize the arguments"):
         client.submit(tasks.echo, lock)
     with pytest.raises(TypeError, match="cannot serialize the function"):
-        client.submit(lambda: 1)
+        client.submit(lambda: lock.locked())  # a lambda pickles (cloudpickle); a lock not
     with pytest.raises(TypeError, match="needs a callable"):
         client.submit(42)
     assert client.submit(tasks.noop).result(DEADLINE) is None

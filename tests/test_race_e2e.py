@@ -175,15 +175,14 @@ class ClientStubMachine(RuleBasedStateMachine):
 
     def _behaviour_for(self, index: int) -> Behaviour:
         # The arrival index is not the submission index: a task cancelled before it was
-        # sent never arrives. So find the Task being handled (the stub logs it just
-        # before asking) and look its Behaviour up by the value among its arguments.
-        for record in reversed(self.stub.log):
-            if record.direction == "in" and isinstance(record.message, Task):
-                args, _ = DEFAULT_SERIALIZER.loads(record.message.args)
-                for arg in args:
-                    if isinstance(arg, str) and arg in self.behaviours:
-                        return self.behaviours[arg]
-                break
+        # sent never arrives. So take the Task being handled (``stub.arriving``) and look
+        # its Behaviour up by the value among its arguments.
+        task = self.stub.arriving
+        if task is not None:
+            args, _ = DEFAULT_SERIALIZER.loads(task.args)
+            for arg in args:
+                if isinstance(arg, str) and arg in self.behaviours:
+                    return self.behaviours[arg]
         raise AssertionError(f"no Behaviour for task #{index}")
 
     def _start(
@@ -522,7 +521,7 @@ def test_a_member_result_racing_its_cancel_request_still_cancels_the_graph() -> 
     it) released the future, and the TaskCancel then named the member, not its group,
     so the rest of the graph kept running."""
     reset_gates()
-    with SchedulerStub(workers=2) as stub:
+    with SchedulerStub(workers=2, log_messages=True) as stub:
         client = Client(stub.address, cancel_timeout=CANCEL_TIMEOUT)
         try:
             futures = client.submit_graph(

@@ -16,9 +16,17 @@ from .stub import SchedulerStub
 __all__ = ["main"]
 
 
-def main(address: str, *, workers: int, behaviour_file: str | None) -> int:
-    """Serve on ``address`` with ``workers`` threads and the Behaviour in
-    ``behaviour_file`` (a JSON object of Behaviour fields) applied to every task.
+def main(
+    address: str,
+    *,
+    workers: int,
+    behaviour_file: str | None,
+    threads: bool = False,
+    log_messages: bool = False,
+) -> int:
+    """Serve on ``address`` with ``workers`` worker processes (threads if ``threads``)
+    and the Behaviour in ``behaviour_file`` (a JSON object of Behaviour fields) applied
+    to every task; keep the message log if ``log_messages``.
 
     Binds exactly the address it is given (the command's default is loopback). Prints
     ``futurefsm scheduler listening on <address>`` once serving, runs until SIGINT or
@@ -34,7 +42,13 @@ def main(address: str, *, workers: int, behaviour_file: str | None) -> int:
     previous = _install_stop_handlers(stop_requested)
     try:
         try:
-            stub = SchedulerStub(address, workers=workers, behaviour=behaviour)
+            stub = SchedulerStub(
+                address,
+                workers=workers,
+                threads=threads,
+                behaviour=behaviour,
+                log_messages=log_messages,
+            )
         except ValueError as exc:
             print(f"futurefsm scheduler: {exc}", file=sys.stderr)
             return 2

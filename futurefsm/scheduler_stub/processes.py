@@ -15,7 +15,9 @@ Wire, all over Unix socket pairs:
   ``b"F"`` with one file descriptor attached (the worker's end of its task socket);
   the zygote forks and answers the worker's pid as 4 bytes. EOF: the zygote exits.
 - stub <-> worker (a ``multiprocessing.connection.Connection`` over a socket pair):
-  first the stub sends the pickled serializer and the worker answers ``b"ready"``; then
+  first the stub sends its ``sys.path`` and the pickled serializer (so a worker imports
+  what the stub's process can, e.g. a test module's functions, pickled by reference),
+  and the worker answers ``b"ready"``; then
   one task at a time, ``msgpack([task_id, function, args, dep_payloads])``, answered by
   one byte of ``ResultStatus`` code followed by the encoded ``TaskResult`` frame.
 
@@ -30,6 +32,7 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
 import signal
 import socket
 import struct
@@ -125,7 +128,7 @@ def fork_worker(serializer_bytes: bytes, timeout: float) -> tuple[int, Connectio
         theirs.close()  # only the worker holds it now: EOF on ours means it is gone
     connection = Connection(ours.detach())
     try:
-        connection.send_bytes(serializer_bytes)
+        connection.send_bytes(pickle.dumps((list(sys.path), serializer_bytes)))
         if not connection.poll(timeout):
             raise TimeoutError(f"worker process {pid} did not start within {timeout} s")
         if connection.recv_bytes() != b"ready":
@@ -177,7 +180,10 @@ def zygote_main() -> None:
             control.close()
             _run_worker_child(fds[0])  # never returns
         os.close(fds[0])
-        control.sendall(_PID.pack(pid))
+        try:
+            control.sendall(_PID.pack(pid))
+        except OSError:  # the stub's process is gone
+            os._exit(0)
 
 
 def _run_worker_child(fd: int) -> None:
@@ -243,17 +249,17 @@ class FunctionCache:
 
 def worker_main(fd: int) -> int:
     """Serve tasks on the connection ``fd`` until it closes; return an exit code."""
-    import pickle
-
     import msgpack
 
     from .workers import run_call
 
     connection = Connection(fd)
     try:
-        serializer = pickle.loads(connection.recv_bytes())
+        path, serializer_bytes = pickle.loads(connection.recv_bytes())
     except (EOFError, OSError):
         return 0
+    sys.path[:] = path
+    serializer = pickle.loads(serializer_bytes)
     functions = FunctionCache(serializer.loads)
     connection.send_bytes(b"ready")
     while True:
