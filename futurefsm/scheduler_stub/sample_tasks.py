@@ -31,6 +31,7 @@ __all__ = [
     "echo",
     "fail",
     "gate_wait",
+    "mark_then_sleep",
     "noop",
     "open_gate",
     "reset_gates",
@@ -58,6 +59,15 @@ def echo(value: Any) -> Any:
 def sleep_then(seconds: float, value: Any = None) -> Any:
     """Sleep ``seconds``, then return ``value`` (for demos and benchmarks, not for
     synchronising tests: use a gate there)."""
+    time.sleep(seconds)
+    return value
+
+
+def mark_then_sleep(path: str, seconds: float, value: Any = None) -> Any:
+    """Create the file ``path`` (so a test in another process sees the task started),
+    sleep ``seconds``, return ``value``."""
+    with open(path, "a"):
+        pass
     time.sleep(seconds)
     return value
 

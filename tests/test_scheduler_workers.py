@@ -1,0 +1,399 @@
+"""The scheduler stub's worker processes, and the defects of issue 11 they fix.
+
+Each defect test fails on the stub with worker threads, stdlib pickle and an unbounded
+log (checked against ``main``): a force-cancelled running task ran on (3); a client
+that went away left its work running (4); functions from a client's ``__main__``
+failed on a standalone scheduler (5); the message log kept every payload (6); and a
+task holding the GIL starved the scheduler's I/O loop (1, the stub's half).
+
+Where the process boundary matters the scheduler (and the client) are real processes
+(``python -m futurefsm scheduler``). Every bound is a deadline on a wait.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import zmq
+
+import futurefsm
+from futurefsm import Client
+from futurefsm.errors import ConnectionLostError
+from futurefsm.protocol import (
+    ConfirmKind,
+    Disconnect,
+    Heartbeat,
+    HeartbeatEcho,
+    ResultStatus,
+    Task,
+    TaskCancel,
+    TaskCancelConfirm,
+    decode,
+    encode,
+    new_task_id,
+)
+from futurefsm.scheduler_stub import SchedulerStub
+from futurefsm.scheduler_stub.processes import FunctionCache
+from futurefsm.scheduler_stub.sample_tasks import (
+    echo,
+    gate_wait,
+    mark_then_sleep,
+    open_gate,
+    reset_gates,
+    wait_started,
+)
+from futurefsm.serializer import DEFAULT_SERIALIZER
+
+dumps, loads = DEFAULT_SERIALIZER.dumps, DEFAULT_SERIALIZER.loads
+
+WAIT = 10.0
+"""Deadline for anything that must happen."""
+
+ROOT = str(Path(futurefsm.__file__).resolve().parent.parent)
+ENV = {
+    **os.environ,
+    "PYTHONPATH": os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")])),
+}
+
+
+# ---------------------------------------------------------------------------
+# Helpers
+# ---------------------------------------------------------------------------
+
+
+class Peer:
+    """A raw DEALER client speaking the protocol."""
+
+    def __init__(self, context: zmq.Context[Any], address: str) -> None:
+        self.socket = context.socket(zmq.DEALER)
+        self.socket.setsockopt(zmq.LINGER, 0)
+        self.socket.connect(address)
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> bytes:
+        task_id = new_task_id()
+        self.socket.send(encode(Task(task_id, dumps(fn), dumps((args, {})), None, ())))
+        return task_id
+
+    def send(self, message: Any) -> None:
+        self.socket.send(encode(message))
+
+    def recv(self, timeout: float = WAIT) -> Any:
+        if not self.socket.poll(int(timeout * 1000)):
+            pytest.fail(f"no message from the scheduler within {timeout} s")
+        return decode(self.socket.recv())
+
+    def close(self) -> None:
+        self.socket.close(linger=0)
+
+
+@pytest.fixture
+def context() -> Iterator[zmq.Context[Any]]:
+    ctx: zmq.Context[Any] = zmq.Context()
+    yield ctx
+    ctx.destroy(linger=0)
+
+
+@pytest.fixture
+def stubs() -> Iterator[Callable[..., SchedulerStub]]:
+    made: list[SchedulerStub] = []
+
+    def make(**kwargs: Any) -> SchedulerStub:
+        made.append(SchedulerStub(**kwargs))
+        return made[-1]
+
+    yield make
+    reset_gates()
+    for stub in made:
+        stub.stop()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def standalone() -> Iterator[Callable[..., str]]:
+    """Start ``python -m futurefsm scheduler`` processes; killed at the end."""
+    processes: list[subprocess.Popen[str]] = []
+
+    def start(*options: str) -> str:
+        address = f"tcp://127.0.0.1:{free_port()}"
+        command = [sys.executable, "-m", "futurefsm", "scheduler", "--address", address]
+        process = subprocess.Popen([*command, *options], stdout=subprocess.PIPE, text=True, env=ENV)
+        processes.append(process)
+        assert process.stdout is not None
+        ready, _, _ = select.select([process.stdout], [], [], WAIT)
+        assert ready, "the scheduler did not start"
+        assert "listening" in process.stdout.readline()
+        return address
+
+    yield start
+    for process in processes:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(WAIT)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        assert process.stdout is not None
+        process.stdout.close()
+
+
+def wait_for_file(path: Path, timeout: float = WAIT) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert time.monotonic() < deadline, f"{path.name} was not created within {timeout} s"
+        time.sleep(0.005)  # a polling interval inside a deadline
+
+
+def write_then_wait(path: str, gate: str) -> str:
+    """A task with a side effect after its gate: it writes ``path`` once let go."""
+    gate_wait(gate)
+    Path(path).write_text("ran")
+    return "done"
+
+
+def mark_then_hold_the_gil(path: str, n: int) -> int:
+    """Create ``path``, then one long C call that never releases the GIL."""
+    Path(path).touch()
+    return sum(range(n))
+
+
+def exit_abruptly() -> None:
+    os._exit(3)
+
+
+# ---------------------------------------------------------------------------
+# Defect 3: a confirmed cancel of a running task stops it
+# ---------------------------------------------------------------------------
+
+
+def test_force_cancel_stops_a_running_task_before_its_side_effects(stubs, tmp_path):
+    stub = stubs(workers=1)
+    effect = tmp_path / "effect"
+    with Client(stub.address) as client:
+        future = client.submit(write_then_wait, str(effect), "side-effect")
+        assert wait_started("side-effect", WAIT)
+        assert future.cancel(timeout=WAIT)  # confirmed: its process is gone by now
+        open_gate("side-effect")
+        # One slot: this result comes after the cancelled task's, if that one ran on.
+        assert client.submit(abs, -1).result(WAIT) == 1
+    assert not effect.exists(), "the cancelled task ran on and did its side effect"
+    assert stub.stats()["workers_killed"] == 1
+
+
+def test_a_task_that_kills_its_worker_process_gets_worker_died(stubs):
+    stub = stubs(workers=1)
+    with Client(stub.address) as client:
+        future = client.submit(exit_abruptly)
+        with pytest.raises(futurefsm.WorkerDiedError, match="exited"):
+            future.result(WAIT)
+        assert client.submit(abs, -2).result(WAIT) == 2  # a new process took the slot
+
+
+# ---------------------------------------------------------------------------
+# Defect 1 (the stub's half): no task can starve the scheduler's I/O loop
+# ---------------------------------------------------------------------------
+
+
+def test_a_task_holding_the_gil_does_not_stop_the_scheduler_serving(stubs, context, tmp_path):
+    stub = stubs(workers=1)
+    peer = Peer(context, stub.address)
+    started = tmp_path / "started"
+    task_id = peer.submit(mark_then_hold_the_gil, str(started), 2 * 10**9)  # ~25 s of C
+    wait_for_file(started)
+    peer.send(Heartbeat(1))
+    assert peer.recv(timeout=5.0) == HeartbeatEcho(1)  # with threads: starved ~25 s
+    peer.send(TaskCancel(task_id, True))  # and it can be stopped
+    assert peer.recv() == TaskCancelConfirm(task_id, ConfirmKind.CANCELED)
+    peer.close()
+
+
+# ---------------------------------------------------------------------------
+# Defect 4: a client that goes away has its work dropped and stopped
+# ---------------------------------------------------------------------------
+
+
+def test_a_departed_clients_backlog_does_not_delay_the_next_client(standalone, context, tmp_path):
+    address = standalone("--workers", "1")
+    gone = Peer(context, address)
+    started = tmp_path / "started"
+    gone.submit(mark_then_sleep, str(started), 600)
+    for _ in range(2000):
+        gone.submit(mark_then_sleep, str(tmp_path / "queued"), 600)
+    wait_for_file(started)
+    gone.send(Disconnect())
+    gone.close()
+    client = Client(address)
+    try:
+        assert client.submit(abs, -1).result(WAIT) == 1
+    finally:
+        client.close()  # not shutdown(wait=True): it would wait for a stuck task
+    assert not (tmp_path / "queued").exists()
+
+
+def test_drop_client_drops_queued_and_stops_running_tasks(stubs, context):
+    stub = stubs(workers=1)
+    gone, other = Peer(context, stub.address), Peer(context, stub.address)
+    gone.submit(gate_wait, "dropped-running")
+    queued = [gone.submit(gate_wait, "dropped-queued") for _ in range(50)]
+    assert wait_started("dropped-running", WAIT)
+    identity = next(iter(stub._clients))  # the only client so far
+    assert stub.drop_client(identity, "the transport says it is gone")
+    assert not stub.drop_client(identity, "again")  # idempotent
+    stats = stub.stats()
+    assert stats["clients_dropped"] == 1 and stats["workers_killed"] == 1
+    task_id = other.submit(echo, "served")
+    result = other.recv()
+    assert result.task_id == task_id and loads(result.payload) == "served"
+    assert not wait_started("dropped-queued", 0.01)
+    gone.send(TaskCancel(queued[0], False))
+    assert gone.recv() == TaskCancelConfirm(queued[0], ConfirmKind.NOT_FOUND)
+    gone.close()
+    other.close()
+
+
+def test_a_stopping_scheduler_tells_its_clients_at_once(stubs):
+    stub = stubs(workers=1)
+    client = Client(stub.address, connection_timeout=300)
+    try:
+        future = client.submit(gate_wait, "stopping")
+        assert wait_started("stopping", WAIT)
+        stub.stop()
+        assert isinstance(future.exception(WAIT), ConnectionLostError)
+    finally:
+        client.close()
+
+
+# ---------------------------------------------------------------------------
+# Defect 5: functions from a client's __main__ run on a standalone scheduler
+# ---------------------------------------------------------------------------
+
+CLIENT_SCRIPT = textwrap.dedent(
+    """
+    import json, sys
+    from futurefsm import Client
+
+    def double(x):
+        return 2 * x
+
+    def make_adder(n):
+        def add(x):
+            return x + n
+        return add
+
+    class Scaler:
+        def __init__(self, factor):
+            self.factor = factor
+
+        def scale(self, x):
+            return self.factor * x
+
+    OFFSET = 100
+
+    with Client(sys.argv[1]) as client:
+        futures = {
+            "main_function": client.submit(double, 21),
+            "lambda": client.submit(lambda x: x + OFFSET, 1),
+            "closure": client.submit(make_adder(5), 1),
+            "method": client.submit(Scaler(3).scale, 4),
+        }
+        print(json.dumps({name: f.result(30) for name, f in futures.items()}))
+    """
+)
+
+
+def test_functions_from_a_client_script_run_on_a_standalone_scheduler(standalone, tmp_path):
+    address = standalone("--workers", "2")
+    script = tmp_path / "user_script.py"
+    script.write_text(CLIENT_SCRIPT)
+    done = subprocess.run(
+        [sys.executable, str(script), address],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=ENV,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == {
+        "main_function": 42,
+        "lambda": 101,
+        "closure": 6,
+        "method": 12,
+    }
+
+
+# ---------------------------------------------------------------------------
+# Defect 6: the message log is off unless asked, keeps no payloads, is bounded
+# ---------------------------------------------------------------------------
+
+
+def run_tasks(stub: SchedulerStub, context: zmq.Context[Any], count: int, size: int) -> None:
+    peer = Peer(context, stub.address)
+    for _ in range(count):
+        task_id = peer.submit(len, b"x" * size)
+        result = peer.recv()
+        assert result.task_id == task_id and result.status is ResultStatus.SUCCESS
+    peer.close()
+
+
+def test_the_message_log_is_off_by_default(stubs, context):
+    stub = stubs(threads=True)
+    run_tasks(stub, context, 3, 1000)
+    assert stub.log == []
+    assert stub.stats()["tasks_received"] == 3
+
+
+def test_the_message_log_keeps_sizes_not_payloads_and_is_bounded(stubs, context):
+    stub = stubs(threads=True, log_messages=True, log_limit=6)
+    run_tasks(stub, context, 5, 1_000_000)
+    log = stub.log
+    assert len(log) == 6  # the oldest went first
+    assert all(r.size >= 1_000_000 for r in log if r.direction == "in")
+    assert all(getattr(r.message, "args", b"") == b"" for r in log)
+    assert all(getattr(r.message, "payload", b"") == b"" for r in log)
+
+    small = stubs(threads=True, log_messages=True, log_bytes=1000)
+    run_tasks(small, context, 10, 10)
+    assert 0 < sum(r.cost() for r in small.log) <= 1000
+
+
+# ---------------------------------------------------------------------------
+# The function cache
+# ---------------------------------------------------------------------------
+
+
+def test_function_cache_unpickles_each_function_once_and_is_bounded():
+    loaded: list[bytes] = []
+
+    def loads_counting(data: bytes) -> Any:
+        loaded.append(data)
+        return loads(data)
+
+    cache = FunctionCache(loads_counting, size=2, max_bytes=1000)
+    one, two, three = dumps(abs), dumps(len), dumps(repr)
+    assert cache.load(one) is abs and cache.load(one) is abs
+    assert loaded == [one]
+    cache.load(two)
+    cache.load(three)  # evicts the least recently used: one
+    cache.load(one)
+    assert loaded == [one, two, three, one]
+    big = dumps(b"y" * 2000)
+    cache.load(big)
+    cache.load(big)  # too large to cache
+    assert loaded[-2:] == [big, big]
