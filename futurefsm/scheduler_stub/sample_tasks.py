@@ -85,7 +85,11 @@ def unpicklable_result() -> Any:
 def _root() -> str:
     """This test process's gate directory (a worker process finds its stub's)."""
     owner = os.environ.get(OWNER_PID_ENV) or str(os.getpid())
-    return os.path.join(tempfile.gettempdir(), f"futurefsm-gates-{os.getuid()}-{owner}")
+    return os.path.join(_TEMP, f"futurefsm-gates-{os.getuid()}-{owner}")
+
+
+_TEMP = tempfile.gettempdir()
+"""Where gate directories go, fixed at import (a test may point ``tempfile`` elsewhere)."""
 
 
 def _generation() -> str:

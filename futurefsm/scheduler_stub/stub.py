@@ -790,7 +790,7 @@ class SchedulerStub:
     ) -> None:
         if frame is None:
             frame = encode(message)
-        self._send_frame(identity, _OUT_STATS[type(message)], frame, message, quiet)
+        self._send_frame(identity, _OUT_STATS.get(type(message)), frame, message, quiet)
 
     def _send_result(
         self, identity: bytes, task_id: bytes, status: ResultStatus, frame: bytes | memoryview
@@ -801,18 +801,19 @@ class SchedulerStub:
     def _send_frame(
         self,
         identity: bytes,
-        stat: str,
+        stat: str | None,
         frame: bytes | memoryview,
         what: Message | tuple[bytes, ResultStatus],
         quiet: bool = False,
     ) -> None:
-        """Send ``frame`` to ``identity``, counted under ``stat``; ``what`` is the message
+        """Send ``frame`` to ``identity``, counted under ``stat`` (if any); ``what`` is the message
         (or a result's id and status), for the log and the warnings (none if ``quiet``)."""
         # Logged and counted before the send: a peer that has the reply must find it in
         # the log and the stats already. Taken back below if the send fails.
         logged = self._note("out", identity, what, len(frame)) if self._log_messages else None
-        with self._records_lock:
-            self._stats[stat] += 1
+        if stat is not None:
+            with self._records_lock:
+                self._stats[stat] += 1
         try:
             # Two sends with plain int flags: cheaper than send_multipart, and with
             # ROUTER_MANDATORY an unroutable identity fails on the first, sending nothing.
@@ -820,7 +821,8 @@ class SchedulerStub:
             self._router.send(frame, _NOBLOCK)
         except zmq.ZMQError as exc:
             with self._records_lock:
-                self._stats[stat] -= 1
+                if stat is not None:
+                    self._stats[stat] -= 1
                 if logged is not None and self._log and self._log[-1] is logged:
                     self._log.pop()
                     self._log_cost -= logged.cost()
