@@ -370,8 +370,9 @@ class ProcessPool:
         worker.on_gone = [on_gone]
         self._busy -= 1
         kill_worker(worker.pid)
-        self._replenish()
-        self._pump()  # the spare takes the slot now
+        # The spare takes the slot now. Its replacement is started once this process
+        # is gone, so the two do not compete for the CPU meanwhile.
+        self._pump()
         return True
 
     def on_readable(self, fd: int) -> None:
@@ -470,6 +471,7 @@ class ProcessPool:
         else:
             for callback in callbacks:
                 callback()
+            self._replenish()
         self._pump()
 
     def _replenish(self) -> None:
@@ -511,6 +513,9 @@ class ProcessPool:
 
     def _start_loop(self) -> None:
         while self._starts.get():
+            with self._lock:
+                if self._stopped:
+                    return
             try:
                 pid, connection = fork_worker(self._serializer_bytes, _START_TIMEOUT)
                 item: _Worker | BaseException = _Worker(pid, connection)
