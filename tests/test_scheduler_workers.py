@@ -45,7 +45,7 @@ from futurefsm.protocol import (
     new_task_id,
 )
 from futurefsm.scheduler_stub import SchedulerStub
-from futurefsm.scheduler_stub.processes import FunctionCache
+from futurefsm.scheduler_stub.running import FunctionCache
 from futurefsm.scheduler_stub.sample_tasks import (
     echo,
     gate_wait,

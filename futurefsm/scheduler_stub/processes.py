@@ -4,10 +4,11 @@ Why not ``multiprocessing``: with its ``spawn`` and ``forkserver`` start methods
 child re-imports the parent's main script (as ``__mp_main__``), so a user's script that
 creates an embedded ``Client()`` without an ``if __name__ == "__main__":`` guard would
 run again in every worker; ``fork`` is unsafe in a process that runs ZeroMQ and other
-threads. So the stub starts one small interpreter (``python -c ...``, which imports
+threads. So the stub starts one small interpreter (``_zygote.py``, which imports
 nothing of the user's) per stub process, the zygote, and asks it to ``fork()`` each
 worker: a fork of a single-threaded process that only imported the worker's modules
-costs a few milliseconds, and nothing of the user's script runs twice.
+(``running.py``: no ZeroMQ, no client) costs a few milliseconds to start and under a
+millisecond to kill, and nothing of the user's script runs twice.
 
 Wire, all over Unix socket pairs:
 
@@ -39,12 +40,9 @@ import struct
 import subprocess
 import sys
 import threading
-from collections import OrderedDict
-from collections.abc import Callable
 from multiprocessing.connection import Connection
-from typing import Any
 
-__all__ = ["FunctionCache", "fork_worker", "worker_main", "zygote_main"]
+__all__ = ["fork_worker", "kill_worker", "worker_main", "zygote_main"]
 
 logger = logging.getLogger("futurefsm.scheduler_stub")
 
@@ -68,10 +66,10 @@ class _Zygote:
         # The zygote must import this package as the stub does, wherever it came from.
         package_root = os.path.dirname(os.path.dirname(os.path.dirname(__file__)))
         env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
-        code = "from futurefsm.scheduler_stub.processes import zygote_main; zygote_main()"
+        bootstrap = os.path.join(os.path.dirname(__file__), "_zygote.py")
         try:
             self.process = subprocess.Popen(
-                [sys.executable, "-c", code, str(theirs.fileno())],
+                [sys.executable, bootstrap, str(theirs.fileno())],
                 pass_fds=(theirs.fileno(),),
                 stdin=subprocess.DEVNULL,
                 env=env,
@@ -160,7 +158,10 @@ def zygote_main() -> None:
     """Entry point of the zygote: fork a worker per request until the stub goes away."""
     control = socket.socket(fileno=int(sys.argv[1]))
     # Import what every worker needs once, here, so a fork starts warm.
-    from . import workers  # noqa: F401
+    import cloudpickle  # noqa: F401
+    import msgpack  # noqa: F401
+
+    from . import running  # noqa: F401
 
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # workers are reaped by the kernel
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C is the stub's to handle
@@ -218,40 +219,11 @@ def _die_with_parent() -> None:
 # ------------------------------------------------------------------------- worker side
 
 
-class FunctionCache:
-    """Deserialized task functions by their bytes, so a function sent with every task
-    is unpickled once (as Dask's workers do). Bounded: ``size`` entries of at most
-    ``max_bytes`` each; larger functions are not cached. Thread-safe."""
-
-    def __init__(self, loads: Callable[[bytes], Any], size: int = 128, max_bytes: int = 64_000):
-        self._loads = loads
-        self._size = size
-        self._max_bytes = max_bytes
-        self._functions: OrderedDict[bytes, Any] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def load(self, data: bytes) -> Any:
-        """``loads(data)``, from the cache when it was seen before."""
-        if len(data) > self._max_bytes:
-            return self._loads(data)
-        with self._lock:
-            function = self._functions.get(data)
-            if function is not None:
-                self._functions.move_to_end(data)
-                return function
-        function = self._loads(data)
-        with self._lock:
-            self._functions[data] = function
-            if len(self._functions) > self._size:
-                self._functions.popitem(last=False)
-        return function
-
-
 def worker_main(fd: int) -> int:
     """Serve tasks on the connection ``fd`` until it closes; return an exit code."""
     import msgpack
 
-    from .workers import run_call
+    from .running import FunctionCache, run_call
 
     connection = Connection(fd)
     try:

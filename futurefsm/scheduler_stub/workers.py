@@ -21,7 +21,6 @@ import logging
 import queue
 import threading
 import time
-import traceback
 from collections import deque
 from collections.abc import Callable
 from functools import partial
@@ -33,9 +32,17 @@ import msgpack
 import zmq
 
 from ..protocol import ResultStatus, TaskResult, encode
-from ..serializer import Serializer, encode_failure, substitute_dependencies
-from .processes import FunctionCache, fork_worker, kill_worker
+from ..serializer import Serializer
+from .processes import fork_worker, kill_worker
 from .records import TaskRecord, TaskState
+from .running import (
+    STATUS_CODES,
+    STATUSES,
+    WORKER_DIED_REASON,
+    FunctionCache,
+    run_call,
+    worker_died_result,
+)
 
 __all__ = [
     "STATUSES",
@@ -51,9 +58,6 @@ __all__ = [
 logger = logging.getLogger("futurefsm.scheduler_stub")
 
 _NOBLOCK = int(zmq.NOBLOCK)  # a plain int: pyzmq's flag enums cost time per call
-
-WORKER_DIED_REASON = "worker died (scripted by Behaviour.worker_died)"
-"""The reason text sent, pickled, in a scripted ``worker_died`` result."""
 
 
 class Inbox:
@@ -123,68 +127,6 @@ class Inbox:
             self._closed = True
             self._items.clear()
             self._writer.close(linger=0)
-
-
-# ----------------------------------------------------------------------- running a task
-
-STATUS_CODES: dict[ResultStatus, int] = {status: n for n, status in enumerate(ResultStatus)}
-"""A result's status as one byte, ahead of its frame on a worker process's connection."""
-STATUSES: tuple[ResultStatus, ...] = tuple(ResultStatus)
-
-
-def run_call(
-    task_id: bytes,
-    function: bytes,
-    args: bytes,
-    dep_payloads: dict[bytes, bytes] | None,
-    serializer: Serializer,
-    functions: FunctionCache,
-) -> tuple[int, bytes]:
-    """Run one task; return its status code (``STATUS_CODES``) and its encoded result.
-
-    Never raises for anything the task does: an exception while unpickling the
-    function or arguments, in the call (even ``SystemExit``), while pickling the value,
-    or while encoding a too-large result becomes a ``failed`` result.
-    """
-    try:
-        fn = functions.load(function)
-        call_args, kwargs = serializer.loads(args)
-        if dep_payloads:
-            values = {dep: serializer.loads(p) for dep, p in dep_payloads.items()}
-            call_args = substitute_dependencies(call_args, values)
-            kwargs = substitute_dependencies(kwargs, values)
-        value = fn(*call_args, **kwargs)
-        frame = encode(TaskResult(task_id, ResultStatus.SUCCESS, serializer.dumps(value)))
-        return _SUCCESS, frame
-    except BaseException as exc:  # a remote task's failure, whatever it is, is its result
-        return _FAILED, _failure(task_id, exc, serializer)
-
-
-_SUCCESS = STATUS_CODES[ResultStatus.SUCCESS]
-_FAILED = STATUS_CODES[ResultStatus.FAILED]
-_WORKER_DIED = STATUS_CODES[ResultStatus.WORKER_DIED]
-
-
-def worker_died_result(task_id: bytes, reason: str, serializer: Serializer) -> tuple[int, bytes]:
-    """A ``worker_died`` result carrying ``reason``."""
-    result = TaskResult(task_id, ResultStatus.WORKER_DIED, serializer.dumps(reason))
-    return _WORKER_DIED, encode(result)
-
-
-def _failure(task_id: bytes, exc: BaseException, serializer: Serializer) -> bytes:
-    """The ``failed`` result frame carrying ``exc`` and its traceback text."""
-    tb_text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-    try:
-        return encode(
-            TaskResult(task_id, ResultStatus.FAILED, encode_failure(exc, tb_text, serializer))
-        )
-    except Exception as error:  # e.g. an exception too large to fit in a frame
-        summary = RuntimeError(
-            f"task failed with {type(exc).__name__}, and that failure could not be sent "
-            f"back: {error!r}"
-        )
-        payload = encode_failure(summary, tb_text[-20_000:], serializer)
-        return encode(TaskResult(task_id, ResultStatus.FAILED, payload))
 
 
 Report = Callable[[TaskRecord, int, "bytes | memoryview"], None]
@@ -273,7 +215,7 @@ class ThreadPool:
             except Exception:  # only a broken serializer gets here
                 logger.exception("scheduler stub: could not run or report task %r", record)
                 status, frame = (
-                    _WORKER_DIED,
+                    STATUS_CODES[ResultStatus.WORKER_DIED],
                     encode(TaskResult(record.task_id, ResultStatus.WORKER_DIED, b"")),
                 )
             self._report(record, status, frame)
