@@ -40,6 +40,7 @@ import struct
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 from multiprocessing.connection import Connection
 
 __all__ = ["fork_worker", "kill_worker", "worker_main", "zygote_main"]
@@ -163,6 +164,7 @@ def zygote_main() -> None:
 
     from . import running  # noqa: F401
 
+    prctl = _prctl()
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # workers are reaped by the kernel
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C is the stub's to handle
     while True:
@@ -179,7 +181,7 @@ def zygote_main() -> None:
         pid = os.fork()
         if pid == 0:
             control.close()
-            _run_worker_child(fds[0])  # never returns
+            _run_worker_child(fds[0], prctl)  # never returns
         os.close(fds[0])
         try:
             control.sendall(_PID.pack(pid))
@@ -187,12 +189,18 @@ def zygote_main() -> None:
             os._exit(0)
 
 
-def _run_worker_child(fd: int) -> None:
+def _run_worker_child(fd: int, prctl: Callable[[int, int], int] | None) -> None:
     code = 1
     try:
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # tasks may wait for children
         os.setpgid(0, 0)
-        _die_with_parent()
+        if prctl is not None:
+            # Be SIGKILLed when the zygote dies: a worker stuck in a long task cannot
+            # notice its connection closing.
+            parent = os.getppid()
+            prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+            if os.getppid() != parent:  # the zygote died before that took effect
+                os._exit(1)
         code = worker_main(fd)
     except BaseException:
         logger.exception("scheduler stub worker process failed")
@@ -200,20 +208,19 @@ def _run_worker_child(fd: int) -> None:
         os._exit(code)
 
 
-def _die_with_parent() -> None:
-    """On Linux, ask to be SIGKILLed when the zygote dies (a worker stuck in a long task
-    cannot notice its connection closing)."""
+_PR_SET_PDEATHSIG = 1
+
+
+def _prctl() -> Callable[[int, int], int] | None:
+    """libc's ``prctl`` on Linux (loaded once, in the zygote), else None."""
     if sys.platform != "linux":
-        return
-    parent = os.getppid()
+        return None
     try:
         import ctypes
 
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        return ctypes.CDLL(None, use_errno=True).prctl  # type: ignore[no-any-return]
     except (OSError, AttributeError):
-        return
-    if os.getppid() != parent:  # the zygote died before the request took effect
-        os._exit(1)
+        return None
 
 
 # ------------------------------------------------------------------------- worker side
