@@ -300,6 +300,8 @@ class ProcessPool:
     def submit(self, record: TaskRecord) -> None:
         """Queue ``record``; it runs when a worker is free."""
         self._queue.append(record)
+        if not self._by_fd and not self._starting:  # every start failed: try again
+            self._replenish()
         self._pump()
 
     def kill(self, record: TaskRecord, on_gone: Callable[[], None]) -> bool:
