@@ -205,6 +205,26 @@ def test_a_task_that_kills_its_worker_process_gets_worker_died(stubs):
         assert client.submit(abs, -2).result(WAIT) == 2  # a new process took the slot
 
 
+def pid_after_gate(gate: str) -> int:
+    gate_wait(gate)
+    return os.getpid()
+
+
+@pytest.mark.parametrize("threads", [False, True])
+def test_tasks_run_at_once_each_on_its_own_process_unless_threads(stubs, threads):
+    stub = stubs(workers=2, threads=threads)
+    with Client(stub.address) as client:
+        futures = [client.submit(pid_after_gate, f"pid-{n}") for n in range(2)]
+        assert wait_started("pid-0", WAIT) and wait_started("pid-1", WAIT)  # both at once
+        open_gate("pid-0")
+        open_gate("pid-1")
+        pids = {future.result(WAIT) for future in futures}
+    if threads:
+        assert pids == {os.getpid()}
+    else:  # no GIL shared with the scheduler, nor with each other
+        assert len(pids) == 2 and os.getpid() not in pids
+
+
 # ---------------------------------------------------------------------------
 # Defect 1 (the stub's half): no task can starve the scheduler's I/O loop
 # ---------------------------------------------------------------------------
