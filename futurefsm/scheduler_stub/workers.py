@@ -338,8 +338,8 @@ class ProcessPool:
         worker.record = record.worker = None
         self._busy -= 1
         self._idle.append(worker)
+        self._pump()  # first give the worker its next task, then handle this result
         self._report(record, data[0], memoryview(data)[1:])
-        self._pump()
 
     def stop(self, deadline: float) -> list[str]:
         """Kill every worker process and wait (until ``deadline``) until they are gone.
