@@ -358,6 +358,24 @@ def test_functions_from_a_client_script_run_on_a_standalone_scheduler(standalone
     }
 
 
+def test_an_unguarded_script_with_an_embedded_client_runs_once(tmp_path):
+    """Worker processes never re-run the user's script (multiprocessing's spawn and
+    forkserver would, and without an ``if __name__ == "__main__":`` guard every worker
+    would start a client of its own)."""
+    script = tmp_path / "unguarded.py"
+    script.write_text(
+        "from futurefsm import Client\n"
+        "print('script ran', flush=True)\n"
+        "with Client(workers=2) as client:\n"
+        "    print(sorted(client.map(lambda x: x * x, range(4), timeout=30)))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=60, env=ENV
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "script ran\n[0, 1, 4, 9]\n"
+
+
 # ---------------------------------------------------------------------------
 # Defect 6: the message log is off unless asked, keeps no payloads, is bounded
 # ---------------------------------------------------------------------------
