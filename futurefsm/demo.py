@@ -110,17 +110,20 @@ class _Demo:
         _wait_until(lambda: bool(before_send), "the callback to run")
         self.rows.append(Row("cancel before sending", before_send[0], None))
 
-        # Running: all four workers busy on gates; cancel one of them.
+        # All four workers busy on gates.
         running = [self.submit(tasks.gate_wait, f"run{i}", i) for i in range(4)]
         for i in range(4):
             if not tasks.wait_started(f"run{i}", _DEADLINE):
                 raise RuntimeError("demo: a task did not start")
-        self.timed_cancel("cancel while running", running[0])
 
-        # Queued: with every worker still busy, a new task waits in the queue.
+        # Queued: with every worker busy, a new task waits in the queue.
         queued = self.submit(tasks.noop)
         self.arrived(self.submitted)
         self.timed_cancel("cancel while queued", queued)
+
+        # Running: cancel one of them (its worker process is killed; a spare takes the
+        # slot at once).
+        self.timed_cancel("cancel while running", running[0])
 
         # Racing a result: the scheduler lets the task finish and sends its result
         # before the confirm. The future still ends cancelled (RESULT_RACED).
