@@ -125,24 +125,33 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.fixture
-def standalone() -> Iterator[Callable[..., str]]:
-    """Start ``python -m futurefsm scheduler`` processes; killed at the end."""
-    processes: list[subprocess.Popen[str]] = []
+class Standalone:
+    """Starts ``python -m futurefsm scheduler`` processes: calling it with options
+    returns the address; ``pids`` maps an address to its process id."""
 
-    def start(*options: str) -> str:
+    def __init__(self) -> None:
+        self.processes: list[subprocess.Popen[str]] = []
+        self.pids: dict[str, int] = {}
+
+    def __call__(self, *options: str) -> str:
         address = f"tcp://127.0.0.1:{free_port()}"
         command = [sys.executable, "-m", "futurefsm", "scheduler", "--address", address]
         process = subprocess.Popen([*command, *options], stdout=subprocess.PIPE, text=True, env=ENV)
-        processes.append(process)
+        self.processes.append(process)
+        self.pids[address] = process.pid
         assert process.stdout is not None
         ready, _, _ = select.select([process.stdout], [], [], WAIT)
         assert ready, "the scheduler did not start"
         assert "listening" in process.stdout.readline()
         return address
 
+
+@pytest.fixture
+def standalone() -> Iterator[Standalone]:
+    """Scheduler processes, stopped (SIGTERM, else killed) at the end."""
+    start = Standalone()
     yield start
-    for process in processes:
+    for process in start.processes:
         process.send_signal(signal.SIGTERM)
         try:
             process.wait(WAIT)
@@ -374,6 +383,19 @@ def test_an_unguarded_script_with_an_embedded_client_runs_once(tmp_path):
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout == "script ran\n[0, 1, 4, 9]\n"
+
+
+def test_the_scheduler_command_takes_threads_and_log_messages(standalone, context):
+    address = standalone("--workers", "1", "--threads", "--log-messages")
+    peer = Peer(context, address)
+    task_id = peer.submit(os.getpid)
+    result = peer.recv()
+    assert result.task_id == task_id and result.status is ResultStatus.SUCCESS
+    pid = loads(result.payload)
+    peer.send(Heartbeat(1))
+    assert peer.recv() == HeartbeatEcho(1)
+    peer.close()
+    assert pid == standalone.pids[address]  # a thread of the scheduler's own process
 
 
 # ---------------------------------------------------------------------------
