@@ -141,15 +141,16 @@ def fork_worker(serializer_bytes: bytes, timeout: float) -> tuple[int, Connectio
 
 def kill_worker(pid: int) -> None:
     """SIGKILL a worker and everything in its process group; quiet if already gone."""
-    try:
-        os.killpg(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    except PermissionError:  # the group is gone and its id was reused: kill the pid only
+    # The group first (what the task started dies too); the pid alone if the worker
+    # has not made its group yet. A group or pid that is not ours any more: left alone.
+    for kill in (os.killpg, os.kill):
         try:
-            os.kill(pid, signal.SIGKILL)
+            kill(pid, signal.SIGKILL)
+            return
         except ProcessLookupError:
-            pass
+            continue
+        except PermissionError:
+            return
 
 
 # ------------------------------------------------------------------------- zygote side

@@ -353,7 +353,8 @@ class ProcessPool:
         workers = list(self._by_fd.values())
         workers.extend(w for w in arrived if isinstance(w, _Worker))
         for worker in workers:
-            kill_worker(worker.pid)
+            if worker.on_gone is None:  # not killed already
+                kill_worker(worker.pid)
         left = {worker.connection: worker for worker in workers}
         while left:
             timeout = deadline - time.monotonic()
@@ -363,7 +364,7 @@ class ProcessPool:
                 try:
                     connection.recv_bytes()
                 except (EOFError, OSError):
-                    left.pop(connection).connection.close()  # type: ignore[call-overload]
+                    left.pop(connection).connection.close()
         self._starter.join(max(0.0, deadline - time.monotonic()))
         return [repr(worker) for worker in left.values()]
 
