@@ -20,6 +20,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -431,6 +432,27 @@ def test_the_message_log_keeps_sizes_not_payloads_and_is_bounded(stubs, context)
     small = stubs(threads=True, log_messages=True, log_bytes=1000)
     run_tasks(small, context, 10, 10)
     assert 0 < sum(r.cost() for r in small.log) <= 1000
+
+
+class LockedSerializer:
+    """A serializer that cannot itself be pickled (it holds a lock)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+
+    def dumps(self, obj: Any) -> bytes:
+        return dumps(obj)
+
+    def loads(self, data: bytes) -> Any:
+        return loads(data)
+
+
+def test_a_serializer_workers_cannot_get_is_refused_naming_it(stubs):
+    with pytest.raises(TypeError, match=r"serializer: .*LockedSerializer.*threads=True"):
+        SchedulerStub(serializer=LockedSerializer())
+    stub = stubs(threads=True, serializer=LockedSerializer())  # threads share it
+    with Client(stub.address, serializer=LockedSerializer()) as client:
+        assert client.submit(abs, -3).result(WAIT) == 3
 
 
 # ---------------------------------------------------------------------------

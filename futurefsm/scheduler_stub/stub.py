@@ -270,16 +270,17 @@ class SchedulerStub:
             self.address: str = _connectable(self._router.getsockopt(zmq.LAST_ENDPOINT).decode())
             """The bound address, as a client on this host connects to it."""
             self._inbox = Inbox(self._context, name)
+            self._pool: ProcessPool | ThreadPool
+            if threads:
+                self._pool = ThreadPool(workers, self._serializer, self._claim, self._report, name)
+            else:
+                post = self._inbox.post
+                self._pool = ProcessPool(
+                    workers, self._serializer, self._claim, self._on_task_done, post, name
+                )
         except BaseException:
             self._context.destroy(linger=0)
             raise
-        self._pool: ProcessPool | ThreadPool
-        if threads:
-            self._pool = ThreadPool(workers, self._serializer, self._claim, self._report, name)
-        else:
-            self._pool = ProcessPool(
-                workers, self._serializer, self._claim, self._on_task_done, self._inbox.post, name
-            )
         self._io_thread = threading.Thread(target=self._run, name=f"{name}-io", daemon=True)
         self._io_thread.start()
 

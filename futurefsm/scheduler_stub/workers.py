@@ -267,9 +267,15 @@ class ProcessPool:
         post: Callable[[Callable[[], None]], bool],
         name: str,
     ) -> None:
+        try:  # first: nothing is started if this fails
+            self._serializer_bytes = cloudpickle.dumps(serializer)
+        except Exception as error:
+            raise TypeError(
+                f"serializer: {serializer!r} cannot be sent to worker processes ({error}); "
+                "make it picklable, or use threads=True"
+            ) from error
         self._count = count
         self._serializer = serializer
-        self._serializer_bytes = cloudpickle.dumps(serializer)
         self._claim = claim
         self._report = report
         self._post = post
