@@ -1,0 +1,769 @@
+"""The Dask engine: futurefsm's futures on a ``distributed`` cluster, with confirmed cancel.
+
+Theory of operation
+-------------------
+The engine rides on a ``distributed.Client`` (its own, or one the user already has)
+and talks to the scheduler on that client's ordered stream, but keeps its tasks out
+of Dask's ``Future`` bookkeeping:
+
+- ``submit``: ``prepare`` builds and serializes the ``update-graph`` message in the
+  user's thread, as ``distributed.Client.submit`` does; the engine's thread (the Dask
+  client's event loop) fires ``future.sent()`` and writes it to the stream.
+- inbound: the engine adds its handlers to the client's ``_stream_handlers``.
+  ``key-in-memory`` queues the key for a batched ``gather`` (one request in flight at
+  a time; keys arriving meanwhile make the next batch), then ``recv_result``;
+  ``task-erred`` becomes ``recv_result(exception=...)`` with the remote traceback
+  attached (``KilledWorker``: ``WorkerDiedError``); Dask's own messages for keys that
+  are not the engine's go to Dask's handlers unchanged.
+- cancel: Dask's own cancel is not confirmed, so the engine ships a small
+  ``SchedulerPlugin`` (``futurefsm.engines.dask_plugin``) when it connects, checks it
+  is there, and sends ``futurefsm-cancel`` on the same stream. The plugin answers
+  per key, after the scheduler processed the cancel: ``canceled``, ``not_found``,
+  ``cancel_failed`` (another client wants it), or ``result`` (it was already in
+  memory or erred: the result, earlier on the stream, won). A ``result`` answer to a
+  future still cancelling delivers that result first, so the table's
+  ``cancel_requested`` + ``recv_result`` cell says ``RESULT_RACED``.
+- a terminal future's key is released (``client-releases-keys``) in batches.
+- liveness: every ``heartbeat_interval`` the engine pings the plugin on the stream;
+  nothing heard for ``connection_timeout``, or the Dask client reconnecting (it then
+  cancels its own futures locally; the scheduler has dropped this client's tasks),
+  resolves every live future through ``connection_lost``: a ``ConnectionLostError``,
+  never a cancel that looks confirmed.
+
+Dask never interrupts a running task: "canceled" means the scheduler released it; a
+thread already running it runs to its end and its result is thrown away.
+
+Private parts of ``distributed`` used here (pinned in the ``dask`` extra, checked by
+``tests/test_engine_dask.py``): ``Client._stream_handlers``, ``Client.scheduler_comm``,
+``Client.status``, the ``update-graph`` / ``client-releases-keys`` / ``cancel-keys``
+stream messages, and ``Scheduler.stream_handlers`` / ``stimulus_cancel`` (plugin).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import threading
+import time
+import traceback
+import uuid
+from collections.abc import Callable, Hashable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import cloudpickle
+import dask
+import distributed
+from dask._expr import LLGExpr
+from dask._task_spec import Alias, DataNode, Task, parse_input
+from dask.utils import funcname
+from distributed.core import clean_exception
+from distributed.protocol import serialize, to_serialize
+from distributed.protocol.serialize import Serialized, ToPickle
+from distributed.scheduler import KilledWorker
+
+from ..client.graph import as_task
+from ..errors import RemoteTraceback, TaskFailedError, WorkerDiedError
+from ..fsm import Effect, FutureState
+from . import Engine, EngineClient
+from . import dask_plugin as _plugin
+
+if TYPE_CHECKING:
+    from ..client.future import TaskFuture
+
+__all__ = ["SUPPORTED_DISTRIBUTED", "DaskEngine", "DaskPluginError", "PreparedDask"]
+
+LOGGER = logging.getLogger("futurefsm.engines.dask")
+
+SUPPORTED_DISTRIBUTED = ">=2026.8.0,<2026.9"
+"""The ``distributed`` releases whose private attributes this engine was checked on
+(the ``dask`` extra pins the same range)."""
+
+_SPAN = {"collections": [{"type": "Future"}]}
+# The plugin is shipped by value: the scheduler needs only distributed, not futurefsm.
+cloudpickle.register_pickle_by_value(_plugin)
+
+
+class DaskPluginError(RuntimeError):
+    """The scheduler cannot confirm cancels: futurefsm's plugin is missing or refused."""
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedDask:
+    """A task (or a graph, shared by its members) ready to go on the Dask stream."""
+
+    task_id: bytes
+    key: str
+    message: dict[str, Any]
+
+
+def _update_graph(dsk: dict[str, Any], keys: list[str], what: str) -> dict[str, Any]:
+    """The ``update-graph`` message ``distributed.Client`` sends for ``dsk``,
+    serialized now (``TypeError`` naming ``what`` if it cannot be)."""
+    try:
+        expr = LLGExpr(dsk, _determ_token=uuid.uuid4().hex)
+        expr_ser = Serialized(*serialize(to_serialize(expr), on_error="raise"))
+    except Exception as error:
+        raise TypeError(f"cannot serialize {what} for Dask: {error}") from error
+    return {
+        "op": "update-graph",
+        "expr_ser": expr_ser,
+        "keys": set(keys),
+        "internal_priority": None if len(keys) > 1 else dict.fromkeys(keys, 0),
+        "submitting_task": None,
+        "fifo_timeout": 0,
+        "actors": None,
+        "code": ToPickle(()),
+        "annotations": ToPickle(dict(dask.get_annotations())),
+        "span_metadata": ToPickle(_SPAN),
+    }
+
+
+def _new_key(fn: Any) -> str:
+    try:
+        name = funcname(fn)
+    except Exception:
+        name = "task"
+    return f"{name}-{uuid.uuid4().hex}"
+
+
+def _remote_exception(exception: Any, tb: Any, key: str) -> BaseException:
+    """A ``task-erred`` payload as the exception ``result()`` raises (never raises)."""
+    try:
+        _, exc, tb_object = clean_exception(exception, tb)
+    except Exception as error:
+        return TaskFailedError(f"task {key} failed, and its error is unreadable: {error!r}")
+    if exc is None:
+        return TaskFailedError(f"task {key} failed without an exception")
+    if isinstance(exc, KilledWorker):
+        died = WorkerDiedError(f"the workers running task {key} died: {exc}")
+        died.__cause__ = exc
+        return died
+    lines = ["Traceback (most recent call last):\n"]
+    if tb_object is not None:
+        lines += traceback.format_tb(tb_object)
+    lines += traceback.format_exception_only(type(exc), exc)
+    exc.__cause__ = RemoteTraceback("".join(lines))
+    return exc
+
+
+class DaskEngine(Engine):
+    """Runs futurefsm's futures on a Dask cluster, through a ``distributed.Client``.
+
+    ``DaskEngine(dask_client)`` uses a client you already have (it stays yours: the
+    engine's ``close()`` does not close it); ``Client(address, engine="dask")`` makes
+    one for the scheduler at ``address`` (``tcp://host:8786``) and closes it again.
+    ``address=None`` starts a ``distributed.LocalCluster`` (``workers`` workers).
+
+    ``register_plugin``: ship futurefsm's cancel plugin to the scheduler when
+    connecting (default); with False it must already be there (``dask scheduler
+    --preload futurefsm.engines.dask_plugin``). Without it the engine refuses to
+    start (``DaskPluginError``): cancels could not be confirmed.
+
+    ``fetch_interval``: finished values are gathered at once when the engine is idle,
+    and at most once per this many seconds when results keep coming (they share one
+    request: one request per result costs far more CPU than Dask's own client).
+    """
+
+    def __init__(
+        self,
+        dask_client: distributed.Client,
+        *,
+        register_plugin: bool = True,
+        fetch_interval: float = 0.02,
+        _owned: tuple[Any, ...] = (),
+    ) -> None:
+        if not isinstance(dask_client, distributed.Client):
+            raise TypeError(f"DaskEngine: expected a distributed.Client, got {dask_client!r}")
+        if dask_client.asynchronous:
+            raise ValueError("DaskEngine: needs a synchronous distributed.Client")
+        self._dask = dask_client
+        self._owned = _owned  # what close() closes: our own client (and cluster)
+        self._register_plugin = register_plugin
+        self.address = str(dask_client.scheduler.address)
+        self._client: EngineClient | None = None
+        self._ours: dict[str, TaskFuture] = {}
+        self._groups: dict[bytes, list[str]] = {}
+        self._outbox: collections.deque[tuple[Any, ...]] = collections.deque()
+        self._releases: collections.deque[str] = collections.deque()
+        self._wake_pending = False
+        self._to_fetch: dict[str, None] = {}
+        self._fetching = False
+        self._fetch_interval = fetch_interval
+        self._last_fetch = 0.0
+        self._closed = False
+        self._close_lock = threading.Lock()
+        self._loop_thread: int | None = None
+        self._original_handlers: dict[str, Callable[..., Any]] = {}
+        self._comm: Any = None
+        self._last_heard = time.monotonic()
+        self._plugin_ok = False
+        self._watchdog: Any = None
+
+    @classmethod
+    def from_address(cls, address: str | None, **options: Any) -> DaskEngine:
+        """``Client(address, engine="dask")``: a new ``distributed.Client`` for the
+        scheduler at ``address`` (None: a new ``LocalCluster`` with ``workers``
+        workers). ``register_plugin`` and ``fetch_interval`` go to the engine; other
+        options go to ``distributed.Client``."""
+        if options.pop("serializer", None) is not None:
+            raise ValueError("serializer: Dask serializes tasks itself; leave it unset")
+        engine_options = {
+            name: options.pop(name)
+            for name in ("register_plugin", "fetch_interval")
+            if name in options
+        }
+        workers = options.pop("workers", None)
+        owned: list[Any] = []
+        if address is None:
+            cluster = distributed.LocalCluster(
+                n_workers=workers or 2, threads_per_worker=1, dashboard_address=None
+            )
+            owned.append(cluster)
+            address = cluster.scheduler_address
+        elif workers is not None:
+            raise ValueError("workers: only meaningful without an address (a LocalCluster)")
+        options.setdefault("set_as_default", False)
+        try:
+            dask_client = distributed.Client(address, **options)
+        except BaseException:
+            for item in owned:
+                item.close()
+            raise
+        owned.insert(0, dask_client)
+        return cls(dask_client, **engine_options, _owned=tuple(owned))
+
+    def __repr__(self) -> str:
+        return f"<DaskEngine {self.address}>"
+
+    # ------------------------------------------------------------------ the seam
+
+    def start(self, client: EngineClient) -> None:
+        """Check (and ship) the cancel plugin, hook the client's stream, start pinging."""
+        self._client = client
+        try:
+            self._dask.sync(self._start)
+        except BaseException:
+            self._close_owned()
+            raise
+
+    async def _start(self) -> None:
+        self._loop_thread = threading.get_ident()
+        await self._ensure_plugin()
+        handlers = self._dask._stream_handlers
+        ours: dict[str, Callable[..., Any]] = {
+            "key-in-memory": self._on_key_in_memory,
+            "task-erred": self._on_task_erred,
+            "cancelled-keys": self._on_cancelled_keys,
+            "restart": self._on_restart,
+            _plugin.CANCEL_ANSWER_OP: self._on_cancel_answer,
+            _plugin.PONG_OP: self._on_pong,
+        }
+        for op, handler in ours.items():
+            if op in handlers:
+                self._original_handlers[op] = handlers[op]
+            handlers[op] = handler
+        self._comm = self._dask.scheduler_comm
+        self._last_heard = time.monotonic()
+        client = self._client
+        assert client is not None
+        from tornado.ioloop import PeriodicCallback
+
+        self._watchdog = PeriodicCallback(self._watch, client.heartbeat_interval * 1000)
+        self._watchdog.start()
+
+    async def _ensure_plugin(self) -> None:
+        """Make sure the scheduler runs the cancel plugin; ``DaskPluginError`` if not."""
+        if self._register_plugin:
+            try:
+                await self._dask.scheduler.register_scheduler_plugin(
+                    plugin=distributed.protocol.pickle.dumps(_plugin.FutureFSMCancelPlugin()),
+                    name=_plugin.PLUGIN_NAME,
+                    idempotent=True,
+                )
+            except Exception as error:
+                raise DaskPluginError(
+                    f"the Dask scheduler at {self.address} refused futurefsm's cancel "
+                    f"plugin ({error!r}); start it with "
+                    "`dask scheduler --preload futurefsm.engines.dask_plugin`"
+                ) from error
+        info = await self._plugin_info()
+        if info is None:
+            raise DaskPluginError(
+                f"the Dask scheduler at {self.address} has no futurefsm cancel plugin, so "
+                "cancels cannot be confirmed; start it with "
+                "`dask scheduler --preload futurefsm.engines.dask_plugin` or let the "
+                "engine register it (register_plugin=True)"
+            )
+        if info.get("protocol") != _plugin.PROTOCOL:
+            raise DaskPluginError(
+                f"the Dask scheduler at {self.address} runs futurefsm's cancel plugin "
+                f"protocol {info.get('protocol')!r}, this client speaks {_plugin.PROTOCOL}"
+            )
+        self._plugin_ok = True
+
+    async def _plugin_info(self) -> dict[str, Any] | None:
+        # An RPC the scheduler does not know is answered with None (and a warning in
+        # its log), unlike a stream op, which would close the connection.
+        rpc = getattr(self._dask.scheduler, _plugin.RPC_OP)
+        info = await rpc()
+        return info if isinstance(info, dict) else None
+
+    def prepare(
+        self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> PreparedDask:
+        """Build and serialize the task's ``update-graph`` (in the submitting thread)."""
+        if not callable(fn):
+            raise TypeError(f"submit() needs a callable, got {fn!r}")
+        key = _new_key(fn)
+        task = Task(
+            key,
+            fn,
+            *(parse_input(arg) for arg in args),
+            **{name: parse_input(value) for name, value in kwargs.items()},
+        )
+        message = _update_graph({key: task}, [key], f"{getattr(fn, '__name__', fn)!r} for submit()")
+        return PreparedDask(key.encode(), key, message)
+
+    def prepare_graph(
+        self, graph: Mapping[Hashable, Any], order: list[Hashable], group_id: bytes
+    ) -> list[PreparedDask]:
+        """One Dask graph for the whole group: each key becomes a Dask key, and an
+        argument naming another key becomes a dependency on it."""
+        keys = {key: _new_key(as_task(graph[key])[0]) for key in order}
+
+        def convert(item: Any) -> Any:
+            try:
+                if item in graph:
+                    return Alias(keys[item])
+            except TypeError:  # unhashable
+                pass
+            if isinstance(item, list):
+                return [convert(element) for element in item]
+            return item
+
+        dsk: dict[str, Any] = {}
+        for key in order:
+            value = graph[key]
+            if isinstance(value, tuple) and value and callable(value[0]):
+                fn, args = as_task(value)
+                dsk[keys[key]] = Task(keys[key], fn, *(parse_input(convert(a)) for a in args))
+            else:
+                dsk[keys[key]] = DataNode(keys[key], value)
+        dask_keys = [keys[key] for key in order]
+        message = _update_graph(dsk, dask_keys, "the graph for submit_graph()")
+        return [PreparedDask(dask_key.encode(), dask_key, message) for dask_key in dask_keys]
+
+    def send(self, future: TaskFuture, prepared: PreparedDask) -> None:  # type: ignore[override]
+        """Queue the task for the engine's thread."""
+        self._post(("task", future, prepared))
+
+    def send_graph(self, group_id: bytes, members: list[tuple[TaskFuture, PreparedDask]]) -> None:  # type: ignore[override]
+        """Queue the graph: sent whole (one ``update-graph``) or not at all."""
+        self._groups[group_id] = [prepared.key for _, prepared in members]
+        self._post(("graph", group_id, members))
+
+    def send_cancel(self, futures: list[TaskFuture], force: bool = True) -> None:
+        """Queue one plugin cancel for these futures' keys (a graph member: its whole
+        graph's). ``force`` is not used: a key another client wants is refused."""
+        if not self._plugin_ok and not self._closed:
+            raise DaskPluginError(
+                f"cannot cancel on the Dask scheduler at {self.address}: futurefsm's "
+                "cancel plugin is not (or no longer) confirmed there"
+            )
+        keys: list[str] = []
+        for future in futures:
+            group = None if future.group_id is None else self._groups.get(future.group_id)
+            keys.extend(group if group is not None else [future.task_id.decode()])
+        self._post(("cancel", keys))
+
+    def forget(self, future: TaskFuture) -> None:
+        """The future is terminal: release its key on the scheduler (in a batch)."""
+        key = future.task_id.decode()
+        if self._ours.pop(key, None) is not None:
+            self._to_fetch.pop(key, None)
+            self._releases.append(key)
+            self._post(None)
+        if future.group_id is not None:
+            group = self._groups.get(future.group_id)
+            if group is not None and all(k not in self._ours for k in group):
+                self._groups.pop(future.group_id, None)
+
+    def close(self) -> None:
+        """Stop delivering, release what is left, and close our own Dask client."""
+        with self._close_lock:
+            if self._closed:
+                return
+            self._closed = True
+        if self._loop_thread is not None and not self._dask_closed():
+            if self.on_io_thread():
+                self._unhook()
+            else:
+                try:
+                    self._dask.sync(self._async_unhook)
+                except Exception:
+                    LOGGER.debug("DaskEngine.close: could not unhook", exc_info=True)
+        if self.on_io_thread():
+            # Closing the Dask client waits for its own loop: not from that loop.
+            threading.Thread(target=self._close_owned, daemon=True).start()
+        else:
+            self._close_owned()
+
+    def on_io_thread(self) -> bool:
+        """True on the Dask client's event loop thread (it delivers every event)."""
+        return threading.get_ident() == self._loop_thread
+
+    # ------------------------------------------------------------------ closing
+
+    def _dask_closed(self) -> bool:
+        return self._dask.status in ("closing", "closed")
+
+    async def _async_unhook(self) -> None:
+        self._unhook()
+
+    def _unhook(self) -> None:
+        """Put Dask's own handlers back, stop pinging, release every key still held."""
+        if self._watchdog is not None:
+            self._watchdog.stop()
+        handlers = self._dask._stream_handlers
+        for op in (_plugin.CANCEL_ANSWER_OP, _plugin.PONG_OP):
+            handlers.pop(op, None)
+        handlers.update(self._original_handlers)
+        self._drain()
+        keys = list(self._ours)
+        if keys and self._dask.status == "running":
+            self._dask_send({"op": "client-releases-keys", "keys": keys, "client": self._dask.id})
+
+    def _close_owned(self) -> None:
+        for item in self._owned:
+            try:
+                item.close()
+            except Exception:
+                LOGGER.debug("DaskEngine.close: closing %r failed", item, exc_info=True)
+
+    # ------------------------------------------------------------------ engine's thread
+
+    def _post(self, item: tuple[Any, ...] | None) -> None:
+        """Queue ``item`` (None: just wake) for the loop thread; wake it once."""
+        if item is not None:
+            self._outbox.append(item)
+        if not self._wake_pending:
+            self._wake_pending = True
+            try:
+                self._dask.loop.add_callback(self._drain)
+            except Exception:  # the loop is gone: nothing will send it
+                self._wake_pending = False
+                raise
+
+    def _drain(self) -> None:
+        """On the loop: send everything queued, cancels of one round in one message."""
+        self._wake_pending = False  # before draining: a later post wakes us again
+        cancel_keys: list[str] = []
+        outbox = self._outbox
+        while outbox:
+            item = outbox.popleft()
+            try:
+                if item[0] == "task":
+                    self._send_task(item[1], item[2])
+                elif item[0] == "graph":
+                    cancel_keys += self._send_graph(item[1], item[2])
+                else:
+                    cancel_keys += item[1]
+            except Exception:
+                LOGGER.exception("Dask engine: failed to send %s", item[0])
+                self._count("io_errors")
+        if cancel_keys and not self._closed:
+            self._dask_send({"op": _plugin.CANCEL_OP, "keys": list(dict.fromkeys(cancel_keys))})
+        if self._releases:
+            keys = []
+            while self._releases:
+                keys.append(self._releases.popleft())
+            if self._dask.status == "running":
+                self._dask_send(
+                    {"op": "client-releases-keys", "keys": keys, "client": self._dask.id}
+                )
+
+    def _send_task(self, future: TaskFuture, prepared: PreparedDask) -> None:
+        # Registered before "sent": a result cannot come before the message goes, and
+        # a forget() racing this (the future lost meanwhile) must find it.
+        self._ours[prepared.key] = future
+        if future.sent().effect is Effect.STALE:
+            self._ours.pop(prepared.key, None)
+            return
+        if not self._connected():
+            future.connection_lost()
+            return
+        self._dask_send(prepared.message)
+
+    def _send_graph(
+        self, group_id: bytes, members: list[tuple[TaskFuture, PreparedDask]]
+    ) -> list[str]:
+        """Send the graph whole; return the keys to cancel if a member was cancelled
+        between the check and its "sent" (as a cancel of any member would)."""
+        if any(future.state is not FutureState.PENDING for future, _ in members):
+            for future, _ in members:
+                future._request_cancel(time.monotonic())  # pending: cancelled, no message
+            return []
+        for future, prepared in members:
+            self._ours[prepared.key] = future
+        sent = [future.sent().effect is not Effect.STALE for future, _ in members]
+        for (_, prepared), ok in zip(members, sent, strict=True):
+            if not ok:
+                self._ours.pop(prepared.key, None)
+        if not self._connected():
+            for future, _ in members:
+                future.connection_lost()
+            return []
+        self._dask_send(members[0][1].message)
+        if all(sent):
+            return []
+        return [prepared.key for (_, prepared), ok in zip(members, sent, strict=True) if ok]
+
+    def _connected(self) -> bool:
+        return (
+            self._dask.status == "running"
+            and self._dask.scheduler_comm is self._comm
+            and self._comm is not None
+        )
+
+    def _dask_send(self, message: dict[str, Any]) -> None:
+        comm = self._dask.scheduler_comm
+        if comm is None:
+            raise ConnectionError("the Dask client has no scheduler connection")
+        comm.send(message)
+
+    # ------------------------------------------------------------------ inbound
+
+    def _future(self, key: Any, message: object) -> TaskFuture | None:
+        future = self._ours.get(key) if isinstance(key, str) else None
+        if future is not None:
+            self._last_heard = time.monotonic()
+        return future
+
+    def _fire_checked(self, cell: Any, message: object) -> None:
+        if cell.effect is Effect.STALE and self._client is not None:
+            self._client.stale(message)
+
+    def _on_key_in_memory(self, key: Any = None, **message: Any) -> None:
+        future = self._future(key, message)
+        if future is None:
+            self._delegate("key-in-memory", key=key, **message)
+            return
+        try:
+            if future.state is FutureState.CANCEL_REQUESTED:
+                # The cancel lost the race: the value would be thrown away, skip it.
+                self._fire_checked(future.recv_result(None), ("key-in-memory", key))
+            elif future.state is FutureState.RUNNING:
+                self._to_fetch[key] = None
+                if not self._fetching:
+                    self._fetching = True
+                    self._dask.loop.add_callback(self._fetch)
+            else:
+                self._stale(("key-in-memory", key))
+        except Exception:
+            LOGGER.exception("Dask engine: failed to handle key-in-memory %s", key)
+            self._count("io_errors")
+
+    def _on_task_erred(
+        self, key: Any = None, exception: Any = None, traceback: Any = None, **message: Any
+    ) -> None:
+        future = self._future(key, message)
+        if future is None:
+            self._delegate(
+                "task-erred", key=key, exception=exception, traceback=traceback, **message
+            )
+            return
+        try:
+            error = _remote_exception(exception, traceback, key)
+            self._to_fetch.pop(key, None)
+            self._fire_checked(future.recv_result(None, error), ("task-erred", key))
+        except Exception:
+            LOGGER.exception("Dask engine: failed to handle task-erred %s", key)
+            self._count("io_errors")
+
+    def _on_cancelled_keys(self, keys: Any = (), **message: Any) -> None:
+        """The scheduler released keys (``stimulus_cancel``, forgotten, lost
+        dependencies): a confirm for a future cancelling, unasked for one running."""
+        others = []
+        for key in keys or ():
+            future = self._future(key, message)
+            if future is None:
+                others.append(key)
+                continue
+            try:
+                self._to_fetch.pop(key, None)
+                self._fire_checked(future.recv_cancel_confirm("canceled"), ("cancelled", key))
+            except Exception:
+                LOGGER.exception("Dask engine: failed to handle cancelled-keys %s", key)
+                self._count("io_errors")
+        if others:
+            self._delegate("cancelled-keys", keys=others, **message)
+
+    def _on_cancel_answer(self, answers: Any = None, **_: Any) -> None:
+        """The plugin's answer to a ``futurefsm-cancel``, per key."""
+        self._last_heard = time.monotonic()
+        if not isinstance(answers, dict):
+            self._count("protocol_errors")
+            LOGGER.warning("Dask engine: malformed cancel answer %r", answers)
+            return
+        for key, kind in answers.items():
+            future = self._ours.get(key) if isinstance(key, str) else None
+            if future is None:
+                self._stale(("cancel-answer", key, kind))
+                continue
+            try:
+                if kind == "result":
+                    if future.state is FutureState.CANCEL_REQUESTED:
+                        # Its result came first on the stream: deliver it, so the table
+                        # decides RESULT_RACED (the value itself is discarded).
+                        self._to_fetch.pop(key, None)
+                        self._fire_checked(future.recv_result(None), ("cancel-answer", key))
+                    # A running sibling: its own result (being fetched) finishes it.
+                else:
+                    cell = future.recv_cancel_confirm(kind)
+                    self._fire_checked(cell, ("cancel-answer", key, kind))
+            except ValueError:
+                self._count("protocol_errors")
+                LOGGER.warning("Dask engine: unknown cancel answer %r for %s", kind, key)
+            except Exception:
+                LOGGER.exception("Dask engine: failed to handle the cancel answer for %s", key)
+                self._count("io_errors")
+
+    def _on_pong(self, **_: Any) -> None:
+        self._last_heard = time.monotonic()
+
+    def _on_restart(self, **message: Any) -> None:
+        """The scheduler restarted its workers and dropped every task."""
+        for key, future in list(self._ours.items()):
+            try:
+                self._to_fetch.pop(key, None)
+                self._fire_checked(future.recv_cancel_confirm("canceled"), ("restart", key))
+            except Exception:
+                LOGGER.exception("Dask engine: failed to handle restart for %s", key)
+                self._count("io_errors")
+        self._delegate("restart", **message)
+
+    def _delegate(self, op: str, **message: Any) -> None:
+        handler = self._original_handlers.get(op)
+        if handler is not None:
+            handler(**message)
+
+    async def _fetch(self) -> None:
+        """Gather finished values in batches: one request in flight, the keys that
+        finish meanwhile make the next one."""
+        try:
+            while self._to_fetch and not self._closed:
+                # Idle: fetch at once. Busy: at most one gather per fetch_interval, so
+                # results finishing meanwhile share it (one request per result costs
+                # the scheduler and this process far more than Dask's own client).
+                wait = self._last_fetch + self._fetch_interval - time.monotonic()
+                if wait > 0:
+                    await asyncio.sleep(wait)
+                self._last_fetch = time.monotonic()
+                keys = list(self._to_fetch)
+                self._to_fetch.clear()
+                try:
+                    response = await self._dask.scheduler.gather(keys=keys)
+                except Exception as error:
+                    if not self._connected():
+                        return  # connection_lost resolves them
+                    LOGGER.warning("Dask engine: gathering %d results failed: %r", len(keys), error)
+                    self._count("io_errors")
+                    for key in keys:
+                        self._fetch_failed(key, error)
+                    continue
+                if response.get("status") != "OK":
+                    # Some keys were lost (a worker died holding them): gather the
+                    # rest again, and have the scheduler report the lost ones anew
+                    # (recomputed, erred or forgotten).
+                    failed = set(response.get("keys", ()))
+                    for key in keys:
+                        if key in failed:
+                            self._dask_send({"op": "report-key", "key": key})
+                        elif key in self._ours:
+                            self._to_fetch[key] = None
+                    continue
+                data = response["data"]
+                for key in keys:
+                    future = self._ours.get(key)
+                    if future is None:
+                        continue
+                    if key not in data:
+                        self._dask_send({"op": "report-key", "key": key})
+                        continue
+                    try:
+                        self._fire_checked(future.recv_result(data[key]), ("result", key))
+                    except Exception:
+                        LOGGER.exception("Dask engine: failed to deliver the result of %s", key)
+                        self._count("io_errors")
+        finally:
+            self._fetching = False
+            if self._to_fetch and not self._closed:
+                self._fetching = True
+                self._dask.loop.add_callback(self._fetch)
+
+    def _fetch_failed(self, key: str, error: BaseException) -> None:
+        future = self._ours.get(key)
+        if future is not None:
+            failure = TaskFailedError(f"the result of task {key} could not be fetched: {error!r}")
+            self._fire_checked(future.recv_result(None, failure), ("fetch-failed", key))
+
+    # ------------------------------------------------------------------ liveness
+
+    def _watch(self) -> None:
+        """Every heartbeat: notice a reconnect or a silent scheduler; ping it."""
+        client = self._client
+        if client is None or self._closed:
+            return
+        try:
+            now = time.monotonic()
+            comm = self._dask.scheduler_comm
+            if self._dask.status != "running" or comm is not self._comm:
+                if self._comm is not None:
+                    self._comm = None
+                    self._plugin_ok = False
+                    self._lose("the Dask client lost its scheduler connection (reconnecting)")
+                if self._dask.status == "running" and comm is not None:
+                    # Reconnected (the scheduler dropped this client's tasks): check
+                    # the plugin again before the next cancel.
+                    self._comm = comm
+                    self._last_heard = now
+                    self._dask.loop.add_callback(self._recheck_plugin)
+                return
+            if now - self._last_heard > client.connection_timeout:
+                self._last_heard = now
+                keys = list(self._ours)
+                self._lose(f"the Dask scheduler answered nothing for {client.connection_timeout} s")
+                if keys:  # if it wakes up, none of those tasks may run later
+                    self._dask_send({"op": "cancel-keys", "keys": keys, "force": False})
+            if self._plugin_ok:
+                self._dask_send({"op": _plugin.PING_OP})
+        except Exception:
+            LOGGER.exception("Dask engine: liveness check failed")
+            self._count("io_errors")
+
+    def _lose(self, why: str) -> None:
+        self._to_fetch.clear()
+        lost = list(self._ours)
+        if self._client is not None:
+            self._client.connection_lost(why)
+        for key in lost:
+            self._ours.pop(key, None)
+        self._releases.clear()
+
+    async def _recheck_plugin(self) -> None:
+        try:
+            await self._ensure_plugin()
+        except Exception as error:
+            LOGGER.error("Dask engine: after reconnecting: %s", error)
+
+    # ------------------------------------------------------------------ small helpers
+
+    def _stale(self, message: object) -> None:
+        if self._client is not None:
+            self._client.stale(message)
+
+    def _count(self, stat: str) -> None:
+        if self._client is not None:
+            self._client.count(stat)

@@ -1,0 +1,163 @@
+"""The scheduler side of futurefsm's Dask engine: a ``SchedulerPlugin`` that confirms cancels.
+
+Theory of operation
+-------------------
+Dask's own cancel is fire-and-forget: the client marks its future cancelled before the
+scheduler has seen the request and ignores what the scheduler does. This plugin adds
+two stream operations to the scheduler, handled on the scheduler's event loop in the
+order the client sent them (after the ``update-graph`` that created the keys):
+
+- ``futurefsm-cancel {keys}``: classify every key, atomically (nothing else runs on
+  the loop meanwhile), then release the cancellable ones with ``stimulus_cancel`` and
+  answer ``futurefsm-cancel-answer {answers: {key: kind}}`` on the client's own
+  ordered stream, where ``kind`` is
+
+  - ``canceled``: it was waiting, queued, processing (or not yet runnable): the
+    scheduler released it. A thread already running it runs to its end and its
+    result is thrown away (Dask never interrupts a running task);
+  - ``not_found``: the scheduler does not know it (never arrived, or forgotten);
+  - ``cancel_failed``: another client wants it too; it runs on;
+  - ``result``: it is already in memory or erred. Its ``key-in-memory`` or
+    ``task-erred`` went to the client earlier on this same stream, so the client has
+    the result before this answer: the result won the race.
+
+- ``futurefsm-ping``: answered with ``futurefsm-pong`` on the same stream (liveness).
+
+It also adds one RPC, ``futurefsm_cancel_plugin``, which returns ``PROTOCOL``: the
+client checks that the plugin is there before it sends any of these operations (an
+operation the scheduler does not know closes the client's connection).
+
+This module imports nothing from futurefsm: the client ships it to the scheduler by
+value (``cloudpickle.register_pickle_by_value``), so the scheduler needs only
+``distributed``. It can also be installed up front with
+``dask scheduler --preload futurefsm.engines.dask_plugin``.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from distributed.diagnostics.plugin import SchedulerPlugin
+
+__all__ = [
+    "CANCEL_ANSWER_OP",
+    "CANCEL_OP",
+    "PING_OP",
+    "PLUGIN_NAME",
+    "PONG_OP",
+    "PROTOCOL",
+    "RPC_OP",
+    "FutureFSMCancelPlugin",
+    "classify",
+    "dask_setup",
+]
+
+LOGGER = logging.getLogger("futurefsm.dask_plugin")
+
+PLUGIN_NAME = "futurefsm-cancel"
+PROTOCOL = 1
+"""Bumped when the messages below change; the client refuses another version."""
+CANCEL_OP = "futurefsm-cancel"
+CANCEL_ANSWER_OP = "futurefsm-cancel-answer"
+PING_OP = "futurefsm-ping"
+PONG_OP = "futurefsm-pong"
+RPC_OP = "futurefsm_cancel_plugin"
+
+# Scheduler task states a cancel can still stop (the scheduler releases them).
+_CANCELLABLE = frozenset(
+    {"released", "waiting", "queued", "no-worker", "processing", "constrained"}
+)
+# States in which the result (a value or an error) has already been reported.
+_FINISHED = frozenset({"memory", "erred"})
+
+
+def classify(scheduler: Any, client: str, key: Any) -> str:
+    """What a cancel of ``key`` by ``client`` does, on ``scheduler`` as it is now."""
+    ts = scheduler.tasks.get(key)
+    if ts is None or ts.state == "forgotten":
+        return "not_found"
+    if ts.state in _FINISHED:
+        return "result"
+    who_wants = ts.who_wants or ()
+    if any(cs.client_key != client for cs in who_wants):
+        return "cancel_failed"
+    if not any(cs.client_key == client for cs in who_wants):
+        # Not (or no longer) this client's: nothing of ours to cancel.
+        return "not_found"
+    if ts.state in _CANCELLABLE:
+        return "canceled"
+    return "not_found"
+
+
+class FutureFSMCancelPlugin(SchedulerPlugin):
+    """Confirms each cancel of a futurefsm client, per key, on the client's stream."""
+
+    name = PLUGIN_NAME
+    idempotent = True
+
+    def __init__(self) -> None:
+        self.scheduler: Any = None
+
+    async def start(self, scheduler: Any) -> None:
+        """Add the stream operations and the presence RPC to ``scheduler``."""
+        self.scheduler = scheduler
+        scheduler.stream_handlers[CANCEL_OP] = self.handle_cancel
+        scheduler.stream_handlers[PING_OP] = self.handle_ping
+        scheduler.handlers[RPC_OP] = self.handle_rpc
+
+    async def close(self) -> None:
+        """Remove what ``start`` added."""
+        scheduler = self.scheduler
+        if scheduler is not None:
+            for table, op in (
+                (scheduler.stream_handlers, CANCEL_OP),
+                (scheduler.stream_handlers, PING_OP),
+                (scheduler.handlers, RPC_OP),
+            ):
+                table.pop(op, None)
+
+    def handle_rpc(self) -> dict[str, Any]:
+        """``futurefsm_cancel_plugin``: the plugin is here, speaking ``PROTOCOL``."""
+        return {"protocol": PROTOCOL}
+
+    def handle_cancel(self, client: str, keys: list[Any], **_: Any) -> None:
+        """Classify, release what can be released, answer on the client's stream.
+
+        Never raises: a failure is logged and every key is answered ``not_found``
+        rather than leaving the client to time out silently.
+        """
+        scheduler = self.scheduler
+        try:
+            answers = {key: classify(scheduler, client, key) for key in keys}
+            cancel = [key for key, kind in answers.items() if kind == "canceled"]
+            if cancel:
+                scheduler.stimulus_cancel(
+                    cancel, client, force=False, reason="futurefsm-cancel", msg=None
+                )
+        except Exception:
+            LOGGER.exception("futurefsm cancel plugin: failed to cancel %d keys", len(keys))
+            answers = dict.fromkeys(keys, "not_found")
+        comm = scheduler.client_comms.get(client)
+        if comm is None:
+            return  # the client is gone; nobody to answer
+        try:
+            comm.send({"op": CANCEL_ANSWER_OP, "answers": answers})
+        except Exception:
+            LOGGER.exception("futurefsm cancel plugin: cannot answer client %s", client)
+
+    def handle_ping(self, client: str, **_: Any) -> None:
+        """Answer a liveness ping on the client's stream."""
+        comm = self.scheduler.client_comms.get(client)
+        if comm is not None:
+            try:
+                comm.send({"op": PONG_OP})
+            except Exception:
+                LOGGER.debug("futurefsm cancel plugin: cannot answer a ping", exc_info=True)
+
+
+async def dask_setup(scheduler: Any) -> None:
+    """Preload hook: ``dask scheduler --preload futurefsm.engines.dask_plugin``."""
+    plugin = FutureFSMCancelPlugin()
+    await plugin.start(scheduler)
+    scheduler.add_plugin(plugin, name=PLUGIN_NAME, idempotent=True)
