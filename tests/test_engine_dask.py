@@ -1,0 +1,628 @@
+"""The Dask engine on a real ``distributed.LocalCluster`` (2 worker processes, one thread
+each), started once for the module; a standalone ``dask scheduler`` process where one
+has to be frozen or killed.
+
+Tasks that must wait for the test use file gates (``gate``): the task touches
+``PATH.started`` and returns once the test creates ``PATH.open``. This module is
+pickled by value, so the worker processes need not import it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures as cf
+import contextlib
+import inspect
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+distributed = pytest.importorskip(
+    "distributed", reason="the Dask engine needs distributed: pip install 'futurefsm[dask]'"
+)
+
+import cloudpickle  # noqa: E402 (after the skip: distributed brings it)
+import dask  # noqa: E402
+from hypothesis import HealthCheck, event, given, note, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from futurefsm import Client, ConnectionLostError  # noqa: E402
+from futurefsm.engines import dask_plugin as plugin_module  # noqa: E402
+from futurefsm.engines import get_engine  # noqa: E402
+from futurefsm.engines.dask import DaskEngine, DaskPluginError  # noqa: E402
+from futurefsm.errors import RemoteTraceback, WorkerDiedError  # noqa: E402
+from futurefsm.fsm import TERMINAL_STATES, CancelOutcome, FutureState  # noqa: E402
+from futurefsm.scheduler_stub.sample_tasks import add, echo, fail, sleep_then  # noqa: E402
+from futurefsm.testing.budget import examples  # noqa: E402
+from futurefsm.testing.harness import FutureSnapshot  # noqa: E402
+from futurefsm.testing.invariants import check_snapshot  # noqa: E402
+
+cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+CANCEL_TIMEOUT = 5.0
+CONNECTION_TIMEOUT = 2.0
+HEARTBEAT = 0.1
+SLACK = 10.0
+"""Bound on waits for things that happen on a loaded 2-core runner (never reached)."""
+
+
+# ---------------------------------------------------------------------------- tasks
+
+
+def gate(path: str, value: Any = None, timeout: float = 30.0) -> Any:
+    """Task: say it started, wait until the test opens the gate, return ``value``."""
+    import os
+    import time
+
+    with open(path + ".started", "w"):
+        pass
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(path + ".open"):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"gate {path} was not opened")
+        time.sleep(0.002)
+    return value
+
+
+def kill_my_worker() -> None:
+    """Task: kill the worker process running it."""
+    import os
+
+    os._exit(1)
+
+
+class Gates:
+    """File gates in one directory; ``close()`` opens every gate."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.paths: list[str] = []
+
+    def new(self, name: str) -> str:
+        path = str(self.directory / f"{name}-{len(self.paths)}")
+        self.paths.append(path)
+        return path
+
+    def wait_started(self, path: str, timeout: float = SLACK) -> bool:
+        deadline = time.monotonic() + timeout
+        while not os.path.exists(path + ".started"):
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.002)
+        return True
+
+    def open(self, path: str) -> None:
+        Path(path + ".open").touch()
+
+    def close(self) -> None:
+        for path in self.paths:
+            self.open(path)
+
+
+# ---------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[Any]:
+    # No retries after a worker died, so one killed worker is enough for KilledWorker.
+    with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
+        local = distributed.LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+        )
+    try:
+        yield local
+    finally:
+        local.close()
+
+
+@pytest.fixture(scope="module")
+def dask_client(cluster: Any) -> Iterator[Any]:
+    client = distributed.Client(cluster, set_as_default=False)
+    client.wait_for_workers(2, timeout=60)
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+@pytest.fixture
+def gates(tmp_path: Path) -> Iterator[Gates]:
+    keeper = Gates(tmp_path)
+    try:
+        yield keeper
+    finally:
+        keeper.close()
+
+
+def make_client(dask_client: Any, **options: Any) -> Client:
+    return Client(
+        engine=DaskEngine(dask_client, **options),
+        cancel_timeout=CANCEL_TIMEOUT,
+        connection_timeout=CONNECTION_TIMEOUT,
+        heartbeat_interval=HEARTBEAT,
+    )
+
+
+@pytest.fixture
+def client(dask_client: Any, gates: Gates) -> Iterator[Client]:
+    ffsm = make_client(dask_client)
+    try:
+        yield ffsm
+    finally:
+        gates.close()
+        ffsm.close()
+        assert ffsm.stats()["io_errors"] == 0
+
+
+def snapshot(future: Any) -> FutureSnapshot:
+    """A consistent view of a client future (taken under its lock)."""
+    with future._condition:
+        return FutureSnapshot(
+            state=future.state,
+            stdlib_state=future._state,
+            running=future.running(),
+            done=future.done(),
+            cancel_outcome=future.cancel_outcome,
+            history=future.history,
+            registered=None,
+        )
+
+
+def wait_until(condition: Any, timeout: float = SLACK) -> bool:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.002)
+    return True
+
+
+def scheduler_state(dask_client: Any, key: str) -> str | None:
+    def state(dask_scheduler: Any, key: str = key) -> str | None:
+        ts = dask_scheduler.tasks.get(key)
+        return None if ts is None else ts.state
+
+    return dask_client.run_on_scheduler(state)
+
+
+# ---------------------------------------------------------------------------- the seam
+
+
+def test_the_dask_engine_is_found_by_name_and_wraps_a_client(dask_client: Any) -> None:
+    assert get_engine("dask") is DaskEngine
+    assert not DaskEngine.__abstractmethods__
+    with pytest.raises(TypeError, match=r"distributed\.Client"):
+        DaskEngine("tcp://127.0.0.1:8786")  # type: ignore[arg-type]
+    with make_client(dask_client) as ffsm:
+        assert ffsm.address == dask_client.scheduler.address
+        assert ffsm.submit(echo, 41).result(SLACK) == 41
+    assert dask_client.status == "running", "closing the engine closed the user's Dask client"
+
+
+def test_client_by_address_owns_its_dask_client(cluster: Any) -> None:
+    ffsm = Client(cluster.scheduler_address, engine="dask", cancel_timeout=CANCEL_TIMEOUT)
+    dask_client = ffsm.engine._dask
+    try:
+        assert list(ffsm.map(add, [1, 2, 3], [10, 20, 30])) == [11, 22, 33]
+        with pytest.raises(ValueError, match="serializer"):
+            Client(cluster.scheduler_address, engine="dask", serializer=object())  # type: ignore[arg-type]
+    finally:
+        ffsm.close()
+    assert dask_client.status == "closed"
+
+
+def test_private_distributed_attributes_are_where_the_engine_expects() -> None:
+    """Fails naming the attribute when an upgrade of distributed moves one."""
+    from distributed.scheduler import Scheduler
+
+    client_attributes = {
+        "Client._stream_handlers": "_stream_handlers",
+        "Client.scheduler_comm": "scheduler_comm",
+        "Client.status": "status",
+    }
+    probe = distributed.Client.__new__(distributed.Client)
+    init = inspect.getsource(distributed.Client.__init__)
+    for name, attribute in client_attributes.items():
+        assert f"self.{attribute}" in init or hasattr(probe, attribute), f"{name} moved"
+    handlers_source = inspect.getsource(distributed.Client.__init__)
+    for op in ("key-in-memory", "task-erred", "cancelled-keys", "restart"):
+        assert f'"{op}"' in handlers_source, f"Client._stream_handlers[{op!r}] moved"
+    scheduler_source = inspect.getsource(Scheduler.__init__)
+    for op in ("update-graph", "client-releases-keys", "cancel-keys", "report-key"):
+        assert f'"{op}"' in scheduler_source, f"the scheduler's stream op {op!r} moved"
+    assert "stream_handlers" in inspect.getsource(distributed.core.Server.__init__), (
+        "Scheduler.stream_handlers moved"
+    )
+    parameters = inspect.signature(Scheduler.stimulus_cancel).parameters
+    assert list(parameters)[1:] == ["keys", "client", "force", "reason", "msg"], (
+        f"Scheduler.stimulus_cancel changed its signature: {list(parameters)}"
+    )
+    parameters = inspect.signature(Scheduler.update_graph).parameters
+    for name in ("expr_ser", "keys", "internal_priority", "annotations", "span_metadata"):
+        assert name in parameters, f"Scheduler.update_graph lost its {name!r} parameter"
+
+
+# ---------------------------------------------------------------------------- results
+
+
+def test_submit_map_results_and_remote_exceptions(client: Client) -> None:
+    assert client.submit(echo, {"a": [1, 2]}).result(SLACK) == {"a": [1, 2]}
+    assert client.submit(add, "x", b="y").result(SLACK) == "xy"
+    assert list(client.map(echo, range(20))) == list(range(20))
+    failed = client.submit(fail, "boom")
+    error = failed.exception(SLACK)
+    assert isinstance(error, ValueError) and str(error) == "boom"
+    assert isinstance(error.__cause__, RemoteTraceback)
+    assert "in fail" in error.__cause__.tb and "ValueError: boom" in error.__cause__.tb
+    with pytest.raises(TypeError, match="cannot serialize"):
+        client.submit(echo, threading.Lock())
+    stats = client.stats()
+    assert stats["completed"] == 22 and stats["failed"] == 1 and stats["in_flight"] == 0
+
+
+def test_results_arrive_in_batches_not_one_fetch_each(dask_client: Any) -> None:
+    gathers = 0
+    with make_client(dask_client, fetch_interval=0.5) as ffsm:
+        engine = ffsm.engine
+        original = engine._dask.scheduler.gather
+
+        async def counting_gather(**kwargs: Any) -> Any:
+            nonlocal gathers
+            gathers += 1
+            return await original(**kwargs)
+
+        scheduler_rpc = engine._dask.scheduler
+        # The rpc object makes a new caller per attribute access: patch the instance.
+        scheduler_rpc.gather = counting_gather
+        try:
+            futures = [ffsm.submit(echo, i) for i in range(200)]
+            assert [f.result(SLACK) for f in futures] == list(range(200))
+        finally:
+            del scheduler_rpc.gather
+    assert 1 <= gathers <= 20, f"{gathers} gathers for 200 results"
+
+
+def test_callbacks_await_and_wait(client: Client) -> None:
+    calls: list[Any] = []
+    future = client.submit(echo, "v")
+    future.add_done_callback(lambda f: calls.append(f.result()))
+    done, _ = cf.wait([future, client.submit(fail, "x")], SLACK, cf.ALL_COMPLETED)
+    assert len(done) == 2
+    assert wait_until(lambda: calls == ["v"])
+
+    async def main() -> Any:
+        return await client.submit(add, 2, 3)
+
+    assert asyncio.run(main()) == 5
+
+
+def test_a_graph_runs_as_one_dask_graph(client: Client, dask_client: Any) -> None:
+    futures = client.submit_graph(
+        {"a": (echo, 1), "b": (add, "a", 10), "c": (add, ["b", "a"], [5]), "k": 7}
+    )
+    assert {key: f.result(SLACK) for key, f in futures.items()} == {
+        "a": 1,
+        "b": 11,
+        "c": [11, 1, 5],
+        "k": 7,
+    }
+    # The dependency ran on Dask (one graph), not as separate submits.
+    assert client.stats()["completed"] == 4
+
+
+def test_a_lost_worker_beyond_retries_is_worker_died(client: Client, dask_client: Any) -> None:
+    future = client.submit(kill_my_worker)
+    error = future.exception(SLACK * 3)
+    assert isinstance(error, WorkerDiedError), repr(error)
+    dask_client.wait_for_workers(2, timeout=60)  # the nanny restarts it
+
+
+# ---------------------------------------------------------------------------- cancel
+
+
+def test_cancel_of_a_running_task_is_confirmed_and_its_result_discarded(
+    client: Client, dask_client: Any, gates: Gates
+) -> None:
+    path = gates.new("running")
+    future = client.submit(gate, path, "late")
+    assert gates.wait_started(path)
+    assert scheduler_state(dask_client, future.task_id.decode()) == "processing"
+    assert future.cancel() is True
+    assert future.cancel_outcome is CancelOutcome.CONFIRMED
+    assert future.cancelled() and isinstance(future.history[-1][1].value, str)
+    # The thread runs to its end (Dask never interrupts it); the result is thrown away.
+    gates.open(path)
+    assert wait_until(lambda: scheduler_state(dask_client, future.task_id.decode()) is None)
+    assert future.cancelled() and future.cancel_outcome is CancelOutcome.CONFIRMED
+
+
+def test_cancel_of_a_queued_task_and_bulk_cancel(
+    client: Client, dask_client: Any, gates: Gates
+) -> None:
+    paths = [gates.new("busy") for _ in range(2)]
+    busy = [client.submit(gate, path) for path in paths]
+    assert all(gates.wait_started(path) for path in paths)
+    queued = [client.submit(echo, i) for i in range(20)]
+    assert wait_until(lambda: all(f.state is FutureState.RUNNING for f in queued))
+    results = client.cancel([*queued, *busy])
+    assert results == [True] * 22
+    assert {f.cancel_outcome for f in [*queued, *busy]} == {CancelOutcome.CONFIRMED}
+    assert client.stats()["cancelled"]["confirmed"] == 22
+
+
+def test_cancelling_one_graph_member_cancels_the_graph(client: Client, gates: Gates) -> None:
+    path = gates.new("root")
+    futures = client.submit_graph(
+        {"root": (gate, path, 1), "dep": (add, "root", 1), "x": (echo, 2)}
+    )
+    assert gates.wait_started(path)
+    assert futures["x"].result(SLACK) == 2
+    assert futures["dep"].cancel() is True
+    assert futures["dep"].cancel_outcome is CancelOutcome.CONFIRMED
+    assert cf.wait([futures["root"]], SLACK).done
+    assert futures["root"].cancelled()
+    assert futures["root"].cancel_outcome is CancelOutcome.BY_SCHEDULER
+    assert futures["x"].done() and not futures["x"].cancelled()
+
+
+def test_a_key_another_client_wants_is_refused_and_runs_on(
+    client: Client, dask_client: Any, gates: Gates
+) -> None:
+    path = gates.new("shared")
+    future = client.submit(gate, path, "kept")
+    assert gates.wait_started(path)
+    key = future.task_id.decode()
+    name = f"shared-{key}"
+    with distributed.Client(dask_client.scheduler.address, set_as_default=False) as other:
+        # Publishing makes the scheduler keep the key for another "client".
+        other.publish_dataset(distributed.Future(key, other), name=name)
+        try:
+            assert future.cancel() is False
+            assert future.cancel_outcome is CancelOutcome.FAILED
+            assert future.state is FutureState.RUNNING
+            gates.open(path)
+            assert future.result(SLACK) == "kept"
+        finally:
+            other.unpublish_dataset(name)
+
+
+def test_a_result_already_reported_wins_the_race(dask_client: Any) -> None:
+    """The value is being fetched when the cancel goes out: the plugin answers that
+    the result won, and the table says RESULT_RACED."""
+    with make_client(dask_client, fetch_interval=30.0) as ffsm:
+        engine = ffsm.engine
+        assert ffsm.submit(echo, 0).result(SLACK) == 0  # idle: fetched at once
+        future = ffsm.submit(echo, 1)  # busy: its fetch waits fetch_interval
+        key = future.task_id.decode()
+        assert wait_until(lambda: key in engine._to_fetch)
+        assert future.cancel() is True
+        assert future.cancel_outcome is CancelOutcome.RESULT_RACED
+        assert key not in engine._to_fetch
+
+
+def test_unknown_keys_are_not_found(dask_client: Any, client: Client) -> None:
+    def classify(dask_scheduler: Any, client_id: str) -> str:
+        return plugin_module.classify(dask_scheduler, client_id, "no-such-key")
+
+    assert dask_client.run_on_scheduler(classify, client_id=dask_client.id) == "not_found"
+
+
+def test_close_resolves_everything_and_gives_back_dask_handlers(
+    dask_client: Any, gates: Gates
+) -> None:
+    before = dict(dask_client._stream_handlers)
+    ffsm = make_client(dask_client)
+    path = gates.new("close")
+    running = ffsm.submit(gate, path)
+    assert gates.wait_started(path)
+    queued = [ffsm.submit(echo, i) for i in range(5)]
+    ffsm.close()
+    assert all(f.state in TERMINAL_STATES for f in [running, *queued])
+    assert running.cancel_outcome is CancelOutcome.CONFIRMED
+    assert dask_client._stream_handlers == before
+    gates.open(path)  # the cancelled task's thread still holds its worker's slot
+    assert dask_client.submit(echo, 3).result(SLACK) == 3
+
+
+# ---------------------------------------------------------------------------- plugin missing
+
+
+@pytest.mark.filterwarnings("ignore:Port .* is already in use")
+def test_a_scheduler_without_the_plugin_is_a_clear_error_not_a_dropped_connection() -> None:
+    with (
+        distributed.LocalCluster(n_workers=0, processes=False, dashboard_address=None) as bare,
+        distributed.Client(bare, set_as_default=False) as dask_client,
+    ):
+        with pytest.raises(DaskPluginError, match=r"preload futurefsm\.engines\.dask_plugin"):
+            Client(engine=DaskEngine(dask_client, register_plugin=False))
+        assert dask_client.status == "running"
+        assert bare.scheduler.clients.get(dask_client.id) is not None
+
+
+# ---------------------------------------------------------------------------- connection
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@contextlib.contextmanager
+def standalone_scheduler() -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+    """A real ``dask scheduler`` process (no workers: tasks stay queued)."""
+    port = _free_port()
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "distributed.cli.dask_scheduler",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--no-dashboard",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        yield process, f"tcp://127.0.0.1:{port}"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            process.send_signal(signal.SIGCONT)
+        process.kill()
+        process.wait(SLACK)
+
+
+def test_a_frozen_then_killed_scheduler_is_connection_lost_in_time() -> None:
+    with standalone_scheduler() as (process, address):
+        ffsm = Client(
+            address,
+            engine="dask",
+            timeout=60,
+            cancel_timeout=30.0,
+            connection_timeout=CONNECTION_TIMEOUT,
+            heartbeat_interval=HEARTBEAT,
+        )
+        try:
+            running = ffsm.submit(echo, 1)  # no workers: it stays queued
+            cancelling = ffsm.submit(echo, 2)
+            assert wait_until(lambda: running.state is FutureState.RUNNING)
+            process.send_signal(signal.SIGSTOP)  # frozen: the socket stays open
+            started = time.monotonic()
+            assert cancelling.cancel(wait=False) is True
+            done, _ = cf.wait([running, cancelling], CONNECTION_TIMEOUT + SLACK)
+            elapsed = time.monotonic() - started
+            assert len(done) == 2, f"not resolved {elapsed:.2f} s after the scheduler froze"
+            assert isinstance(running.exception(0), ConnectionLostError)
+            assert cancelling.cancel_outcome is CancelOutcome.CONNECTION_LOST
+            # The scheduler wakes up and then dies: Dask's client reconnects (and
+            # cancels its own futures locally): a future then is connection lost,
+            # never a confirmed cancel.
+            process.send_signal(signal.SIGCONT)
+            later = ffsm.submit(echo, 3)
+            assert wait_until(lambda: later.state is FutureState.RUNNING)
+            process.kill()
+            assert cf.wait([later], CONNECTION_TIMEOUT + SLACK).done
+            assert isinstance(later.exception(0), ConnectionLostError)
+            assert not later.cancelled()
+        finally:
+            ffsm.close()
+
+
+# ---------------------------------------------------------------------------- race suite
+
+_KINDS = st.sampled_from(["echo", "fail", "sleep", "graph"])
+_DELAYS = st.sampled_from([None, 0.0, 0.001, 0.003, 0.01, 0.03])
+_MODES = st.sampled_from(["wait", "no_wait", "bulk"])
+_PLAN = st.lists(
+    st.tuples(_KINDS, st.sampled_from([0.0, 0.002, 0.01, 0.04]), _DELAYS, _MODES),
+    min_size=1,
+    max_size=5,
+)
+
+
+@settings(
+    max_examples=examples(0.15, minimum=8),
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(plan=_PLAN, close_early=st.booleans())
+def test_race_generated_cancel_timings_against_real_tasks(
+    dask_client: Any, plan: list[tuple[str, float, float | None, str]], close_early: bool
+) -> None:
+    """Real tasks, cancels at generated moments: every future ends once, as the table
+    says, with a result it may have, and none waits past cancel + connection timeout."""
+    ffsm = make_client(dask_client)
+    calls: list[tuple[Any, str, cf.Future[Any]]] = []
+    records: list[tuple[Any, str, Any, bool]] = []  # future, kind, expected, in graph
+    targets: list[Any] = []  # per plan item, the future its cancel is aimed at
+    callbacks: dict[int, int] = {}
+    threads = cf.ThreadPoolExecutor(max_workers=len(plan))
+    try:
+        for index, (kind, seconds, _, _) in enumerate(plan):
+            if kind == "echo":
+                records.append((ffsm.submit(echo, index), kind, index, False))
+            elif kind == "fail":
+                records.append((ffsm.submit(fail, f"f{index}"), kind, f"f{index}", False))
+            elif kind == "sleep":
+                records.append((ffsm.submit(sleep_then, seconds, index), kind, index, False))
+            else:
+                futures = ffsm.submit_graph({"r": (sleep_then, seconds, index), "d": (add, "r", 1)})
+                records.append((futures["r"], kind, index, True))
+                records.append((futures["d"], kind, index + 1, True))
+            targets.append(records[-1][0])
+        for future, *_ in records:
+            callbacks[id(future)] = 0
+
+            def count(f: Any) -> None:
+                callbacks[id(f)] += 1
+
+            future.add_done_callback(count)
+
+        def cancel(future: Any, delay: float, mode: str) -> bool:
+            time.sleep(delay)  # the generated moment of the cancel, not a synchronisation
+            if mode == "wait":
+                return future.cancel()
+            if mode == "no_wait":
+                return future.cancel(wait=False)
+            (answer,) = ffsm.cancel([future])
+            return answer
+
+        for target, (_, _, delay, mode) in zip(targets, plan, strict=True):
+            if delay is not None:
+                calls.append((target, mode, threads.submit(cancel, target, delay, mode)))
+        if close_early:
+            ffsm.close()
+        started = time.monotonic()
+        futures = [record[0] for record in records]
+        _, not_done = cf.wait(futures, CANCEL_TIMEOUT + CONNECTION_TIMEOUT)
+        elapsed = time.monotonic() - started
+        assert not not_done, f"not terminal after {elapsed:.2f} s: {not_done}"
+        threads.shutdown(wait=True)
+        ffsm.close()
+        for future, kind, expected, in_graph in records:
+            note(
+                f"{future!r} {kind} {future.cancel_outcome} {[h[1].value for h in future.history]}"
+            )
+            check_snapshot(repr(future), snapshot(future))
+            event(f"{kind}: {future.cancel_outcome or future.state}")
+            assert wait_until(lambda f=future: callbacks[id(f)] == 1), callbacks[id(future)]
+            if future.cancelled():
+                allowed = {
+                    CancelOutcome.CONFIRMED,
+                    CancelOutcome.RESULT_RACED,
+                    CancelOutcome.NOT_FOUND,
+                    CancelOutcome.BEFORE_SEND,
+                }
+                if in_graph:
+                    allowed.add(CancelOutcome.BY_SCHEDULER)
+                assert future.cancel_outcome in allowed, future.cancel_outcome
+            elif kind == "fail":
+                assert str(future.exception(0)) == expected
+            else:
+                assert future.result(0) == expected
+        for target, mode, call in calls:
+            answer = call.result(0)
+            if mode != "no_wait" or not answer:
+                # True: it ended cancelled; False: it finished or was refused.
+                assert answer is target.cancelled(), (mode, answer, target.cancel_outcome)
+        stats = ffsm.stats()
+        assert stats["io_errors"] == 0 and stats["protocol_errors"] == 0
+        assert stats["in_flight"] == 0
+        assert stats["submitted"] == len(records)
+        cancelled = sum(stats["cancelled"].values())
+        assert stats["completed"] + stats["failed"] + cancelled == len(records)
+    finally:
+        threads.shutdown(wait=False)
+        ffsm.close()
