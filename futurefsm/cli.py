@@ -90,7 +90,7 @@ def _parser() -> argparse.ArgumentParser:
     diagrams.add_argument("--out", default="diagrams", help="output directory")
 
     bench = command("bench", "run a benchmark and print ratios")
-    bench.add_argument("which", choices=["fsm", "e2e"], help="which benchmark")
+    bench.add_argument("which", choices=["fsm", "e2e", "engines"], help="which benchmark")
     bench.add_argument("--quick", action="store_true", help="fewer repeats (a smoke run)")
     return parser
 
@@ -129,6 +129,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .bench.fsm import main as bench_fsm
 
         return bench_fsm(quick=args.quick)
+    if args.which == "engines":
+        from .bench.engines_dask import main as bench_engines_dask
+
+        return bench_engines_dask(quick=args.quick)
     from .bench.e2e import main as bench_e2e
 
     return bench_e2e(quick=args.quick)

@@ -626,3 +626,18 @@ def test_race_generated_cancel_timings_against_real_tasks(
     finally:
         threads.shutdown(wait=False)
         ffsm.close()
+
+
+# ---------------------------------------------------------------------------- benchmark
+
+
+def test_the_engines_benchmark_measures_every_figure(cluster: Any) -> None:
+    from futurefsm.bench import engines_dask
+
+    figures = engines_dask.measure(
+        tasks_count=50, rounds=2, cancels=3, address=cluster.scheduler_address
+    )
+    assert figures["dask_s"] > 0 and figures["futurefsm_s"] > 0 and figures["ratio"] > 0
+    assert len(figures["dask_times"]) == len(figures["futurefsm_times"]) == 2
+    if figures["cancels_confirmed"]:
+        assert 0 < figures["cancel_p50_ms"] <= figures["cancel_p99_ms"]
