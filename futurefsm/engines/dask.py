@@ -199,6 +199,8 @@ class DaskEngine(Engine):
         self._comm: Any = None
         self._last_heard = time.monotonic()
         self._plugin_ok = False
+        self._plugin_error: str | None = None
+        self._held_cancels: list[str] = []
         self._watchdog: Any = None
 
     @classmethod
@@ -367,10 +369,11 @@ class DaskEngine(Engine):
     def send_cancel(self, futures: list[TaskFuture], force: bool = True) -> None:
         """Queue one plugin cancel for these futures' keys (a graph member: its whole
         graph's). ``force`` is not used: a key another client wants is refused."""
-        if not self._plugin_ok and not self._closed:
+        if self._closed:
+            return  # the client resolves it (connection lost at close, or its deadline)
+        if self._plugin_error is not None:
             raise DaskPluginError(
-                f"cannot cancel on the Dask scheduler at {self.address}: futurefsm's "
-                "cancel plugin is not (or no longer) confirmed there"
+                f"cannot cancel on the Dask scheduler at {self.address}: {self._plugin_error}"
             )
         keys: list[str] = []
         for future in futures:
@@ -383,8 +386,9 @@ class DaskEngine(Engine):
         key = future.task_id.decode()
         if self._ours.pop(key, None) is not None:
             self._to_fetch.pop(key, None)
-            self._releases.append(key)
-            self._post(None)
+            if not self._closed:  # closing released every key still held
+                self._releases.append(key)
+                self._post(None)
         if future.group_id is not None:
             group = self._groups.get(future.group_id)
             if group is not None and all(k not in self._ours for k in group):
@@ -473,6 +477,14 @@ class DaskEngine(Engine):
             except Exception:
                 LOGGER.exception("Dask engine: failed to send %s", item[0])
                 self._count("io_errors")
+        if cancel_keys and not self._plugin_ok:
+            # Reconnected, the plugin not yet checked again: an operation the scheduler
+            # does not know would close the connection. Hold them until it is.
+            self._held_cancels += cancel_keys
+            cancel_keys = []
+        elif self._held_cancels and self._plugin_ok:
+            cancel_keys = self._held_cancels + cancel_keys
+            self._held_cancels = []
         if cancel_keys and not self._closed:
             self._dask_send({"op": _plugin.CANCEL_OP, "keys": list(dict.fromkeys(cancel_keys))})
         if self._releases:
@@ -583,13 +595,17 @@ class DaskEngine(Engine):
             self._count("io_errors")
 
     def _on_cancelled_keys(self, keys: Any = (), **message: Any) -> None:
-        """The scheduler released keys (``stimulus_cancel``, forgotten, lost
-        dependencies): a confirm for a future cancelling, unasked for one running."""
+        """The scheduler released keys (another client's forced cancel, forgotten,
+        lost dependencies): a confirm for a future cancelling, unasked for one
+        running. The plugin's own cancels are answered by the plugin, just after."""
+        ours_answered = message.get("reason") == _plugin.CANCEL_REASON
         others = []
         for key in keys or ():
             future = self._future(key, message)
             if future is None:
                 others.append(key)
+                continue
+            if ours_answered:
                 continue
             try:
                 self._to_fetch.pop(key, None)
@@ -756,7 +772,13 @@ class DaskEngine(Engine):
         try:
             await self._ensure_plugin()
         except Exception as error:
+            # Held cancels are never sent: their futures end at their cancel deadline.
+            self._plugin_error = str(error)
+            self._held_cancels = []
             LOGGER.error("Dask engine: after reconnecting: %s", error)
+        else:
+            self._plugin_error = None
+            self._post(None)  # send the held cancels
 
     # ------------------------------------------------------------------ small helpers
 

@@ -43,6 +43,7 @@ from distributed.diagnostics.plugin import SchedulerPlugin
 __all__ = [
     "CANCEL_ANSWER_OP",
     "CANCEL_OP",
+    "CANCEL_REASON",
     "PING_OP",
     "PLUGIN_NAME",
     "PONG_OP",
@@ -63,6 +64,9 @@ CANCEL_ANSWER_OP = "futurefsm-cancel-answer"
 PING_OP = "futurefsm-ping"
 PONG_OP = "futurefsm-pong"
 RPC_OP = "futurefsm_cancel_plugin"
+CANCEL_REASON = "futurefsm-cancel"
+"""The ``reason`` of the ``cancelled-keys`` that ``stimulus_cancel`` reports for the
+plugin's cancels (the plugin's own answer follows it)."""
 
 # Scheduler task states a cancel can still stop (the scheduler releases them).
 _CANCELLABLE = frozenset(
@@ -133,7 +137,7 @@ class FutureFSMCancelPlugin(SchedulerPlugin):
             cancel = [key for key, kind in answers.items() if kind == "canceled"]
             if cancel:
                 scheduler.stimulus_cancel(
-                    cancel, client, force=False, reason="futurefsm-cancel", msg=None
+                    cancel, client, force=False, reason=CANCEL_REASON, msg=None
                 )
         except Exception:
             LOGGER.exception("futurefsm cancel plugin: failed to cancel %d keys", len(keys))
