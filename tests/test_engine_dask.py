@@ -462,7 +462,8 @@ def _free_port() -> int:
 
 @contextlib.contextmanager
 def standalone_scheduler() -> Iterator[tuple[subprocess.Popen[bytes], str]]:
-    """A real ``dask scheduler`` process (no workers: tasks stay queued)."""
+    """A real ``dask scheduler`` process (no workers: tasks stay queued), with the
+    cancel plugin installed by ``--preload`` as the docs say."""
     port = _free_port()
     process = subprocess.Popen(
         [
@@ -474,6 +475,8 @@ def standalone_scheduler() -> Iterator[tuple[subprocess.Popen[bytes], str]]:
             "--port",
             str(port),
             "--no-dashboard",
+            "--preload",
+            "futurefsm.engines.dask_plugin",
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -492,6 +495,7 @@ def test_a_frozen_then_killed_scheduler_is_connection_lost_in_time() -> None:
         ffsm = Client(
             address,
             engine="dask",
+            register_plugin=False,  # the preload installed it
             timeout=60,
             cancel_timeout=30.0,
             connection_timeout=CONNECTION_TIMEOUT,
