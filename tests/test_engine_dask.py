@@ -436,6 +436,31 @@ def test_close_resolves_everything_and_gives_back_dask_handlers(
     assert dask_client.submit(echo, 3).result(SLACK) == 3
 
 
+def test_two_clients_on_one_dask_client_each_get_their_own_answers(
+    dask_client: Any, gates: Gates
+) -> None:
+    before = dict(dask_client._stream_handlers)
+    first, second = make_client(dask_client), make_client(dask_client)
+    try:
+        paths = [gates.new("first"), gates.new("second")]
+        a, b = first.submit(gate, paths[0]), second.submit(gate, paths[1])
+        assert all(gates.wait_started(path) for path in paths)
+        assert a.cancel() is True and b.cancel() is True
+        assert a.cancel_outcome is b.cancel_outcome is CancelOutcome.CONFIRMED
+        first.close()  # hooked first: it stays in the chain, passing everything on
+        gates.close()  # the cancelled tasks' threads still hold both workers' slots
+        assert second.submit(echo, 5).result(SLACK) == 5
+        path = gates.new("third")
+        c = second.submit(gate, path)
+        assert gates.wait_started(path)
+        assert c.cancel() is True and c.cancel_outcome is CancelOutcome.CONFIRMED
+        assert first.stats()["stale_messages"] == second.stats()["stale_messages"] == 0
+    finally:
+        first.close()
+        second.close()
+    assert all(dask_client._stream_handlers.get(op) == h for op, h in before.items())
+
+
 # ---------------------------------------------------------------------------- plugin missing
 
 

@@ -196,6 +196,7 @@ class DaskEngine(Engine):
         self._close_lock = threading.Lock()
         self._loop_thread: int | None = None
         self._original_handlers: dict[str, Callable[..., Any]] = {}
+        self._installed: dict[str, Callable[..., Any]] = {}
         self._comm: Any = None
         self._last_heard = time.monotonic()
         self._plugin_ok = False
@@ -262,10 +263,13 @@ class DaskEngine(Engine):
             _plugin.CANCEL_ANSWER_OP: self._on_cancel_answer,
             _plugin.PONG_OP: self._on_pong,
         }
+        # Chained: a message that is not for this engine goes to the handler that was
+        # there before (Dask's own, or another engine's on the same Dask client).
         for op, handler in ours.items():
             if op in handlers:
                 self._original_handlers[op] = handlers[op]
             handlers[op] = handler
+        self._installed = ours
         self._comm = self._dask.scheduler_comm
         self._last_heard = time.monotonic()
         client = self._client
@@ -431,13 +435,30 @@ class DaskEngine(Engine):
         if self._watchdog is not None:
             self._watchdog.stop()
         handlers = self._dask._stream_handlers
-        for op in (_plugin.CANCEL_ANSWER_OP, _plugin.PONG_OP):
-            handlers.pop(op, None)
-        handlers.update(self._original_handlers)
+        for op, handler in self._installed.items():
+            if handlers.get(op) != handler:
+                # Another engine hooked in after this one and delegates to it: stay
+                # in the chain, passing everything on (this engine is closed).
+                continue
+            original = self._live_original(op)
+            if original is not None:
+                handlers[op] = original
+            else:
+                handlers.pop(op, None)
         self._drain()
         keys = list(self._ours)
         if keys and self._dask.status == "running":
             self._dask_send({"op": "client-releases-keys", "keys": keys, "client": self._dask.id})
+
+    def _live_original(self, op: str) -> Callable[..., Any] | None:
+        """The handler this engine replaced, skipping engines closed since."""
+        handler = self._original_handlers.get(op)
+        while handler is not None:
+            owner = getattr(handler, "__self__", None)
+            if not (isinstance(owner, DaskEngine) and owner._closed):
+                return handler
+            handler = owner._original_handlers.get(op)
+        return None
 
     def _close_owned(self) -> None:
         for item in self._owned:
@@ -530,7 +551,8 @@ class DaskEngine(Engine):
         self._dask_send(members[0][1].message)
         if all(sent):
             return []
-        return [prepared.key for (_, prepared), ok in zip(members, sent, strict=True) if ok]
+        # Every key of it: the Dask graph holds the members cancelled before sending too.
+        return [prepared.key for _, prepared in members]
 
     def _connected(self) -> bool:
         return (
@@ -548,7 +570,9 @@ class DaskEngine(Engine):
     # ------------------------------------------------------------------ inbound
 
     def _future(self, key: Any, message: object) -> TaskFuture | None:
-        future = self._ours.get(key) if isinstance(key, str) else None
+        if self._closed or not isinstance(key, str):
+            return None
+        future = self._ours.get(key)
         if future is not None:
             self._last_heard = time.monotonic()
         return future
@@ -618,15 +642,16 @@ class DaskEngine(Engine):
 
     def _on_cancel_answer(self, answers: Any = None, **_: Any) -> None:
         """The plugin's answer to a ``futurefsm-cancel``, per key."""
-        self._last_heard = time.monotonic()
         if not isinstance(answers, dict):
             self._count("protocol_errors")
             LOGGER.warning("Dask engine: malformed cancel answer %r", answers)
             return
+        self._last_heard = time.monotonic()
+        others = {}
         for key, kind in answers.items():
-            future = self._ours.get(key) if isinstance(key, str) else None
+            future = self._future(key, answers)
             if future is None:
-                self._stale(("cancel-answer", key, kind))
+                others[key] = kind
                 continue
             try:
                 if kind == "result":
@@ -645,13 +670,20 @@ class DaskEngine(Engine):
             except Exception:
                 LOGGER.exception("Dask engine: failed to handle the cancel answer for %s", key)
                 self._count("io_errors")
+        if others:
+            if self._live_original(_plugin.CANCEL_ANSWER_OP) is not None:
+                self._delegate(_plugin.CANCEL_ANSWER_OP, answers=others)
+            elif not self._closed:
+                for key, kind in others.items():
+                    self._stale(("cancel-answer", key, kind))
 
-    def _on_pong(self, **_: Any) -> None:
+    def _on_pong(self, **message: Any) -> None:
         self._last_heard = time.monotonic()
+        self._delegate(_plugin.PONG_OP, **message)
 
     def _on_restart(self, **message: Any) -> None:
         """The scheduler restarted its workers and dropped every task."""
-        for key, future in list(self._ours.items()):
+        for key, future in [] if self._closed else list(self._ours.items()):
             try:
                 self._to_fetch.pop(key, None)
                 self._fire_checked(future.recv_cancel_confirm("canceled"), ("restart", key))
@@ -661,7 +693,7 @@ class DaskEngine(Engine):
         self._delegate("restart", **message)
 
     def _delegate(self, op: str, **message: Any) -> None:
-        handler = self._original_handlers.get(op)
+        handler = self._live_original(op)
         if handler is not None:
             handler(**message)
 
