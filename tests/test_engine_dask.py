@@ -80,6 +80,22 @@ def kill_my_worker() -> None:
     os._exit(1)
 
 
+def _refuse_to_load() -> None:
+    raise RuntimeError("this value cannot be loaded here")
+
+
+class Unloadable:
+    """Pickles fine; unpickling it raises."""
+
+    def __reduce__(self) -> Any:
+        return (_refuse_to_load, ())
+
+
+def make_unloadable() -> Unloadable:
+    """Task: return a value the client cannot unpickle."""
+    return Unloadable()
+
+
 class Gates:
     """File gates in one directory; ``close()`` opens every gate."""
 
@@ -289,6 +305,19 @@ def test_results_arrive_in_batches_not_one_fetch_each(dask_client: Any) -> None:
         finally:
             del scheduler_rpc.gather
     assert 1 <= gathers <= 20, f"{gathers} gathers for 200 results"
+
+
+def test_a_value_that_cannot_be_loaded_fails_only_its_own_task(dask_client: Any) -> None:
+    with make_client(dask_client, fetch_interval=0.5) as ffsm:
+        assert ffsm.submit(echo, 0).result(SLACK) == 0  # the next ones share a gather
+        futures = [ffsm.submit(echo, 1), ffsm.submit(make_unloadable), ffsm.submit(echo, 2)]
+        done, _ = cf.wait(futures, SLACK)
+        assert len(done) == 3
+        assert futures[0].result(0) == 1 and futures[2].result(0) == 2
+        error = futures[1].exception(0)
+        assert "could not be fetched" in str(error)
+        assert "cannot be loaded here" in str(error.__cause__)
+        assert ffsm.stats()["io_errors"] == 0
 
 
 def test_callbacks_await_and_wait(client: Client) -> None:

@@ -711,51 +711,73 @@ class DaskEngine(Engine):
                 self._last_fetch = time.monotonic()
                 keys = list(self._to_fetch)
                 self._to_fetch.clear()
-                try:
-                    response = await self._dask.scheduler.gather(keys=keys)
-                except Exception as error:
-                    if not self._connected():
-                        return  # connection_lost resolves them
-                    LOGGER.warning("Dask engine: gathering %d results failed: %r", len(keys), error)
-                    self._count("io_errors")
+                response = await self._gather(keys)
+                if response is None:
+                    return  # disconnected: connection_lost resolves them
+                if isinstance(response, BaseException) and len(keys) > 1:
+                    # One value that cannot be read fails the whole request: fetch
+                    # them one by one, so only that task fails.
                     for key in keys:
-                        self._fetch_failed(key, error)
-                    continue
-                if response.get("status") != "OK":
-                    # Some keys were lost (a worker died holding them): gather the
-                    # rest again, and have the scheduler report the lost ones anew
-                    # (recomputed, erred or forgotten).
-                    failed = set(response.get("keys", ()))
-                    for key in keys:
-                        if key in failed:
-                            self._dask_send({"op": "report-key", "key": key})
-                        elif key in self._ours:
-                            self._to_fetch[key] = None
-                    continue
-                data = response["data"]
-                for key in keys:
-                    future = self._ours.get(key)
-                    if future is None:
-                        continue
-                    if key not in data:
-                        self._dask_send({"op": "report-key", "key": key})
-                        continue
-                    try:
-                        self._fire_checked(future.recv_result(data[key]), ("result", key))
-                    except Exception:
-                        LOGGER.exception("Dask engine: failed to deliver the result of %s", key)
-                        self._count("io_errors")
+                        single = await self._gather([key])
+                        if single is None:
+                            return
+                        self._deliver([key], single)
+                else:
+                    self._deliver(keys, response)
         finally:
             self._fetching = False
             if self._to_fetch and not self._closed:
                 self._fetching = True
                 self._dask.loop.add_callback(self._fetch)
 
-    def _fetch_failed(self, key: str, error: BaseException) -> None:
-        future = self._ours.get(key)
-        if future is not None:
-            failure = TaskFailedError(f"the result of task {key} could not be fetched: {error!r}")
-            self._fire_checked(future.recv_result(None, failure), ("fetch-failed", key))
+    async def _gather(self, keys: list[str]) -> dict[str, Any] | BaseException | None:
+        """The scheduler's answer to a gather of ``keys``, the error it raised, or
+        None when the connection is gone."""
+        keys = [key for key in keys if key in self._ours]
+        if not keys:
+            return {"status": "OK", "data": {}}
+        try:
+            response: dict[str, Any] = await self._dask.scheduler.gather(keys=keys)
+        except Exception as error:
+            return None if not self._connected() else error
+        return response
+
+    def _deliver(self, keys: list[str], response: dict[str, Any] | BaseException) -> None:
+        """Finish the futures of ``keys`` with what a gather brought back."""
+        if isinstance(response, BaseException):
+            for key in keys:
+                future = self._ours.get(key)
+                if future is not None:
+                    failure = TaskFailedError(
+                        f"the result of task {key} could not be fetched: {response!r}"
+                    )
+                    failure.__cause__ = response
+                    self._fire_checked(future.recv_result(None, failure), ("result", key))
+            return
+        if response.get("status") != "OK":
+            # Some keys were lost (a worker died holding them): gather the rest again,
+            # and have the scheduler report the lost ones anew (recomputed, erred or
+            # forgotten).
+            failed = set(response.get("keys", ()))
+            for key in keys:
+                if key in failed:
+                    self._dask_send({"op": "report-key", "key": key})
+                elif key in self._ours:
+                    self._to_fetch[key] = None
+            return
+        data = response["data"]
+        for key in keys:
+            future = self._ours.get(key)
+            if future is None:
+                continue
+            if key not in data:
+                self._dask_send({"op": "report-key", "key": key})
+                continue
+            try:
+                self._fire_checked(future.recv_result(data[key]), ("result", key))
+            except Exception:
+                LOGGER.exception("Dask engine: failed to deliver the result of %s", key)
+                self._count("io_errors")
 
     # ------------------------------------------------------------------ liveness
 
