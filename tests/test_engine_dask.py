@@ -430,15 +430,31 @@ def test_a_key_another_client_wants_is_refused_and_runs_on(
 def test_a_result_already_reported_wins_the_race(dask_client: Any) -> None:
     """The value is being fetched when the cancel goes out: the plugin answers that
     the result won, and the table says RESULT_RACED."""
-    with make_client(dask_client, fetch_interval=30.0) as ffsm:
+    with make_client(dask_client) as ffsm:
         engine = ffsm.engine
-        assert ffsm.submit(echo, 0).result(SLACK) == 0  # idle: fetched at once
-        future = ffsm.submit(echo, 1)  # busy: its fetch waits fetch_interval
-        key = future.task_id.decode()
-        assert wait_until(lambda: key in engine._to_fetch)
-        assert future.cancel() is True
-        assert future.cancel_outcome is CancelOutcome.RESULT_RACED
-        assert key not in engine._to_fetch
+        scheduler_rpc = engine._dask.scheduler
+        original = scheduler_rpc.gather
+        fetching, resume = threading.Event(), threading.Event()
+
+        async def held_gather(**kwargs: Any) -> Any:
+            fetching.set()
+            while not resume.is_set():  # hold the fetch, as a slow transfer would
+                await asyncio.sleep(0.001)
+            return await original(**kwargs)
+
+        scheduler_rpc.gather = held_gather
+        try:
+            future = ffsm.submit(echo, 1)
+            assert fetching.wait(SLACK)  # key-in-memory arrived; the value is on its way
+            assert future.state is FutureState.RUNNING
+            assert future.cancel() is True
+            assert future.cancel_outcome is CancelOutcome.RESULT_RACED
+        finally:
+            resume.set()
+            del scheduler_rpc.gather
+        assert ffsm.submit(echo, 2).result(SLACK) == 2
+        stats = ffsm.stats()
+        assert stats["io_errors"] == 0 and stats["cancelled"]["result_raced"] == 1
 
 
 def test_unknown_keys_are_not_found(dask_client: Any, client: Client) -> None:

@@ -11,7 +11,8 @@ of Dask's ``Future`` bookkeeping:
   client's event loop) fires ``future.sent()`` and writes it to the stream.
 - inbound: the engine adds its handlers to the client's ``_stream_handlers``.
   ``key-in-memory`` queues the key for a batched ``gather`` (one request in flight at
-  a time; keys arriving meanwhile make the next batch), then ``recv_result``;
+  a time; when busy, keys arriving meanwhile make the next batch), then
+  ``recv_result``;
   ``task-erred`` becomes ``recv_result(exception=...)`` with the remote traceback
   attached (``KilledWorker``: ``WorkerDiedError``); Dask's own messages for keys that
   are not the engine's go to Dask's handlers unchanged.
@@ -43,6 +44,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import itertools
 import logging
 import threading
 import time
@@ -81,6 +83,8 @@ SUPPORTED_DISTRIBUTED = ">=2026.8.0,<2026.9"
 (the ``dask`` extra pins the same range)."""
 
 _SPAN = {"collections": [{"type": "Future"}]}
+_FETCH_QUIET = 0.005
+"""Seconds without a new result after which a busy engine gathers its batch."""
 # The plugin is shipped by value: the scheduler needs only distributed, not futurefsm.
 cloudpickle.register_pickle_by_value(_plugin)
 
@@ -102,7 +106,9 @@ def _update_graph(dsk: dict[str, Any], keys: list[str], what: str) -> dict[str, 
     """The ``update-graph`` message ``distributed.Client`` sends for ``dsk``,
     serialized now (``TypeError`` naming ``what`` if it cannot be)."""
     try:
-        expr = LLGExpr(dsk, _determ_token=uuid.uuid4().hex)
+        # The keys are unique, so the first one is a unique token (no uuid4 per task:
+        # os.urandom costs more than the rest of building the message).
+        expr = LLGExpr(dsk, _determ_token=keys[0])
         expr_ser = Serialized(*serialize(to_serialize(expr), on_error="raise"))
     except Exception as error:
         raise TypeError(f"cannot serialize {what} for Dask: {error}") from error
@@ -120,12 +126,11 @@ def _update_graph(dsk: dict[str, Any], keys: list[str], what: str) -> dict[str, 
     }
 
 
-def _new_key(fn: Any) -> str:
+def _task_name(fn: Any) -> str:
     try:
-        name = funcname(fn)
+        return str(funcname(fn))
     except Exception:
-        name = "task"
-    return f"{name}-{uuid.uuid4().hex}"
+        return "task"
 
 
 def _remote_exception(exception: Any, tb: Any, key: str) -> BaseException:
@@ -161,9 +166,10 @@ class DaskEngine(Engine):
     --preload futurefsm.engines.dask_plugin``). Without it the engine refuses to
     start (``DaskPluginError``): cancels could not be confirmed.
 
-    ``fetch_interval``: finished values are gathered at once when the engine is idle,
-    and at most once per this many seconds when results keep coming (they share one
-    request: one request per result costs far more CPU than Dask's own client).
+    ``fetch_interval``: finished values are gathered at once when the engine is idle;
+    while results keep coming they share one gather, sent when none came for 5 ms or
+    the batch is this many seconds old (one request per result costs the scheduler
+    and the workers far more than Dask's own client).
     """
 
     def __init__(
@@ -171,7 +177,7 @@ class DaskEngine(Engine):
         dask_client: distributed.Client,
         *,
         register_plugin: bool = True,
-        fetch_interval: float = 0.02,
+        fetch_interval: float = 0.1,
         _owned: tuple[Any, ...] = (),
     ) -> None:
         if not isinstance(dask_client, distributed.Client):
@@ -184,6 +190,8 @@ class DaskEngine(Engine):
         self.address = str(dask_client.scheduler.address)
         self._client: EngineClient | None = None
         self._ours: dict[str, TaskFuture] = {}
+        self._key_prefix = uuid.uuid4().hex[:24]
+        self._key_counter = itertools.count()
         self._groups: dict[bytes, list[str]] = {}
         self._outbox: collections.deque[tuple[Any, ...]] = collections.deque()
         self._releases: collections.deque[str] = collections.deque()
@@ -192,6 +200,7 @@ class DaskEngine(Engine):
         self._fetching = False
         self._fetch_interval = fetch_interval
         self._last_fetch = 0.0
+        self._last_arrival = 0.0
         self._closed = False
         self._close_lock = threading.Lock()
         self._loop_thread: int | None = None
@@ -316,13 +325,18 @@ class DaskEngine(Engine):
         info = await rpc()
         return info if isinstance(info, dict) else None
 
+    def _new_key(self, fn: Any) -> str:
+        """A Dask key unique across clients: the function's name (Dask's dashboard
+        groups by it), this engine's random prefix and a counter (all hex)."""
+        return f"{_task_name(fn)}-{self._key_prefix}{next(self._key_counter):08x}"
+
     def prepare(
         self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> PreparedDask:
         """Build and serialize the task's ``update-graph`` (in the submitting thread)."""
         if not callable(fn):
             raise TypeError(f"submit() needs a callable, got {fn!r}")
-        key = _new_key(fn)
+        key = self._new_key(fn)
         task = Task(
             key,
             fn,
@@ -337,7 +351,7 @@ class DaskEngine(Engine):
     ) -> list[PreparedDask]:
         """One Dask graph for the whole group: each key becomes a Dask key, and an
         argument naming another key becomes a dependency on it."""
-        keys = {key: _new_key(as_task(graph[key])[0]) for key in order}
+        keys = {key: self._new_key(as_task(graph[key])[0]) for key in order}
 
         def convert(item: Any) -> Any:
             try:
@@ -592,6 +606,7 @@ class DaskEngine(Engine):
                 self._fire_checked(future.recv_result(None), ("key-in-memory", key))
             elif future.state is FutureState.RUNNING:
                 self._to_fetch[key] = None
+                self._last_arrival = time.monotonic()
                 if not self._fetching:
                     self._fetching = True
                     self._dask.loop.add_callback(self._fetch)
@@ -702,12 +717,22 @@ class DaskEngine(Engine):
         finish meanwhile make the next one."""
         try:
             while self._to_fetch and not self._closed:
-                # Idle: fetch at once. Busy: at most one gather per fetch_interval, so
-                # results finishing meanwhile share it (one request per result costs
-                # the scheduler and this process far more than Dask's own client).
-                wait = self._last_fetch + self._fetch_interval - time.monotonic()
-                if wait > 0:
-                    await asyncio.sleep(wait)
+                # Idle: fetch at once. Busy: wait until results stop coming for a
+                # moment (_FETCH_QUIET) or the batch is fetch_interval old, so results
+                # finishing meanwhile share one gather (one request per result costs
+                # the scheduler and the workers far more than Dask's own client).
+                now = time.monotonic()
+                if now - self._last_fetch < self._fetch_interval:
+                    started = now
+                    while True:
+                        wait = min(
+                            self._last_arrival + _FETCH_QUIET - now,
+                            started + self._fetch_interval - now,
+                        )
+                        if wait <= 0:
+                            break
+                        await asyncio.sleep(wait)
+                        now = time.monotonic()
                 self._last_fetch = time.monotonic()
                 keys = list(self._to_fetch)
                 self._to_fetch.clear()
