@@ -336,16 +336,26 @@ def test_callbacks_await_and_wait(client: Client) -> None:
 
 def test_a_graph_runs_as_one_dask_graph(client: Client, dask_client: Any) -> None:
     futures = client.submit_graph(
-        {"a": (echo, 1), "b": (add, "a", 10), "c": (add, ["b", "a"], [5]), "k": 7}
+        {
+            "a": (echo, 1),
+            "b": (add, "a", 10),
+            "c": (add, ["b", "a"], [5]),
+            "k": 7,
+            "nested": (add, (add, "a", (echo, 100)), (echo, "b")),
+            "in_list": (add, [(echo, "b")], [1]),
+            "values": (echo, ("a", {"b": "b"})),  # a plain tuple or dict is a value
+        }
     )
     assert {key: f.result(SLACK) for key, f in futures.items()} == {
         "a": 1,
         "b": 11,
         "c": [11, 1, 5],
         "k": 7,
+        "nested": 101 + 11,
+        "in_list": [11, 1],
+        "values": ("a", {"b": "b"}),
     }
-    # The dependency ran on Dask (one graph), not as separate submits.
-    assert client.stats()["completed"] == 4
+    assert client.stats()["completed"] == 7
 
 
 def test_a_lost_worker_beyond_retries_is_worker_died(client: Client, dask_client: Any) -> None:
@@ -389,6 +399,30 @@ def test_cancel_of_a_queued_task_and_bulk_cancel(
     assert stats["cancelled"]["confirmed"] == 22
     # One answer per key: Dask's own "cancelled-keys" broadcast is not a second one.
     assert stats["stale_messages"] == 0
+
+
+def test_cancel_without_force_refuses_a_running_task_as_the_stdlib_does(
+    dask_client: Any, gates: Gates
+) -> None:
+    """``shutdown(cancel_futures=True)`` sends non-forced cancels: the tasks on the
+    workers are refused and finish, the queued ones end cancelled."""
+    ffsm = make_client(dask_client)
+    paths = [gates.new("started") for _ in range(2)]
+    running = [ffsm.submit(gate, path, index) for index, path in enumerate(paths)]
+    assert all(gates.wait_started(path) for path in paths)
+    queued = [ffsm.submit(echo, i) for i in range(5)]
+    assert wait_until(lambda: all(f.state is FutureState.RUNNING for f in queued))
+    assert running[0].cancel(force=False) is False
+    assert running[0].cancel_outcome is CancelOutcome.FAILED
+    ffsm.shutdown(wait=False, cancel_futures=True)
+    # Dask has already handed most of them to the busy workers ("processing"): the
+    # plugin asks the workers, and only what a thread is running is refused.
+    assert cf.wait(queued, SLACK).done == set(queued)
+    assert {f.cancel_outcome for f in queued} == {CancelOutcome.CONFIRMED}
+    assert not any(f.done() for f in running)
+    gates.close()
+    assert [f.result(SLACK) for f in running] == [0, 1]
+    assert wait_until(lambda: ffsm.engine._closed)  # shutdown closes once all are done
 
 
 def test_cancelling_one_graph_member_cancels_the_graph(client: Client, gates: Gates) -> None:

@@ -58,14 +58,13 @@ import cloudpickle
 import dask
 import distributed
 from dask._expr import LLGExpr
-from dask._task_spec import Alias, DataNode, Task, parse_input
+from dask._task_spec import Task, convert_legacy_graph, parse_input
 from dask.utils import funcname
 from distributed.core import clean_exception
 from distributed.protocol import serialize, to_serialize
 from distributed.protocol.serialize import Serialized, ToPickle
 from distributed.scheduler import KilledWorker
 
-from ..client.graph import as_task
 from ..errors import RemoteTraceback, TaskFailedError, WorkerDiedError
 from ..fsm import Effect, FutureState
 from . import Engine, EngineClient
@@ -126,7 +125,16 @@ def _update_graph(dsk: dict[str, Any], keys: list[str], what: str) -> dict[str, 
     }
 
 
+def _graph_function(value: Any) -> Any:
+    """The function of a graph value (a task ``(fn, *args)``), or the value itself."""
+    if isinstance(value, tuple) and value and callable(value[0]):
+        return value[0]
+    return value
+
+
 def _task_name(fn: Any) -> str:
+    if not callable(fn):
+        return "constant"
     try:
         return str(funcname(fn))
     except Exception:
@@ -210,7 +218,7 @@ class DaskEngine(Engine):
         self._last_heard = time.monotonic()
         self._plugin_ok = False
         self._plugin_error: str | None = None
-        self._held_cancels: list[str] = []
+        self._held_cancels: list[tuple[bool, str]] = []
         self._watchdog: Any = None
 
     @classmethod
@@ -349,29 +357,30 @@ class DaskEngine(Engine):
     def prepare_graph(
         self, graph: Mapping[Hashable, Any], order: list[Hashable], group_id: bytes
     ) -> list[PreparedDask]:
-        """One Dask graph for the whole group: each key becomes a Dask key, and an
-        argument naming another key becomes a dependency on it."""
-        keys = {key: self._new_key(as_task(graph[key])[0]) for key in order}
+        """One Dask graph for the whole group: every key gets a unique Dask key, every
+        reference to a key (an argument, in a list, in a nested task) is renamed to
+        it, and Dask's own ``convert_legacy_graph`` makes the tasks (nested tasks run
+        inside the task that holds them, as in Dask)."""
+        keys = {key: self._new_key(_graph_function(graph[key])) for key in order}
 
-        def convert(item: Any) -> Any:
+        def rename(item: Any) -> Any:
+            if isinstance(item, tuple) and item and callable(item[0]):
+                return (item[0], *(rename(arg) for arg in item[1:]))
             try:
                 if item in graph:
-                    return Alias(keys[item])
+                    return keys[item]
             except TypeError:  # unhashable
                 pass
             if isinstance(item, list):
-                return [convert(element) for element in item]
-            return item
+                return [rename(element) for element in item]
+            return item  # a plain tuple or dict is a value, as on every engine
 
-        dsk: dict[str, Any] = {}
-        for key in order:
-            value = graph[key]
-            if isinstance(value, tuple) and value and callable(value[0]):
-                fn, args = as_task(value)
-                dsk[keys[key]] = Task(keys[key], fn, *(parse_input(convert(a)) for a in args))
-            else:
-                dsk[keys[key]] = DataNode(keys[key], value)
+        legacy = {keys[key]: rename(graph[key]) for key in order}
         dask_keys = [keys[key] for key in order]
+        try:
+            dsk = convert_legacy_graph(legacy, all_keys=set(dask_keys))
+        except Exception as error:
+            raise TypeError(f"submit_graph: Dask cannot read the graph: {error}") from error
         message = _update_graph(dsk, dask_keys, "the graph for submit_graph()")
         return [PreparedDask(dask_key.encode(), dask_key, message) for dask_key in dask_keys]
 
@@ -385,19 +394,27 @@ class DaskEngine(Engine):
         self._post(("graph", group_id, members))
 
     def send_cancel(self, futures: list[TaskFuture], force: bool = True) -> None:
-        """Queue one plugin cancel for these futures' keys (a graph member: its whole
-        graph's). ``force`` is not used: a key another client wants is refused."""
+        """Queue a plugin cancel for these futures' keys (a graph member: its whole
+        graph's, always forced). Without ``force`` a task already on a worker is
+        refused (``cancel_failed``); a key another client wants is always refused."""
         if self._closed:
             return  # the client resolves it (connection lost at close, or its deadline)
         if self._plugin_error is not None:
             raise DaskPluginError(
                 f"cannot cancel on the Dask scheduler at {self.address}: {self._plugin_error}"
             )
-        keys: list[str] = []
+        forced: list[str] = []
+        gentle: list[str] = []
         for future in futures:
             group = None if future.group_id is None else self._groups.get(future.group_id)
-            keys.extend(group if group is not None else [future.task_id.decode()])
-        self._post(("cancel", keys))
+            if group is not None:
+                forced.extend(group)  # a graph is always cancelled whole
+            else:
+                (forced if force else gentle).append(future.task_id.decode())
+        if forced:
+            self._post(("cancel", forced))
+        if gentle:
+            self._post(("cancel_gentle", gentle))
 
     def forget(self, future: TaskFuture) -> None:
         """The future is terminal: release its key on the scheduler (in a batch)."""
@@ -499,6 +516,7 @@ class DaskEngine(Engine):
         """On the loop: send everything queued, cancels of one round in one message."""
         self._wake_pending = False  # before draining: a later post wakes us again
         cancel_keys: list[str] = []
+        gentle_keys: list[str] = []
         outbox = self._outbox
         while outbox:
             item = outbox.popleft()
@@ -507,21 +525,28 @@ class DaskEngine(Engine):
                     self._send_task(item[1], item[2])
                 elif item[0] == "graph":
                     cancel_keys += self._send_graph(item[1], item[2])
-                else:
+                elif item[0] == "cancel":
                     cancel_keys += item[1]
+                else:
+                    gentle_keys += item[1]
             except Exception:
                 LOGGER.exception("Dask engine: failed to send %s", item[0])
                 self._count("io_errors")
-        if cancel_keys and not self._plugin_ok:
+        if not self._plugin_ok:
             # Reconnected, the plugin not yet checked again: an operation the scheduler
             # does not know would close the connection. Hold them until it is.
-            self._held_cancels += cancel_keys
-            cancel_keys = []
-        elif self._held_cancels and self._plugin_ok:
-            cancel_keys = self._held_cancels + cancel_keys
+            self._held_cancels += [(True, key) for key in cancel_keys]
+            self._held_cancels += [(False, key) for key in gentle_keys]
+            cancel_keys, gentle_keys = [], []
+        elif self._held_cancels:
+            cancel_keys = [key for force, key in self._held_cancels if force] + cancel_keys
+            gentle_keys = [key for force, key in self._held_cancels if not force] + gentle_keys
             self._held_cancels = []
-        if cancel_keys and not self._closed:
-            self._dask_send({"op": _plugin.CANCEL_OP, "keys": list(dict.fromkeys(cancel_keys))})
+        if not self._closed:
+            for keys, force in ((cancel_keys, True), (gentle_keys, False)):
+                if keys:
+                    message = {"op": _plugin.CANCEL_OP, "keys": list(dict.fromkeys(keys))}
+                    self._dask_send({**message, "force": force})
         if self._releases:
             keys = []
             while self._releases:

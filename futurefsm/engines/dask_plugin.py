@@ -7,14 +7,16 @@ scheduler has seen the request and ignores what the scheduler does. This plugin 
 two stream operations to the scheduler, handled on the scheduler's event loop in the
 order the client sent them (after the ``update-graph`` that created the keys):
 
-- ``futurefsm-cancel {keys}``: classify every key, atomically (nothing else runs on
-  the loop meanwhile), then release the cancellable ones with ``stimulus_cancel`` and
-  answer ``futurefsm-cancel-answer {answers: {key: kind}}`` on the client's own
-  ordered stream, where ``kind`` is
+- ``futurefsm-cancel {keys, force}``: classify every key, atomically (nothing else
+  runs on the loop meanwhile), then release the cancellable ones with
+  ``stimulus_cancel`` and answer ``futurefsm-cancel-answer {answers: {key: kind}}``
+  on the client's own ordered stream, where ``kind`` is
 
   - ``canceled``: it was waiting, queued, processing (or not yet runnable): the
     scheduler released it. A thread already running it runs to its end and its
-    result is thrown away (Dask never interrupts a running task);
+    result is thrown away (Dask never interrupts a running task). Without ``force``
+    a task a worker thread is running (the plugin asks the workers) is refused
+    instead: ``cancel_failed``;
   - ``not_found``: the scheduler does not know it (never arrived, or forgotten);
   - ``cancel_failed``: another client wants it too; it runs on;
   - ``result``: it is already in memory or erred. Its ``key-in-memory`` or
@@ -76,8 +78,12 @@ _CANCELLABLE = frozenset(
 _FINISHED = frozenset({"memory", "erred"})
 
 
-def classify(scheduler: Any, client: str, key: Any) -> str:
-    """What a cancel of ``key`` by ``client`` does, on ``scheduler`` as it is now."""
+def classify(scheduler: Any, client: str, key: Any, force: bool = True, executing: Any = ()) -> str:
+    """What a cancel of ``key`` by ``client`` does, on ``scheduler`` as it is now.
+
+    Without ``force`` a task whose worker thread is running it (``executing``, asked
+    of the workers) is refused, as ``concurrent.futures`` refuses to cancel a running
+    call; one that waits on its worker is cancelled."""
     ts = scheduler.tasks.get(key)
     if ts is None or ts.state == "forgotten":
         return "not_found"
@@ -89,6 +95,8 @@ def classify(scheduler: Any, client: str, key: Any) -> str:
     if not any(cs.client_key == client for cs in who_wants):
         # Not (or no longer) this client's: nothing of ours to cancel.
         return "not_found"
+    if ts.state == "processing" and not force and key in executing:
+        return "cancel_failed"
     if ts.state in _CANCELLABLE:
         return "canceled"
     return "not_found"
@@ -125,15 +133,28 @@ class FutureFSMCancelPlugin(SchedulerPlugin):
         """``futurefsm_cancel_plugin``: the plugin is here, speaking ``PROTOCOL``."""
         return {"protocol": PROTOCOL}
 
-    def handle_cancel(self, client: str, keys: list[Any], **_: Any) -> None:
+    async def handle_cancel(
+        self, client: str, keys: list[Any], force: bool = True, **_: Any
+    ) -> None:
         """Classify, release what can be released, answer on the client's stream.
+
+        With ``force`` nothing is awaited: the keys are classified and released in
+        one step of the scheduler's loop. Without it, the workers are first asked
+        which of these keys their threads are running; the keys are classified
+        afresh after that answer (a result may have come meanwhile; it is reported
+        to the client before this answer, as always).
 
         Never raises: a failure is logged and every key is answered ``not_found``
         rather than leaving the client to time out silently.
         """
         scheduler = self.scheduler
+        executing: set[Any] = set()
+        if not force:
+            executing = await self._executing(keys)
         try:
-            answers = {key: classify(scheduler, client, key) for key in keys}
+            answers = {
+                key: classify(scheduler, client, key, bool(force), executing) for key in keys
+            }
             cancel = [key for key, kind in answers.items() if kind == "canceled"]
             if cancel:
                 scheduler.stimulus_cancel(
@@ -149,6 +170,24 @@ class FutureFSMCancelPlugin(SchedulerPlugin):
             comm.send({"op": CANCEL_ANSWER_OP, "answers": answers})
         except Exception:
             LOGGER.exception("futurefsm cancel plugin: cannot answer client %s", client)
+
+    async def _executing(self, keys: list[Any]) -> set[Any]:
+        """Which of ``keys`` a worker thread is running now (never raises)."""
+        scheduler = self.scheduler
+        by_worker: dict[str, list[Any]] = {}
+        for key in keys:
+            ts = scheduler.tasks.get(key)
+            if ts is not None and ts.state == "processing" and ts.processing_on is not None:
+                by_worker.setdefault(ts.processing_on.address, []).append(key)
+        executing: set[Any] = set()
+        for address, worker_keys in by_worker.items():
+            try:
+                stacks = await scheduler.rpc(address).call_stack(keys=worker_keys)
+            except Exception:
+                LOGGER.debug("futurefsm cancel plugin: no call stacks from %s", address)
+                continue
+            executing.update(stacks or ())
+        return executing
 
     def handle_ping(self, client: str, **_: Any) -> None:
         """Answer a liveness ping on the client's stream."""
