@@ -565,26 +565,26 @@ def _free_port() -> int:
 
 
 @contextlib.contextmanager
-def standalone_scheduler() -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+def standalone_scheduler(
+    port: int | None = None, preload: bool = True
+) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
     """A real ``dask scheduler`` process (no workers: tasks stay queued), with the
-    cancel plugin installed by ``--preload`` as the docs say."""
-    port = _free_port()
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "distributed.cli.dask_scheduler",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--no-dashboard",
-            "--preload",
-            "futurefsm.engines.dask_plugin",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    cancel plugin installed by ``--preload`` as the docs say (unless ``preload`` is
+    False: then the client must ship it)."""
+    port = port or _free_port()
+    command = [
+        sys.executable,
+        "-m",
+        "distributed.cli.dask_scheduler",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--no-dashboard",
+    ]
+    if preload:
+        command += ["--preload", "futurefsm.engines.dask_plugin"]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         yield process, f"tcp://127.0.0.1:{port}"
     finally:
@@ -752,3 +752,37 @@ def test_the_engines_benchmark_measures_every_figure(cluster: Any) -> None:
     assert len(figures["dask_times"]) == len(figures["futurefsm_times"]) == 2
     if figures["cancels_confirmed"]:
         assert 0 < figures["cancel_p50_ms"] <= figures["cancel_p99_ms"]
+
+
+def test_after_a_reconnect_the_plugin_is_checked_again_before_a_cancel() -> None:
+    """The scheduler dies and a new one (without the plugin) takes its address: Dask's
+    client reconnects, futurefsm reports the old futures lost, ships the plugin again,
+    and a cancel after that is confirmed (never sent blind: that would drop the
+    connection)."""
+    port = _free_port()
+    with standalone_scheduler(port, preload=False) as (process, address):
+        ffsm = Client(
+            address,
+            engine="dask",
+            timeout=60,
+            cancel_timeout=CANCEL_TIMEOUT,
+            connection_timeout=CONNECTION_TIMEOUT,
+            heartbeat_interval=HEARTBEAT,
+        )
+        try:
+            engine = ffsm.engine
+            before = ffsm.submit(echo, 1)  # no workers: it stays queued
+            assert wait_until(lambda: before.state is FutureState.RUNNING)
+            process.kill()
+            process.wait(SLACK)
+            assert cf.wait([before], CONNECTION_TIMEOUT + SLACK).done
+            assert isinstance(before.exception(0), ConnectionLostError)
+            with standalone_scheduler(port, preload=False):
+                assert wait_until(lambda: engine._dask.status == "running", 30)
+                after = ffsm.submit(echo, 2)
+                assert wait_until(lambda: after.state is FutureState.RUNNING)
+                assert after.cancel() is True
+                assert after.cancel_outcome is CancelOutcome.CONFIRMED
+                assert engine._plugin_ok and engine._plugin_error is None
+        finally:
+            ffsm.close()

@@ -515,6 +515,10 @@ class DaskEngine(Engine):
     def _drain(self) -> None:
         """On the loop: send everything queued, cancels of one round in one message."""
         self._wake_pending = False  # before draining: a later post wakes us again
+        if not self._closed:
+            # A reconnect not yet noticed: the old tasks are gone, new ones go out on
+            # the new connection.
+            self._sync_connection()
         cancel_keys: list[str] = []
         gentle_keys: list[str] = []
         outbox = self._outbox
@@ -838,18 +842,7 @@ class DaskEngine(Engine):
             return
         try:
             now = time.monotonic()
-            comm = self._dask.scheduler_comm
-            if self._dask.status != "running" or comm is not self._comm:
-                if self._comm is not None:
-                    self._comm = None
-                    self._plugin_ok = False
-                    self._lose("the Dask client lost its scheduler connection (reconnecting)")
-                if self._dask.status == "running" and comm is not None:
-                    # Reconnected (the scheduler dropped this client's tasks): check
-                    # the plugin again before the next cancel.
-                    self._comm = comm
-                    self._last_heard = now
-                    self._dask.loop.add_callback(self._recheck_plugin)
+            if not self._sync_connection():
                 return
             if now - self._last_heard > client.connection_timeout:
                 self._last_heard = now
@@ -863,8 +856,28 @@ class DaskEngine(Engine):
             LOGGER.exception("Dask engine: liveness check failed")
             self._count("io_errors")
 
+    def _sync_connection(self) -> bool:
+        """On the loop: notice a lost or new connection of the Dask client; True if
+        connected. Lost: every live future is connection lost (the scheduler drops a
+        client's tasks when it goes). New: the plugin is checked again, and cancels
+        wait for that."""
+        comm = self._dask.scheduler_comm
+        running = self._dask.status == "running" and comm is not None
+        if comm is self._comm and running:
+            return True
+        if self._comm is not None:
+            self._comm = None
+            self._plugin_ok = False
+            self._lose("the Dask client lost its scheduler connection (reconnecting)")
+        if running:
+            self._comm = comm
+            self._last_heard = time.monotonic()
+            self._dask.loop.add_callback(self._recheck_plugin)
+        return running
+
     def _lose(self, why: str) -> None:
         self._to_fetch.clear()
+        self._held_cancels = []  # for tasks the scheduler no longer has
         lost = list(self._ours)
         if self._client is not None:
             self._client.connection_lost(why)
