@@ -44,7 +44,7 @@ from futurefsm.fsm import TERMINAL_STATES, CancelOutcome, FutureState  # noqa: E
 from futurefsm.scheduler_stub.sample_tasks import add, echo, fail, sleep_then  # noqa: E402
 from futurefsm.testing.budget import examples  # noqa: E402
 from futurefsm.testing.harness import FutureSnapshot  # noqa: E402
-from futurefsm.testing.invariants import check_snapshot  # noqa: E402
+from futurefsm.testing.invariants import capture, check_snapshot  # noqa: E402
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
@@ -637,7 +637,7 @@ _KINDS = st.sampled_from(["echo", "fail", "sleep", "graph"])
 _DELAYS = st.sampled_from([None, 0.0, 0.001, 0.003, 0.01, 0.03])
 _MODES = st.sampled_from(["wait", "no_wait", "bulk"])
 _PLAN = st.lists(
-    st.tuples(_KINDS, st.sampled_from([0.0, 0.002, 0.01, 0.04]), _DELAYS, _MODES),
+    st.tuples(_KINDS, st.sampled_from([0.0, 0.002, 0.01, 0.04]), _DELAYS, _MODES, st.booleans()),
     min_size=1,
     max_size=5,
 )
@@ -650,18 +650,20 @@ _PLAN = st.lists(
 )
 @given(plan=_PLAN, close_early=st.booleans())
 def test_race_generated_cancel_timings_against_real_tasks(
-    dask_client: Any, plan: list[tuple[str, float, float | None, str]], close_early: bool
+    dask_client: Any, plan: list[tuple[str, float, float | None, str, bool]], close_early: bool
 ) -> None:
-    """Real tasks, cancels at generated moments: every future ends once, as the table
-    says, with a result it may have, and none waits past cancel + connection timeout."""
+    """Real tasks, cancels (forced or not) at generated moments, result() waiting on
+    every future: each ends once, as the table says, with a result it may have, every
+    result() agrees with it, and none waits past cancel + connection timeout."""
     ffsm = make_client(dask_client)
     calls: list[tuple[Any, str, cf.Future[Any]]] = []
     records: list[tuple[Any, str, Any, bool]] = []  # future, kind, expected, in graph
     targets: list[Any] = []  # per plan item, the future its cancel is aimed at
     callbacks: dict[int, int] = {}
-    threads = cf.ThreadPoolExecutor(max_workers=len(plan))
+    threads = cf.ThreadPoolExecutor(max_workers=3 * len(plan))
+    waiting: list[tuple[Any, cf.Future[Any]]] = []  # result() calls in flight
     try:
-        for index, (kind, seconds, _, _) in enumerate(plan):
+        for index, (kind, seconds, *_) in enumerate(plan):
             if kind == "echo":
                 records.append((ffsm.submit(echo, index), kind, index, False))
             elif kind == "fail":
@@ -680,19 +682,21 @@ def test_race_generated_cancel_timings_against_real_tasks(
                 callbacks[id(f)] += 1
 
             future.add_done_callback(count)
+            waiting.append((future, threads.submit(capture, lambda f=future: f.result(SLACK))))
 
-        def cancel(future: Any, delay: float, mode: str) -> bool:
+        def cancel(future: Any, delay: float, mode: str, force: bool) -> bool:
             time.sleep(delay)  # the generated moment of the cancel, not a synchronisation
             if mode == "wait":
-                return future.cancel()
+                return future.cancel(force=force)
             if mode == "no_wait":
-                return future.cancel(wait=False)
-            (answer,) = ffsm.cancel([future])
+                return future.cancel(wait=False, force=force)
+            (answer,) = ffsm.cancel([future], force=force)
             return answer
 
-        for target, (_, _, delay, mode) in zip(targets, plan, strict=True):
+        for target, (_, _, delay, mode, force) in zip(targets, plan, strict=True):
             if delay is not None:
-                calls.append((target, mode, threads.submit(cancel, target, delay, mode)))
+                call = threads.submit(cancel, target, delay, mode, force)
+                calls.append((target, mode, call))
         if close_early:
             ffsm.close()
         started = time.monotonic()
@@ -719,10 +723,22 @@ def test_race_generated_cancel_timings_against_real_tasks(
                 if in_graph:
                     allowed.add(CancelOutcome.BY_SCHEDULER)
                 assert future.cancel_outcome in allowed, future.cancel_outcome
+            elif close_early and isinstance(future.exception(0), ConnectionLostError):
+                # close() cancels in bulk; a cancel of it still in flight without force
+                # was refused, so it was still running when the client closed.
+                assert future.cancel_outcome is CancelOutcome.FAILED
             elif kind == "fail":
                 assert str(future.exception(0)) == expected
             else:
                 assert future.result(0) == expected
+        for future, call in waiting:
+            kind, value = call.result(SLACK)
+            if future.cancelled():
+                assert kind == "raised" and isinstance(value, cf.CancelledError), (kind, value)
+            elif future.exception(0) is not None:
+                assert (kind, value) == ("raised", future.exception(0))
+            else:
+                assert (kind, value) == ("value", future.result(0))
         for target, mode, call in calls:
             answer = call.result(0)
             if mode != "no_wait" or not answer:
