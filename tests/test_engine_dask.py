@@ -265,6 +265,27 @@ def test_private_distributed_attributes_are_where_the_engine_expects() -> None:
     parameters = inspect.signature(Scheduler.update_graph).parameters
     for name in ("expr_ser", "keys", "internal_priority", "annotations", "span_metadata"):
         assert name in parameters, f"Scheduler.update_graph lost its {name!r} parameter"
+    for attribute in ("stream_handlers", "handlers", "client_comms", "tasks", "rpc"):
+        assert f"self.{attribute}" in inspect.getsource(Scheduler) + inspect.getsource(
+            distributed.core.Server
+        ), f"Scheduler.{attribute} moved"
+    assert '"gather": self.gather' in scheduler_source, "the scheduler's gather RPC moved"
+    from distributed.scheduler import TaskState
+    from distributed.worker import Worker
+
+    for slot in ("who_wants", "processing_on", "state"):
+        assert slot in TaskState.__slots__ or hasattr(TaskState, slot), f"TaskState.{slot} moved"
+    assert '"call_stack": self.get_call_stack' in inspect.getsource(Worker.__init__), (
+        "the workers' call_stack RPC moved"
+    )
+    installed = distributed.__version__
+    from packaging.specifiers import SpecifierSet
+
+    from futurefsm.engines.dask import SUPPORTED_DISTRIBUTED
+
+    assert installed in SpecifierSet(SUPPORTED_DISTRIBUTED), (
+        f"distributed {installed} is outside the range checked ({SUPPORTED_DISTRIBUTED})"
+    )
 
 
 # ---------------------------------------------------------------------------- results

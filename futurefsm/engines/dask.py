@@ -20,8 +20,9 @@ of Dask's ``Future`` bookkeeping:
   ``SchedulerPlugin`` (``futurefsm.engines.dask_plugin``) when it connects, checks it
   is there, and sends ``futurefsm-cancel`` on the same stream. The plugin answers
   per key, after the scheduler processed the cancel: ``canceled``, ``not_found``,
-  ``cancel_failed`` (another client wants it), or ``result`` (it was already in
-  memory or erred: the result, earlier on the stream, won). A ``result`` answer to a
+  ``cancel_failed`` (another client wants it, or ``force=False`` and a worker
+  thread runs it), or ``result`` (it was already in memory or erred: the result,
+  earlier on the stream, won). A ``result`` answer to a
   future still cancelling delivers that result first, so the table's
   ``cancel_requested`` + ``recv_result`` cell says ``RESULT_RACED``.
 - a terminal future's key is released (``client-releases-keys``) in batches.
@@ -34,10 +35,13 @@ of Dask's ``Future`` bookkeeping:
 Dask never interrupts a running task: "canceled" means the scheduler released it; a
 thread already running it runs to its end and its result is thrown away.
 
-Private parts of ``distributed`` used here (pinned in the ``dask`` extra, checked by
-``tests/test_engine_dask.py``): ``Client._stream_handlers``, ``Client.scheduler_comm``,
-``Client.status``, the ``update-graph`` / ``client-releases-keys`` / ``cancel-keys``
-stream messages, and ``Scheduler.stream_handlers`` / ``stimulus_cancel`` (plugin).
+Private parts of ``distributed`` used here (pinned in the ``dask`` extra; checked by
+``tests/test_engine_dask.py``, which fails naming the one that moved):
+``Client._stream_handlers``, ``Client.scheduler_comm``, ``Client.status``, the
+``update-graph`` / ``client-releases-keys`` / ``cancel-keys`` / ``report-key`` stream
+messages and the scheduler's ``gather`` RPC; in the plugin,
+``Scheduler.stream_handlers`` / ``handlers`` / ``client_comms`` / ``stimulus_cancel``,
+``TaskState.who_wants`` / ``processing_on`` and the workers' ``call_stack`` RPC.
 """
 
 from __future__ import annotations
@@ -86,6 +90,21 @@ _FETCH_QUIET = 0.005
 """Seconds without a new result after which a busy engine gathers its batch."""
 # The plugin is shipped by value: the scheduler needs only distributed, not futurefsm.
 cloudpickle.register_pickle_by_value(_plugin)
+
+
+def _check_version() -> None:
+    from packaging.specifiers import SpecifierSet
+
+    if distributed.__version__ not in SpecifierSet(SUPPORTED_DISTRIBUTED):
+        LOGGER.warning(
+            "futurefsm's Dask engine was checked on distributed %s, this is %s: if it "
+            "fails, run tests/test_engine_dask.py, which names what moved",
+            SUPPORTED_DISTRIBUTED,
+            distributed.__version__,
+        )
+
+
+_check_version()
 
 
 class DaskPluginError(RuntimeError):
