@@ -10,6 +10,7 @@ from concurrent.futures import CancelledError
 from .client import Client, TaskFuture
 from .errors import (
     ConnectionLostError,
+    DaskPluginError,
     FutureFSMError,
     RemoteTraceback,
     TaskFailedError,
@@ -25,6 +26,7 @@ __all__ = [
     "CancelledError",
     "Client",
     "ConnectionLostError",
+    "DaskPluginError",
     "FutureFSMError",
     "FutureState",
     "ProtocolError",

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 __all__ = [
     "ConnectionLostError",
+    "DaskPluginError",
     "FutureFSMError",
     "RemoteTraceback",
     "TaskFailedError",
@@ -23,6 +24,12 @@ class FutureFSMError(Exception):
 
 class ConnectionLostError(FutureFSMError, ConnectionError):
     """The scheduler went silent or away before the task finished."""
+
+
+class DaskPluginError(FutureFSMError, RuntimeError):
+    """A Dask scheduler cannot confirm cancels: futurefsm's scheduler plugin is missing
+    there (or was refused). Raised by ``Client(addr, engine="dask")`` before anything
+    is submitted; see docs/engine-dask.md."""
 
 
 class WorkerDiedError(FutureFSMError):

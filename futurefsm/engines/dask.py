@@ -69,7 +69,7 @@ from distributed.protocol import serialize, to_serialize
 from distributed.protocol.serialize import Serialized, ToPickle
 from distributed.scheduler import KilledWorker
 
-from ..errors import RemoteTraceback, TaskFailedError, WorkerDiedError
+from ..errors import DaskPluginError, RemoteTraceback, TaskFailedError, WorkerDiedError
 from ..fsm import Effect, FutureState
 from . import Engine, EngineClient
 from . import dask_plugin as _plugin
@@ -105,10 +105,6 @@ def _check_version() -> None:
 
 
 _check_version()
-
-
-class DaskPluginError(RuntimeError):
-    """The scheduler cannot confirm cancels: futurefsm's plugin is missing or refused."""
 
 
 @dataclass(frozen=True, slots=True)
