@@ -43,7 +43,9 @@ Checking another implementation
 
 from __future__ import annotations
 
+from .actions import DEFAULT_ACTIONS, Action, Move, RaceHarness, Unsupported, same_result
 from .budget import examples
+from .contract import Born, Contract
 from .explorer import EXPLORED_STEPS, ExplorationReport, Violation, explore, run_sequence
 from .harness import (
     STDLIB_STATE,
@@ -53,9 +55,20 @@ from .harness import (
     FutureUnderTest,
     HarnessFactory,
     TaskFutureHarness,
+    TaskFutureRaceHarness,
     TaskFutureUnderTest,
 )
 from .invariants import InvariantViolation, describe_future, format_history
+from .kit import (
+    BLOCK_TIMEOUT,
+    Finding,
+    RaceFound,
+    RaceReport,
+    assert_race_free,
+    check_future,
+    run_moves,
+)
+from .laws import CONTRACT, INVARIANTS, UNIVERSAL, Invariant
 from .model import CallbackKind, ExpectedFuture, ExpectedWorld, Resolution, ResolutionKind
 from .race import FutureRaceMachine, make_race_machine
 from .steps import (
@@ -70,6 +83,26 @@ from .steps import (
 )
 
 __all__ = [
+    "BLOCK_TIMEOUT",
+    "CONTRACT",
+    "DEFAULT_ACTIONS",
+    "INVARIANTS",
+    "UNIVERSAL",
+    "Action",
+    "Born",
+    "Contract",
+    "Finding",
+    "Invariant",
+    "Move",
+    "RaceFound",
+    "RaceHarness",
+    "RaceReport",
+    "TaskFutureRaceHarness",
+    "Unsupported",
+    "assert_race_free",
+    "check_future",
+    "run_moves",
+    "same_result",
     "CONFIRM_STEPS",
     "DELIVERABLE_STEPS",
     "EXPLORED_STEPS",

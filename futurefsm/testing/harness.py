@@ -52,6 +52,7 @@ __all__ = [
     "FutureUnderTest",
     "HarnessFactory",
     "TaskFutureHarness",
+    "TaskFutureRaceHarness",
     "TaskFutureUnderTest",
 ]
 
@@ -295,3 +296,76 @@ class TaskFutureHarness:
 
     def close(self) -> None:
         """Nothing to release: the in-memory transport holds no resources."""
+
+
+class TaskFutureRaceHarness:
+    """The race kit's harness (``futurefsm.testing.actions.RaceHarness``) for
+    ``TaskFuture`` (or a subclass) on an ``InMemoryTransport``: every default action,
+    states reported as the table's."""
+
+    unsupported: tuple[str, ...] = ()
+
+    def __init__(
+        self,
+        *,
+        born: str = "pending",
+        future_class: type[TaskFuture] = TaskFuture,
+        cancel_timeout: float = 60.0,
+    ) -> None:
+        self.transport = _Transport(cancel_timeout, future_class)
+        self.born = born
+
+    def create(self) -> TaskFuture:
+        """A future registered with the transport; sent if ``born="sent"``."""
+        future = self.transport.create_future()
+        if self.born == "sent":
+            self.transport.send_task(future)
+        return future
+
+    def deliver(self, action: str, future: Any, payload: Any) -> None:
+        """Fire the trigger method ``action`` names."""
+        from .actions import Unsupported
+
+        if action == "sent":
+            self.transport.send_task(future)
+        elif action == "result_success":
+            future.recv_result(payload)
+        elif action == "result_failed":
+            future.recv_result(exception=payload)
+        elif action.startswith("confirm_"):
+            future.recv_cancel_confirm(action.removeprefix("confirm_"))
+        elif action == "cancel_timed_out":
+            future.cancel_timed_out()
+        elif action == "connection_lost":
+            future.connection_lost()
+        elif action == "disconnect":
+            for live in list(self.transport.futures.values()):
+                live.connection_lost()
+        elif action == "cancel_all":
+            for live in list(self.transport.futures.values()):
+                live.cancel(wait=False)
+        else:
+            raise Unsupported(action)
+
+    def cancel(self, future: TaskFuture) -> bool:
+        """``future.cancel()``: waits for the answer (up to ``cancel_timeout``)."""
+        return future.cancel()
+
+    def state(self, future: TaskFuture) -> FutureState:
+        """The FSM state."""
+        return future.state
+
+    def same_result(self, expected: Any, got: Any) -> bool:
+        """Values by equality, exceptions by identity (nothing is copied in memory)."""
+        return got is expected or (
+            not isinstance(expected, BaseException) and bool(got == expected)
+        )
+
+    def attach_delivering_thread(self, thread: threading.Thread) -> None:
+        """The in-memory transport's I/O thread."""
+        self.transport.io_thread = thread
+
+    def close(self) -> None:
+        """Lose the connection: every future ends, every parked call returns."""
+        for live in list(self.transport.futures.values()):
+            live.connection_lost()

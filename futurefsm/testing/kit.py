@@ -1,0 +1,1146 @@
+"""The race kit: check any future against the universal invariants and its contract.
+
+Entry points: ``check_future(harness_factory, ...)`` returns a ``RaceReport``;
+``assert_race_free(...)`` is the same for pytest: it raises ``RaceFound`` (an
+``AssertionError``) whose message is the report.
+
+Theory of operation
+-------------------
+A *sequence* is a list of ``Move``s (an ``Action`` aimed at one of ``futures``
+futures). Each sequence runs on a fresh harness: deliveries on one delivering thread
+(the kit's, standing in for the client's I/O thread), user calls each on a thread of
+their own. A user call that blocks (``cancel()`` waiting for its answer, ``result()``)
+is started and left parked in ``Condition.wait``; it must return once its future is
+done. A call that neither finishes nor parks within ``block_timeout`` seconds (and
+whose stack stops moving) is a blocked call, reported with its stack.
+
+After every move the kit reads every future (``done()``, ``cancelled()``,
+``result(timeout=0)``, the harness's ``state()``) on the delivering thread and checks
+the universal invariants (``laws.UNIVERSAL``), then, if a contract is declared, the
+contract's (``laws.CONTRACT``). A violation is recorded and the run goes on: the
+contract model follows the state the harness reports, so everything after a first
+violation is still checked. Only a blocked delivering thread ends a run.
+
+The search is breadth first over every sequence up to ``depth`` (pruned: a sequence
+whose observable state an earlier one reached is not extended), then
+``random_runs`` random sequences up to ``max_steps`` long. Each distinct violation
+(invariant plus what was seen) is reported once, with the shortest sequence found:
+breadth first finds shortest sequences first, and a violation found at random is
+shrunk by deleting steps while it still reproduces. Nothing here uses hypothesis: a
+sequence that fails once and not on replay is kept as found, never turned into a
+flaky-test error.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import itertools
+import logging
+import random
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from .actions import DEFAULT_ACTIONS, Action, Move, RaceHarness, Unsupported, same_result
+from .contract import Contract
+from .harness import CountingWaiter
+from .laws import INVARIANTS, Invariant
+from .steps import ResultValue, TaskError
+from .threads import is_parked
+
+__all__ = [
+    "BLOCK_TIMEOUT",
+    "DEFAULT_CONTRACT",
+    "Finding",
+    "RaceFound",
+    "RaceReport",
+    "assert_race_free",
+    "check_future",
+    "run_moves",
+]
+
+BLOCK_TIMEOUT = 0.2
+"""Default seconds a call may take before the kit looks at whether it is blocked."""
+
+LONG = 60.0
+"""Timeout of the user's blocking calls: they must be woken by an event, not the clock."""
+
+DEFAULT_CONTRACT: Any = object()
+"""Sentinel: ``check_future(contract=...)`` defaults to ``Contract.futurefsm()``."""
+
+_MAX_SHRINK_RUNS = 150
+_STACK_FRAMES = 8
+
+
+class _CallbackError(Exception):
+    """What a raising probe callback raises (on purpose)."""
+
+
+@dataclass
+class Finding:
+    """One distinct violation, with the shortest sequence that shows it."""
+
+    invariant: Invariant
+    message: str
+    """What was wrong, naming the future(s)."""
+    moves: tuple[Move, ...]
+    """The minimal sequence of steps (the violation shows after the last)."""
+    found_after: float = 0.0
+    """Seconds into the search when it was first seen."""
+    shrunk_after: float = 0.0
+    """Seconds into the search when its minimal sequence was known."""
+    how: str = "breadth-first"
+    """``breadth-first``, or ``random, shrunk from N steps``."""
+    report: str = ""
+    """The readable report: invariant, steps with the states seen, path, output."""
+
+    @property
+    def steps(self) -> int:
+        """Length of the minimal sequence."""
+        return len(self.moves)
+
+    def __str__(self) -> str:
+        return self.report or f"{self.invariant.name}: {self.message}"
+
+
+@dataclass
+class RaceReport:
+    """What ``check_future`` did and found."""
+
+    harness: str
+    contract: Contract | None
+    futures: int
+    depth: int
+    findings: list[Finding] = field(default_factory=list)
+    sequences_run: int = 0
+    states_reached: int = 0
+    unsupported: set[str] = field(default_factory=set)
+    """Actions the harness declared or raised ``Unsupported`` for."""
+    unknown_states: set[str] = field(default_factory=set)
+    """States the harness reported that the contract does not know."""
+    seconds: float = 0.0
+
+    @property
+    def invariants(self) -> set[str]:
+        """Names of the invariants violated."""
+        return {f.invariant.name for f in self.findings}
+
+    def summary(self) -> str:
+        """One paragraph for a log."""
+        contract = self.contract.name if self.contract else "no contract"
+        return (
+            f"race kit on {self.harness} ({self.futures} futures, {contract}): "
+            f"{self.sequences_run:,} sequences (breadth-first to depth {self.depth}, then "
+            f"random), {self.states_reached:,} states, {len(self.findings)} distinct "
+            f"violations, {self.seconds:.1f} s"
+            + (f"; unsupported: {sorted(self.unsupported)}" if self.unsupported else "")
+            + (f"; unknown states: {sorted(self.unknown_states)}" if self.unknown_states else "")
+        )
+
+    def __str__(self) -> str:
+        parts = [self.summary()]
+        for number, finding in enumerate(self.findings, start=1):
+            parts.append(f"\n=== finding {number} of {len(self.findings)} ===\n{finding}")
+        return "\n".join(parts)
+
+    def assert_clean(self) -> None:
+        """Raise ``RaceFound`` with the whole report if anything was found."""
+        if self.findings:
+            raise RaceFound(str(self))
+
+
+class RaceFound(AssertionError):
+    """``assert_race_free`` found violations; the message is the report."""
+
+
+# ---------------------------------------------------------------------------
+# Waiting for threads, with blocked-call detection
+# ---------------------------------------------------------------------------
+
+
+def _frame_of(thread: threading.Thread) -> Any:
+    return sys._current_frames().get(thread.ident or -1)
+
+
+def _stack_of(thread: threading.Thread) -> str:
+    frame = _frame_of(thread)
+    if frame is None:
+        return "    (no stack: the thread is gone)"
+    lines = traceback.format_stack(frame)[-_STACK_FRAMES:]
+    return "".join("    " + line.replace("\n", "\n    ").rstrip() + "\n" for line in lines)
+
+
+def _wait(
+    finished: Callable[[], bool],
+    thread: threading.Thread,
+    timeout: float,
+    *,
+    parked_ok: bool,
+) -> bool:
+    """Wait until ``finished()`` (or, with ``parked_ok``, the thread is parked in
+    ``Condition.wait``). False if the thread is blocked: still busy after ``timeout``
+    and its stack has stopped moving for a while (a thread that is merely slow, e.g.
+    on a loaded machine, keeps moving and is waited for, up to 50 x ``timeout``)."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if finished() or (parked_ok and is_parked(thread)):
+            return True
+        time.sleep(0.0002)
+    still_for = max(0.05, timeout / 2)
+    hard_end = time.monotonic() + 50 * timeout
+    last, since = None, time.monotonic()
+    while time.monotonic() < hard_end:
+        if finished() or (parked_ok and is_parked(thread)):
+            return True
+        frame = _frame_of(thread)
+        where = None if frame is None else (frame.f_code, frame.f_lasti, frame.f_lineno)
+        now = time.monotonic()
+        if where != last:
+            last, since = where, now
+        elif now - since >= still_for:
+            return False
+        time.sleep(0.005)
+    return False
+
+
+class _Blocked(Exception):
+    def __init__(self, stack: str) -> None:
+        super().__init__(stack)
+        self.stack = stack
+
+
+class _Delivering:
+    """The delivering thread: runs what it is given in order."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._work: list[Callable[[], None]] = []
+        self._ready = threading.Condition(self._lock)
+        self._closed = False
+        self.thread = threading.Thread(target=self._loop, name="racekit-delivering", daemon=True)
+        self.thread.start()
+
+    def _loop(self) -> None:
+        while True:
+            with self._ready:
+                while not self._work and not self._closed:
+                    self._ready.wait()
+                if not self._work:
+                    return
+                job = self._work.pop(0)
+            job()
+
+    def run(self, fn: Callable[[], Any], timeout: float) -> Any:
+        """Run ``fn`` there; its result, its exception, or ``_Blocked``."""
+        out: cf.Future[Any] = cf.Future()
+
+        def job() -> None:
+            try:
+                out.set_result(fn())
+            except BaseException as error:
+                out.set_exception(error)
+
+        with self._ready:
+            self._work.append(job)
+            self._ready.notify()
+        if not _wait(out.done, self.thread, timeout, parked_ok=False):
+            raise _Blocked(_stack_of(self.thread))
+        return out.result()
+
+    def close(self) -> None:
+        with self._ready:
+            self._closed = True
+            self._ready.notify()
+
+
+@dataclass(eq=False)
+class _UserCall:
+    label: str
+    thread: threading.Thread
+    futures: tuple[int, ...]
+    kind: str
+    outcome: tuple[str, Any] | None = None
+    finished: threading.Event = field(default_factory=threading.Event)
+
+
+# ---------------------------------------------------------------------------
+# One run of one sequence
+# ---------------------------------------------------------------------------
+
+
+@dataclass(eq=False)
+class _Probe:
+    """A done-callback the kit added (the counting one, or one that acts)."""
+
+    behaviour: str | None
+    other: int | None
+    calls: int = 0
+    early: bool = False
+    """It ran while ``done()`` was False."""
+
+
+@dataclass(eq=False)
+class _Fut:
+    index: int
+    future: Any
+    model: str | None
+    waiter: CountingWaiter | None
+    probes: list[_Probe]
+    expected: list[tuple[_Probe, int]] = field(default_factory=list)
+    """(probe, calls the model says it must have had)."""
+    first_end: tuple[bool, str, Any] | None = None
+    kept: tuple[str, Any] | None = None
+    """The payload the contract says the future finished with: (kind, payload)."""
+    seen: str | None = None
+    """The state the harness reported last."""
+
+
+@dataclass(frozen=True)
+class _Obs:
+    done: bool
+    cancelled: bool
+    result: tuple[str, Any]
+    state: object | None
+
+
+@dataclass
+class _Violation:
+    name: str
+    key: tuple[Any, ...]
+    message: str
+    step: int
+    future: int | None = None
+
+
+class _Run:
+    """One sequence on a fresh harness."""
+
+    def __init__(self, kit: _Kit, trace: bool = False) -> None:
+        self.kit = kit
+        self.trace: list[str] | None = [] if trace else None
+        self.histories: dict[int, list[tuple[str, str, str, str, str]]] = {}
+        self.violations: list[_Violation] = []
+        self.calls: list[_UserCall] = []
+        self.dead = False
+        self.unsupported: str | None = None
+        self.step = 0
+        self.payloads = itertools.count(1)
+        self.lock = threading.Condition()
+        self.harness: Any = kit.harness_factory()
+        self.io = _Delivering()
+        attach = getattr(self.harness, "attach_delivering_thread", None)
+        if attach is not None:
+            attach(self.io.thread)
+        contract = kit.contract
+        self.futs: list[_Fut] = []
+        for index in range(kit.futures):
+            future = self.harness.create()
+            try:
+                waiter: CountingWaiter | None = CountingWaiter.install(future)
+            except AttributeError:  # not a concurrent.futures.Future subclass
+                waiter = None
+            fut = _Fut(index, future, contract.born_state if contract else None, waiter, [])
+            self.futs.append(fut)
+            probe = _Probe(None, None)
+            fut.probes.append(probe)
+            fut.expected.append((probe, 0))
+            future.add_done_callback(self._callback(fut, probe))
+
+    # ------------------------------------------------------------------ helpers
+
+    def violate(self, name: str, key: tuple[Any, ...], message: str, future: int | None) -> None:
+        self.violations.append(_Violation(name, (name, *key), message, self.step, future))
+
+    def _callback(self, fut: _Fut, probe: _Probe) -> Callable[[Any], None]:
+        harness, futs = self.harness, self.futs
+
+        def callback(future: Any) -> None:
+            with self.lock:
+                probe.calls += 1
+                probe.early = probe.early or not future.done()
+                self.lock.notify_all()
+            if probe.behaviour == "raise":
+                raise _CallbackError(f"f{fut.index}'s done-callback raises (on purpose)")
+            if probe.behaviour == "cancel_other" and probe.other is not None:
+                _cancel(harness, futs[probe.other].future)
+            if probe.behaviour == "result_other" and probe.other is not None:
+                for other in (future, futs[probe.other].future):
+                    try:
+                        other.result(timeout=0)
+                    except (Exception, cf.CancelledError):
+                        pass  # any answer will do; blocking is what would be wrong
+
+        return callback
+
+    def _payload(self, action: Action) -> Any:
+        n = next(self.payloads)
+        if action.payload == "value":
+            return ResultValue(n)
+        if action.payload == "exception":
+            return TaskError(n)
+        return None
+
+    def _user(self, label: str, fn: Callable[[], Any], futures: tuple[int, ...], kind: str) -> None:
+        """Start a user call on its own thread; wait until it returns or parks."""
+        holder: list[_UserCall] = []
+
+        def body() -> None:
+            call = holder[0]
+            try:
+                call.outcome = ("value", fn())
+            except BaseException as error:
+                call.outcome = ("raised", error)
+            call.finished.set()
+
+        thread = threading.Thread(target=body, name=f"racekit-{label}", daemon=True)
+        call = _UserCall(label, thread, futures, kind)
+        holder.append(call)
+        thread.start()
+        if not _wait(call.finished.is_set, thread, self.kit.block_timeout, parked_ok=True):
+            self.violate(
+                "no_call_blocks_forever",
+                (kind, "user call blocked"),
+                f"{label} neither returned nor started waiting within "
+                f"{self.kit.block_timeout} s: blocked at\n{_stack_of(thread)}",
+                futures[0] if futures else None,
+            )
+            return
+        if call.finished.is_set():
+            self._judge_returned(call)
+        else:
+            self.calls.append(call)
+
+    def _judge_returned(self, call: _UserCall) -> None:
+        assert call.outcome is not None
+        kind, value = call.outcome
+        if kind == "raised" and isinstance(value, _CallbackError):
+            self.violate(
+                "callback_errors_contained",
+                (call.kind,),
+                f"{call.label} raised the done-callback's exception: {value!r}",
+                call.futures[0] if call.futures else None,
+            )
+
+    # ------------------------------------------------------------------ one move
+
+    def apply(self, move: Move) -> None:
+        """Do ``move``, update the contract model, and check everything."""
+        self.step += 1
+        action = move.action
+        fut = self.futs[move.target] if move.target is not None else None
+        future = fut.future if fut is not None else None
+        before = [f.seen for f in self.futs]
+        models = [f.model for f in self.futs]
+        payload = self._payload(action)
+        label = str(move)
+        harness = self.harness
+        try:
+            if action.kind == "deliver":
+                run = action.run
+
+                def deliver() -> None:
+                    if run is not None:
+                        run(harness, future, payload)
+                    else:
+                        harness.deliver(action.name, future, payload)
+
+                if action.thread == "delivering":
+                    self._on_delivering_thread(label, deliver, move.target)
+                else:
+                    targets = tuple(range(len(self.futs))) if fut is None else (fut.index,)
+                    self._user(label, deliver, targets, action.name)
+            elif action.kind == "cancel":
+                assert fut is not None
+                self._user(label, lambda: _cancel(harness, future), (fut.index,), "cancel")
+            elif action.kind == "result":
+                assert fut is not None
+                self._user(label, lambda: future.result(LONG), (fut.index,), "result")
+            else:
+                assert fut is not None
+                other = move.other
+                probe = _Probe(action.behaviour, other)
+                fut.probes.append(probe)
+                fut.expected.append((probe, 0))
+                callback = self._callback(fut, probe)
+                self._user(label, lambda: future.add_done_callback(callback), (fut.index,), "add")
+        except Unsupported:
+            self.unsupported = action.name
+            return
+        if self.unsupported is not None:
+            return
+        self._model(move, payload)
+        self.check()
+        if self.trace is not None:
+            self._note(label, before, models)
+
+    def _on_delivering_thread(self, label: str, fn: Callable[[], None], target: int | None) -> None:
+        try:
+            self.io.run(fn, self.kit.block_timeout)
+        except _Blocked as blocked:
+            self.dead = True
+            self.violate(
+                "no_call_blocks_forever",
+                ("delivering thread blocked",),
+                f"the delivering thread did not finish {label} within "
+                f"{self.kit.block_timeout} s: it is blocked at\n{blocked.stack}",
+                target,
+            )
+        except Unsupported as error:
+            self.unsupported = str(error) or label
+        except BaseException as error:
+            origin = "the done-callback's" if isinstance(error, _CallbackError) else "an"
+            self.violate(
+                "nothing_raises_on_delivering_thread",
+                (type(error).__name__,),
+                f"{label} raised {origin} exception on the delivering thread: {error!r}",
+                target,
+            )
+
+    # ------------------------------------------------------------------ the model
+
+    def _model(self, move: Move, payload: Any) -> None:
+        contract, action = self.kit.contract, move.action
+        if action.kind == "callback":
+            fut = self.futs[move.target or 0]
+            if contract is not None and fut.model in contract.terminal:
+                self._run_probe(fut, len(fut.expected) - 1)
+            return
+        if contract is None or action.trigger is None:
+            return
+        if move.target is None:
+            targets = [f for f in self.futs if f.model not in contract.terminal]
+        else:
+            targets = [self.futs[move.target]]
+        for fut in targets:
+            self._fire(fut, action.trigger, action.payload, payload)
+
+    def _fire(self, fut: _Fut, trigger: str, kind: str | None = None, payload: Any = None) -> None:
+        contract = self.kit.contract
+        assert contract is not None and fut.model is not None
+        source = fut.model
+        dest = contract.fire(source, trigger)
+        fut.model = dest
+        if dest != source and dest in contract.terminal and source not in contract.terminal:
+            if kind is not None and dest not in contract.cancelled:
+                fut.kept = (kind, payload)
+            for number in range(len(fut.expected)):
+                self._run_probe(fut, number)
+
+    def _run_probe(self, fut: _Fut, number: int) -> None:
+        probe, calls = fut.expected[number]
+        fut.expected[number] = (probe, calls + 1)
+        if probe.behaviour == "cancel_other" and probe.other is not None and self.kit.contract:
+            if self.kit.cancel_trigger is not None:
+                self._fire(self.futs[probe.other], self.kit.cancel_trigger)
+
+    # ------------------------------------------------------------------ checks
+
+    def _observe(self) -> list[_Obs]:
+        state = getattr(self.harness, "state", None)
+
+        def read() -> list[_Obs]:
+            seen = []
+            for fut in self.futs:
+                future = fut.future
+                done, cancelled = future.done(), future.cancelled()
+                try:
+                    result: tuple[str, Any] = ("value", future.result(timeout=0))
+                except BaseException as error:
+                    result = ("raised", error)
+                seen.append(_Obs(done, cancelled, result, None if state is None else state(future)))
+            return seen
+
+        return self.io.run(read, self.kit.block_timeout)
+
+    def check(self) -> None:
+        """Every invariant, for every future, now."""
+        if self.dead:
+            return
+        try:
+            observed = self._observe()
+        except _Blocked as blocked:
+            self.dead = True
+            self.violate(
+                "no_call_blocks_forever",
+                ("reading state blocked",),
+                "reading the futures (done(), cancelled(), result(timeout=0)) blocked at\n"
+                + blocked.stack,
+                None,
+            )
+            return
+        for fut, obs in zip(self.futs, observed):
+            self._universal(fut, obs)
+        self._pending(observed)
+        if self.kit.contract is not None:
+            for fut, obs in zip(self.futs, observed):
+                self._contract(fut, obs)
+        for fut, obs in zip(self.futs, observed):
+            fut.seen = _state_name(obs)
+
+    def _universal(self, fut: _Fut, obs: _Obs) -> None:
+        name = f"f{fut.index}"
+        kind, value = obs.result
+        ending = _ending(obs)
+        if obs.cancelled and not obs.done:
+            self.violate(
+                "cancelled_implies_done", (), f"{name}: cancelled() is True, done() False", fut.index
+            )
+        raised_cancelled = kind == "raised" and isinstance(value, cf.CancelledError)
+        if raised_cancelled is not obs.cancelled:
+            self.violate(
+                "result_raises_cancelled_iff_cancelled",
+                ("cancelled" if obs.cancelled else "not cancelled", kind),
+                f"{name}: cancelled() is {obs.cancelled} but result(timeout=0) "
+                f"{'raised' if kind == 'raised' else 'returned'} {value!r}",
+                fut.index,
+            )
+        elif not obs.done and not (kind == "raised" and isinstance(value, cf.TimeoutError)):
+            self.violate(
+                "result_raises_cancelled_iff_cancelled",
+                ("not done", kind),
+                f"{name}: done() is False but result(timeout=0) gave {kind} {value!r}",
+                fut.index,
+            )
+        if fut.first_end is not None:
+            was = fut.first_end
+            same = obs.done and was[:2] == ending[:2]
+            if same and was[1] != "cancelled" and was[2] is not ending[2]:
+                same = self._same(was[2], ending[2])
+            if not same:
+                now = _describe_ending(ending) if obs.done else "done() is False"
+                self.violate(
+                    "one_terminal_state",
+                    (was[1], ending[1] if obs.done else "not done"),
+                    f"{name} was done ({_describe_ending(was)}), now {now}",
+                    fut.index,
+                )
+        elif obs.done:
+            fut.first_end = ending
+        self._notifications(fut, obs, ending)
+
+    def _notifications(self, fut: _Fut, obs: _Obs, ending: tuple[bool, str, Any]) -> None:
+        name = f"f{fut.index}"
+        want = 1 if obs.done else 0
+        # Callbacks may run on another thread than the one that finished the future:
+        # give them block_timeout to arrive.
+        with self.lock:
+            self.lock.wait_for(
+                lambda: all(p.calls >= want for p in fut.probes), self.kit.block_timeout
+            )
+            calls = [p.calls for p in fut.probes]
+            early = any(p.early for p in fut.probes)
+        if any(c != want for c in calls) or early:
+            self.violate(
+                "callbacks_run_once",
+                (max(calls), early),
+                f"{name}: done-callbacks ran {calls} times "
+                f"{'(one before done() was True) ' if early else ''}with done() {obs.done}",
+                fut.index,
+            )
+        waiter = fut.waiter
+        if waiter is None:
+            return
+        seen = (waiter.results, waiter.exceptions, waiter.cancellations)
+        if not obs.done:
+            expected = (0, 0, 0)
+        elif obs.cancelled:
+            expected = (0, 0, 1)
+        elif ending[1] == "raised":
+            expected = (0, 1, 0)
+        else:
+            expected = (1, 0, 0)
+        if seen != expected:
+            self.violate(
+                "waiters_notified_once",
+                (sum(seen), expected),
+                f"{name}: a concurrent.futures waiter got (results, exceptions, "
+                f"cancellations) {seen}, expected {expected}",
+                fut.index,
+            )
+
+    def _pending(self, observed: list[_Obs]) -> None:
+        still = []
+        for call in self.calls:
+            done = all(observed[i].done for i in call.futures)
+            if call.finished.is_set() or (
+                done and _wait(call.finished.is_set, call.thread, self.kit.block_timeout, parked_ok=False)
+            ):
+                self._judge_returned(call)
+                if call.kind == "result":
+                    self._judge_result(call, observed[call.futures[0]])
+                continue
+            if done:
+                self.violate(
+                    "no_call_blocks_forever",
+                    (call.kind, "still waiting once done"),
+                    f"{call.label} is still waiting although "
+                    f"{', '.join(f'f{i}' for i in call.futures)} done: it waits at\n"
+                    + _stack_of(call.thread),
+                    call.futures[0],
+                )
+                continue
+            still.append(call)
+        self.calls = still
+
+    def _judge_result(self, call: _UserCall, obs: _Obs) -> None:
+        assert call.outcome is not None
+        kind, value = call.outcome
+        index = call.futures[0]
+        if not obs.done:
+            self.violate(
+                "result_raises_cancelled_iff_cancelled",
+                ("returned while not done",),
+                f"{call.label} gave {kind} {value!r} while f{index} is not done",
+                index,
+            )
+            return
+        raised_cancelled = kind == "raised" and isinstance(value, cf.CancelledError)
+        want_kind, want = obs.result
+        if raised_cancelled is not obs.cancelled or (
+            not obs.cancelled and (kind != want_kind or not self._same(want, value))
+        ):
+            self.violate(
+                "result_raises_cancelled_iff_cancelled",
+                ("blocked result()", kind, obs.cancelled),
+                f"{call.label} gave {kind} {value!r}; result(timeout=0) now gives "
+                f"{want_kind} {want!r} (cancelled() {obs.cancelled})",
+                index,
+            )
+
+    def _same(self, expected: Any, got: Any) -> bool:
+        hook = getattr(self.harness, "same_result", None)
+        return bool((hook or same_result)(expected, got))
+
+    def _contract(self, fut: _Fut, obs: _Obs) -> None:
+        contract = self.kit.contract
+        assert contract is not None and fut.model is not None
+        name = f"f{fut.index}"
+        if obs.state is not None:
+            if contract.knows(obs.state):
+                seen = contract.name_of(obs.state)
+                if seen != fut.model:
+                    self.violate(
+                        "contract_state",
+                        (fut.model, seen),
+                        f"{name} is in {seen}, the contract says {fut.model}",
+                        fut.index,
+                    )
+                    fut.model = seen  # follow the implementation: keep checking after it
+            else:
+                self.kit.unknown_states.add(repr(obs.state))
+        done, cancelled = fut.model in contract.terminal, fut.model in contract.cancelled
+        if (obs.done, obs.cancelled) != (done, cancelled):
+            self.violate(
+                "contract_done",
+                (fut.model, obs.done, obs.cancelled),
+                f"{name}: done() {obs.done}, cancelled() {obs.cancelled}; in {fut.model} the "
+                f"contract says done() {done}, cancelled() {cancelled}",
+                fut.index,
+            )
+        if fut.kept is not None and obs.done and not obs.cancelled:
+            kind, payload = fut.kept
+            got_kind, got = obs.result
+            want_kind = "value" if kind == "value" else "raised"
+            if got_kind != want_kind or not self._same(payload, got):
+                self.violate(
+                    "contract_result",
+                    (kind,),
+                    f"{name} finished with {got_kind} {got!r}; the contract says it keeps "
+                    f"the delivered {payload!r}",
+                    fut.index,
+                )
+
+    # ------------------------------------------------------------------ reports
+
+    def _note(self, label: str, before: list[str | None], models: list[str | None]) -> None:
+        assert self.trace is not None
+        changes = []
+        for fut, was, model_was in zip(self.futs, before, models):
+            if fut.seen != was or fut.model != model_was:
+                text = f"f{fut.index}: {was or '?'} -> {fut.seen or '?'}"
+                if self.kit.contract is not None and fut.seen != fut.model:
+                    text += f" (contract: {fut.model})"
+                changes.append(text)
+            trigger = self._trigger_for(label, fut.index)
+            if trigger is not None and was is not None and fut.seen is not None:
+                self.histories.setdefault(fut.index, []).append(
+                    (label, trigger, was, fut.seen, model_was or "")
+                )
+        self.trace.append(f"  {self.step}. {label:<44}{'; '.join(changes)}")
+
+    def _trigger_for(self, label: str, index: int) -> str | None:
+        for move in self.kit.last_moves[self.step - 1 : self.step]:
+            if move.action.trigger is None:
+                return None
+            if move.target == index or (move.target is None and move.action.scope == "all"):
+                return move.action.trigger
+        return None
+
+    def key(self) -> tuple[Any, ...]:
+        """Everything later moves can depend on (payload identities abstracted)."""
+        futs = tuple(
+            (
+                f.model,
+                f.seen,
+                f.first_end[:2] if f.first_end else None,
+                None if f.waiter is None else f.waiter.total,
+                tuple((p.behaviour, p.other, p.calls) for p in f.probes),
+            )
+            for f in self.futs
+        )
+        calls = tuple(sorted((c.kind, c.futures, c.finished.is_set()) for c in self.calls))
+        return (futs, calls, self.dead)
+
+    def close(self) -> None:
+        try:
+            self.harness.close()
+        finally:
+            self.io.close()
+
+
+def _cancel(harness: Any, future: Any) -> Any:
+    cancel = getattr(harness, "cancel", None)
+    return cancel(future) if cancel is not None else future.cancel()
+
+
+def _ending(obs: _Obs) -> tuple[bool, str, Any]:
+    if obs.cancelled:
+        return (True, "cancelled", None)
+    kind, value = obs.result
+    return (False, kind, value)
+
+
+def _describe_ending(ending: tuple[bool, str, Any]) -> str:
+    cancelled, kind, value = ending
+    if cancelled:
+        return "cancelled"
+    return f"result {value!r}" if kind == "value" else f"exception {value!r}"
+
+
+def _state_name(obs: _Obs) -> str:
+    if obs.state is not None:
+        return Contract.name_of(obs.state)
+    if obs.cancelled:
+        return "CANCELLED"
+    if obs.done:
+        return "FINISHED"
+    return "not done"
+
+
+# ---------------------------------------------------------------------------
+# The search
+# ---------------------------------------------------------------------------
+
+
+class _Capture(logging.Handler):
+    """Collects log records of the given loggers (a done-callback's traceback logged by
+    concurrent.futures, the client's own logs) for the run under way."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.lines: list[str] = []
+        self.setFormatter(logging.Formatter("%(name)s %(levelname)s %(message)s"))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            if len(self.lines) < 200:
+                self.lines.append(self.format(record))
+        except Exception:  # a log line must never break a run
+            pass
+
+
+class _Kit:
+    def __init__(
+        self,
+        harness_factory: Callable[[], Any],
+        contract: Contract | None,
+        actions: Sequence[Action],
+        futures: int,
+        block_timeout: float,
+    ) -> None:
+        self.harness_factory = harness_factory
+        self.contract = contract
+        self.futures = futures
+        self.block_timeout = block_timeout
+        self.unknown_states: set[str] = set()
+        cancels = [a.trigger for a in actions if a.kind == "cancel"]
+        self.cancel_trigger = cancels[0] if cancels else None
+        self.last_moves: tuple[Move, ...] = ()
+        self.capture = _Capture()
+
+    def run(self, moves: Sequence[Move], trace: bool = False) -> _Run:
+        """Run ``moves`` on a fresh harness; stop early once the delivering thread is
+        dead or an action is unsupported."""
+        self.last_moves = tuple(moves)
+        self.capture.lines = []
+        run = _Run(self, trace)
+        try:
+            run.check()
+            for move in moves:
+                if run.dead or run.unsupported is not None:
+                    break
+                run.apply(move)
+        finally:
+            run.close()
+        return run
+
+
+def _alphabet(actions: Sequence[Action], futures: int) -> list[Move]:
+    moves: list[Move] = []
+    for action in actions:
+        if action.scope == "all":
+            moves.append(Move(action))
+        elif action.needs_other:
+            moves += [
+                Move(action, t, o) for t in range(futures) for o in range(futures) if o != t
+            ]
+        else:
+            moves += [Move(action, t) for t in range(futures)]
+    return moves
+
+
+def _report(kit: _Kit, violation: _Violation, moves: tuple[Move, ...]) -> str:
+    """Replay ``moves`` with tracing and render the finding."""
+    invariant = INVARIANTS[violation.name]
+    run = kit.run(moves, trace=True)
+    output = list(kit.capture.lines)
+    contract = kit.contract
+    lines = [
+        f"{invariant.layer} invariant {invariant.name} violated after {len(moves)} "
+        f"step{'s' if len(moves) != 1 else ''}:",
+        f"  {violation.message}".replace("\n", "\n  "),
+        f"  ({invariant.name}: {invariant.doc})",
+        "",
+        f"minimal steps ({kit.futures} future{'s' if kit.futures != 1 else ''}"
+        + (f", born {contract.born_state} under {contract.name}" if contract else "")
+        + "; states as the harness reports them):",
+        *(run.trace or []),
+    ]
+    index = violation.future
+    if contract is not None and contract.futurefsm_table and index is not None:
+        lines += _path(run.histories.get(index, []), index)
+    elif index is not None and run.histories.get(index):
+        path = " -> ".join(
+            [run.histories[index][0][2]] + [f"[{t}] {dest}" for _, t, _, dest, _ in run.histories[index]]
+        )
+        lines += ["", f"path of f{index}: {path}"]
+    if output:
+        lines += ["", "captured output:", *("  " + line.replace("\n", "\n  ") for line in output)]
+    return "\n".join(lines)
+
+
+def _path(history: list[tuple[str, str, str, str, str]], index: int) -> list[str]:
+    from ..diagrams import path_diagram
+
+    if not history:
+        return []
+    entries = [(float(n), trigger, source, dest) for n, (_, trigger, source, dest, _) in enumerate(history)]
+    try:
+        return ["", f"path of f{index} on the diagram (Mermaid):", path_diagram(entries)]
+    except ValueError as error:
+        # The implementation took a step the table does not have: draw the steps that
+        # agree with it, and say which one does not.
+        good = []
+        for entry in entries:
+            try:
+                path_diagram([*good, entry])
+            except ValueError:
+                break
+            good.append(entry)
+        text = ["", f"path of f{index} on the diagram (Mermaid), up to the step off the table:"]
+        text.append(f"  ({error})")
+        if good:
+            text.append(path_diagram(good))
+        return text
+
+
+def check_future(
+    harness_factory: Callable[[], Any],
+    *,
+    contract: Contract | None = DEFAULT_CONTRACT,
+    actions: Iterable[Action] = DEFAULT_ACTIONS,
+    futures: int = 2,
+    depth: int = 2,
+    random_runs: int = 200,
+    max_steps: int = 8,
+    block_timeout: float = BLOCK_TIMEOUT,
+    seed: int = 0,
+    time_limit: float | None = None,
+    loggers: Iterable[str] = ("concurrent.futures", "futurefsm"),
+) -> RaceReport:
+    """Check the futures ``harness_factory()`` makes (see the module docstring).
+
+    ``contract``: the declared table (default ``Contract.futurefsm()``; None checks the
+    universal invariants only). ``actions``: the steps to combine (add your own).
+    ``futures``: futures per sequence. ``depth``: every sequence up to this length is
+    run (pruned on observable state); then ``random_runs`` random ones of up to
+    ``max_steps``, started from ``seed``. ``block_timeout``: seconds before a call
+    that has not returned or parked is examined as blocked. ``time_limit``: stop the
+    random phase after this many seconds. Log records of ``loggers`` are captured
+    (shown in the report of the run that produced them), not printed.
+    """
+    started = time.monotonic()
+    if contract is DEFAULT_CONTRACT:
+        contract = Contract.futurefsm()
+    actions = tuple(actions)
+    probe = harness_factory()
+    try:
+        declared = set(getattr(probe, "unsupported", ()) or ())
+    finally:
+        probe.close()
+    if contract is not None and contract.born == "sent":
+        declared |= {a.name for a in actions if a.trigger == contract.sent_trigger}
+    actions = tuple(a for a in actions if a.name not in declared)
+    kit = _Kit(harness_factory, contract, actions, futures, block_timeout)
+    name = getattr(harness_factory, "__name__", "<lambda>")
+    report = RaceReport(
+        type(probe).__name__ if name == "<lambda>" else name,
+        contract,
+        futures,
+        depth,
+        unsupported=declared,
+    )
+    alphabet = _alphabet(actions, futures)
+    found: dict[tuple[Any, ...], tuple[_Violation, tuple[Move, ...], Finding]] = {}
+    seen: set[tuple[Any, ...]] = set()
+
+    def record(run: _Run, moves: tuple[Move, ...], how: str) -> list[_Violation]:
+        new = []
+        for violation in run.violations:
+            shortest = moves[: violation.step]
+            known = found.get(violation.key)
+            if known is None or len(shortest) < len(known[1]):
+                finding = Finding(
+                    INVARIANTS[violation.name],
+                    violation.message,
+                    shortest,
+                    found_after=time.monotonic() - started,
+                    shrunk_after=time.monotonic() - started,
+                    how=how,
+                )
+                if known is not None:
+                    finding.found_after = known[2].found_after
+                found[violation.key] = (violation, shortest, finding)
+                new.append(violation)
+        return new
+
+    handlers = []
+    for name in loggers:
+        logger = logging.getLogger(name)
+        handlers.append((logger, logger.propagate))
+        logger.addHandler(kit.capture)
+        logger.propagate = False
+    try:
+        frontier: list[tuple[Move, ...]] = [()]
+        for _ in range(depth):
+            next_frontier = []
+            for prefix in frontier:
+                for move in alphabet:
+                    moves = (*prefix, move)
+                    run = kit.run(moves)
+                    report.sequences_run += 1
+                    if run.unsupported is not None:
+                        report.unsupported.add(run.unsupported)
+                        continue
+                    record(run, moves, "breadth-first")
+                    if run.dead:
+                        continue
+                    key = run.key()
+                    if key not in seen:
+                        seen.add(key)
+                        next_frontier.append(moves)
+            frontier = next_frontier
+        rng = random.Random(seed)
+        for _ in range(random_runs):
+            if time_limit is not None and time.monotonic() - started > time_limit:
+                break
+            length = rng.randint(1, max(1, max_steps))
+            moves = tuple(rng.choice(alphabet) for _ in range(length))
+            run = kit.run(moves)
+            report.sequences_run += 1
+            if run.unsupported is not None:
+                report.unsupported.add(run.unsupported)
+            for violation in record(run, moves, "random"):
+                original = found[violation.key][1]
+                shrunk, runs = _shrink(kit, original, violation.key)
+                report.sequences_run += runs
+                finding = found[violation.key][2]
+                if len(shrunk) < len(original):
+                    finding.moves = shrunk
+                    finding.how = f"random, shrunk from {len(original)} steps"
+                    found[violation.key] = (violation, shrunk, finding)
+                finding.shrunk_after = time.monotonic() - started
+        for violation, moves, finding in found.values():
+            finding.report = _report(kit, violation, moves) + f"\n\n(found {finding.how})"
+            report.findings.append(finding)
+    finally:
+        for logger, propagate in handlers:
+            logger.removeHandler(kit.capture)
+            logger.propagate = propagate
+    report.findings.sort(key=lambda f: (f.invariant.layer != "universal", f.steps))
+    report.states_reached = len(seen)
+    report.unknown_states = kit.unknown_states
+    report.seconds = time.monotonic() - started
+    return report
+
+
+def _shrink(kit: _Kit, moves: tuple[Move, ...], key: tuple[Any, ...]) -> tuple[tuple[Move, ...], int]:
+    """Delete steps while the violation ``key`` still shows; return the shortest
+    sequence and the runs it took."""
+    runs = 0
+
+    def shows(candidate: tuple[Move, ...]) -> tuple[Move, ...] | None:
+        nonlocal runs
+        runs += 1
+        run = kit.run(candidate)
+        for violation in run.violations:
+            if violation.key == key:
+                return candidate[: violation.step]
+        return None
+
+    best = moves
+    size = max(1, len(best) // 2)
+    while size >= 1 and runs < _MAX_SHRINK_RUNS:
+        start, progressed = 0, False
+        while start < len(best) and runs < _MAX_SHRINK_RUNS:
+            candidate = best[:start] + best[start + size :]
+            shorter = shows(candidate) if candidate else None
+            if shorter is not None:
+                best, progressed = shorter, True
+            else:
+                start += size
+        if not progressed:
+            size //= 2
+    return best, runs
+
+
+def run_moves(
+    harness_factory: Callable[[], Any],
+    moves: Sequence[Move],
+    *,
+    contract: Contract | None = DEFAULT_CONTRACT,
+    actions: Iterable[Action] = DEFAULT_ACTIONS,
+    futures: int = 2,
+    block_timeout: float = BLOCK_TIMEOUT,
+) -> list[str]:
+    """Replay one sequence (e.g. a finding's ``moves``) and return the names of the
+    invariants it violates, in order (empty if none)."""
+    if contract is DEFAULT_CONTRACT:
+        contract = Contract.futurefsm()
+    kit = _Kit(harness_factory, contract, tuple(actions), futures, block_timeout)
+    return [v.name for v in kit.run(moves).violations]
+
+
+def assert_race_free(harness_factory: Callable[[], Any], **options: Any) -> RaceReport:
+    """``check_future(harness_factory, **options)`` for pytest: raise ``RaceFound``
+    (an ``AssertionError``) with the report if anything was found; else return it."""
+    report = check_future(harness_factory, **options)
+    report.assert_clean()
+    return report
+
+
+_ = RaceHarness  # re-exported through the package
