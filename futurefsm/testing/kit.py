@@ -326,6 +326,8 @@ class _Run:
         self.violations: list[_Violation] = []
         self.calls: list[_UserCall] = []
         self.dead = False
+        self.blocked = False
+        """A user call is blocked: the run goes on, but is not worth extending."""
         self.unsupported: str | None = None
         self.step = 0
         self.payloads = itertools.count(1)
@@ -401,6 +403,7 @@ class _Run:
         holder.append(call)
         thread.start()
         if not _wait(call.finished.is_set, thread, self.kit.block_timeout, parked_ok=True):
+            self.blocked = True
             self.violate(
                 "no_call_blocks_forever",
                 (kind, "user call blocked"),
@@ -572,13 +575,13 @@ class _Run:
                 None,
             )
             return
-        for fut, obs in zip(self.futs, observed):
+        for fut, obs in zip(self.futs, observed, strict=True):
             self._universal(fut, obs)
         self._pending(observed)
         if self.kit.contract is not None:
-            for fut, obs in zip(self.futs, observed):
+            for fut, obs in zip(self.futs, observed, strict=True):
                 self._contract(fut, obs)
-        for fut, obs in zip(self.futs, observed):
+        for fut, obs in zip(self.futs, observed, strict=True):
             fut.seen = _state_name(obs)
 
     def _universal(self, fut: _Fut, obs: _Obs) -> None:
@@ -587,7 +590,10 @@ class _Run:
         ending = _ending(obs)
         if obs.cancelled and not obs.done:
             self.violate(
-                "cancelled_implies_done", (), f"{name}: cancelled() is True, done() False", fut.index
+                "cancelled_implies_done",
+                (),
+                f"{name}: cancelled() is True, done() False",
+                fut.index,
             )
         raised_cancelled = kind == "raised" and isinstance(value, cf.CancelledError)
         if raised_cancelled is not obs.cancelled:
@@ -667,13 +673,17 @@ class _Run:
         for call in self.calls:
             done = all(observed[i].done for i in call.futures)
             if call.finished.is_set() or (
-                done and _wait(call.finished.is_set, call.thread, self.kit.block_timeout, parked_ok=False)
+                done
+                and _wait(
+                    call.finished.is_set, call.thread, self.kit.block_timeout, parked_ok=False
+                )
             ):
                 self._judge_returned(call)
                 if call.kind == "result":
                     self._judge_result(call, observed[call.futures[0]])
                 continue
             if done:
+                self.blocked = True
                 self.violate(
                     "no_call_blocks_forever",
                     (call.kind, "still waiting once done"),
@@ -759,7 +769,7 @@ class _Run:
     def _note(self, label: str, before: list[str | None], models: list[str | None]) -> None:
         assert self.trace is not None
         changes = []
-        for fut, was, model_was in zip(self.futs, before, models):
+        for fut, was, model_was in zip(self.futs, before, models, strict=True):
             if fut.seen != was or fut.model != model_was:
                 text = f"f{fut.index}: {was or '?'} -> {fut.seen or '?'}"
                 if self.kit.contract is not None and fut.seen != fut.model:
@@ -881,7 +891,7 @@ class _Kit:
         try:
             run.check()
             for move in moves:
-                if run.dead or run.unsupported is not None:
+                if run.dead or run.blocked or run.unsupported is not None:
                     break
                 run.apply(move)
         finally:
@@ -895,9 +905,7 @@ def _alphabet(actions: Sequence[Action], futures: int) -> list[Move]:
         if action.scope == "all":
             moves.append(Move(action))
         elif action.needs_other:
-            moves += [
-                Move(action, t, o) for t in range(futures) for o in range(futures) if o != t
-            ]
+            moves += [Move(action, t, o) for t in range(futures) for o in range(futures) if o != t]
         else:
             moves += [Move(action, t) for t in range(futures)]
     return moves
@@ -925,7 +933,8 @@ def _report(kit: _Kit, violation: _Violation, moves: tuple[Move, ...]) -> str:
         lines += _path(run.histories.get(index, []), index)
     elif index is not None and run.histories.get(index):
         path = " -> ".join(
-            [run.histories[index][0][2]] + [f"[{t}] {dest}" for _, t, _, dest, _ in run.histories[index]]
+            [run.histories[index][0][2]]
+            + [f"[{t}] {dest}" for _, t, _, dest, _ in run.histories[index]]
         )
         lines += ["", f"path of f{index}: {path}"]
     if output:
@@ -938,7 +947,9 @@ def _path(history: list[tuple[str, str, str, str, str]], index: int) -> list[str
 
     if not history:
         return []
-    entries = [(float(n), trigger, source, dest) for n, (_, trigger, source, dest, _) in enumerate(history)]
+    entries = [
+        (float(n), trigger, source, dest) for n, (_, trigger, source, dest, _) in enumerate(history)
+    ]
     try:
         return ["", f"path of f{index} on the diagram (Mermaid):", path_diagram(entries)]
     except ValueError as error:
@@ -1047,7 +1058,7 @@ def check_future(
                         report.unsupported.add(run.unsupported)
                         continue
                     record(run, moves, "breadth-first")
-                    if run.dead:
+                    if run.dead or run.blocked:
                         continue
                     key = run.key()
                     if key not in seen:
@@ -1088,7 +1099,9 @@ def check_future(
     return report
 
 
-def _shrink(kit: _Kit, moves: tuple[Move, ...], key: tuple[Any, ...]) -> tuple[tuple[Move, ...], int]:
+def _shrink(
+    kit: _Kit, moves: tuple[Move, ...], key: tuple[Any, ...]
+) -> tuple[tuple[Move, ...], int]:
     """Delete steps while the violation ``key`` still shows; return the shortest
     sequence and the runs it took."""
     runs = 0
