@@ -51,6 +51,7 @@ from hypothesis.stateful import Bundle, RuleBasedStateMachine, initialize, preco
 
 from ..fsm import TERMINAL_STATES, Effect, FutureState
 from ..fsm import Trigger as T
+from . import threads
 from .harness import CountingWaiter, FutureHarness, FutureUnderTest, HarnessFactory
 from .harness import TaskFutureHarness as _DefaultHarness
 from .invariants import (
@@ -65,7 +66,7 @@ from .invariants import (
 )
 from .model import CallbackKind, ExpectedFuture, ExpectedWorld, ResolutionKind
 from .steps import DELIVERABLE_STEPS, MESSAGE_STEPS, Step, payload_for
-from .threads import DEADLINE, IOThread, UserCall
+from .threads import IOThread, UserCall
 
 __all__ = ["FutureRaceMachine", "make_race_machine"]
 
@@ -139,6 +140,8 @@ class _RaceMachineBase(RuleBasedStateMachine):
     harness_factory: HarnessFactory = _DefaultHarness
     max_futures = 3
     bursts = True
+    deadline: float | None = None
+    """Seconds a call may take before it counts as blocked (None: ``threads.DEADLINE``)."""
     futures = Bundle("futures")
 
     def __init__(self) -> None:
@@ -159,6 +162,10 @@ class _RaceMachineBase(RuleBasedStateMachine):
 
     # ------------------------------------------------------------------ helpers
 
+    @property
+    def _limit(self) -> float:
+        return threads.DEADLINE if self.deadline is None else self.deadline
+
     def _expected(self, record: FutureRecord) -> ExpectedFuture:
         return self.model.futures[record.index]
 
@@ -178,9 +185,11 @@ class _RaceMachineBase(RuleBasedStateMachine):
         was_terminal = expected.terminal
         harness, fut = self.harness, record.fut
         if routed:
-            stale = self.io.run(lambda: harness.deliver_to_id(fut.task_id, step, payload), step)
+            stale = self.io.run(
+                lambda: harness.deliver_to_id(fut.task_id, step, payload), step, self._limit
+            )
         else:
-            stale = self.io.run(lambda: fut.deliver(step, payload), step)
+            stale = self.io.run(lambda: fut.deliver(step, payload), step, self._limit)
         record.last_delivery = (step, payload)
         if routed and was_terminal:
             want_stale = True  # released: the registry no longer knows the id
@@ -226,7 +235,7 @@ class _RaceMachineBase(RuleBasedStateMachine):
         verify: Callable[[Outcome, bool], None],
     ) -> None:
         call = UserCall(label, fn).start()
-        call.settle()
+        call.settle(self._limit)
         self.calls.append(PendingCall(call, should_return, verify))
 
     # ------------------------------------------------------------------ checks
@@ -236,7 +245,7 @@ class _RaceMachineBase(RuleBasedStateMachine):
         waiting = []
         for pending in self.calls:
             if pending.should_return():
-                outcome = pending.call.join()
+                outcome = pending.call.join(self._limit)
                 pending.verify(outcome, pending.strict)
             elif pending.strict and pending.call.finished.is_set():
                 raise InvariantViolation(
@@ -264,7 +273,7 @@ class _RaceMachineBase(RuleBasedStateMachine):
             wanted = [c.calls for c in expected.callbacks]
             with self._probe_lock:
                 self._probe_lock.wait_for(
-                    lambda r=record, w=wanted: [p[0] for p in r.probes] >= w, DEADLINE
+                    lambda r=record, w=wanted: [p[0] for p in r.probes] >= w, self._limit
                 )
                 calls = [p[0] for p in record.probes]
             check_notifications(name, expected, record.waiter, calls)
@@ -327,7 +336,9 @@ class _RaceMachineBase(RuleBasedStateMachine):
         self._stale_ids += 1
         task_id = b"\xff" * 8 + self._stale_ids.to_bytes(8, "big")
         harness, payload = self.harness, self._payload(step)
-        stale = self.io.run(lambda: harness.deliver_to_id(task_id, step, payload), step)
+        stale = self.io.run(
+            lambda: harness.deliver_to_id(task_id, step, payload), step, self._limit
+        )
         if stale is False:
             raise InvariantViolation(f"{step} for an unknown task id was not stale")
 
@@ -335,14 +346,14 @@ class _RaceMachineBase(RuleBasedStateMachine):
     @_step
     def expire_cancels(self) -> None:
         """Every cancel deadline passes, enforced by the transport."""
-        self.io.run(self.harness.expire_cancels, "expire_cancels")
+        self.io.run(self.harness.expire_cancels, "expire_cancels", self._limit)
         self.model.expire_cancels()
 
     @rule()
     @_step
     def lose_connection(self) -> None:
         """The connection is lost: every live future gets ``connection_lost``."""
-        self.io.run(self.harness.lose_connection, "lose_connection")
+        self.io.run(self.harness.lose_connection, "lose_connection", self._limit)
         self.model.lose_connection()
 
     # ------------------------------------------------------------------ user calls
@@ -353,7 +364,7 @@ class _RaceMachineBase(RuleBasedStateMachine):
         """``cancel(timeout, wait=False)`` from a user thread."""
         future = f.fut.future
         outcome = UserCall.run(
-            f"{f}.cancel(wait=False)", lambda: future.cancel(timeout, wait=False)
+            f"{f}.cancel(wait=False)", lambda: future.cancel(timeout, wait=False), self._limit
         )
         self.model.cancel(f.index, deadline_passed=timeout == 0, wait=False)
         state = self._expected(f).state
@@ -516,7 +527,9 @@ class _RaceMachineBase(RuleBasedStateMachine):
         cancels ``other``, or queries it (inside a callback: must not block)."""
         callback = self._probe(f, kind, other)
         future = f.fut.future
-        outcome = UserCall.run(f"{f}.add_done_callback", lambda: future.add_done_callback(callback))
+        outcome = UserCall.run(
+            f"{f}.add_done_callback", lambda: future.add_done_callback(callback), self._limit
+        )
         if outcome[0] != "value":
             raise InvariantViolation(f"{f}: add_done_callback raised {outcome[1]!r}")
         self.model.add_callback(f.index, kind, other.index)
@@ -541,7 +554,7 @@ class _RaceMachineBase(RuleBasedStateMachine):
 
         def after_barrier(fn: Callable[[], Any]) -> Callable[[], Any]:
             def run() -> Any:
-                barrier.wait(DEADLINE)
+                barrier.wait(self._limit)
                 return fn()
 
             return run
@@ -560,8 +573,8 @@ class _RaceMachineBase(RuleBasedStateMachine):
             users.append(UserCall(f"{f}.cancel(0)", after_barrier(lambda: future.cancel(0.0))))
         for user in users:
             user.start()
-        outcomes = [user.join() for user in users]
-        stale = delivery.result(DEADLINE)
+        outcomes = [user.join(self._limit) for user in users]
+        stale = delivery.result(self._limit)
         for pending in self.calls:
             pending.strict = False
         self._resolve_burst(f, step, payload, cancellers, timing_out, stale)
@@ -642,7 +655,7 @@ class _RaceMachineBase(RuleBasedStateMachine):
     def _teardown_checks(self) -> None:
         try:
             self._terminal_before = {r for r in self.records if self._expected(r).terminal}
-            self.io.run(self.harness.lose_connection, "lose_connection")
+            self.io.run(self.harness.lose_connection, "lose_connection", self._limit)
             self.model.lose_connection()
             self._check_all()
             self._settle()
@@ -661,6 +674,7 @@ def make_race_machine(
     *,
     max_futures: int = 3,
     bursts: bool = True,
+    deadline: float | None = None,
     name: str | None = None,
 ) -> type[RuleBasedStateMachine]:
     """A race machine class over the futures ``harness_factory()`` makes.
@@ -668,7 +682,14 @@ def make_race_machine(
     ``max_futures`` bounds the futures per test case. ``bursts=False`` leaves out the
     one rule whose outcome depends on thread scheduling, so that every failure
     replays exactly (use it when hunting a known bug, to avoid ``FlakyFailure``).
-    ``name`` names the class (hypothesis prints it in failing cases).
+    ``deadline``: seconds a call may take before it counts as blocked (default
+    ``threads.DEADLINE``, read when the machine runs); a short one (0.5) lets
+    hypothesis shrink a deadlock quickly. ``name`` names the class (hypothesis prints
+    it in failing cases).
+
+    For a future with its own contract (not futurefsm's table), or one whose harness
+    cannot provide futurefsm's types, use the race kit instead:
+    ``futurefsm.testing.check_future``.
 
     Run it with ``hypothesis.stateful.run_state_machine_as_test(cls, settings=...)``
     or expose ``cls.TestCase`` to pytest/unittest. Use ``deadline=None``: its steps
@@ -678,6 +699,7 @@ def make_race_machine(
         "harness_factory": staticmethod(harness_factory),
         "max_futures": max_futures,
         "bursts": bursts,
+        "deadline": deadline,
     }
     return type(name or "FutureRaceMachine", (_RaceMachineBase,), namespace)
 

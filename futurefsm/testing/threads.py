@@ -23,7 +23,15 @@ from .invariants import InvariantViolation, Outcome, capture
 __all__ = ["DEADLINE", "IOThread", "UserCall", "is_parked"]
 
 DEADLINE = 10.0
-"""Seconds any test waits for something that must happen at once."""
+"""Seconds any test waits for something that must happen at once, when no timeout is
+passed. Read at call time (not bound as a default at import), so a test can change it;
+the race machine takes its own (``make_race_machine(deadline=...)``) and the race kit
+its ``block_timeout``."""
+
+
+def _deadline(timeout: float | None) -> float:
+    return DEADLINE if timeout is None else timeout
+
 
 _PARKED_CODE = threading.Condition.wait.__code__
 _names = itertools.count()
@@ -63,8 +71,9 @@ class IOThread:
         self._queue.put((fn, outcome))
         return outcome
 
-    def run(self, fn: Callable[[], Any], what: str, timeout: float = DEADLINE) -> Any:
+    def run(self, fn: Callable[[], Any], what: str, timeout: float | None = None) -> Any:
         """Run ``fn`` on the I/O thread and return its result (or raise its exception)."""
+        timeout = _deadline(timeout)
         outcome = self.submit(fn)
         try:
             return outcome.result(timeout)
@@ -107,8 +116,9 @@ class UserCall:
         self.thread.start()
         return self
 
-    def settle(self, timeout: float = DEADLINE) -> None:
+    def settle(self, timeout: float | None = None) -> None:
         """Wait until the call has finished or is parked waiting to be woken."""
+        timeout = _deadline(timeout)
         end = time.monotonic() + timeout
         while not self.finished.is_set() and not is_parked(self.thread):
             if time.monotonic() > end:
@@ -117,14 +127,15 @@ class UserCall:
                 )
             time.sleep(0.00005)
 
-    def join(self, timeout: float = DEADLINE) -> Outcome:
+    def join(self, timeout: float | None = None) -> Outcome:
         """Wait for the call to finish; an ``InvariantViolation`` if it does not."""
+        timeout = _deadline(timeout)
         if not self.finished.wait(timeout):
             raise InvariantViolation(f"{self.label} did not return within {timeout} s")
         assert self.outcome is not None
         return self.outcome
 
     @classmethod
-    def run(cls, label: str, fn: Callable[[], Any], timeout: float = DEADLINE) -> Outcome:
+    def run(cls, label: str, fn: Callable[[], Any], timeout: float | None = None) -> Outcome:
         """Run ``fn`` on a new thread and wait for it to finish."""
         return cls(label, fn).start().join(timeout)
