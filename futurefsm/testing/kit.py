@@ -133,7 +133,8 @@ class RaceReport:
         """One paragraph for a log."""
         contract = self.contract.name if self.contract else "no contract"
         return (
-            f"race kit on {self.harness} ({self.futures} futures, {contract}): "
+            f"race kit on {self.harness} ({self.futures} future"
+            f"{'s' if self.futures != 1 else ''}, {contract}): "
             f"{self.sequences_run:,} sequences (breadth-first to depth {self.depth}, then "
             f"random), {self.states_reached:,} states, {len(self.findings)} distinct "
             f"violations, {self.seconds:.1f} s"
@@ -142,9 +143,11 @@ class RaceReport:
         )
 
     def __str__(self) -> str:
+        """The summary, then each minimal sequence once with every violation it shows."""
+        reports = list(dict.fromkeys(f.report or str(f) for f in self.findings))
         parts = [self.summary()]
-        for number, finding in enumerate(self.findings, start=1):
-            parts.append(f"\n=== finding {number} of {len(self.findings)} ===\n{finding}")
+        for number, text in enumerate(reports, start=1):
+            parts.append(f"\n=== sequence {number} of {len(reports)} ===\n{text}")
         return "\n".join(parts)
 
     def assert_clean(self) -> None:
@@ -297,6 +300,12 @@ class _Fut:
     """The payload the contract says the future finished with: (kind, payload)."""
     seen: str | None = None
     """The state the harness reported last."""
+    said: str | None = None
+    """The state the contract expected after the last move (before following the
+    implementation)."""
+    path: tuple[str, ...] = ()
+    """Every state it was seen in, in order (repeats collapsed): part of the search's
+    key, since a flag-based future may remember how it got where it is."""
 
 
 @dataclass(frozen=True)
@@ -583,6 +592,8 @@ class _Run:
                 self._contract(fut, obs)
         for fut, obs in zip(self.futs, observed, strict=True):
             fut.seen = _state_name(obs)
+            if not fut.path or fut.path[-1] != fut.seen:
+                fut.path += (fut.seen,)
 
     def _universal(self, fut: _Fut, obs: _Obs) -> None:
         name = f"f{fut.index}"
@@ -620,7 +631,7 @@ class _Run:
                 now = _describe_ending(ending) if obs.done else "done() is False"
                 self.violate(
                     "one_terminal_state",
-                    (was[1], ending[1] if obs.done else "not done"),
+                    (was[0], ending[0] if obs.done else "not done"),
                     f"{name} was done ({_describe_ending(was)}), now {now}",
                     fut.index,
                 )
@@ -729,6 +740,7 @@ class _Run:
         contract = self.kit.contract
         assert contract is not None and fut.model is not None
         name = f"f{fut.index}"
+        fut.said = fut.model
         if obs.state is not None:
             if contract.knows(obs.state):
                 seen = contract.name_of(obs.state)
@@ -770,10 +782,10 @@ class _Run:
         assert self.trace is not None
         changes = []
         for fut, was, model_was in zip(self.futs, before, models, strict=True):
-            if fut.seen != was or fut.model != model_was:
+            if fut.seen != was or fut.said != model_was:
                 text = f"f{fut.index}: {was or '?'} -> {fut.seen or '?'}"
-                if self.kit.contract is not None and fut.seen != fut.model:
-                    text += f" (contract: {fut.model})"
+                if self.kit.contract is not None and fut.seen != fut.said:
+                    text += f" (contract: {fut.said})"
                 changes.append(text)
             trigger = self._trigger_for(label, fut.index)
             if trigger is not None and was is not None and fut.seen is not None:
@@ -795,7 +807,7 @@ class _Run:
         futs = tuple(
             (
                 f.model,
-                f.seen,
+                f.path,
                 f.first_end[:2] if f.first_end else None,
                 None if f.waiter is None else f.waiter.total,
                 tuple((p.behaviour, p.other, p.calls) for p in f.probes),
@@ -911,32 +923,35 @@ def _alphabet(actions: Sequence[Action], futures: int) -> list[Move]:
     return moves
 
 
-def _report(kit: _Kit, violation: _Violation, moves: tuple[Move, ...]) -> str:
-    """Replay ``moves`` with tracing and render the finding."""
-    invariant = INVARIANTS[violation.name]
+def _report(kit: _Kit, violations: Sequence[_Violation], moves: tuple[Move, ...]) -> str:
+    """Replay ``moves`` with tracing and render every violation they show."""
     run = kit.run(moves, trace=True)
     output = list(kit.capture.lines)
     contract = kit.contract
-    lines = [
-        f"{invariant.layer} invariant {invariant.name} violated after {len(moves)} "
-        f"step{'s' if len(moves) != 1 else ''}:",
-        f"  {violation.message}".replace("\n", "\n  "),
-        f"  ({invariant.name}: {invariant.doc})",
+    steps = f"{len(moves)} step{'s' if len(moves) != 1 else ''}"
+    names = ", ".join(dict.fromkeys(v.name for v in violations))
+    lines = [f"violated after {steps}: {names}"]
+    for violation in violations:
+        invariant = INVARIANTS[violation.name]
+        lines += [
+            f"- {invariant.layer} invariant {invariant.name}:",
+            f"    {violation.message}".replace("\n", "\n    "),
+            f"    ({invariant.doc})",
+        ]
+    lines += [
         "",
         f"minimal steps ({kit.futures} future{'s' if kit.futures != 1 else ''}"
         + (f", born {contract.born_state} under {contract.name}" if contract else "")
         + "; states as the harness reports them):",
         *(run.trace or []),
     ]
-    index = violation.future
-    if contract is not None and contract.futurefsm_table and index is not None:
-        lines += _path(run.histories.get(index, []), index)
-    elif index is not None and run.histories.get(index):
-        path = " -> ".join(
-            [run.histories[index][0][2]]
-            + [f"[{t}] {dest}" for _, t, _, dest, _ in run.histories[index]]
-        )
-        lines += ["", f"path of f{index}: {path}"]
+    for index in dict.fromkeys(v.future for v in violations if v.future is not None):
+        history = run.histories.get(index, [])
+        if contract is not None and contract.futurefsm_table:
+            lines += _path(history, index)
+        elif history:
+            path = " -> ".join([history[0][2]] + [f"[{t}] {dest}" for _, t, _, dest, _ in history])
+            lines += ["", f"path of f{index}: {path}"]
     if output:
         lines += ["", "captured output:", *("  " + line.replace("\n", "\n  ") for line in output)]
     return "\n".join(lines)
@@ -981,6 +996,7 @@ def check_future(
     block_timeout: float = BLOCK_TIMEOUT,
     seed: int = 0,
     time_limit: float | None = None,
+    prune: bool = True,
     loggers: Iterable[str] = ("concurrent.futures", "futurefsm"),
 ) -> RaceReport:
     """Check the futures ``harness_factory()`` makes (see the module docstring).
@@ -991,7 +1007,9 @@ def check_future(
     run (pruned on observable state); then ``random_runs`` random ones of up to
     ``max_steps``, started from ``seed``. ``block_timeout``: seconds before a call
     that has not returned or parked is examined as blocked. ``time_limit``: stop the
-    random phase after this many seconds. Log records of ``loggers`` are captured
+    random phase after this many seconds. ``prune=False`` extends every sequence, not
+    only those reaching a new observable state (for a future whose hidden flags the
+    harness's ``state()`` does not show). Log records of ``loggers`` are captured
     (shown in the report of the run that produced them), not printed.
     """
     started = time.monotonic()
@@ -1060,7 +1078,7 @@ def check_future(
                     record(run, moves, "breadth-first")
                     if run.dead or run.blocked:
                         continue
-                    key = run.key()
+                    key = run.key() if prune else moves
                     if key not in seen:
                         seen.add(key)
                         next_frontier.append(moves)
@@ -1085,9 +1103,15 @@ def check_future(
                     finding.how = f"random, shrunk from {len(original)} steps"
                     found[violation.key] = (violation, shrunk, finding)
                 finding.shrunk_after = time.monotonic() - started
+        groups: dict[tuple[Move, ...], list[tuple[_Violation, Finding]]] = {}
         for violation, moves, finding in found.values():
-            finding.report = _report(kit, violation, moves) + f"\n\n(found {finding.how})"
-            report.findings.append(finding)
+            groups.setdefault(moves, []).append((violation, finding))
+        for moves, group in groups.items():
+            group.sort(key=lambda pair: pair[1].invariant.layer != "universal")
+            text = _report(kit, [v for v, _ in group], moves)
+            for _, finding in group:
+                finding.report = f"{text}\n\n(found {finding.how})"
+                report.findings.append(finding)
     finally:
         for logger, propagate in handlers:
             logger.removeHandler(kit.capture)
