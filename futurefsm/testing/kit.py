@@ -780,6 +780,9 @@ class _Run:
 
     def _note(self, label: str, before: list[str | None], models: list[str | None]) -> None:
         assert self.trace is not None
+        if self.dead:
+            self.trace.append(f"  {self.step}. {label:<44}(blocked: nothing more can be read)")
+            return
         changes = []
         for fut, was, model_was in zip(self.futs, before, models, strict=True):
             if fut.seen != was or fut.said != model_was:
