@@ -429,7 +429,9 @@ class _Run:
     def _judge_returned(self, call: _UserCall) -> None:
         assert call.outcome is not None
         kind, value = call.outcome
-        if kind == "raised" and isinstance(value, _CallbackError):
+        if kind == "raised" and isinstance(value, Unsupported):
+            self.unsupported = str(value) or call.label
+        elif kind == "raised" and isinstance(value, _CallbackError):
             self.violate(
                 "callback_errors_contained",
                 (call.kind,),
