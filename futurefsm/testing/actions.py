@@ -70,6 +70,11 @@ class Action:
     itself and on another future."""
     run: Callable[[Any, Future[Any] | None, Any], Any] | None = None
     """For ``kind="deliver"``: do it here instead of ``harness.deliver``."""
+    follows_harness: bool = False
+    """The contract cannot say what this step does (e.g. a disconnect that cancels
+    futures one at a time, waiting for each answer): while it runs, and right after,
+    the contract model takes the states the harness reports instead of checking them
+    (the universal invariants are checked as ever)."""
     doc: str = ""
 
     @property

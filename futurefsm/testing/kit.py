@@ -122,6 +122,8 @@ class RaceReport:
     """Actions the harness declared or raised ``Unsupported`` for."""
     unknown_states: set[str] = field(default_factory=set)
     """States the harness reported that the contract does not know."""
+    close_blocked: int = 0
+    """Sequences whose ``harness.close()`` did not return (abandoned, not waited for)."""
     seconds: float = 0.0
 
     @property
@@ -140,6 +142,11 @@ class RaceReport:
             f"violations, {self.seconds:.1f} s"
             + (f"; unsupported: {sorted(self.unsupported)}" if self.unsupported else "")
             + (f"; unknown states: {sorted(self.unknown_states)}" if self.unknown_states else "")
+            + (
+                f"; harness.close() blocked {self.close_blocked} times"
+                if self.close_blocked
+                else ""
+            )
         )
 
     def __str__(self) -> str:
@@ -163,6 +170,17 @@ class RaceFound(AssertionError):
 # ---------------------------------------------------------------------------
 # Waiting for threads, with blocked-call detection
 # ---------------------------------------------------------------------------
+
+
+def _parked(thread: threading.Thread) -> bool:
+    """``is_parked``, and not yet woken: a notified thread stays in ``Condition.wait``
+    until it runs again, but its waiter lock is released by the notify."""
+    if not is_parked(thread):
+        return False
+    frame = _frame_of(thread)
+    waiter = None if frame is None else frame.f_locals.get("waiter")
+    locked = getattr(waiter, "locked", None)
+    return locked is None or bool(locked())
 
 
 def _frame_of(thread: threading.Thread) -> Any:
@@ -190,14 +208,14 @@ def _wait(
     on a loaded machine, keeps moving and is waited for, up to 50 x ``timeout``)."""
     end = time.monotonic() + timeout
     while time.monotonic() < end:
-        if finished() or (parked_ok and is_parked(thread)):
+        if finished() or (parked_ok and _parked(thread)):
             return True
         time.sleep(0.0002)
     still_for = max(0.05, timeout / 2)
     hard_end = time.monotonic() + 50 * timeout
     last, since = None, time.monotonic()
     while time.monotonic() < hard_end:
-        if finished() or (parked_ok and is_parked(thread)):
+        if finished() or (parked_ok and _parked(thread)):
             return True
         frame = _frame_of(thread)
         where = None if frame is None else (frame.f_code, frame.f_lasti, frame.f_lineno)
@@ -266,6 +284,7 @@ class _UserCall:
     thread: threading.Thread
     futures: tuple[int, ...]
     kind: str
+    follows: bool = False
     outcome: tuple[str, Any] | None = None
     finished: threading.Event = field(default_factory=threading.Event)
 
@@ -335,6 +354,9 @@ class _Run:
         self.violations: list[_Violation] = []
         self.calls: list[_UserCall] = []
         self.dead = False
+        self.following_now: set[int] = set()
+        """Futures a ``follows_harness`` step just acted on."""
+        self.following: set[int] = set()
         self.blocked = False
         """A user call is blocked: the run goes on, but is not worth extending."""
         self.unsupported: str | None = None
@@ -395,7 +417,14 @@ class _Run:
             return TaskError(n)
         return None
 
-    def _user(self, label: str, fn: Callable[[], Any], futures: tuple[int, ...], kind: str) -> None:
+    def _user(
+        self,
+        label: str,
+        fn: Callable[[], Any],
+        futures: tuple[int, ...],
+        kind: str,
+        follows: bool = False,
+    ) -> None:
         """Start a user call on its own thread; wait until it returns or parks."""
         holder: list[_UserCall] = []
 
@@ -408,7 +437,7 @@ class _Run:
             call.finished.set()
 
         thread = threading.Thread(target=body, name=f"racekit-{label}", daemon=True)
-        call = _UserCall(label, thread, futures, kind)
+        call = _UserCall(label, thread, futures, kind, follows)
         holder.append(call)
         thread.start()
         if not _wait(call.finished.is_set, thread, self.kit.block_timeout, parked_ok=True):
@@ -462,11 +491,13 @@ class _Run:
                     else:
                         harness.deliver(action.name, future, payload)
 
+                targets = tuple(range(len(self.futs))) if fut is None else (fut.index,)
+                if action.follows_harness:
+                    self.following_now = set(targets)
                 if action.thread == "delivering":
                     self._on_delivering_thread(label, deliver, move.target)
                 else:
-                    targets = tuple(range(len(self.futs))) if fut is None else (fut.index,)
-                    self._user(label, deliver, targets, action.name)
+                    self._user(label, deliver, targets, action.name, action.follows_harness)
             elif action.kind == "cancel":
                 assert fut is not None
                 self._user(label, lambda: _cancel(harness, future), (fut.index,), "cancel")
@@ -523,7 +554,7 @@ class _Run:
             if contract is not None and fut.model in contract.terminal:
                 self._run_probe(fut, len(fut.expected) - 1)
             return
-        if contract is None or action.trigger is None:
+        if contract is None or action.trigger is None or action.follows_harness:
             return
         if move.target is None:
             targets = [f for f in self.futs if f.model not in contract.terminal]
@@ -574,6 +605,11 @@ class _Run:
         """Every invariant, for every future, now."""
         if self.dead:
             return
+        for call in self.calls:
+            # A waiting call the last step woke runs until it returns or waits again
+            # before anything is read, so what is read does not depend on scheduling.
+            if not _wait(call.finished.is_set, call.thread, self.kit.block_timeout, parked_ok=True):
+                self.blocked = True
         try:
             observed = self._observe()
         except _Blocked as blocked:
@@ -588,6 +624,10 @@ class _Run:
             return
         for fut, obs in zip(self.futs, observed, strict=True):
             self._universal(fut, obs)
+        self.following = self.following_now | {
+            i for call in self.calls if call.follows for i in call.futures
+        }
+        self.following_now = set()
         self._pending(observed)
         if self.kit.contract is not None:
             for fut, obs in zip(self.futs, observed, strict=True):
@@ -746,7 +786,9 @@ class _Run:
         if obs.state is not None:
             if contract.knows(obs.state):
                 seen = contract.name_of(obs.state)
-                if seen != fut.model:
+                if fut.index in self.following:
+                    fut.model = fut.said = seen  # the contract cannot say: follow
+                elif seen != fut.model:
                     self.violate(
                         "contract_state",
                         (fut.model, seen),
@@ -823,10 +865,25 @@ class _Run:
         return (futs, calls, self.dead)
 
     def close(self) -> None:
-        try:
-            self.harness.close()
-        finally:
-            self.io.close()
+        """``harness.close()`` on a thread of its own: a close that blocks (it may run
+        done-callbacks that wait) is abandoned after a while and counted, never waited
+        for forever; one that raises re-raises here."""
+        errors: list[BaseException] = []
+
+        def close() -> None:
+            try:
+                self.harness.close()
+            except BaseException as error:
+                errors.append(error)
+
+        closing = threading.Thread(target=close, name="racekit-close", daemon=True)
+        closing.start()
+        closing.join(max(2.0, 10 * self.kit.block_timeout))
+        self.io.close()
+        if closing.is_alive():
+            self.kit.close_blocked += 1
+        elif errors:
+            raise errors[0]
 
 
 def _cancel(harness: Any, future: Any) -> Any:
@@ -898,6 +955,7 @@ class _Kit:
         self.cancel_trigger = cancels[0] if cancels else None
         self.last_moves: tuple[Move, ...] = ()
         self.capture = _Capture()
+        self.close_blocked = 0
 
     def run(self, moves: Sequence[Move], trace: bool = False) -> _Run:
         """Run ``moves`` on a fresh harness; stop early once the delivering thread is
@@ -1124,6 +1182,7 @@ def check_future(
     report.findings.sort(key=lambda f: (f.invariant.layer != "universal", f.steps))
     report.states_reached = len(seen)
     report.unknown_states = kit.unknown_states
+    report.close_blocked = kit.close_blocked
     report.seconds = time.monotonic() - started
     return report
 
