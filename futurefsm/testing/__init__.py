@@ -4,8 +4,15 @@ state machine, and an exhaustive explorer, usable on any future implementation.
 Needs hypothesis (``pip install 'futurefsm[test]'``); ``futurefsm`` itself does not
 import this package.
 
-The pieces
-----------
+The race kit (start here)
+-------------------------
+``check_future(harness_factory, contract=...)`` / ``assert_race_free(...)``: any
+``concurrent.futures.Future`` through a small ``RaceHarness`` (no futurefsm types),
+checked against the universal invariants (``UNIVERSAL``) and a declared ``Contract``
+(``CONTRACT``; futurefsm's table by default, or your own). See docs/race-kit.md.
+
+The pieces for futurefsm's own futures
+--------------------------------------
 ``Step``
     One inbound message or local event for one future (``sent``, ``user_cancel``, a
     result of each status, a confirm of each kind, ``cancel_timed_out``,
