@@ -166,7 +166,7 @@ class Contract:
 
     @classmethod
     def futurefsm(cls, born: Born = "pending") -> Contract:
-        """futurefsm's own ``TRANSITION_TABLE`` (SPEC section 2)."""
+        """futurefsm's own ``TRANSITION_TABLE`` (docs/transitions.md)."""
         from ..fsm import TERMINAL_STATES, TRANSITION_TABLE, FutureState
 
         contract = cls.from_table(
