@@ -325,7 +325,10 @@ def test_results_arrive_in_batches_not_one_fetch_each(dask_client: Any) -> None:
             assert [f.result(SLACK) for f in futures] == list(range(200))
         finally:
             del scheduler_rpc.gather
-    assert 1 <= gathers <= 20, f"{gathers} gathers for 200 results"
+    # How results group into fetches depends on timing (an idle engine fetches at
+    # once); what must never happen is one round trip per result. 25 were seen under
+    # heavy load, 2-10 on a quiet machine.
+    assert 1 <= gathers <= len(futures) // 2, f"{gathers} gathers for 200 results"
 
 
 def test_a_value_that_cannot_be_loaded_fails_only_its_own_task(dask_client: Any) -> None:
