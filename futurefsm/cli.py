@@ -108,6 +108,15 @@ def _parser() -> argparse.ArgumentParser:
     )
     status.add_argument("address", help="the scheduler's ZeroMQ address, e.g. tcp://127.0.0.1:5555")
     status.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the answer")
+    status.add_argument(
+        "--secret-key",
+        default=None,
+        metavar="FILE",
+        help="this client's NAME.key_secret (CurveZMQ)",
+    )
+    status.add_argument(
+        "--server-key", default=None, metavar="FILE", help="the scheduler's public .key (CurveZMQ)"
+    )
 
     diagrams = command("diagrams", "generate the state diagrams and the docs' transition table")
     diagrams.add_argument("--out", default="diagrams", help="output directory")
@@ -150,7 +159,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "status":
         from .status import main as status_main
 
-        return status_main(args.address, timeout=args.timeout)
+        return status_main(
+            args.address,
+            timeout=args.timeout,
+            secret_key=args.secret_key,
+            server_key=args.server_key,
+        )
     if args.command == "diagrams":
         from .diagrams import main as diagrams_main
 

@@ -330,3 +330,17 @@ def test_keys_are_checked_when_given(keys):
         Client("tcp://127.0.0.1:1", secret_key=zmq.curve_keypair())
     with pytest.raises(ValueError, match="holds only a public key"):
         Client("tcp://127.0.0.1:1", secret_key=keys["server_public"], server_key=b"x" * 40)
+
+
+def test_status_asks_a_keyed_scheduler_with_keys(secured, keys):
+    from futurefsm.status import query_status
+
+    status = query_status(
+        secured.address,
+        timeout=SLACK,
+        secret_key=str(keys["alice"]),
+        server_key=str(keys["server_public"]),
+    )
+    assert status.protocol_errors == 0
+    with pytest.raises(TimeoutError):  # refused in the handshake: no answer
+        query_status(secured.address, timeout=TIMEOUT)
