@@ -1,4 +1,4 @@
-"""The ``futurefsm`` command: ``demo | scheduler | status | diagrams | bench``."""
+"""The ``futurefsm`` command: ``demo | scheduler | keygen | status | diagrams | bench``."""
 
 from __future__ import annotations
 
@@ -77,6 +77,29 @@ def _parser() -> argparse.ArgumentParser:
     scheduler.add_argument(
         "--behaviour", default=None, metavar="FILE.json", help="Behaviour to apply to every task"
     )
+    scheduler.add_argument(
+        "--secret-key",
+        default=None,
+        metavar="FILE",
+        help="the scheduler's NAME.key_secret (from `futurefsm keygen`): serve CurveZMQ",
+    )
+    scheduler.add_argument(
+        "--client-keys",
+        default=None,
+        metavar="DIR",
+        help="directory of the public keys (*.key) of the clients allowed to connect",
+    )
+    scheduler.add_argument(
+        "--insecure",
+        action="store_true",
+        help="allow binding beyond this host without keys (anyone who reaches it runs code)",
+    )
+
+    keygen = command(
+        "keygen", "write a CurveZMQ keypair: DIR/NAME.key (public), DIR/NAME.key_secret"
+    )
+    keygen.add_argument("directory", metavar="DIR", help="where to write the key files")
+    keygen.add_argument("--name", required=True, help="the keypair's name (file stem)")
 
     status = command(
         "status",
@@ -85,6 +108,15 @@ def _parser() -> argparse.ArgumentParser:
     )
     status.add_argument("address", help="the scheduler's ZeroMQ address, e.g. tcp://127.0.0.1:5555")
     status.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the answer")
+    status.add_argument(
+        "--secret-key",
+        default=None,
+        metavar="FILE",
+        help="this client's NAME.key_secret (CurveZMQ)",
+    )
+    status.add_argument(
+        "--server-key", default=None, metavar="FILE", help="the scheduler's public .key (CurveZMQ)"
+    )
 
     diagrams = command("diagrams", "generate the state diagrams and the docs' transition table")
     diagrams.add_argument("--out", default="diagrams", help="output directory")
@@ -116,11 +148,23 @@ def main(argv: Sequence[str] | None = None) -> int:
             behaviour_file=args.behaviour,
             threads=args.threads,
             log_messages=args.log_messages,
+            secret_key=args.secret_key,
+            client_keys=args.client_keys,
+            insecure=args.insecure,
         )
+    if args.command == "keygen":
+        from .scheduler_stub.security import keygen_main
+
+        return keygen_main(args.directory, args.name)
     if args.command == "status":
         from .status import main as status_main
 
-        return status_main(args.address, timeout=args.timeout)
+        return status_main(
+            args.address,
+            timeout=args.timeout,
+            secret_key=args.secret_key,
+            server_key=args.server_key,
+        )
     if args.command == "diagrams":
         from .diagrams import main as diagrams_main
 

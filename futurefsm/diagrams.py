@@ -117,7 +117,9 @@ TRIGGER_SOURCES: dict[Trigger, TriggerSource] = {
     ),
     Trigger.CONNECTION_LOST: TriggerSource(
         "local",
-        "no `HeartbeatEcho` within `connection_timeout`, or the scheduler went away",
+        "the connection closed (ZMTP heartbeats unanswered for `connection_timeout`, or the "
+        "scheduler went away or said `Disconnect`), or no scheduler answered within "
+        "`connection_timeout`",
     ),
 }
 """The protocol message or local event behind each trigger (the second table of

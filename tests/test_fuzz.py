@@ -169,6 +169,8 @@ class FakeScheduler:
                 continue
             identity, frame = self.socket.recv_multipart()
             self.identity = identity
+            if not frame:
+                continue  # the empty probe that opens each connection (PROBE_ROUTER)
             message = decode(frame)
             if isinstance(message, Heartbeat):
                 self.send_frames([encode(HeartbeatEcho(message.seq))])
@@ -276,6 +278,7 @@ def test_stub_keeps_serving_after_garbage(garbage: list[list[bytes]]) -> None:
         context: zmq.Context[Any] = zmq.Context()
         dealer = context.socket(zmq.DEALER)
         dealer.setsockopt(zmq.LINGER, 0)
+        dealer.setsockopt(zmq.PROBE_ROUTER, 1)  # as the client does: garbage never comes first
         dealer.connect(stub.address)
         try:
             for frames in garbage:

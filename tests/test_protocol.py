@@ -21,6 +21,8 @@ from futurefsm.protocol import (
     HeartbeatEcho,
     ProtocolError,
     ResultStatus,
+    Status,
+    StatusRequest,
     Task,
     TaskCancel,
     TaskCancelConfirm,
@@ -429,7 +431,7 @@ def test_protocol_error_is_a_value_error() -> None:
 # ---------------------------------------------------------------------------
 
 MESSAGE_TYPES = (Task, TaskCancel, Heartbeat, Disconnect, TaskResult, TaskCancelConfirm)
-MESSAGE_TYPES += (HeartbeatEcho,)
+MESSAGE_TYPES += (HeartbeatEcho, StatusRequest, Status)
 
 
 def _decode_or_protocol_error(data: bytes) -> None:

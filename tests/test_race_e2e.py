@@ -7,7 +7,7 @@ waits and callbacks race the stub's scripted faults; the stub can also disconnec
 every client or go silent. After every step: nothing raised in either I/O thread,
 every future is consistent (stdlib view, history with at most one terminal transition,
 callbacks at most once) and its outcome is one its task's Behaviour allows. Teardown
-cancels what is left and then silences the stub: every future must be terminal within
+cancels what is left and then disconnects the stub: every future must be terminal within
 ``cancel_timeout + connection_timeout`` (plus one heartbeat and scheduling slack),
 every callback must have run exactly once and every call must have returned.
 """
@@ -339,8 +339,8 @@ class ClientStubMachine(RuleBasedStateMachine):
     def disconnect_all(self) -> None:
         """The scheduler says Disconnect: every live future gets connection lost.
 
-        (Only if the stub knew the client: it forgets it at a Disconnect and knows it
-        again from its next message, a heartbeat at the latest.)"""
+        (The stub sends it to every connected client: the client's connection opens
+        with a probe, so the stub knows it before any task.)"""
         live = [t.future for t in self.submitted if not t.future.done()]
         if self.stub.disconnect_all():
             _, not_done = cf.wait(live, timeout=SLACK)
@@ -462,9 +462,10 @@ class ClientStubMachine(RuleBasedStateMachine):
         # whole SLACK: examples where a cancel is refused would all wait for it).
         _, not_done = cf.wait(futures, timeout=CANCEL_TIMEOUT + 0.2)
         if not_done:
-            # Refused cancels of tasks that will never answer: a silent scheduler must
-            # end them within connection_timeout.
-            self.stub.answer_heartbeats = False
+            # Refused cancels of tasks that will never answer: a scheduler that goes
+            # away ends them at once. (Liveness is ZMTP's: a stub that answers no
+            # protocol Heartbeat is alive, so going silent would end nothing.)
+            self.stub.disconnect_all()
             _, not_done = cf.wait(futures, timeout=CONNECTION_TIMEOUT + HEARTBEAT_INTERVAL + SLACK)
         elapsed = time.monotonic() - started
         assert not not_done, f"not terminal after {elapsed:.2f} s: {not_done}"

@@ -92,9 +92,10 @@ class Client(cf.Executor):
 
     ``cancel_timeout``: default seconds a cancel waits for the scheduler's answer
     before the future ends cancelled with ``TIMED_OUT``. ``heartbeat_interval`` and
-    ``connection_timeout``: a scheduler that answers nothing for
-    ``connection_timeout`` seconds is taken as lost and every unfinished future is
-    resolved.
+    ``connection_timeout``: the engine's transport heartbeats (for our own scheduler,
+    ZMTP heartbeats run by libzmq, so a busy scheduler is alive); a scheduler unheard
+    for ``connection_timeout`` seconds, or not reached within it, is taken as lost and
+    every unfinished future is resolved (``ConnectionLostError``).
     """
 
     def __init__(
@@ -348,7 +349,7 @@ class Client(cf.Executor):
                 "connection to %s lost (%s): %d futures resolved", self.address, why, len(futures)
             )
         for future in futures:
-            future.connection_lost()
+            future.connection_lost(why)
 
     # ------------------------------------------------------------------ lifecycle
 

@@ -157,8 +157,10 @@ class TaskFuture(_base.Future):
         """Mirror ``dest`` into the stdlib fields and notify waiters (lock held)."""
         if dest is FutureState.DONE:
             if cell.effect is Effect.FAIL_CONNECTION_LOST:
+                why = f": {result}" if result else ""
                 exception = ConnectionLostError(
-                    f"connection to the scheduler lost before task {self.task_id.hex()} finished"
+                    f"connection to the scheduler lost before task {self.task_id.hex()} "
+                    f"finished{why}"
                 )
             if exception is not None:
                 self._exception = exception
@@ -209,9 +211,11 @@ class TaskFuture(_base.Future):
         """Trigger ``cancel_timed_out``: the cancel deadline passed unanswered."""
         return self._fire(Trigger.CANCEL_TIMED_OUT)
 
-    def connection_lost(self) -> Cell:
-        """Trigger ``connection_lost``: the scheduler went silent or away."""
-        return self._fire(Trigger.CONNECTION_LOST)
+    def connection_lost(self, why: str | None = None) -> Cell:
+        """Trigger ``connection_lost``: the scheduler went silent or away. ``why``, if
+        given, ends the ``ConnectionLostError``'s message (e.g. "no scheduler answered
+        at ADDRESS")."""
+        return self._fire(Trigger.CONNECTION_LOST, result=why)
 
     # ------------------------------------------------------------------ user API
 

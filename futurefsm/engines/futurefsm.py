@@ -10,15 +10,37 @@ it is queued (``prepare`` runs in the submitting thread), so the I/O thread only
 bytes, and decodes and deserializes inbound messages before it fires a future's
 trigger (no lock held while doing so).
 
-A scheduler that is silent for ``connection_timeout`` (heartbeats unanswered) or says
-``Disconnect`` resolves every unfinished future through the client's
-``connection_lost``.
+Liveness
+--------
+Judged at the transport level, never by how fast a Python loop answers: the DEALER
+runs ZMTP heartbeats (``HEARTBEAT_IVL/TIMEOUT/TTL``), which libzmq's own I/O thread
+sends and answers on both sides, so a scheduler whose Python threads are busy or hold
+the GIL is alive. A socket monitor reports the handshake and the connection's end;
+libzmq closes a connection whose heartbeats go unanswered for ``connection_timeout``.
+
+- Tasks go out only over a connection whose handshake succeeded; until then they wait
+  here, in the I/O thread's ``_held`` queue (``IMMEDIATE`` keeps libzmq from queueing
+  anything for a connection that is not up, and drops what a closed connection did
+  not send). So a task can never reach a scheduler that appears later.
+- The connection closes (killed, frozen past the timeout, stopped): every unfinished
+  future gets ``connection_lost`` at once; the scheduler drops that connection's work
+  (each connection has its own routing id there), so nothing sent over it runs later.
+- No task waits for a connection longer than ``connection_timeout``: then its future
+  gets ``connection_lost`` ("no scheduler answered at ADDRESS"), and its Task is
+  forgotten. libzmq keeps reconnecting: the same client works again when a scheduler
+  comes back.
+- The scheduler refuses this client's key (CurveZMQ): every future fails with
+  "authentication failed at ADDRESS", and so does every later submit; the socket is
+  closed, so it does not retry forever.
+
+The protocol's Heartbeat/HeartbeatEcho messages stay decodable, but this client
+sends none and judges nothing by them. A ``Disconnect`` from the scheduler resolves
+every unfinished future at once.
 """
 
 from __future__ import annotations
 
 import collections
-import itertools
 import logging
 import os
 import threading
@@ -28,13 +50,14 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import zmq
+import zmq.auth
+from zmq.utils.monitor import recv_monitor_message
 
 from ..client.graph import as_task, dependencies, dependency_refs
 from ..errors import TaskFailedError, WorkerDiedError
 from ..fsm import Effect, FutureState
 from ..protocol import (
     Disconnect,
-    Heartbeat,
     HeartbeatEcho,
     ProtocolError,
     ResultStatus,
@@ -56,8 +79,25 @@ __all__ = ["FutureFSMEngine", "PreparedTask"]
 
 LOGGER = logging.getLogger("futurefsm.client")
 
+_NOBLOCK = int(zmq.NOBLOCK)  # a plain int: pyzmq's flag enums cost time per call
 _MAX_INBOUND_BATCH = 1000  # messages handled per poll before the outbox gets a turn
 _LOUD_PROTOCOL_ERRORS = 10  # warnings before protocol errors drop to debug level
+_CLOSE_LINGER_MS = 50  # how long a closing client lets its Disconnect go out
+_MONITOR_EVENTS = int(
+    zmq.EVENT_HANDSHAKE_SUCCEEDED
+    | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+    | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+    | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+    | zmq.EVENT_DISCONNECTED
+)
+_HANDSHAKE_FAILURES = {
+    int(zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL): "a protocol error in the handshake",
+    int(zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL): "the scheduler closed the handshake",
+}
+_KEY_HINT = (
+    "a wrong server_key, a key the scheduler does not list, or one side using CurveZMQ "
+    "and the other not"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,8 +112,15 @@ class FutureFSMEngine(Engine):
     """Talks futurefsm's protocol (``futurefsm.protocol``) over a ZeroMQ DEALER.
 
     ``address=None`` starts an embedded ``SchedulerStub`` in-process on a loopback
-    port (with ``workers`` workers), stopped again by ``close()``. ``serializer``: how
+    port (with ``workers`` workers), stopped again by ``close()``; it is a CurveZMQ
+    server that admits only this client (a keypair made in memory for each), so no
+    other local process can run code through its port. ``serializer``: how
     functions, arguments and results become bytes (the scheduler must use the same).
+
+    ``secret_key`` (this client's ``NAME.key_secret`` file, or an in-memory
+    ``(public, secret)`` Z85 pair) and ``server_key`` (the scheduler's public
+    ``.key`` file, or its Z85 bytes): connect with CurveZMQ to a scheduler started
+    with ``--secret-key`` and ``--client-keys``.
     """
 
     def __init__(
@@ -82,15 +129,33 @@ class FutureFSMEngine(Engine):
         *,
         workers: int | None = None,
         serializer: Serializer | None = None,
+        secret_key: str | os.PathLike[str] | tuple[bytes, bytes] | None = None,
+        server_key: str | os.PathLike[str] | bytes | None = None,
     ) -> None:
         if workers is not None and address is not None:
             raise ValueError("workers: only meaningful for the embedded scheduler (address=None)")
+        if (secret_key is None) != (server_key is None):
+            raise ValueError("secret_key and server_key: give both (CurveZMQ) or neither")
+        if address is None and secret_key is not None:
+            raise ValueError("secret_key, server_key: the embedded scheduler makes its own keys")
         self._serializer = serializer if serializer is not None else DEFAULT_SERIALIZER
+        self._curve: tuple[bytes, bytes, bytes] | None = None  # public, secret, server's
+        if secret_key is not None:
+            assert server_key is not None
+            self._curve = (*_load_secret_key(secret_key), _load_public_key(server_key))
         self._stub: Any = None
         if address is None:
             from ..scheduler_stub import SchedulerStub
 
-            self._stub = SchedulerStub(workers=workers or 4, serializer=self._serializer)
+            public, secret = zmq.curve_keypair()
+            server_public, server_secret = zmq.curve_keypair()
+            self._stub = SchedulerStub(
+                workers=workers or 4,
+                serializer=self._serializer,
+                secret_key=(server_public, server_secret),
+                client_keys=[public],
+            )
+            self._curve = (public, secret, server_public)
             address = self._stub.address
         self.address = address
         self._client: EngineClient | None = None
@@ -98,9 +163,21 @@ class FutureFSMEngine(Engine):
         self._wake_pending = False
         self._closed = False
         self._close_lock = threading.Lock()
-        self._heartbeat_seq = itertools.count()
         self._loud_errors = _LOUD_PROTOCOL_ERRORS
         self._io_thread: threading.Thread | None = None
+        # Owned by the I/O thread (see "Liveness" above).
+        # (queued at, outbox item): what waits for a connection, oldest first.
+        self._held: collections.deque[tuple[float, tuple[Any, ...]]] = collections.deque()
+        self._up = False
+        self._writable = False  # the up connection's pipe is attached (POLLOUT seen)
+        self._down_since = 0.0
+        self._handshake_failure = ""
+        self._refused = ""
+
+    @property
+    def connected(self) -> bool:
+        """True while a connection to the scheduler is up (its handshake succeeded)."""
+        return self._up
 
     @classmethod
     def from_address(cls, address: str | None, **options: Any) -> FutureFSMEngine:
@@ -116,11 +193,27 @@ class FutureFSMEngine(Engine):
         """Connect the DEALER and start the I/O thread."""
         self._client = client
         self._context: zmq.Context[Any] = zmq.Context()
-        self._socket = self._context.socket(zmq.DEALER)
-        self._socket.setsockopt(zmq.SNDHWM, 0)
-        self._socket.setsockopt(zmq.RCVHWM, 0)
-        self._socket.setsockopt(zmq.LINGER, 0)
-        self._socket.connect(self.address)
+        self._socket = socket = self._context.socket(zmq.DEALER)
+        socket.setsockopt(zmq.SNDHWM, 0)
+        socket.setsockopt(zmq.RCVHWM, 0)
+        socket.setsockopt(zmq.LINGER, 0)
+        # Queue messages only for a connection whose handshake is done, and drop what
+        # a closed connection did not send (never hand it to the next connection).
+        socket.setsockopt(zmq.IMMEDIATE, 1)
+        # An empty message as each connection opens: the scheduler learns which
+        # connection carries this routing id before any Task (see scheduler_stub/peers.py).
+        socket.setsockopt(zmq.PROBE_ROUTER, 1)
+        timeout_ms = max(1, round(client.connection_timeout * 1000))
+        interval_ms = max(1, min(round(client.heartbeat_interval * 1000), timeout_ms))
+        socket.setsockopt(zmq.HEARTBEAT_IVL, interval_ms)
+        socket.setsockopt(zmq.HEARTBEAT_TIMEOUT, timeout_ms)
+        # How long the scheduler waits for our traffic (a deciseconds field on the wire).
+        socket.setsockopt(zmq.HEARTBEAT_TTL, min(timeout_ms, 6_553_500))
+        if self._curve is not None:
+            socket.curve_publickey, socket.curve_secretkey, socket.curve_serverkey = self._curve
+        self._monitor = socket.get_monitor_socket(_MONITOR_EVENTS)
+        self._down_since = time.monotonic()
+        socket.connect(self.address)
         self._wake_read, self._wake_write = os.pipe()
         os.set_blocking(self._wake_read, False)
         # Guards writing to and closing the wake pipe: a post racing the I/O thread's
@@ -230,37 +323,178 @@ class FutureFSMEngine(Engine):
         poller = zmq.Poller()
         poller.register(self._socket, zmq.POLLIN)
         poller.register(self._wake_read, zmq.POLLIN)
-        now = time.monotonic()
-        self._last_heard = now
-        next_heartbeat = now
+        poller.register(self._monitor, zmq.POLLIN)
         running = True
         try:
             while running:
-                now = time.monotonic()
-                if now >= next_heartbeat:
-                    self._send(encode(Heartbeat(next(self._heartbeat_seq))))
-                    next_heartbeat = now + client.heartbeat_interval
-                    if now - self._last_heard > client.connection_timeout:
-                        client.connection_lost("no answer to heartbeats")
-                        self._last_heard = now
-                timeout_ms = max(0, int((next_heartbeat - now) * 1000) + 1)
-                events = dict(poller.poll(timeout_ms))
+                events = dict(poller.poll(self._poll_timeout_ms()))
+                if self._monitor in events:
+                    self._drain_monitor(poller)
                 if self._wake_read in events:
                     self._drain_wake_pipe()
                 running = self._drain_outbox()
-                if self._socket in events:
+                if self._held:
+                    self._flush_held(poller)
+                if self._socket in events and events[self._socket] & zmq.POLLIN:
                     self._drain_socket()
+                self._check_no_connection()
         except Exception:  # the loop itself failed: nothing may wait forever for it
             LOGGER.exception("client I/O thread failed")
             client.count("io_errors")
         finally:
             client.connection_lost("client closed")
-            self._socket.close(linger=0)
+            self._close_socket(linger=_CLOSE_LINGER_MS)
             self._context.term()
             with self._wake_lock:
                 self._wake_closed = True
                 os.close(self._wake_read)
                 os.close(self._wake_write)
+
+    # -- the connection's state
+
+    def _poll_timeout_ms(self) -> int | None:
+        """Sleep until woken, or until the no-connection deadline if one is running."""
+        client = self._client
+        assert client is not None
+        if self._up or self._refused or not self._held:
+            return None
+        since = max(self._down_since, self._held[0][0])
+        wait = since + client.connection_timeout - time.monotonic()
+        return max(0, int(wait * 1000) + 1)
+
+    def _drain_monitor(self, poller: zmq.Poller) -> None:
+        while True:
+            try:
+                event = recv_monitor_message(self._monitor, zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            except zmq.ZMQError:  # closed after a refusal
+                return
+            kind = int(event["event"])
+            if kind == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                self._up = True
+                self._writable = False
+                self._handshake_failure = ""
+                LOGGER.info("connected to the scheduler at %s", self.address)
+            elif kind == zmq.EVENT_DISCONNECTED:
+                if self._up:
+                    self._up = self._writable = False
+                    self._down_since = time.monotonic()
+                    self._lost(
+                        f"lost the connection to the scheduler at {self.address} (it closed, "
+                        f"or did not answer ZMTP heartbeats for "
+                        f"{self._timeout():g} s)"
+                    )
+            elif kind == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+                self._refuse(
+                    f"authentication failed at {self.address}: the scheduler refused this "
+                    f"client's key (status {int(event['value'])}; {_KEY_HINT})",
+                    poller,
+                )
+                return
+            elif kind in _HANDSHAKE_FAILURES:
+                self._handshake_failure = _HANDSHAKE_FAILURES[kind]
+
+    def _timeout(self) -> float:
+        client = self._client
+        assert client is not None
+        return client.connection_timeout
+
+    def _check_no_connection(self) -> None:
+        """Fail the futures whose tasks waited ``connection_timeout`` for a connection."""
+        client = self._client
+        assert client is not None
+        held = self._held
+        if self._up or not held:
+            return
+        now = time.monotonic()
+        timeout = client.connection_timeout
+        if now - max(self._down_since, held[0][0]) < timeout:
+            return
+        if self._handshake_failure:
+            why = (
+                f"authentication failed at {self.address}: no handshake succeeded within "
+                f"{timeout:g} s (last: {self._handshake_failure}; {_KEY_HINT})"
+            )
+        else:
+            why = f"no scheduler answered at {self.address} within {timeout:g} s"
+        expired: list[TaskFuture] = []
+        while held and now - max(self._down_since, held[0][0]) >= timeout:
+            item = held.popleft()[1]
+            if item[0] == "task":
+                expired.append(item[1])
+            elif item[0] == "graph":
+                expired.extend(future for future, _ in item[2])
+        live = [future for future in expired if not future.done()]
+        if live:
+            client.count("connection_lost")
+            LOGGER.warning("%s: %d futures resolved", why, len(live))
+        for future in live:
+            future.connection_lost(why)
+
+    def _lost(self, why: str) -> None:
+        """Every unfinished future ends with connection_lost; nothing held goes out."""
+        self._held.clear()
+        client = self._client
+        assert client is not None
+        client.connection_lost(why)
+
+    def _refuse(self, why: str, poller: zmq.Poller) -> None:
+        """The scheduler refused our key: fail everything, now and later; stop retrying."""
+        LOGGER.error("%s", why)
+        self._refused = why
+        self._up = False
+        poller.unregister(self._socket)
+        poller.unregister(self._monitor)
+        self._close_socket(linger=0)
+        self._lost(why)
+
+    def _close_socket(self, linger: int) -> None:
+        if self._socket.closed:
+            return
+        try:
+            self._socket.disable_monitor()
+        except zmq.ZMQError:
+            pass
+        self._monitor.close(linger=0)
+        self._socket.close(linger=linger)
+
+    # -- sending
+
+    def _flush_held(self, poller: zmq.Poller) -> None:
+        """Send what waits for the connection, if one is up and ready to take it."""
+        if self._refused:
+            self._lost(self._refused)
+            return
+        if not self._up:
+            return
+        if not self._writable:
+            # Processes libzmq's pending commands: the new connection's pipe may be
+            # attached only now. If it is not yet, poll for POLLOUT and come back.
+            if not self._socket.getsockopt(zmq.EVENTS) & zmq.POLLOUT:
+                poller.modify(self._socket, zmq.POLLIN | zmq.POLLOUT)
+                return
+            poller.modify(self._socket, zmq.POLLIN)
+            self._writable = True
+        held = self._held
+        while held and self._up:
+            item = held.popleft()[1]
+            kind = item[0]
+            try:
+                if kind == "task":
+                    _, future, frame = item
+                    # "sent" before the bytes go: a cancel after this point finds the
+                    # future running and queues its TaskCancel behind this Task.
+                    if future.sent().effect is not Effect.STALE:
+                        self._send(frame)
+                elif kind == "graph":
+                    _, group_id, members = item
+                    self._send_graph(group_id, members)
+                elif kind == "cancel":
+                    self._send(item[1])
+            except Exception:
+                LOGGER.exception("client I/O thread: failed to send %s", kind)
+                self._client_count("io_errors")
 
     def _drain_wake_pipe(self) -> None:
         try:
@@ -275,30 +509,32 @@ class FutureFSMEngine(Engine):
         self._wake_pending = False
 
     def _drain_outbox(self) -> bool:
-        """Send everything queued; False once a close was requested."""
-        outbox = self._outbox
+        """Move everything queued behind what waits for the connection (sent by
+        ``_flush_held``); False once a close was requested."""
+        outbox, held = self._outbox, self._held
+        now = time.monotonic()
         while outbox:
             item = outbox.popleft()
-            kind = item[0]
-            try:
-                if kind == "task":
-                    _, future, frame = item
-                    # "sent" before the bytes go: a cancel after this point finds the
-                    # future running and queues its TaskCancel behind this Task.
-                    if future.sent().effect is not Effect.STALE:
-                        self._send(frame)
-                elif kind == "graph":
-                    _, group_id, members = item
-                    self._send_graph(group_id, members)
-                elif kind == "cancel":
-                    self._send(item[1])
-                elif kind == "close":
-                    self._send(encode(Disconnect()))
-                    return False
-            except Exception:
-                LOGGER.exception("client I/O thread: failed to send %s", kind)
-                self._client_count("io_errors")
+            if item[0] == "close":
+                if self._up:
+                    self._flush_held_best_effort()
+                    try:
+                        self._send(encode(Disconnect()))
+                    except zmq.ZMQError:
+                        pass
+                return False
+            held.append((now, item))
         return True
+
+    def _flush_held_best_effort(self) -> None:
+        """At close: what is left are TaskCancels for the futures close() cancels."""
+        for _, item in self._held:
+            if item[0] == "cancel":
+                try:
+                    self._send(item[1])
+                except zmq.ZMQError:
+                    break
+        self._held.clear()
 
     def _send_graph(self, group_id: bytes, members: list[tuple[TaskFuture, PreparedTask]]) -> None:
         """Send a graph's Tasks together; a member cancelled before sending takes the
@@ -323,9 +559,14 @@ class FutureFSMEngine(Engine):
             self._send(encode(TaskCancel(group_id, True)))
 
     def _send(self, frame: bytes) -> None:
-        # SNDHWM is 0 (no limit): a DEALER queues the frame even before it connects,
-        # so this never blocks and never drops.
-        self._socket.send(frame)
+        # Only over a connection that is up (IMMEDIATE), with no high water mark: this
+        # never blocks. If the connection closed a moment ago the frame is dropped
+        # (EAGAIN, or with the closed pipe), and the monitor's DISCONNECTED, already on
+        # its way, resolves the future.
+        try:
+            self._socket.send(frame, _NOBLOCK)
+        except zmq.Again:
+            pass
 
     def _drain_socket(self) -> None:
         socket = self._socket
@@ -334,7 +575,6 @@ class FutureFSMEngine(Engine):
                 frames = socket.recv_multipart(zmq.NOBLOCK, copy=True)
             except zmq.Again:
                 return
-            self._last_heard = time.monotonic()
             try:
                 if len(frames) != 1:
                     raise ProtocolError(f"expected 1 frame per message, got {len(frames)}")
@@ -402,3 +642,30 @@ class FutureFSMEngine(Engine):
             LOGGER.warning(message, *args)
         else:
             LOGGER.debug(message, *args)
+
+
+def _load_secret_key(key: str | os.PathLike[str] | tuple[bytes, bytes]) -> tuple[bytes, bytes]:
+    """This client's ``(public, secret)`` Z85 keys, from a ``.key_secret`` file or a pair."""
+    if isinstance(key, tuple):
+        return key
+    try:
+        public, secret = zmq.auth.load_certificate(key)
+    except (OSError, ValueError) as error:
+        raise ValueError(f"secret_key {os.fspath(key)!r}: cannot read it: {error}") from error
+    if secret is None:
+        raise ValueError(
+            f"secret_key {os.fspath(key)!r} holds only a public key (pass this client's "
+            "NAME.key_secret, as written by `futurefsm keygen`)"
+        )
+    return public, secret
+
+
+def _load_public_key(key: str | os.PathLike[str] | bytes) -> bytes:
+    """The scheduler's public Z85 key, from a ``.key`` file or the bytes themselves."""
+    if isinstance(key, bytes):
+        return key
+    try:
+        public, _ = zmq.auth.load_certificate(key)
+    except (OSError, ValueError) as error:
+        raise ValueError(f"server_key {os.fspath(key)!r}: cannot read it: {error}") from error
+    return public

@@ -13,8 +13,10 @@ strategy can build one and the stub can trust it. What each field does, precisel
 - ``drop_result``: the result is never sent (the task still runs, and a graph
   dependent still gets its value). Wins over ``duplicate_result``.
 - ``duplicate_result``: the result is sent twice.
-- ``answer_heartbeats``: False makes the stub stop answering heartbeats once this
-  task has arrived, as a dead scheduler would.
+- ``answer_heartbeats``: False makes the stub stop echoing the protocol's
+  ``Heartbeat`` messages once this task has arrived. futurefsm's client judges liveness
+  by ZMTP heartbeats (answered by libzmq, whatever the stub's Python does), so this no
+  longer makes it give up; ``stop()``, ``disconnect_all()`` or a frozen process do.
 """
 
 from __future__ import annotations

@@ -23,15 +23,23 @@ def main(
     behaviour_file: str | None,
     threads: bool = False,
     log_messages: bool = False,
+    secret_key: str | None = None,
+    client_keys: str | None = None,
+    insecure: bool = False,
 ) -> int:
     """Serve on ``address`` with ``workers`` worker processes (threads if ``threads``)
     and the Behaviour in ``behaviour_file`` (a JSON object of Behaviour fields) applied
     to every task; keep the message log if ``log_messages``.
 
+    ``secret_key`` (a ``.key_secret`` file) and ``client_keys`` (a directory of
+    ``.key`` files): serve CurveZMQ to those clients only. Without keys, an address
+    beyond this host is refused unless ``insecure``.
+
     Binds exactly the address it is given (the command's default is loopback). Prints
-    ``futurefsm scheduler listening on <address>`` once serving, runs until SIGINT or
-    SIGTERM, stops cleanly and returns 0; returns 2 for a bad Behaviour file or
-    worker count and 1 if the address cannot be bound.
+    ``futurefsm scheduler listening on <address actually bound>`` once serving, runs
+    until SIGINT or SIGTERM, stops cleanly and returns 0; returns 2 for a bad
+    Behaviour file, worker count, key or unsafe bind and 1 if the address cannot be
+    bound.
     """
     try:
         behaviour = Behaviour.from_json_file(behaviour_file) if behaviour_file else None
@@ -48,15 +56,28 @@ def main(
                 threads=threads,
                 behaviour=behaviour,
                 log_messages=log_messages,
+                secret_key=secret_key,
+                client_keys=client_keys,
+                insecure=insecure,
             )
         except ValueError as exc:
             print(f"futurefsm scheduler: {exc}", file=sys.stderr)
             return 2
         except zmq.ZMQError as exc:
-            print(f"futurefsm scheduler: cannot bind {address}: {exc}", file=sys.stderr)
+            print(
+                f"futurefsm scheduler: cannot bind {address}: {exc}{_hint(address)}",
+                file=sys.stderr,
+            )
             return 1
         with stub:
-            print(f"futurefsm scheduler listening on {stub.address}", flush=True)
+            print(f"futurefsm scheduler listening on {stub.bound_address}", flush=True)
+            if stub.server_key is not None:
+                public_file = str(secret_key).removesuffix("_secret")
+                print(
+                    f"futurefsm scheduler: CurveZMQ: admits the client keys in {client_keys}; "
+                    f"clients pass server_key={public_file}",
+                    flush=True,
+                )
             # A timeout keeps the wait responsive to signals on every platform.
             while not stop_requested.wait(0.5):
                 pass
@@ -83,3 +104,10 @@ def _install_stop_handlers(stop_requested: threading.Event) -> dict[int, Any]:
         previous[signum] = signal.getsignal(signum)
         signal.signal(signum, request_stop)
     return previous
+
+
+def _hint(address: str) -> str:
+    """A hint for an address ZeroMQ could not bind, or ""."""
+    if "://" not in address:
+        return f" (a ZeroMQ address names its transport: did you mean tcp://{address}?)"
+    return ""

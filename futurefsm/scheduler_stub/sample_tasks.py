@@ -36,6 +36,7 @@ __all__ = [
     "open_gate",
     "reset_gates",
     "sleep_then",
+    "touch",
     "unpicklable_result",
     "wait_started",
 ]
@@ -69,6 +70,16 @@ def mark_then_sleep(path: str, seconds: float, value: Any = None) -> Any:
     with open(path, "a"):
         pass
     time.sleep(seconds)
+    return value
+
+
+def touch(path: str, value: Any = None, then_sleep: float = 0.0) -> Any:
+    """Create the file ``path`` (a side effect a test in another process can see),
+    sleep ``then_sleep`` seconds (to keep a worker busy), then return ``value``."""
+    with open(path, "a"):
+        pass
+    if then_sleep:
+        time.sleep(then_sleep)
     return value
 
 

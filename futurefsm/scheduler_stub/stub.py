@@ -57,6 +57,17 @@ What a client sees
 The message log (``log``) is off unless ``log_messages=True``: it keeps each message
 without its payload bytes (``function``, ``args``, ``payload`` are empty; ``size`` is
 the frame's length), bounded by ``log_limit`` records and ``log_bytes``.
+
+Liveness and trust (``peers.py``, ``security.py``)
+--------------------------------------------------
+libzmq's I/O thread runs ZMTP heartbeats on the ROUTER, whatever the stub's Python
+threads are doing, and closes a connection silent for ``client_timeout``. A socket
+monitor reports connections accepted, closed and refused: a client whose connection
+closed (killed, frozen past the timeout, or reconnecting with a new socket) has its
+work dropped as if it had sent ``Disconnect``, and whatever it left unread is ignored.
+With keys, the ROUTER is a CurveZMQ server and pyzmq's ZAP authenticator admits only
+the listed client keys; without keys, the stub binds only to this host unless told
+``insecure=True``.
 """
 
 from __future__ import annotations
@@ -95,6 +106,7 @@ from ..protocol import (
 )
 from ..serializer import DEFAULT_SERIALIZER, Serializer
 from .behaviour import DEFAULT_BEHAVIOUR, Behaviour, BehaviourSource, OnCancel
+from .peers import PeerTracker
 from .records import (
     DEPENDENCY_CANCELLED,
     AfterFinish,
@@ -102,6 +114,7 @@ from .records import (
     TaskRecord,
     TaskState,
 )
+from .security import ClientKeys, CurveServer, SecretKey, check_bind
 from .workers import STATUSES, Inbox, ProcessPool, ThreadPool
 
 __all__ = ["LogRecord", "SchedulerStub"]
@@ -140,6 +153,7 @@ _STAT_NAMES = (
     "internal_errors",
     "clients_dropped",
     "workers_killed",
+    "clients_gone",
 )
 
 _LOG_RECORD_BYTES = 200
@@ -205,6 +219,13 @@ class SchedulerStub:
     (``log``), at most ``log_limit`` records and about ``log_bytes`` bytes (the oldest
     go first).
 
+    ``secret_key`` (a ``.key_secret`` file or an in-memory ``(public, secret)`` Z85
+    pair) and ``client_keys`` (a directory of ``.key`` files or in-memory public keys)
+    make it a CurveZMQ server that admits only those clients. Without keys it refuses
+    to bind beyond this host (``ValueError``) unless ``insecure=True``.
+    ``client_timeout``: a client whose connection carries nothing, not even libzmq's
+    heartbeats, for this long is taken as gone and its work dropped.
+
     Binds and starts serving on construction. Use as a context manager, or call
     ``stop()``.
     """
@@ -220,6 +241,10 @@ class SchedulerStub:
         log_messages: bool = False,
         log_limit: int = 100_000,
         log_bytes: int = 64 * 1024 * 1024,
+        secret_key: SecretKey | None = None,
+        client_keys: ClientKeys | None = None,
+        insecure: bool = False,
+        client_timeout: float = 5.0,
     ) -> None:
         if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
             raise ValueError(f"workers: expected an int >= 1, got {workers!r}")
@@ -237,6 +262,16 @@ class SchedulerStub:
             raise TypeError(
                 f"behaviour: expected a Behaviour, a callable or None, got {behaviour!r}"
             )
+        if isinstance(client_timeout, bool) or not (
+            isinstance(client_timeout, (int, float)) and client_timeout > 0
+        ):
+            raise ValueError(f"client_timeout: expected seconds > 0, got {client_timeout!r}")
+        if client_keys is not None and secret_key is None:
+            raise ValueError("client_keys: only meaningful with secret_key (CurveZMQ)")
+        curve = CurveServer.load(secret_key, client_keys) if secret_key is not None else None
+        check_bind(address, secured=curve is not None, insecure=insecure)
+        self.server_key: bytes | None = curve.public_key if curve is not None else None
+        """The stub's CurveZMQ public key (Z85), or None without keys."""
         self._serializer = serializer if serializer is not None else DEFAULT_SERIALIZER
         self._answer_heartbeats = self._behaviour is None or self._behaviour.answer_heartbeats
 
@@ -248,6 +283,8 @@ class SchedulerStub:
         self._running = True
         self._loud_warnings = _LOUD_WARNINGS
         self._arriving: Task | None = None
+        self._peers_warned: set[bytes] = set()
+        self._arrived: list[TaskRecord] | None = None
 
         # Shared: the claim lock (see records.py); log and stats under the records lock.
         self._claim_lock = threading.Lock()
@@ -261,13 +298,25 @@ class SchedulerStub:
 
         name = f"futurefsm-stub-{id(self):x}"
         self._context: zmq.Context[Any] = zmq.Context()
+        self._authenticator = None
         try:
             self._router = self._context.socket(zmq.ROUTER)
             self._router.setsockopt(zmq.ROUTER_MANDATORY, 1)
             self._router.setsockopt(zmq.SNDHWM, 0)
             self._router.setsockopt(zmq.RCVHWM, 0)
+            timeout_ms = max(1, round(client_timeout * 1000))
+            self._router.setsockopt(zmq.HEARTBEAT_IVL, max(1, min(1000, timeout_ms // 3)))
+            self._router.setsockopt(zmq.HEARTBEAT_TIMEOUT, timeout_ms)
+            if curve is not None:
+                # The ZAP handler must be up before the bind: without one, libzmq
+                # admits every client that knows the server's public key.
+                self._authenticator = curve.start_authenticator(self._context)
+                curve.apply(self._router)
+            self._peers = PeerTracker(self._router)
             self._router.bind(_bind_endpoint(address))
-            self.address: str = _connectable(self._router.getsockopt(zmq.LAST_ENDPOINT).decode())
+            self.bound_address: str = self._router.getsockopt(zmq.LAST_ENDPOINT).decode()
+            """The address actually bound (``tcp://0.0.0.0:PORT`` for ``tcp://*:0``)."""
+            self.address: str = _connectable(self.bound_address)
             """The bound address, as a client on this host connects to it."""
             self._inbox = Inbox(self._context, name)
             self._pool: ProcessPool | ThreadPool
@@ -279,6 +328,8 @@ class SchedulerStub:
                     workers, self._serializer, self._claim, self._on_task_done, post, name
                 )
         except BaseException:
+            if self._authenticator is not None:
+                self._authenticator.stop()
             self._context.destroy(linger=0)
             raise
         self._io_thread = threading.Thread(target=self._run, name=f"{name}-io", daemon=True)
@@ -315,11 +366,16 @@ class SchedulerStub:
         cancels_received, disconnects_received, disconnects_sent, results_discarded
         (of cancelled, ignored or forgotten tasks), results_dropped (``drop_result``),
         internal_errors, clients_dropped (gone clients whose work was dropped),
-        workers_killed (worker processes killed to stop a task), and clients (currently
-        known)."""
+        workers_killed (worker processes killed to stop a task), clients (currently
+        known), connections (accepted), clients_gone (connections that closed),
+        handshakes_refused (a key not listed, a wrong server key) and handshakes_failed
+        (ended without detail: the client closed it, or used no keys with a keyed stub)."""
         with self._records_lock:
             stats = dict(self._stats)
         stats["clients"] = len(self._clients)
+        stats["connections"] = self._peers.connections
+        stats["handshakes_refused"] = self._peers.handshakes_refused
+        stats["handshakes_failed"] = self._peers.handshakes_failed
         return stats
 
     @property
@@ -338,8 +394,9 @@ class SchedulerStub:
         self._answer_heartbeats = bool(value)
 
     def disconnect_all(self, timeout: float = 5.0) -> int:
-        """Simulate the scheduler going away: send ``Disconnect`` to every client heard
-        from, forget all tasks (results of running ones are discarded), keep serving.
+        """Simulate the scheduler going away: send ``Disconnect`` to every client
+        connected or heard from, forget all tasks (results of running ones are
+        discarded), keep serving.
 
         Returns how many clients were sent a Disconnect, once that is done. Raises
         ``RuntimeError`` if the stub is stopped, ``TimeoutError`` if the I/O thread did
@@ -394,6 +451,8 @@ class SchedulerStub:
             logger.error("scheduler stub: I/O thread did not exit; leaving its context open")
             return
         self._inbox.close()
+        if self._authenticator is not None:
+            self._authenticator.stop()
         self._context.term()
 
     # ------------------------------------------------------------------ I/O thread
@@ -402,7 +461,9 @@ class SchedulerStub:
         poller = zmq.Poller()
         poller.register(self._router, zmq.POLLIN)
         poller.register(self._inbox.reader, zmq.POLLIN)
+        poller.register(self._peers.monitor, zmq.POLLIN)
         router, reader, pool = self._router, self._inbox.reader, self._pool
+        monitor = self._peers.monitor
         self._guarded(pool.attach, poller)
         try:
             while self._running:
@@ -412,6 +473,8 @@ class SchedulerStub:
                     elif item is reader:
                         for action in self._inbox.drain():
                             self._guarded(action)
+                    elif item is monitor:
+                        self._clients_gone(self._peers.drain())
                     else:  # a worker process's connection
                         self._guarded(pool.on_readable, item)
                     if not self._running:
@@ -420,6 +483,7 @@ class SchedulerStub:
         except Exception:  # only a broken poller gets here; the handlers are guarded
             logger.exception("scheduler stub: I/O thread failed")
         finally:
+            self._peers.close()
             self._router.close(linger=_CLOSE_LINGER_MS)
             self._inbox.reader.close(linger=0)
 
@@ -450,12 +514,60 @@ class SchedulerStub:
             self._count("internal_errors")
 
     def _drain_router(self) -> None:
+        # Tasks that become runnable while the batch is read start only after it, once
+        # their clients are known to be still connected (PeerTracker.closed).
+        self._arrived = []
+        try:
+            self._read_router()
+        finally:
+            arrived, self._arrived = self._arrived, None
+            if arrived:
+                self._guarded(self._start_arrived, arrived)
+
+    def _start_arrived(self, arrived: list[TaskRecord]) -> None:
+        gone = self._peers.closed({record.client for record in arrived})
+        if gone:
+            self._clients_gone(gone)
+        for record in arrived:
+            if record.state is TaskState.QUEUED:  # else its client is gone, or cancelled
+                self._pool.submit(record)
+
+    def _read_router(self) -> None:
+        router, peers = self._router, self._peers
         for _ in range(_ROUTER_BATCH):
             try:
-                frames = self._router.recv_multipart(_NOBLOCK)
+                # The routing id as a Frame: it knows the descriptor it arrived on.
+                id_frame = router.recv(_NOBLOCK, copy=False)
             except zmq.Again:
                 return
+            frames = [id_frame.bytes]
+            if id_frame.more:
+                frames += router.recv_multipart(_NOBLOCK)
+            identity = frames[0]
+            if not peers.knows(identity):
+                gone, admitted = peers.admit(identity, id_frame)
+                if gone:
+                    self._clients_gone(gone)
+                if not admitted:  # its connection closed: nothing it sent runs
+                    if peers.tell_once(identity):
+                        self._send(identity, Disconnect())
+                    continue
+                logger.info(
+                    "scheduler stub: client %s connected from %s",
+                    identity.hex(),
+                    id_frame.get("Peer-Address"),
+                )
+                if len(frames) == 2 and not frames[1]:
+                    continue  # the probe that opens a client's connection (PROBE_ROUTER)
             self._guarded(self._on_frames, frames)
+
+    def _clients_gone(self, identities: list[bytes]) -> None:
+        """Their connections closed: drop their work as a ``Disconnect`` would."""
+        for identity in identities:
+            self._peers_warned.discard(identity)
+            self._count("clients_gone")
+            logger.info("scheduler stub: client %s disconnected", identity.hex())
+            self._guarded(self._drop_client, identity, "its connection closed")
 
     def _on_frames(self, frames: list[bytes]) -> None:
         identity = frames[0]
@@ -659,14 +771,20 @@ class SchedulerStub:
         self._clients.clear()
         for book in clients:
             self._forget(book)
-            self._send(book.identity, Disconnect())
-        return len(clients)
+        # Every connected client, also one that has sent nothing but its probe yet.
+        identities = {book.identity for book in clients} | self._peers.connected()
+        for identity in identities:
+            self._send(identity, Disconnect())
+        return len(identities)
 
     # -- running and finishing
 
     def _enqueue(self, record: TaskRecord) -> None:
         record.state = TaskState.QUEUED
-        self._pool.submit(record)
+        if self._arrived is not None:  # reading the ROUTER: start after the batch
+            self._arrived.append(record)
+        else:
+            self._pool.submit(record)
 
     def _claim(self, record: TaskRecord) -> bool:
         """Called by a worker before it runs ``record``."""
@@ -872,7 +990,18 @@ class SchedulerStub:
 
     def _protocol_error(self, identity: bytes, what: str) -> None:
         self._count("protocol_errors")
-        self._warn("scheduler stub: protocol error from client %r: %s", identity, what)
+        # Logged once per client connection (a fuzzing client must not flood the log);
+        # every one is counted in stats()["protocol_errors"].
+        if identity in self._peers_warned or len(self._peers_warned) >= 10_000:
+            logger.debug("scheduler stub: protocol error from client %r: %s", identity, what)
+            return
+        self._peers_warned.add(identity)
+        logger.warning(
+            "scheduler stub: protocol error from client %r: %s (further ones from this "
+            "client are counted, logged at debug level)",
+            identity,
+            what,
+        )
 
     def _warn(self, message: str, *args: Any) -> None:
         if self._loud_warnings > 0:
