@@ -20,10 +20,14 @@ def test_fsm_benchmark_reports_three_ratios(capsys):
 
 def test_e2e_benchmark_measures_every_figure(capsys):
     with stages(e2e.STAGES, "bench e2e", disable=False) as bar:
-        figures = e2e.measure(tasks_count=200, cancels=5, bulk=100)
+        figures = e2e.measure(tasks_count=200, cancels=5, bulk=100, rounds=2, alive=(100, 400))
     assert bar.n == e2e.STAGES  # main's bar counts every stage measure() runs
     assert "bench e2e: 100%" in capsys.readouterr().err
     assert figures["echo_sequential_per_s"] > 0 and figures["tasks_per_s"] > 0
+    # The denominator is the pipelined echo; the sequential one is shown for scale.
+    assert figures["tasks_vs_pipelined"] == figures["tasks_per_s"] / figures["echo_pipelined_per_s"]
+    assert figures["submit_few_us"] > 0 and figures["submit_many_us"] > 0
+    assert figures["memory_live_future_bytes"] > 0 and figures["memory_stdlib_bytes"] > 0
     assert 0 < figures["cancel_p50_ms"] <= figures["cancel_p99_ms"]
     assert figures["bulk_cancel_s"] > 0 and figures["close_s"] > 0
 

@@ -3,26 +3,36 @@
 Figures, all measured in one run:
 
 1. no-op tasks per second through ``Client`` and a ``SchedulerStub`` running in its
-   own process (``futurefsm scheduler``), against the raw pyzmq+msgpack echo rate
-   between two processes measured just before (one message out, one back, in
-   sequence: the round trip every task needs at least once); target >= 0.5x. The
-   pipelined echo rate is printed too, for scale;
-2. cancel of a running task, request to answer: p50 <= 2 ms, p99 <= 10 ms (the
+   own process (``futurefsm scheduler``), against the *pipelined* raw pyzmq+msgpack
+   echo rate between two processes (this process sends every message without
+   waiting, a ROUTER in another process echoes each one back); target >= 0.5x. The
+   sequential echo (one message out, one back, in turn) is printed too, for scale.
+   Echo and tasks are measured alternately, best of ``rounds`` each, so a burst of
+   load from elsewhere on the machine hits both sides alike;
+2. the cost of ``submit()`` while the client holds many live futures: per submit,
+   growing from 50,000 to 100,000 live futures / growing from 1,000 to 2,000;
+   target <= 1.25x (the garbage collector walks live futures: few tracked objects
+   per future keep this flat). The garbage collector runs as a user's would;
+3. memory per live future (submitted, its Task handed to the socket, the client's
+   registry entry included) / per running stdlib ``Future``; target <= 2x;
+4. cancel of a running task, request to answer: p50 <= 2 ms, p99 <= 10 ms (the
    default configuration: the task runs on a worker process, which the cancel kills;
    the answer comes once that process is gone);
-3. bulk cancel of 10,000 tasks: <= 1 s;
-4. ``close()`` with 10,000 outstanding: <= 2 s.
+5. bulk cancel of 10,000 tasks: <= 1 s;
+6. ``close()`` with 10,000 outstanding: <= 2 s.
 """
 
 from __future__ import annotations
 
 import concurrent.futures as cf
+import gc
 import os
 import socket
 import statistics
 import subprocess
 import sys
 import time
+import tracemalloc
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -31,9 +41,11 @@ import msgpack
 import zmq
 
 from ..client import Client
+from ..client.future import TaskFuture
 from ..fsm import FutureState
 from ..scheduler_stub import SchedulerStub
 from ..scheduler_stub import sample_tasks as tasks
+from .fsm import _bytes_per_object, _running_stdlib_future
 from .progress import stage, stages
 
 __all__ = ["STAGES", "main", "measure"]
@@ -88,36 +100,42 @@ def _process(
             process.wait()
 
 
-@stage
-def _echo_rates(count: int) -> tuple[float, float]:
-    """(sequential, pipelined) round trips per second with a raw echo process."""
+@contextmanager
+def _echo_server() -> Iterator[str]:
+    """A raw ROUTER echo in its own process; yields its address."""
     address = f"tcp://127.0.0.1:{_free_port()}"
+    with _process([sys.executable, "-c", _ECHO_SERVER, address], "ready"):
+        yield address
+
+
+def _echo_rates(address: str, count: int) -> tuple[float, float]:
+    """(sequential, pipelined) round trips per second with the echo at ``address``."""
     # A message shaped like a Task: version, type, 16-byte id, two small payloads.
     message = [1, 1, os.urandom(16), os.urandom(60), os.urandom(20), None, []]
-    with _process([sys.executable, "-c", _ECHO_SERVER, address], "ready"):
-        context = zmq.Context()
-        dealer = context.socket(zmq.DEALER)
-        dealer.setsockopt(zmq.LINGER, 0)
-        dealer.connect(address)
-        try:
-            for _ in range(100):  # warm up the connection
-                dealer.send(msgpack.packb(message))
-                msgpack.unpackb(dealer.recv())
-            start = time.perf_counter()
-            for _ in range(count):
-                dealer.send(msgpack.packb(message))
-                msgpack.unpackb(dealer.recv())
-            sequential = count / (time.perf_counter() - start)
-            start = time.perf_counter()
-            for _ in range(count):
-                dealer.send(msgpack.packb(message))
-            for _ in range(count):
-                msgpack.unpackb(dealer.recv())
-            pipelined = count / (time.perf_counter() - start)
-            dealer.send(msgpack.packb("stop"))
-        finally:
-            dealer.close()
-            context.term()
+    context = zmq.Context()
+    dealer = context.socket(zmq.DEALER)
+    dealer.setsockopt(zmq.LINGER, 0)
+    dealer.setsockopt(zmq.SNDHWM, 0)
+    dealer.setsockopt(zmq.RCVHWM, 0)
+    dealer.connect(address)
+    try:
+        for _ in range(100):  # warm up the connection
+            dealer.send(msgpack.packb(message))
+            msgpack.unpackb(dealer.recv())
+        start = time.perf_counter()
+        for _ in range(count):
+            dealer.send(msgpack.packb(message))
+            msgpack.unpackb(dealer.recv())
+        sequential = count / (time.perf_counter() - start)
+        start = time.perf_counter()
+        for _ in range(count):
+            dealer.send(msgpack.packb(message))
+        for _ in range(count):
+            msgpack.unpackb(dealer.recv())
+        pipelined = count / (time.perf_counter() - start)
+    finally:
+        dealer.close()
+        context.term()
     return sequential, pipelined
 
 
@@ -129,7 +147,6 @@ def _scheduler_process(workers: int, *, kill: bool = False) -> Iterator[str]:
         yield address
 
 
-@stage
 def _task_rate(address: str, count: int) -> float:
     with Client(address) as client:
         client.submit(tasks.noop).result(30)  # connected and warm
@@ -205,11 +222,94 @@ def _close_seconds(address: str, count: int) -> float:
     return elapsed
 
 
-def measure(tasks_count: int = 20_000, cancels: int = 300, bulk: int = 10_000) -> dict[str, float]:
+def _wait_sent(future: TaskFuture, timeout: float = 60) -> None:
+    """Wait until ``future``'s Task was handed to the socket (Tasks go out in order)."""
+    end = time.monotonic() + timeout
+    while future.state is FutureState.PENDING:
+        if time.monotonic() > end:
+            raise RuntimeError("benchmark: tasks were not sent")
+        time.sleep(0.0005)
+
+
+def _submit_seconds_growing(address: str, alive: int) -> float:
+    """Seconds per ``submit()`` while the live futures grow from ``alive // 2`` to
+    ``alive``, until the last Task is on the socket. The scheduler's one worker is
+    kept asleep, so every future stays alive (running) until ``close()``."""
+    client = Client(address)  # closed, not shut down: close() cancels what is left
+    try:
+        client.submit(tasks.sleep_then, 3600)  # keeps the worker busy: the rest queue
+        futures = [client.submit(tasks.noop) for _ in range(alive // 2)]
+        _wait_sent(futures[-1])
+        count = alive - len(futures)
+        start = time.perf_counter()
+        for _ in range(count):
+            futures.append(client.submit(tasks.noop))
+        _wait_sent(futures[-1])
+        return (time.perf_counter() - start) / count
+    finally:
+        client.close()
+
+
+def _bytes_per_live_future(address: str, count: int) -> float:
+    """Bytes each live, sent future costs the client (future, registry entry, ids)."""
+    client = Client(address)
+    try:
+        client.submit(tasks.sleep_then, 3600)  # keeps the worker busy: the rest queue
+        _wait_sent(client.submit(tasks.noop))  # connected and warm
+        gc.collect()
+        tracemalloc.start()
+        try:
+            before = tracemalloc.take_snapshot()
+            futures = [client.submit(tasks.noop) for _ in range(count)]
+            _wait_sent(futures[-1])
+            after = tracemalloc.take_snapshot()
+        finally:
+            tracemalloc.stop()
+        total = sum(stat.size_diff for stat in after.compare_to(before, "filename"))
+        return (total - futures.__sizeof__()) / count
+    finally:
+        client.close()
+
+
+@stage
+def _throughput(tasks_count: int, rounds: int) -> tuple[float, float, float]:
+    """(sequential echo, pipelined echo, tasks) per second: echo and tasks measured
+    alternately, ``rounds`` times, best of each."""
+    sequential = pipelined = rate = 0.0
+    with _echo_server() as echo_address, _scheduler_process(workers=2) as address:
+        for _ in range(rounds):
+            round_sequential, round_pipelined = _echo_rates(echo_address, tasks_count)
+            sequential = max(sequential, round_sequential)
+            pipelined = max(pipelined, round_pipelined)
+            rate = max(rate, _task_rate(address, tasks_count))
+    return sequential, pipelined, rate
+
+
+@stage
+def _live_futures(alive: tuple[int, int], rounds: int) -> tuple[float, float, float]:
+    """(seconds per submit growing to ``alive[0]``, to ``alive[1]``, bytes per live
+    future). The small figure is the best of ``rounds``."""
+    few, many = alive
+    # Its worker sleeps in a task that is cancelled at the end: the scheduler is killed.
+    with _scheduler_process(workers=1, kill=True) as address:
+        submit_few = min(_submit_seconds_growing(address, few) for _ in range(rounds))
+        submit_many = _submit_seconds_growing(address, many)
+        memory = _bytes_per_live_future(address, 20_000)
+    return submit_few, submit_many, memory
+
+
+def measure(
+    tasks_count: int = 20_000,
+    cancels: int = 300,
+    bulk: int = 10_000,
+    rounds: int = 3,
+    alive: tuple[int, int] = (2_000, 100_000),
+) -> dict[str, float]:
     """Run every measurement; return the figures."""
-    sequential, pipelined = _echo_rates(tasks_count)
-    with _scheduler_process(workers=2) as address:
-        rate = _task_rate(address, tasks_count)
+    sequential, pipelined, rate = _throughput(tasks_count, rounds)
+    few, many = alive
+    submit_few, submit_many, memory_ours = _live_futures(alive, rounds)
+    memory_stdlib = _bytes_per_object(_running_stdlib_future, 20_000)
     latencies = sorted(_cancel_latencies(cancels))
     # Each bulk figure gets a fresh scheduler: sleeping workers do not carry over.
     # Their workers sleep in cancelled tasks: those schedulers are killed, not stopped.
@@ -221,7 +321,16 @@ def measure(tasks_count: int = 20_000, cancels: int = 300, bulk: int = 10_000) -
         "echo_sequential_per_s": sequential,
         "echo_pipelined_per_s": pipelined,
         "tasks_per_s": rate,
-        "tasks_vs_echo": rate / sequential,
+        "tasks_vs_pipelined": rate / pipelined,
+        "tasks_vs_sequential": rate / sequential,
+        "alive_few": few,
+        "alive_many": many,
+        "submit_few_us": submit_few * 1e6,
+        "submit_many_us": submit_many * 1e6,
+        "submit_alive_ratio": submit_many / submit_few,
+        "memory_live_future_bytes": memory_ours,
+        "memory_stdlib_bytes": memory_stdlib,
+        "memory_ratio": memory_ours / memory_stdlib,
         "cancel_p50_ms": statistics.median(latencies) * 1000,
         "cancel_p99_ms": latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1000,
         "bulk": bulk,
@@ -233,7 +342,12 @@ def measure(tasks_count: int = 20_000, cancels: int = 300, bulk: int = 10_000) -
 def main(quick: bool = False) -> int:
     """Print every figure against its target; exit code 0 either way."""
     with stages(STAGES, "bench e2e"):
-        figures = measure(tasks_count=2_000, cancels=50, bulk=1_000) if quick else measure()
+        if quick:
+            figures = measure(
+                tasks_count=2_000, cancels=50, bulk=1_000, rounds=1, alive=(200, 10_000)
+            )
+        else:
+            figures = measure()
 
     def verdict(ok: bool) -> str:
         return "ok" if ok else "MISSED"
@@ -241,8 +355,22 @@ def main(quick: bool = False) -> int:
     print(f"raw pyzmq+msgpack echo, sequential: {figures['echo_sequential_per_s']:>9,.0f} /s")
     print(f"raw pyzmq+msgpack echo, pipelined:  {figures['echo_pipelined_per_s']:>9,.0f} /s")
     print(f"no-op tasks through client + stub:  {figures['tasks_per_s']:>9,.0f} /s")
-    ratio = figures["tasks_vs_echo"]
-    print(f"tasks / sequential echo: {ratio:.2f}x   target >= 0.5x {verdict(ratio >= 0.5)}")
+    ratio = figures["tasks_vs_pipelined"]
+    print(f"tasks / pipelined echo:  {ratio:.2f}x   target >= 0.5x {verdict(ratio >= 0.5)}")
+    print(f"tasks / sequential echo: {figures['tasks_vs_sequential']:.2f}x   (for scale)")
+    few, many = figures["alive_few"], figures["alive_many"]
+    ratio = figures["submit_alive_ratio"]
+    print(
+        f"submit() growing to {many:,} live / to {few:,} live: "
+        f"{figures['submit_many_us']:.2f} us / {figures['submit_few_us']:.2f} us = "
+        f"{ratio:.2f}x   target <= 1.25x {verdict(ratio <= 1.25)}"
+    )
+    ratio = figures["memory_ratio"]
+    print(
+        f"memory per live future / stdlib Future: {figures['memory_live_future_bytes']:.0f} B"
+        f" / {figures['memory_stdlib_bytes']:.0f} B = {ratio:.2f}x"
+        f"   target <= 2x {verdict(ratio <= 2)}"
+    )
     p50, p99 = figures["cancel_p50_ms"], figures["cancel_p99_ms"]
     print(
         f"cancel of a running task: p50 {p50:.2f} ms (<= 2 {verdict(p50 <= 2)}), "
