@@ -7,6 +7,7 @@ import concurrent.futures as cf
 import gc
 import logging
 import threading
+import time
 import weakref
 from concurrent.futures import _base
 
@@ -559,8 +560,6 @@ def test_live_future_is_held_by_the_transport(transport):
 
 def _wait_until_blocked_on(condition, deadline=DEADLINE):
     """Poll until some thread waits on ``condition`` (stdlib internals, test only)."""
-    import time
-
     end = time.monotonic() + deadline
     while not condition._waiters:
         assert time.monotonic() < end, "nobody started waiting"
@@ -579,3 +578,83 @@ def test_result_waiter_is_not_woken_by_non_terminal_transitions(transport):
     assert not waiting.done()
     future.recv_result("value")
     assert waiting.result(DEADLINE) == "value"
+
+
+# ------------------------------------------------------------------ a future the GC barely sees
+
+
+def _tracked_objects_per_future(make, count=1000):
+    """How many objects the garbage collector tracks per live object ``make()`` builds."""
+    gc.collect()
+    gc.disable()  # a collection would untrack some objects half way through
+    try:
+        before = len(gc.get_objects())
+        keep = [make() for _ in range(count)]
+        after = len(gc.get_objects())
+    finally:
+        gc.enable()
+    assert len(keep) == count
+    return (after - before - 1) / count  # the list ``keep`` itself is tracked too
+
+
+def test_a_running_future_allocates_few_objects_the_gc_tracks(transport):
+    # A stdlib Future tracks about eleven (a Condition with its dict, deque and bound
+    # methods, two lists); with 100,000 futures alive every full collection walks
+    # them all. A TaskFuture tracks itself, its lock (the C RLock is tracked), its
+    # history list and that list's one entry ("sent").
+    tracked = _tracked_objects_per_future(lambda: running(transport))
+    assert tracked <= 4.01, tracked
+    assert _tracked_objects_per_future(cf.Future) > 2.5 * tracked  # what it replaces
+
+
+def test_condition_and_lists_are_created_only_for_a_waiter(transport):
+    future = running(transport)
+    stdlib = cf.Future()
+    future.add_done_callback(lambda f: None)
+    assert not future.done() and future.running()
+    assert (future._cond, future._waiter_list) == (None, None)
+    waiting = in_thread(cf.wait, [future, stdlib], timeout=DEADLINE, return_when=cf.FIRST_COMPLETED)
+    end = time.monotonic() + DEADLINE
+    while not stdlib._waiters:  # wait() installs its waiter on both, under their locks
+        assert time.monotonic() < end, "wait() did not install its waiter"
+        time.sleep(0.001)
+    with future._condition:
+        assert len(future._waiter_list) == 1
+    future.recv_result("value")
+    done, _ = waiting.result(DEADLINE)
+    assert done == {future}
+    # Terminal: the condition was notified and dropped, wait() removed its waiter.
+    assert future._cond is None and future._waiter_list == []
+    assert future.done() and future.result() == "value" and future._cond is None
+
+
+def test_a_condition_asked_for_by_many_threads_at_once_is_one_condition(transport):
+    future = running(transport)
+    start = threading.Barrier(8)
+
+    def condition():
+        start.wait(DEADLINE)
+        return future._condition
+
+    conditions = [in_thread(condition) for _ in range(8)]
+    got = {id(outcome.result(DEADLINE)) for outcome in conditions}
+    assert got == {id(future._condition)}
+
+
+def test_result_of_a_failed_future_leaves_no_reference_cycle(transport):
+    # result() raises the task's exception from a frame that refers to the future;
+    # like the stdlib it drops that reference, so no garbage collection is needed.
+    future = running(transport)
+    ref = weakref.ref(future)
+    future.recv_result(exception=ValueError("boom"))
+    gc.disable()
+    try:
+        for call in (future.result, future.exception):
+            try:
+                call()
+            except ValueError:
+                pass
+        del future, call
+        assert ref() is None
+    finally:
+        gc.enable()

@@ -9,7 +9,7 @@ Figures, all measured in one run:
    sequential echo (one message out, one back, in turn) is printed too, for scale.
    Echo and tasks are measured alternately, best of ``rounds`` each, so a burst of
    load from elsewhere on the machine hits both sides alike;
-2. the cost of ``submit()`` while the client holds many live futures: per submit,
+2. the CPU cost of ``submit()`` while the client holds many live futures: per submit,
    growing from 50,000 to 100,000 live futures / growing from 1,000 to 2,000;
    target <= 1.25x (the garbage collector walks live futures: few tracked objects
    per future keep this flat). The garbage collector runs as a user's would;
@@ -232,20 +232,22 @@ def _wait_sent(future: TaskFuture, timeout: float = 60) -> None:
 
 
 def _submit_seconds_growing(address: str, alive: int) -> float:
-    """Seconds per ``submit()`` while the live futures grow from ``alive // 2`` to
-    ``alive``, until the last Task is on the socket. The scheduler's one worker is
-    kept asleep, so every future stays alive (running) until ``close()``."""
+    """CPU seconds of this process per ``submit()`` while the live futures grow from
+    ``alive // 2`` to ``alive``, until the last Task is on the socket (the I/O
+    thread's share included). CPU time, not wall time: other processes on a shared
+    machine do not count. The scheduler's one worker is kept asleep, so every future
+    stays alive (running) until ``close()``."""
     client = Client(address)  # closed, not shut down: close() cancels what is left
     try:
         client.submit(tasks.sleep_then, 3600)  # keeps the worker busy: the rest queue
         futures = [client.submit(tasks.noop) for _ in range(alive // 2)]
         _wait_sent(futures[-1])
         count = alive - len(futures)
-        start = time.perf_counter()
+        start = time.process_time()
         for _ in range(count):
             futures.append(client.submit(tasks.noop))
         _wait_sent(futures[-1])
-        return (time.perf_counter() - start) / count
+        return (time.process_time() - start) / count
     finally:
         client.close()
 

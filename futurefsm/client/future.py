@@ -1,12 +1,28 @@
 """``TaskFuture``: the ``concurrent.futures.Future`` adapter over the FSM.
 
 Every change of a TaskFuture's state is one trigger of the shared machine
-(``futurefsm.fsm.fire``), run under the future's own lock, which is the stdlib's
-``_condition``: the lock that ``concurrent.futures.wait`` and ``as_completed`` take
-to install their waiters. Under that lock the adapter keeps the stdlib's ``_state``,
-``_result`` and ``_exception`` in step with the FSM and notifies waiters once, on
-entering a terminal state. Outside it, it carries out the cell's I/O effect (send a
-TaskCancel through the transport) and runs done-callbacks.
+(``futurefsm.fsm.fire``), run under the future's own lock, which is also the lock of
+the stdlib's ``_condition``: the one that ``concurrent.futures.wait`` and
+``as_completed`` take to install their waiters. Under that lock the adapter keeps the
+stdlib's ``_state``, ``_result`` and ``_exception`` in step with the FSM and notifies
+waiters once, on entering a terminal state. Outside it, it carries out the cell's I/O
+effect (send a TaskCancel through the transport) and runs done-callbacks.
+
+Why the future is built lazily
+------------------------------
+A client may hold 100,000 live futures, and the garbage collector walks every object
+it tracks again and again while they live. A stdlib ``Future`` allocates about eleven
+such objects (a ``threading.Condition`` with its dict, deque and bound methods, two
+lists); a running TaskFuture four: itself, its lock (a C ``RLock``), its history and
+that history's entry. The ``threading.Condition`` over that lock (``_condition``),
+the waiters list (``_waiters``) and the callbacks list are created on first use:
+``_condition`` and ``_waiters`` are properties, so ``concurrent.futures.wait``,
+``as_completed`` and anything else written against the stdlib's private fields find
+what they expect. ``result()``, ``exception()``, ``done()`` and ``running()`` read a
+terminal state without taking the lock (terminal states are final, and ``_result`` /
+``_exception`` are stored before ``_state`` announces them), so only a caller that
+really has to wait creates the condition, and a future that enters a terminal state
+drops it again, after notifying it.
 """
 
 from __future__ import annotations
@@ -57,6 +73,13 @@ _CONFIRM_TRIGGERS: dict[str, Trigger] = {
 # must never block waiting for an answer: it may be the thread that delivers it.
 _callback_depth = threading.local()
 _monotonic = time.monotonic
+_RLock = threading.RLock
+_FINISHED = _base.FINISHED
+_CANCELLED_AND_NOTIFIED = _base.CANCELLED_AND_NOTIFIED
+
+# Held only while a future's condition is created, so that two threads asking for it
+# at once get the same one (a waiter on a condition nobody notifies would sleep on).
+_create_lock = threading.Lock()
 
 
 def _in_done_callback() -> bool:
@@ -81,10 +104,19 @@ class TaskFuture(_base.Future):
     ``history``.
     """
 
+    # The stdlib's fields (_state, _result, _exception, _done_callbacks) are slots
+    # here too: with every attribute in a slot, no instance dict is ever created.
     __slots__ = (
         "_cancel_answered",
         "_cancel_deadline",
+        "_cond",
+        "_done_callbacks",
+        "_exception",
+        "_lock",
+        "_result",
+        "_state",
         "_transport",
+        "_waiter_list",
         "cancel_outcome",
         "fsm_history",
         "group_id",
@@ -95,7 +127,14 @@ class TaskFuture(_base.Future):
     def __init__(
         self, task_id: bytes, transport: FutureTransport, group_id: bytes | None = None
     ) -> None:
-        super().__init__()
+        # Not super().__init__(): it would build the full Condition and lists eagerly.
+        self._lock = _RLock()
+        self._cond: threading.Condition | None = None
+        self._state = _base.PENDING
+        self._result: Any = None
+        self._exception: BaseException | None = None
+        self._waiter_list: list[Any] | None = None
+        self._done_callbacks: list[Callable[[TaskFuture], object]] | None = None
         self.task_id = task_id
         self.group_id = group_id
         """The graph this task belongs to (cancelled as a whole), or None."""
@@ -106,8 +145,41 @@ class TaskFuture(_base.Future):
         # Monotonic deadline of the cancel request in flight (cancel_requested only).
         self._cancel_deadline = 0.0
         # Where cancel()/cancelled() wait for the answer to leave cancel_requested; it
-        # shares _condition's lock and is created by the first such waiter only.
+        # shares the future's lock and is created by the first such waiter only.
         self._cancel_answered: threading.Condition | None = None
+
+    @property
+    def _condition(self) -> threading.Condition:
+        """The stdlib's ``_condition``: a ``threading.Condition`` over the future's lock,
+        created on first use (by a waiter, ``concurrent.futures.wait``...).
+
+        A terminal future keeps none: nobody waits on it any more (waiting follows a
+        check of the state under the lock, and terminal states are final), so whoever
+        takes its ``_condition`` only to lock it gets a fresh one over the same lock.
+        """
+        condition = self._cond
+        if condition is None:
+            with _create_lock:
+                condition = self._cond
+                if condition is None:
+                    condition = threading.Condition(self._lock)
+                    if self._state not in _TERMINAL_STDLIB_STATES:
+                        self._cond = condition
+                        if self._state in _TERMINAL_STDLIB_STATES:
+                            self._cond = None  # it went terminal meanwhile
+        return condition
+
+    @property
+    def _waiters(self) -> list[Any]:
+        """The stdlib's ``_waiters`` (``wait``/``as_completed`` add theirs under
+        ``_condition``), created on first use."""
+        waiters = self._waiter_list
+        if waiters is None:
+            with _create_lock:
+                waiters = self._waiter_list
+                if waiters is None:
+                    waiters = self._waiter_list = []
+        return waiters
 
     def __repr__(self) -> str:
         return (
@@ -126,7 +198,7 @@ class TaskFuture(_base.Future):
         force: bool = True,
     ) -> Cell:
         """Run one trigger under the lock, then its I/O effect and callbacks outside it."""
-        with self._condition:
+        with self._lock:
             source = self.state
             cell = fire(self, trigger)
             dest = self.state
@@ -138,10 +210,17 @@ class TaskFuture(_base.Future):
                 self._enter_stdlib_state(dest, cell, result, exception)
                 if dest in TERMINAL_STATES:
                     # The stdlib's result()/exception() take any wake-up on _condition
-                    # to mean "terminal", so it is notified on entering one only.
-                    self._condition.notify_all()
-                if source is FutureState.CANCEL_REQUESTED and self._cancel_answered is not None:
-                    self._cancel_answered.notify_all()
+                    # to mean "terminal", so it is notified on entering one only. Then
+                    # it is dropped: nobody waits on a terminal future again.
+                    condition = self._cond
+                    if condition is not None:
+                        condition.notify_all()
+                        self._cond = None
+                if source is FutureState.CANCEL_REQUESTED:
+                    answered = self._cancel_answered
+                    if answered is not None:
+                        answered.notify_all()
+                        self._cancel_answered = None
         if cell.effect is Effect.SEND_CANCEL:
             self._transport.send_cancel(self, deadline, force=force)
         elif cell.effect is Effect.STALE:
@@ -162,19 +241,20 @@ class TaskFuture(_base.Future):
                     f"connection to the scheduler lost before task {self.task_id.hex()} "
                     f"finished{why}"
                 )
+            # The value before the state: result() reads a terminal state unlocked.
             if exception is not None:
                 self._exception = exception
-                self._state = _base.FINISHED
-                for waiter in self._waiters:
+                self._state = _FINISHED
+                for waiter in self._waiter_list or ():
                     waiter.add_exception(self)
             else:
                 self._result = result
-                self._state = _base.FINISHED
-                for waiter in self._waiters:
+                self._state = _FINISHED
+                for waiter in self._waiter_list or ():
                     waiter.add_result(self)
         elif dest is FutureState.CANCELLED:
-            self._state = _base.CANCELLED_AND_NOTIFIED
-            for waiter in self._waiters:
+            self._state = _CANCELLED_AND_NOTIFIED
+            for waiter in self._waiter_list or ():
                 waiter.add_cancelled(self)
         else:
             self._state = _STDLIB_STATE[dest]
@@ -274,14 +354,15 @@ class TaskFuture(_base.Future):
         At the deadline the waiter itself fires ``cancel_timed_out``: a future never
         waits past its cancel deadline, whether or not the transport enforces it.
         """
-        with self._condition:
+        with self._lock:
             while self.state is FutureState.CANCEL_REQUESTED:
                 remaining = deadline - _monotonic()
                 if remaining <= 0:
                     break
-                if self._cancel_answered is None:
-                    self._cancel_answered = threading.Condition(self._condition)
-                self._cancel_answered.wait(remaining)
+                answered = self._cancel_answered
+                if answered is None:  # (the lock is held: no other thread creates one)
+                    answered = self._cancel_answered = threading.Condition(self._lock)
+                answered.wait(remaining)
             unanswered = self.state is FutureState.CANCEL_REQUESTED
         if unanswered:
             self._fire(Trigger.CANCEL_TIMED_OUT)
@@ -306,6 +387,17 @@ class TaskFuture(_base.Future):
         client's I/O thread (e.g. in a done-callback) for a future that is not finished,
         unless ``timeout`` is 0 or less. That thread is the one that would deliver it.
         """
+        state = self._state
+        if state is _FINISHED:
+            if self._exception is None:
+                return self._result
+            try:
+                raise self._exception
+            finally:
+                # As the stdlib does: break the cycle exception -> traceback -> frame.
+                self = None
+        if state is _CANCELLED_AND_NOTIFIED:
+            raise _base.CancelledError()
         if timeout is None or timeout > 0:
             self._refuse_to_deadlock("result")
         return super().result(timeout)
@@ -313,9 +405,23 @@ class TaskFuture(_base.Future):
     def exception(self, timeout: float | None = None) -> BaseException | None:
         """The task's exception or None, as ``concurrent.futures.Future.exception``;
         refuses to wait on the client's I/O thread as ``result()`` does."""
+        state = self._state
+        if state is _FINISHED:
+            return self._exception
+        if state is _CANCELLED_AND_NOTIFIED:
+            raise _base.CancelledError()
         if timeout is None or timeout > 0:
             self._refuse_to_deadlock("exception")
         return super().exception(timeout)
+
+    def done(self) -> bool:
+        """True if the future is terminal (cancelled or finished); never blocks."""
+        return self._state in _TERMINAL_STDLIB_STATES
+
+    def running(self) -> bool:
+        """True while the task is with the scheduler (``running`` or
+        ``cancel_requested``)."""
+        return self._state is _base.RUNNING
 
     def _refuse_to_deadlock(self, method: str) -> None:
         if self.state not in TERMINAL_STATES and self._transport.on_io_thread():
@@ -333,14 +439,18 @@ class TaskFuture(_base.Future):
         slow callback delays every other future's messages. An exception it raises is
         logged, not raised.
         """
-        with self._condition:
+        with self._lock:
             if self._state not in _TERMINAL_STDLIB_STATES:
-                self._done_callbacks.append(fn)
+                if self._done_callbacks is None:
+                    self._done_callbacks = [fn]
+                else:
+                    self._done_callbacks.append(fn)
                 return
         self._run_callback(fn)
 
     def _invoke_callbacks(self) -> None:
-        for callback in self._done_callbacks:
+        # Terminal: nothing is added any more (add_done_callback checks under the lock).
+        for callback in self._done_callbacks or ():
             self._run_callback(callback)
 
     def _run_callback(self, fn: Callable[[TaskFuture], object]) -> None:
