@@ -25,6 +25,8 @@ you trust, and let only clients you trust connect to yours.
 from __future__ import annotations
 
 import pickle
+import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -36,10 +38,12 @@ __all__ = [
     "DEFAULT_SERIALIZER",
     "CloudpickleSerializer",
     "DependencyRef",
+    "FunctionCache",
     "PickleSerializer",
     "Serializer",
     "decode_failure",
     "encode_failure",
+    "is_pickled_by_reference",
     "substitute_dependencies",
 ]
 
@@ -84,6 +88,108 @@ class CloudpickleSerializer:
 
 
 DEFAULT_SERIALIZER: Serializer = CloudpickleSerializer()
+
+
+_STRING_OPS = {0x8C: 1, 0x58: 4}  # SHORT_BINUNICODE: 1-byte length; BINUNICODE: 4
+_MEMOIZE, _STACK_GLOBAL, _GLOBAL, _BINPUT, _FRAME, _STOP = 0x94, 0x93, 0x63, 0x71, 0x95, 0x2E
+
+
+def is_pickled_by_reference(data: bytes) -> bool:
+    """True if ``data`` is a pickle of a single global looked up by name (module and
+    qualified name): a module-level function or class, a builtin, pickled "by
+    reference". Unpickling such bytes always gives the object bound to that name, so
+    they may be cached by identity on either side. Anything else (a closure, a lambda
+    or a ``__main__`` function that cloudpickle pickles by value, a bound method, a
+    partial, a non-pickle serializer's bytes) is False.
+    """
+    try:
+        if data[0] != 0x80:  # PROTO: protocol 2 or later
+            return False
+        protocol, at = data[1], 2
+        if data[at] == _FRAME:
+            at += 9
+        if protocol >= 4:  # module and name as two strings, then STACK_GLOBAL
+            for _ in range(2):
+                width = _STRING_OPS.get(data[at])
+                if width is None:
+                    return False
+                length = int.from_bytes(data[at + 1 : at + 1 + width], "little")
+                at += 1 + width + length
+                if data[at] == _MEMOIZE:
+                    at += 1
+            if data[at] != _STACK_GLOBAL:
+                return False
+            at += 1
+            if data[at] == _MEMOIZE:
+                at += 1
+        else:  # GLOBAL "module\nname\n", then BINPUT n
+            if data[at] != _GLOBAL:
+                return False
+            at = data.index(b"\n", data.index(b"\n", at + 1) + 1) + 1
+            if data[at] == _BINPUT:
+                at += 2
+        return at == len(data) - 1 and data[at] == _STOP
+    except (IndexError, ValueError):
+        return False
+
+
+_FUNCTION_CACHE_LIMIT = 4096
+
+
+class FunctionCache:
+    """Serialized functions by identity (client side) and functions by their bytes
+    (worker side), for functions pickled by reference only.
+
+    ``dumps(fn)`` pickles a module-level function once: while the name it is pickled
+    under still names this very object in its module, its bytes cannot change. Any
+    other callable (closures, lambdas, bound methods, partials, objects) is
+    serialized afresh every time, as before. ``loads(data)`` unpickles the same
+    by-reference bytes once; by-value bytes are unpickled every time, so each task
+    gets its own copy of whatever state they carry. Both caches are bounded.
+    """
+
+    def __init__(self, serializer: Serializer, limit: int = _FUNCTION_CACHE_LIMIT) -> None:
+        self._serializer = serializer
+        self._limit = limit
+        self._dumped: dict[Any, tuple[dict[str, Any], str, bytes]] = {}
+        self._loaded: dict[bytes, Any] = {}
+
+    def dumps(self, fn: Callable[..., Any]) -> bytes:
+        """``serializer.dumps(fn)``, cached while that is safe."""
+        try:
+            entry = self._dumped.get(fn)
+        except TypeError:  # an unhashable callable object: never cached
+            return self._serializer.dumps(fn)
+        if entry is not None:
+            namespace, name, data = entry
+            if namespace.get(name) is fn:
+                return data
+        data = self._serializer.dumps(fn)
+        name = getattr(fn, "__qualname__", None)
+        module = sys.modules.get(getattr(fn, "__module__", None) or "")
+        if (
+            type(name) is str
+            and "." not in name
+            and module is not None
+            and vars(module).get(name) is fn
+            and is_pickled_by_reference(data)
+        ):
+            if len(self._dumped) >= self._limit:
+                self._dumped.clear()
+            self._dumped[fn] = (vars(module), name, data)
+        return data
+
+    def loads(self, data: bytes) -> Any:
+        """``serializer.loads(data)``, cached for by-reference bytes."""
+        function = self._loaded.get(data)
+        if function is not None:
+            return function
+        function = self._serializer.loads(data)
+        if is_pickled_by_reference(data):
+            if len(self._loaded) >= self._limit:
+                self._loaded.clear()
+            self._loaded[data] = function
+        return function
 
 
 @dataclass(frozen=True, slots=True)

@@ -69,7 +69,7 @@ from ..protocol import (
     encode,
     new_task_id,
 )
-from ..serializer import DEFAULT_SERIALIZER, Serializer, decode_failure
+from ..serializer import DEFAULT_SERIALIZER, FunctionCache, Serializer, decode_failure
 from . import Engine, EngineClient
 
 if TYPE_CHECKING:
@@ -143,6 +143,8 @@ class FutureFSMEngine(Engine):
         if secret_key is not None:
             assert server_key is not None
             self._curve = (*_load_secret_key(secret_key), _load_public_key(server_key))
+        # A module-level function is pickled once, not once per task.
+        self._functions = FunctionCache(self._serializer)
         self._stub: Any = None
         if address is None:
             from ..scheduler_stub import SchedulerStub
@@ -291,7 +293,7 @@ class FutureFSMEngine(Engine):
         if not callable(fn):
             raise TypeError(f"submit() needs a callable, got {fn!r}")
         try:
-            function = self._serializer.dumps(fn)
+            function = self._functions.dumps(fn)
         except Exception as error:
             raise TypeError(
                 f"cannot serialize the function {fn!r} for submit(): {error}"

@@ -1,0 +1,137 @@
+"""The serializer helpers: caching functions pickled by reference, and only those."""
+
+from __future__ import annotations
+
+import functools
+import pickle
+import sys
+import types
+
+import cloudpickle
+from hypothesis import given
+from hypothesis import strategies as st
+
+from futurefsm.scheduler_stub import sample_tasks
+from futurefsm.serializer import FunctionCache, PickleSerializer, is_pickled_by_reference
+
+
+class CountingSerializer:
+    """A serializer that counts its calls (cloudpickle inside)."""
+
+    def __init__(self) -> None:
+        self.dumped = 0
+        self.loaded = 0
+
+    def dumps(self, obj):
+        self.dumped += 1
+        return cloudpickle.dumps(obj)
+
+    def loads(self, data):
+        self.loaded += 1
+        return cloudpickle.loads(data)
+
+
+def _closure():
+    seen = []
+
+    def remember(value):
+        seen.append(value)
+        return len(seen)
+
+    return remember
+
+
+def test_module_level_functions_classes_and_builtins_are_pickled_by_reference():
+    for obj in (sample_tasks.noop, abs, int, sample_tasks.add):
+        for protocol in range(2, pickle.HIGHEST_PROTOCOL + 1):
+            assert is_pickled_by_reference(pickle.dumps(obj, protocol=protocol)), (obj, protocol)
+        assert is_pickled_by_reference(cloudpickle.dumps(obj)), obj
+
+
+def test_by_value_and_composite_pickles_are_not_by_reference():
+    by_value = (
+        lambda: 1,
+        _closure(),
+        functools.partial(sample_tasks.add, 1),
+        CountingSerializer().dumps,  # a bound method: the instance goes by value
+    )
+    for obj in by_value:
+        assert not is_pickled_by_reference(cloudpickle.dumps(obj)), obj
+    for data in (b"", b"\x80", pickle.dumps(1), pickle.dumps((abs,)), pickle.dumps(abs) + b"."):
+        assert not is_pickled_by_reference(data), data
+
+
+@given(st.binary(max_size=80))
+def test_any_bytes_give_an_answer_never_an_error(data):
+    assert is_pickled_by_reference(data) in (True, False)
+
+
+def test_a_module_function_is_serialized_once():
+    serializer = CountingSerializer()
+    cache = FunctionCache(serializer)
+    first = cache.dumps(sample_tasks.noop)
+    assert cache.dumps(sample_tasks.noop) is first
+    assert serializer.dumped == 1
+    assert cloudpickle.loads(first) is sample_tasks.noop
+
+
+def test_closures_lambdas_and_partials_are_serialized_every_time():
+    serializer = CountingSerializer()
+    cache = FunctionCache(serializer)
+    for fn in (_closure(), lambda: 1, functools.partial(sample_tasks.add, 1)):
+        cache.dumps(fn)
+        cache.dumps(fn)
+    assert serializer.dumped == 6
+
+
+def test_a_function_whose_name_now_means_something_else_is_serialized_again():
+    module = types.ModuleType("futurefsm_test_rebinding")
+    exec("def task():\n    return 'old'\n", vars(module))
+    sys.modules[module.__name__] = module
+    try:
+        serializer = CountingSerializer()
+        cache = FunctionCache(serializer)
+        old = module.task
+        cache.dumps(old)
+        exec("def task():\n    return 'new'\n", vars(module))
+        # By reference, the old bytes would now run the new function: not reused.
+        data = cache.dumps(old)
+        assert serializer.dumped == 2
+        assert cloudpickle.loads(data)() == "old"  # cloudpickle sent it by value
+    finally:
+        del sys.modules[module.__name__]
+
+
+def test_unhashable_callables_are_serialized_every_time():
+    class Unhashable:
+        __hash__ = None
+
+        def __call__(self):
+            return 1
+
+    serializer = CountingSerializer()
+    cache = FunctionCache(serializer)
+    cache.dumps(Unhashable())
+    cache.dumps(Unhashable())
+    assert serializer.dumped == 2
+
+
+def test_by_reference_bytes_are_unpickled_once_by_value_bytes_every_time():
+    serializer = CountingSerializer()
+    cache = FunctionCache(serializer)
+    by_reference = cloudpickle.dumps(sample_tasks.add)
+    assert cache.loads(by_reference) is cache.loads(by_reference) is sample_tasks.add
+    assert serializer.loaded == 1
+    by_value = cloudpickle.dumps(_closure())
+    first, second = cache.loads(by_value), cache.loads(by_value)
+    assert serializer.loaded == 3
+    # Each task gets its own copy of the closure's state.
+    assert (first("a"), first("b"), second("c")) == (1, 2, 1)
+
+
+def test_the_caches_are_bounded():
+    cache = FunctionCache(PickleSerializer(), limit=2)
+    for fn in (abs, int, str, len, sample_tasks.noop):
+        cache.dumps(fn)
+        cache.loads(pickle.dumps(fn))
+    assert len(cache._dumped) <= 2 and len(cache._loaded) <= 2
