@@ -38,7 +38,7 @@ __all__ = [
     "DEFAULT_SERIALIZER",
     "CloudpickleSerializer",
     "DependencyRef",
-    "FunctionCache",
+    "DumpedFunctions",
     "PickleSerializer",
     "Serializer",
     "decode_failure",
@@ -136,23 +136,24 @@ def is_pickled_by_reference(data: bytes) -> bool:
 _FUNCTION_CACHE_LIMIT = 4096
 
 
-class FunctionCache:
-    """Serialized functions by identity (client side) and functions by their bytes
-    (worker side), for functions pickled by reference only.
+class DumpedFunctions:
+    """Serialized functions by identity, for the client: a module-level function is
+    pickled once, not once per task.
 
-    ``dumps(fn)`` pickles a module-level function once: while the name it is pickled
-    under still names this very object in its module, its bytes cannot change. Any
-    other callable (closures, lambdas, bound methods, partials, objects) is
-    serialized afresh every time, as before. ``loads(data)`` unpickles the same
-    by-reference bytes once; by-value bytes are unpickled every time, so each task
-    gets its own copy of whatever state they carry. Both caches are bounded.
+    While the name a function is pickled under (its module and ``__qualname__``)
+    still names this very object, its by-reference bytes cannot change, so they are
+    reused. Any other callable (closures, lambdas, ``__main__`` functions that
+    cloudpickle sends by value, bound methods, partials, callable objects, methods
+    with a dotted ``__qualname__``) is serialized afresh every time, as before.
+    Bounded: at most ``limit`` entries (then it starts over). (The scheduler's
+    workers keep their own cache of unpickled functions:
+    ``scheduler_stub.running.FunctionCache``.)
     """
 
     def __init__(self, serializer: Serializer, limit: int = _FUNCTION_CACHE_LIMIT) -> None:
         self._serializer = serializer
         self._limit = limit
         self._dumped: dict[Any, tuple[dict[str, Any], str, bytes]] = {}
-        self._loaded: dict[bytes, Any] = {}
 
     def dumps(self, fn: Callable[..., Any]) -> bytes:
         """``serializer.dumps(fn)``, cached while that is safe."""
@@ -178,18 +179,6 @@ class FunctionCache:
                 self._dumped.clear()
             self._dumped[fn] = (vars(module), name, data)
         return data
-
-    def loads(self, data: bytes) -> Any:
-        """``serializer.loads(data)``, cached for by-reference bytes."""
-        function = self._loaded.get(data)
-        if function is not None:
-            return function
-        function = self._serializer.loads(data)
-        if is_pickled_by_reference(data):
-            if len(self._loaded) >= self._limit:
-                self._loaded.clear()
-            self._loaded[data] = function
-        return function
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,4 +1,5 @@
-"""The serializer helpers: caching functions pickled by reference, and only those."""
+"""The client's cache of serialized functions: functions pickled by reference, and
+only those."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from futurefsm.scheduler_stub import sample_tasks
-from futurefsm.serializer import FunctionCache, PickleSerializer, is_pickled_by_reference
+from futurefsm.serializer import DumpedFunctions, PickleSerializer, is_pickled_by_reference
 
 
 class CountingSerializer:
@@ -20,14 +21,12 @@ class CountingSerializer:
 
     def __init__(self) -> None:
         self.dumped = 0
-        self.loaded = 0
 
     def dumps(self, obj):
         self.dumped += 1
         return cloudpickle.dumps(obj)
 
     def loads(self, data):
-        self.loaded += 1
         return cloudpickle.loads(data)
 
 
@@ -68,7 +67,7 @@ def test_any_bytes_give_an_answer_never_an_error(data):
 
 def test_a_module_function_is_serialized_once():
     serializer = CountingSerializer()
-    cache = FunctionCache(serializer)
+    cache = DumpedFunctions(serializer)
     first = cache.dumps(sample_tasks.noop)
     assert cache.dumps(sample_tasks.noop) is first
     assert serializer.dumped == 1
@@ -77,7 +76,7 @@ def test_a_module_function_is_serialized_once():
 
 def test_closures_lambdas_and_partials_are_serialized_every_time():
     serializer = CountingSerializer()
-    cache = FunctionCache(serializer)
+    cache = DumpedFunctions(serializer)
     for fn in (_closure(), lambda: 1, functools.partial(sample_tasks.add, 1)):
         cache.dumps(fn)
         cache.dumps(fn)
@@ -90,7 +89,7 @@ def test_a_function_whose_name_now_means_something_else_is_serialized_again():
     sys.modules[module.__name__] = module
     try:
         serializer = CountingSerializer()
-        cache = FunctionCache(serializer)
+        cache = DumpedFunctions(serializer)
         old = module.task
         cache.dumps(old)
         exec("def task():\n    return 'new'\n", vars(module))
@@ -110,28 +109,14 @@ def test_unhashable_callables_are_serialized_every_time():
             return 1
 
     serializer = CountingSerializer()
-    cache = FunctionCache(serializer)
+    cache = DumpedFunctions(serializer)
     cache.dumps(Unhashable())
     cache.dumps(Unhashable())
     assert serializer.dumped == 2
 
 
-def test_by_reference_bytes_are_unpickled_once_by_value_bytes_every_time():
-    serializer = CountingSerializer()
-    cache = FunctionCache(serializer)
-    by_reference = cloudpickle.dumps(sample_tasks.add)
-    assert cache.loads(by_reference) is cache.loads(by_reference) is sample_tasks.add
-    assert serializer.loaded == 1
-    by_value = cloudpickle.dumps(_closure())
-    first, second = cache.loads(by_value), cache.loads(by_value)
-    assert serializer.loaded == 3
-    # Each task gets its own copy of the closure's state.
-    assert (first("a"), first("b"), second("c")) == (1, 2, 1)
-
-
-def test_the_caches_are_bounded():
-    cache = FunctionCache(PickleSerializer(), limit=2)
+def test_the_cache_is_bounded():
+    cache = DumpedFunctions(PickleSerializer(), limit=2)
     for fn in (abs, int, str, len, sample_tasks.noop):
         cache.dumps(fn)
-        cache.loads(pickle.dumps(fn))
-    assert len(cache._dumped) <= 2 and len(cache._loaded) <= 2
+    assert len(cache._dumped) <= 2

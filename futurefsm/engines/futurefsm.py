@@ -69,7 +69,7 @@ from ..protocol import (
     encode,
     new_task_id,
 )
-from ..serializer import DEFAULT_SERIALIZER, FunctionCache, Serializer, decode_failure
+from ..serializer import DEFAULT_SERIALIZER, DumpedFunctions, Serializer, decode_failure
 from . import Engine, EngineClient
 
 if TYPE_CHECKING:
@@ -144,7 +144,7 @@ class FutureFSMEngine(Engine):
             assert server_key is not None
             self._curve = (*_load_secret_key(secret_key), _load_public_key(server_key))
         # A module-level function is pickled once, not once per task.
-        self._functions = FunctionCache(self._serializer)
+        self._functions = DumpedFunctions(self._serializer)
         self._stub: Any = None
         if address is None:
             from ..scheduler_stub import SchedulerStub
