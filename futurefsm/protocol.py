@@ -398,7 +398,8 @@ def encode(message: Message) -> bytes:
         raise ProtocolError(f"cannot encode {type(message).__name__}: not a protocol message")
     head, get_fields = encoder
     try:
-        frame = msgpack.packb((*head, *get_fields(message)), use_bin_type=True)
+        # (msgpack >= 1.0 packs bytes as bin and str as str by default.)
+        frame = msgpack.packb((*head, *get_fields(message)))
     except Exception as exc:  # e.g. a bin over 4 GiB; surface it as a protocol error
         raise ProtocolError(f"cannot encode {type(message).__name__}: {exc!r}") from exc
     if len(frame) > MAX_FRAME_BYTES:
@@ -422,18 +423,10 @@ def decode(frame: bytes | bytearray | memoryview) -> Message:
     if size > MAX_FRAME_BYTES:
         raise _size_error(size)
     try:
-        # No item can be longer than the frame holding it, so the frame size is a tight
-        # limit that keeps a lying length header from allocating more than that.
-        items = msgpack.unpackb(
-            frame,
-            raw=False,
-            use_list=False,
-            max_bin_len=size,
-            max_str_len=size,
-            max_array_len=size,
-            max_map_len=size,
-            max_ext_len=size,
-        )
+        # msgpack >= 1.0's unpackb limits every bin, str, array, map and ext length to
+        # the frame's size by default: no item can be longer than the frame holding
+        # it, so a lying length header cannot allocate more than that.
+        items = _unpackb(frame, use_list=False)
     except msgpack.ExtraData as exc:
         raise ProtocolError(f"trailing data: {len(exc.extra)} bytes after the message") from exc
     except Exception as exc:  # msgpack raises many types (ValueError, StackError, ...)
@@ -458,8 +451,89 @@ def decode(frame: bytes | bytearray | memoryview) -> Message:
     cls, arity = decoder
     if len(items) - 2 != arity:
         raise ProtocolError(f"{cls.__name__} expects {arity} fields, got {len(items) - 2}")
+    fast = _FAST_BUILDERS.get(cls)
+    if fast is not None:
+        message = fast(items)
+        if message is not None:
+            return message
     # The constructor validates every field and raises only ProtocolError.
     return cls(*items[2:])
+
+
+# Fast builders for the messages sent once per task. Each checks the common, valid
+# case inline and builds the message without the frozen dataclass's __init__ (which
+# sets every field through object.__setattr__, then validates it again); for anything
+# else it returns None and decode() calls the constructor, whose __post_init__ stays
+# the one place that says what is wrong. A fast builder accepts exactly what
+# __post_init__ accepts, or less.
+
+_unpackb = msgpack.unpackb
+_new = object.__new__
+
+
+def _slot_setters(cls: type[Any]) -> tuple[Callable[[Any, Any], None], ...]:
+    """The slot descriptors' setters of ``cls``'s fields, in declaration order."""
+    return tuple(vars(cls)[f.name].__set__ for f in fields(cls))
+
+
+_SET_TASK = _slot_setters(Task)
+_SET_RESULT = _slot_setters(TaskResult)
+_SET_CONFIRM = _slot_setters(TaskCancelConfirm)
+
+
+def _fast_task(items: tuple[Any, ...]) -> Task | None:
+    _, _, task_id, function, args, group_id, depends_on = items
+    if (
+        type(task_id) is bytes
+        and len(task_id) == TASK_ID_BYTES
+        and type(function) is bytes
+        and type(args) is bytes
+        and group_id is None
+        and depends_on == ()
+    ):
+        task = _new(Task)
+        set_id, set_function, set_args, set_group, set_depends = _SET_TASK
+        set_id(task, task_id)
+        set_function(task, function)
+        set_args(task, args)
+        set_group(task, None)
+        set_depends(task, ())
+        return task
+    return None
+
+
+def _fast_result(items: tuple[Any, ...]) -> TaskResult | None:
+    _, _, task_id, status, payload = items
+    if type(task_id) is bytes and len(task_id) == TASK_ID_BYTES and type(payload) is bytes:
+        member = _RESULT_STATUS_BY_VALUE.get(status) if type(status) is str else None
+        if member is not None:
+            result = _new(TaskResult)
+            set_id, set_status, set_payload = _SET_RESULT
+            set_id(result, task_id)
+            set_status(result, member)
+            set_payload(result, payload)
+            return result
+    return None
+
+
+def _fast_confirm(items: tuple[Any, ...]) -> TaskCancelConfirm | None:
+    _, _, task_id, kind = items
+    if type(task_id) is bytes and len(task_id) == TASK_ID_BYTES:
+        member = _CONFIRM_KIND_BY_VALUE.get(kind) if type(kind) is str else None
+        if member is not None:
+            confirm = _new(TaskCancelConfirm)
+            set_id, set_kind = _SET_CONFIRM
+            set_id(confirm, task_id)
+            set_kind(confirm, member)
+            return confirm
+    return None
+
+
+_FAST_BUILDERS: dict[type[Any], Callable[[tuple[Any, ...]], Any]] = {
+    Task: _fast_task,
+    TaskResult: _fast_result,
+    TaskCancelConfirm: _fast_confirm,
+}
 
 
 def new_task_id() -> bytes:

@@ -494,3 +494,62 @@ def mutated_frames(draw: st.DrawFn) -> bytes:
 @given(mutated_frames())
 def test_fuzz_mutated_valid_frames(data: bytes) -> None:
     _decode_or_protocol_error(data)
+
+
+# ---------------------------------------------------------------------------
+# decode's fast builders accept exactly what the constructors accept, or less
+# ---------------------------------------------------------------------------
+
+_NEAR_VALID = st.sampled_from(
+    [
+        b"i" * TASK_ID_BYTES,
+        b"i" * (TASK_ID_BYTES - 1),
+        b"i" * (TASK_ID_BYTES + 1),
+        b"",
+        b"payload",
+        "i" * TASK_ID_BYTES,
+        None,
+        0,
+        True,
+        1.5,
+        (),
+        (b"d" * TASK_ID_BYTES,),
+        (b"d",),
+        [],
+        {},
+        *(status.value for status in ResultStatus),
+        *(kind.value for kind in ConfirmKind),
+        "bogus",
+    ]
+)
+
+
+@pytest.mark.parametrize("cls", list(protocol._FAST_BUILDERS), ids=lambda cls: cls.__name__)
+@settings(max_examples=300)
+@given(data=st.data())
+def test_a_fast_builder_builds_what_the_constructor_builds_or_leaves_it_to_it(cls, data):
+    arity = len(dataclasses.fields(cls))
+    items = (PROTOCOL_VERSION, cls.TYPE_CODE, *data.draw(st.tuples(*[_NEAR_VALID] * arity)))
+    fast = protocol._FAST_BUILDERS[cls](items)
+    try:
+        expected = cls(*items[2:])
+    except ProtocolError:
+        assert fast is None, f"the fast builder accepted what {cls.__name__} refuses: {items}"
+        return
+    if fast is not None:
+        assert fast == expected
+        assert [type(getattr(fast, f.name)) for f in dataclasses.fields(cls)] == [
+            type(getattr(expected, f.name)) for f in dataclasses.fields(cls)
+        ]
+
+
+def test_the_common_messages_take_the_fast_path():
+    messages = [
+        Task(new_task_id(), b"fn", b"args"),
+        TaskResult(new_task_id(), ResultStatus.SUCCESS, b"value"),
+        TaskCancelConfirm(new_task_id(), ConfirmKind.CANCELED),
+    ]
+    for message in messages:
+        items = msgpack.unpackb(encode(message), use_list=False)
+        assert protocol._FAST_BUILDERS[type(message)](items) == message
+        assert decode(encode(message)) == message
