@@ -553,3 +553,37 @@ def test_the_common_messages_take_the_fast_path():
         items = msgpack.unpackb(encode(message), use_list=False)
         assert protocol._FAST_BUILDERS[type(message)](items) == message
         assert decode(encode(message)) == message
+
+
+def test_task_ids_are_distinct_across_draws_and_threads():
+    import threading
+
+    ids: list[bytes] = []
+
+    def draw() -> None:
+        ids.extend(new_task_id() for _ in range(1000))
+
+    threads = [threading.Thread(target=draw) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(ids) == 4000 == len(set(ids))
+    assert all(type(task_id) is bytes and len(task_id) == TASK_ID_BYTES for task_id in ids)
+
+
+def test_a_forked_child_draws_other_ids_than_its_parent():
+    import os
+
+    new_task_id()  # the parent has ids drawn and waiting
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: send back the ids it draws, then leave at once
+        os.write(write, b"".join(new_task_id() for _ in range(8)))
+        os._exit(0)
+    os.close(write)
+    child = os.read(read, TASK_ID_BYTES * 8)
+    os.close(read)
+    os.waitpid(pid, 0)
+    parent = b"".join(new_task_id() for _ in range(8))
+    assert len(child) == TASK_ID_BYTES * 8 and child != parent
