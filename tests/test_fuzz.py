@@ -37,6 +37,7 @@ from futurefsm.protocol import (
     decode,
     encode,
     new_task_id,
+    unbatch,
 )
 from futurefsm.scheduler_stub import SchedulerStub
 from futurefsm.scheduler_stub.sample_tasks import echo
@@ -136,13 +137,20 @@ garbage_messages = st.one_of(
 )
 
 
-def client_effect(frames: list[bytes]) -> str | None:
-    """What a client must do with a message: count a protocol error, count it stale,
-    ignore it, or (a Disconnect) lose the connection."""
+def client_effects(frames: list[bytes]) -> list[str | None]:
+    """What a client must do with each message of a ZeroMQ message (a Batch carries
+    several): count a protocol error, count it stale, ignore it, or (a Disconnect)
+    lose the connection."""
     if len(frames) != 1:
-        return "protocol_errors"
+        return ["protocol_errors"]
     message = decodes_or_protocol_error(frames[0])
-    if message is None or isinstance(message, (Task, TaskCancel, Heartbeat, StatusRequest, Status)):
+    if message is None:
+        return ["protocol_errors"]
+    return [_effect(item) for item, _ in unbatch(message)]
+
+
+def _effect(message: Message | ProtocolError) -> str | None:
+    if isinstance(message, (ProtocolError, Task, TaskCancel, Heartbeat, StatusRequest, Status)):
         return "protocol_errors"
     if isinstance(message, (TaskResult, TaskCancelConfirm)):
         return "stale_messages"  # random ids: no future of this client has them
@@ -161,21 +169,24 @@ class FakeScheduler:
         self.socket.bind("tcp://127.0.0.1:*")
         self.address = self.socket.getsockopt(zmq.LAST_ENDPOINT).decode()
         self.identity: bytes | None = None
+        self.received: list[Any] = []  # taken from a Batch, not asked for yet
 
     def receive(self, kind: type[Any], deadline: float) -> Any:
         """The next message of ``kind`` from the client, answering heartbeats meanwhile."""
         while time.monotonic() < deadline:
+            while self.received:
+                message = self.received.pop(0)
+                if isinstance(message, Heartbeat):
+                    self.send_frames([encode(HeartbeatEcho(message.seq))])
+                if isinstance(message, kind):
+                    return message
             if not self.socket.poll(50):
                 continue
             identity, frame = self.socket.recv_multipart()
             self.identity = identity
             if not frame:
                 continue  # the empty probe that opens each connection (PROBE_ROUTER)
-            message = decode(frame)
-            if isinstance(message, Heartbeat):
-                self.send_frames([encode(HeartbeatEcho(message.seq))])
-            if isinstance(message, kind):
-                return message
+            self.received.extend(item for item, _ in unbatch(decode(frame)))
         raise AssertionError(f"no {kind.__name__} from the client in time")
 
     def send_frames(self, frames: list[bytes]) -> None:
@@ -197,7 +208,7 @@ def fake_scheduler() -> Iterator[FakeScheduler]:
 @settings(max_examples=examples(1), deadline=None)
 @given(garbage=st.lists(garbage_messages, min_size=1, max_size=8))
 def test_client_keeps_serving_after_garbage(garbage: list[list[bytes]]) -> None:
-    garbage = [frames for frames in garbage if client_effect(frames) != "disconnect"]
+    garbage = [frames for frames in garbage if "disconnect" not in client_effects(frames)]
     scheduler = FakeScheduler()
     client = Client(scheduler.address, heartbeat_interval=0.05, connection_timeout=WAIT)
     try:
@@ -219,7 +230,7 @@ def test_client_keeps_serving_after_garbage(garbage: list[list[bytes]]) -> None:
         assert cancelled.cancelled()
         assert cancelled.cancel_outcome is CancelOutcome.CONFIRMED
         stats = client.stats()
-        effects = [client_effect(frames) for frames in garbage]
+        effects = [effect for frames in garbage for effect in client_effects(frames)]
         assert stats["protocol_errors"] == effects.count("protocol_errors")
         assert stats["stale_messages"] == effects.count("stale_messages")
         assert stats["io_errors"] == 0

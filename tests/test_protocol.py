@@ -15,6 +15,7 @@ from futurefsm.protocol import (
     MAX_FRAME_BYTES,
     PROTOCOL_VERSION,
     TASK_ID_BYTES,
+    Batch,
     ConfirmKind,
     Disconnect,
     Heartbeat,
@@ -249,7 +250,7 @@ def test_version_must_be_int(version: Any, name: str) -> None:
         decode(raw(version, Heartbeat.TYPE_CODE, 1))
 
 
-@pytest.mark.parametrize("type_code", [0, 10, 99, -1, 2**40])
+@pytest.mark.parametrize("type_code", [0, 11, 99, -1, 2**40])
 def test_unknown_message_type(type_code: int) -> None:
     with pytest.raises(ProtocolError, match=f"unknown message type {type_code}"):
         decode(frame(type_code))
@@ -430,8 +431,8 @@ def test_protocol_error_is_a_value_error() -> None:
 # Fuzzing: decode raises nothing but ProtocolError
 # ---------------------------------------------------------------------------
 
-MESSAGE_TYPES = (Task, TaskCancel, Heartbeat, Disconnect, TaskResult, TaskCancelConfirm)
-MESSAGE_TYPES += (HeartbeatEcho, StatusRequest, Status)
+# Every message class decode knows (StatusRequest, Status and Batch included).
+MESSAGE_TYPES = tuple(cls for cls, _ in protocol._DECODERS.values())
 
 
 def _decode_or_protocol_error(data: bytes) -> None:
@@ -587,3 +588,56 @@ def test_a_forked_child_draws_other_ids_than_its_parent():
     os.waitpid(pid, 0)
     parent = b"".join(new_task_id() for _ in range(8))
     assert len(child) == TASK_ID_BYTES * 8 and child != parent
+
+
+# ---------------------------------------------------------------------------
+# Batch: many messages in one frame
+# ---------------------------------------------------------------------------
+
+
+@settings(max_examples=100)
+@given(st.lists(st.integers(0, 2**62), min_size=1, max_size=30))
+def test_batched_frames_give_back_every_message_in_order(seqs: list[int]) -> None:
+    messages = [Heartbeat(seq) if seq % 2 else Task(new_task_id(), b"f", b"a") for seq in seqs]
+    frames = protocol.batch_frames([encode(message) for message in messages])
+    assert len(frames) == 1  # small messages: one frame
+    got = [item for frame in frames for item, _ in protocol.unbatch(decode(frame))]
+    assert got == messages
+
+
+def test_a_single_frame_is_not_wrapped() -> None:
+    frame = encode(Heartbeat(1))
+    assert protocol.batch_frames([frame]) == [frame]
+    assert protocol.batch_frames([]) == []
+
+
+def test_batches_stay_under_the_frame_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(protocol, "MAX_FRAME_BYTES", 1000)
+    frames = [encode(Task(new_task_id(), b"f" * 300, b"a")) for _ in range(7)]
+    batched = protocol.batch_frames(frames)
+    assert 1 < len(batched) < 7 and all(len(frame) <= 1000 for frame in batched)
+    got = [item for frame in batched for item, _ in protocol.unbatch(decode(frame))]
+    assert [encode(message) for message in got] == frames
+
+
+def test_a_bad_message_in_a_batch_is_an_error_of_its_own() -> None:
+    good = Heartbeat(5)
+    inner = encode(Batch((encode(good),)))
+    batch = decode(raw(PROTOCOL_VERSION, Batch.TYPE_CODE, (encode(good), b"\xc1", inner)))
+    items = [item for item, _ in protocol.unbatch(batch)]
+    assert items[0] == good
+    assert isinstance(items[1], ProtocolError) and "Batch.frames[1]: not msgpack" in str(items[1])
+    assert isinstance(items[2], ProtocolError) and "a Batch inside a Batch" in str(items[2])
+
+
+@pytest.mark.parametrize(
+    ("frames", "what"),
+    [((), "non-empty tuple"), ((b"x", "y"), r"Batch\.frames\[1\]: expected bytes, got str")],
+)
+def test_batch_fields_are_validated(frames: Any, what: str) -> None:
+    with pytest.raises(ProtocolError, match=what):
+        Batch(frames)
+    with pytest.raises(ProtocolError, match=what):
+        decode(raw(PROTOCOL_VERSION, Batch.TYPE_CODE, frames))
+    with pytest.raises(ProtocolError, match=r"Batch\.frames: expected a non-empty tuple"):
+        Batch([b"x"])  # type: ignore[arg-type]

@@ -20,11 +20,14 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import msgpack
 import pytest
 import zmq
 
 from futurefsm.errors import RemoteTraceback
 from futurefsm.protocol import (
+    PROTOCOL_VERSION,
+    Batch,
     ConfirmKind,
     Disconnect,
     Heartbeat,
@@ -653,6 +656,26 @@ def test_garbage_is_counted_and_the_stub_keeps_serving(make_stub, connect):
     peer.submit(echo, "again", task_id=task_id)  # a finished task's id may be reused
     assert result_value(peer.recv()) == "again"
     assert stub.stats()["protocol_errors"] == 5
+
+
+def test_a_batch_is_served_message_by_message_and_a_bad_one_counted_alone(make_stub, connect):
+    stub = make_stub()
+    peer = connect(stub)
+    first, second = new_task_id(), new_task_id()
+    frames = [
+        encode(Task(first, dumps(echo), dumps((("one",), {})))),
+        b"\xc1",  # not msgpack: one protocol error, the rest stands
+        encode(HeartbeatEcho(1)),  # not for a scheduler: another
+        encode(Task(second, dumps(echo), dumps((("two",), {})))),
+        encode(Heartbeat(9)),
+    ]
+    peer.socket.send(msgpack.packb([PROTOCOL_VERSION, Batch.TYPE_CODE, frames]))
+    replies = peer.recv_many(3)
+    assert HeartbeatEcho(9) in replies
+    results = {r.task_id: result_value(r) for r in replies if isinstance(r, TaskResult)}
+    assert results == {first: "one", second: "two"}
+    assert stub.stats()["protocol_errors"] == 2
+    assert stub.stats()["tasks_received"] == 2
 
 
 def test_reusing_the_id_of_a_held_task_is_a_protocol_error(make_stub, connect):

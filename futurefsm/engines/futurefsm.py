@@ -57,6 +57,7 @@ from ..client.graph import as_task, dependencies, dependency_refs
 from ..errors import TaskFailedError, WorkerDiedError
 from ..fsm import Effect, FutureState
 from ..protocol import (
+    Batch,
     Disconnect,
     HeartbeatEcho,
     ProtocolError,
@@ -65,9 +66,11 @@ from ..protocol import (
     TaskCancel,
     TaskCancelConfirm,
     TaskResult,
+    batch_frames,
     decode,
     encode,
     new_task_id,
+    unbatch,
 )
 from ..serializer import DEFAULT_SERIALIZER, DumpedFunctions, Serializer, decode_failure
 from . import Engine, EngineClient
@@ -479,6 +482,7 @@ class FutureFSMEngine(Engine):
             poller.modify(self._socket, zmq.POLLIN)
             self._writable = True
         held = self._held
+        tasks: list[bytes] = []  # consecutive Tasks go out together, as Batches
         while held and self._up:
             item = held.popleft()[1]
             kind = item[0]
@@ -488,14 +492,23 @@ class FutureFSMEngine(Engine):
                     # "sent" before the bytes go: a cancel after this point finds the
                     # future running and queues its TaskCancel behind this Task.
                     if future.sent().effect is not Effect.STALE:
-                        self._send(frame)
-                elif kind == "graph":
+                        tasks.append(frame)
+                    continue
+                if tasks:  # in order: whatever follows goes after these Tasks
+                    self._send_batched(tasks)
+                if kind == "graph":
                     _, group_id, members = item
                     self._send_graph(group_id, members)
                 elif kind == "cancel":
                     self._send(item[1])
             except Exception:
                 LOGGER.exception("client I/O thread: failed to send %s", kind)
+                self._client_count("io_errors")
+        if tasks:
+            try:
+                self._send_batched(tasks)
+            except Exception:
+                LOGGER.exception("client I/O thread: failed to send tasks")
                 self._client_count("io_errors")
 
     def _drain_wake_pipe(self) -> None:
@@ -537,6 +550,12 @@ class FutureFSMEngine(Engine):
                 except zmq.ZMQError:
                     break
         self._held.clear()
+
+    def _send_batched(self, frames: list[bytes]) -> None:
+        """Send ``frames`` (then empties it) in as few frames as possible."""
+        for frame in batch_frames(frames):
+            self._send(frame)
+        frames.clear()
 
     def _send_graph(self, group_id: bytes, members: list[tuple[TaskFuture, PreparedTask]]) -> None:
         """Send a graph's Tasks together; a member cancelled before sending takes the
@@ -580,7 +599,25 @@ class FutureFSMEngine(Engine):
             try:
                 if len(frames) != 1:
                     raise ProtocolError(f"expected 1 frame per message, got {len(frames)}")
-                self._on_message(decode(frames[0]))
+                message = decode(frames[0])
+                if type(message) is Batch:
+                    self._on_batch(message)
+                else:
+                    self._on_message(message)
+            except ProtocolError as error:
+                self._client_count("protocol_errors")
+                self._warn("protocol error from the scheduler: %s", error)
+            except Exception:
+                LOGGER.exception("client I/O thread: failed to handle a message")
+                self._client_count("io_errors")
+
+    def _on_batch(self, batch: Batch) -> None:
+        """Handle each message of ``batch`` in order; a bad one is counted alone."""
+        for item, _ in unbatch(batch):
+            try:
+                if isinstance(item, ProtocolError):
+                    raise item
+                self._on_message(item)
             except ProtocolError as error:
                 self._client_count("protocol_errors")
                 self._warn("protocol error from the scheduler: %s", error)

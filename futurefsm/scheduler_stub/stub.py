@@ -88,6 +88,7 @@ from typing import Any, Literal
 import zmq
 
 from ..protocol import (
+    Batch,
     ConfirmKind,
     Disconnect,
     Heartbeat,
@@ -103,6 +104,7 @@ from ..protocol import (
     TaskResult,
     decode,
     encode,
+    unbatch,
 )
 from ..serializer import DEFAULT_SERIALIZER, Serializer
 from .behaviour import DEFAULT_BEHAVIOUR, Behaviour, BehaviourSource, OnCancel
@@ -581,7 +583,17 @@ class SchedulerStub:
         except ProtocolError as exc:
             self._protocol_error(identity, str(exc))
             return
-        self._note("in", identity, message, len(frames[1]))
+        if type(message) is Batch:  # several messages in one frame: each on its own
+            for item, size in unbatch(message):
+                if isinstance(item, ProtocolError):
+                    self._protocol_error(identity, str(item))
+                else:
+                    self._guarded(self._on_message, identity, item, size)
+            return
+        self._on_message(identity, message, len(frames[1]))
+
+    def _on_message(self, identity: bytes, message: Message, size: int) -> None:
+        self._note("in", identity, message, size)
         kind = type(message)
         if kind is Task:
             self._on_task(identity, message)

@@ -15,6 +15,7 @@ from ..fsm import Trigger
 from ..protocol import (
     PROTOCOL_VERSION,
     TASK_ID_BYTES,
+    Batch,
     ConfirmKind,
     Disconnect,
     Heartbeat,
@@ -126,6 +127,14 @@ MESSAGE_STRATEGIES: dict[type[Any], st.SearchStrategy[Any]] = {
     ),
 }
 """A strategy for every message class, keyed by the class."""
+
+# A Batch carries encoded messages of any other kind (never a Batch).
+MESSAGE_STRATEGIES[Batch] = st.builds(
+    Batch,
+    frames=st.lists(
+        st.one_of(*MESSAGE_STRATEGIES.values()).map(encode), min_size=1, max_size=4
+    ).map(tuple),
+)
 
 
 def messages() -> st.SearchStrategy[Message]:

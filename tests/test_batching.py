@@ -1,0 +1,71 @@
+"""Many messages per frame: the client sends a burst of Tasks as one Batch frame."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import zmq
+
+from futurefsm import Client
+from futurefsm.protocol import (
+    Batch,
+    Heartbeat,
+    ResultStatus,
+    Task,
+    TaskResult,
+    decode,
+    encode,
+    unbatch,
+)
+from futurefsm.scheduler_stub import sample_tasks as tasks
+from futurefsm.serializer import DEFAULT_SERIALIZER
+
+DEADLINE = 10.0
+
+
+def _next_tasks(router: zmq.Socket[Any]) -> tuple[bytes, bool, list[Task]]:
+    """The next frame that carries Tasks: (identity, was it a Batch, its Tasks)."""
+    while True:
+        assert router.poll(DEADLINE * 1000), "no Task from the client"
+        identity, frame = router.recv_multipart()
+        message = decode(frame)
+        carried = [item for item, _ in unbatch(message)]
+        found = [item for item in carried if isinstance(item, Task)]
+        assert all(isinstance(item, (Task, Heartbeat)) for item in carried), carried
+        if found:
+            return identity, type(message) is Batch, found
+
+
+def test_tasks_submitted_while_the_io_thread_is_busy_go_out_in_one_batch():
+    context: zmq.Context[Any] = zmq.Context()
+    router = context.socket(zmq.ROUTER)
+    router.setsockopt(zmq.LINGER, 0)
+    port = router.bind_to_random_port("tcp://127.0.0.1")
+    # (Nothing answers the cancels close() sends: a short cancel_timeout ends them.)
+    client = Client(f"tcp://127.0.0.1:{port}", connection_timeout=DEADLINE, cancel_timeout=0.2)
+    burst: list[Any] = []
+    submitted = threading.Event()
+
+    def submit_a_burst(_future: Any) -> None:
+        # A done-callback runs on the I/O thread: everything it submits is queued
+        # before the thread gets back to its outbox, which then sends it at once.
+        burst.extend(client.submit(tasks.echo, n) for n in range(50))
+        submitted.set()
+
+    try:
+        first = client.submit(tasks.noop)
+        first.add_done_callback(submit_a_burst)
+        identity, _, (task,) = _next_tasks(router)
+        payload = DEFAULT_SERIALIZER.dumps(None)
+        router.send_multipart(
+            [identity, encode(TaskResult(task.task_id, ResultStatus.SUCCESS, payload))]
+        )
+        assert submitted.wait(DEADLINE)
+        _, batched, sent = _next_tasks(router)
+        assert batched
+        assert [t.task_id for t in sent] == [f.task_id for f in burst]  # all, in order
+    finally:
+        client.close()
+        router.close(linger=0)
+        context.term()
