@@ -22,8 +22,6 @@ from futurefsm.protocol import (
     HeartbeatEcho,
     ProtocolError,
     ResultStatus,
-    Status,
-    StatusRequest,
     Task,
     TaskCancel,
     TaskCancelConfirm,
