@@ -29,6 +29,8 @@ def _next_tasks(router: zmq.Socket[Any]) -> tuple[bytes, bool, list[Task]]:
     while True:
         assert router.poll(DEADLINE * 1000), "no Task from the client"
         identity, frame = router.recv_multipart()
+        if not frame:
+            continue  # the empty probe that opens each connection (PROBE_ROUTER)
         message = decode(frame)
         carried = [item for item, _ in unbatch(message)]
         found = [item for item in carried if isinstance(item, Task)]
