@@ -16,6 +16,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -913,3 +914,43 @@ def test_cli_serves_until_signalled(tmp_path, context, stop_signal):
             process.kill()
             process.wait()
         process.stdout.close()
+
+
+def test_stop_is_bounded_when_clients_leave_as_it_stops():
+    """Regression: stop() hung forever in Context.term() when a client went away just
+    as the stub sent it Disconnect (libzmq 4.3.5 then never finishes tearing the
+    router's pipe down). Many quick start/stop cycles, each with clients leaving, on a
+    thread with a deadline: a hang fails the test instead of hanging the suite."""
+    cycles, clients, stop_timeout = 60, 3, 0.2
+    finished = threading.Event()
+    failures: list[BaseException] = []
+
+    def cycle_many() -> None:
+        context: zmq.Context[Any] = zmq.Context()
+        try:
+            for _ in range(cycles):
+                stub = SchedulerStub(workers=1, threads=True)
+                dealers = []
+                for n in range(clients):
+                    dealer = context.socket(zmq.DEALER)
+                    dealer.setsockopt(zmq.LINGER, 0)
+                    dealer.connect(stub.address)
+                    dealer.send(encode(Heartbeat(n)))
+                    dealers.append(dealer)
+                for dealer in dealers:  # each is known to the stub once answered
+                    assert dealer.poll(WAIT * 1000), "no HeartbeatEcho"
+                    dealer.recv()
+                    dealer.close(linger=0)
+                started = time.monotonic()
+                stub.stop(timeout=stop_timeout)
+                took = time.monotonic() - started
+                assert took < stop_timeout + 1.0, f"stop() took {took:.1f} s"
+        except BaseException as error:
+            failures.append(error)
+        finally:
+            context.destroy(linger=0)
+            finished.set()
+
+    threading.Thread(target=cycle_many, name="stop-cycles", daemon=True).start()
+    assert finished.wait(60), "SchedulerStub.stop() hung (in Context.term)"
+    assert not failures, failures[0]

@@ -133,6 +133,10 @@ _ROUTER_BATCH = 1000
 _CLOSE_LINGER_MS = 50
 """How long ``stop()`` lets queued outgoing messages flush when closing the socket."""
 
+_TERM_GRACE = 0.1
+"""How long ``stop()`` waits for the context to terminate even when its time is up
+(every socket is closed by then: it takes microseconds unless libzmq is stuck)."""
+
 _MAX_POLL_MS = 60_000
 """Longest single poll: a huge ``result_delay`` must not overflow zmq's timeout."""
 
@@ -455,7 +459,22 @@ class SchedulerStub:
         self._inbox.close()
         if self._authenticator is not None:
             self._authenticator.stop()
-        self._context.term()
+        # Every socket is closed now (the router with a short linger, the others with
+        # none), so term() normally returns at once. But libzmq 4.3.5 can leave it
+        # blocked forever when the router is closed while a peer's connection is being
+        # torn down just after a message was sent to it (stop()'s Disconnect to a client
+        # that is leaving). It runs on a helper thread so stop() keeps to its timeout.
+        terminator = threading.Thread(
+            target=self._context.term, name=f"{self._io_thread.name[:-3]}-term", daemon=True
+        )
+        terminator.start()
+        terminator.join(max(_TERM_GRACE, deadline - time.monotonic()))
+        if terminator.is_alive():
+            logger.error(
+                "scheduler stub: its ZeroMQ context did not terminate within %s s "
+                "(every socket is closed); leaving it to libzmq",
+                timeout,
+            )
 
     # ------------------------------------------------------------------ I/O thread
 
