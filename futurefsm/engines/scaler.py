@@ -1,0 +1,833 @@
+"""The engine for Scaler (``pip install 'futurefsm[scaler]'``): futurefsm's futures on
+Scaler's own client.
+
+Theory of operation
+-------------------
+Scaler's ``Client`` keeps doing everything it does: its agent thread owns the
+connection to the scheduler (heartbeats, Scaler's transport), its object buffer
+serializes functions and arguments and uploads them to the object storage server,
+and its serializer is the one the workers use. This engine only takes the place of
+Scaler's futures: a ``TaskFuture`` stands where Scaler puts a ``ScalerFuture``, and
+the three calls through which Scaler's agent resolves futures (the
+``ClientFutureManager``'s ``on_task_result``, ``on_task_cancel_confirm`` and
+``set_all_futures_with_exception``) are redirected here. What arrives becomes the
+table's triggers:
+
+==========================================  ==========================================
+Scaler (agent thread)                       futurefsm trigger (delivery thread)
+==========================================  ==========================================
+TaskResult success                          ``recv_result(value)``
+TaskResult failed                           ``recv_result(exception)``: the task's own,
+                                            its remote traceback as ``__cause__``;
+                                            Scaler's ``ProcessorDiedError`` (the
+                                            task's process died) -> WorkerDiedError
+TaskResult failedWorkerDied                 ``recv_result(WorkerDiedError)``
+TaskCancelConfirm canceled                  ``recv_cancel_confirm("canceled")``
+TaskCancelConfirm cancelNotFound            ``recv_cancel_confirm("not_found")``
+TaskCancelConfirm cancelFailed              ``recv_cancel_confirm("cancel_failed")``
+the agent stops (scheduler gone, silent     ``client.connection_lost(why)``
+for ``connection_timeout``, closed, crash)
+==========================================  ==========================================
+
+Threads. Scaler's agent thread runs an asyncio loop that also answers heartbeats, so
+nothing slow may run on it: the hooks only start the fetch of a result's object
+(pipelined on the agent's loop, many in flight at once, nothing blocks) and queue
+events. One delivery thread per engine drains that queue in batches: it deserializes
+values and fires the triggers, so done-callbacks run there (``on_io_thread``), never on
+Scaler's loop; a callback may submit or cancel freely.
+
+Values are fetched as soon as the TaskResult arrives (ScalerFuture fetches on the
+first ``result()``), so a gather never waits one object-storage round trip per
+future; the fetches are pipelined and never block a user thread.
+
+Graphs go to Scaler's scheduler as one ``GraphTask`` whose id is the futurefsm group
+id: the scheduler passes results between members inside the cluster, and a
+TaskCancel for the group cancels the whole graph (every member gets its own answer).
+
+Private attributes of Scaler's client are unavoidable here; they are listed in
+``PRIVATE_ATTRIBUTES``, checked when the engine starts (an upgrade that moves one
+fails at once, naming it), and the supported versions are pinned in the ``scaler``
+extra of ``pyproject.toml``.
+"""
+
+from __future__ import annotations
+
+import collections
+import functools
+import logging
+import threading
+import time
+import traceback
+from collections.abc import Callable, Hashable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from scaler.client.client import Client as ScalerClient
+from scaler.client.object_reference import ObjectReference
+from scaler.protocol.capnp import (
+    GraphTask,
+    Task,
+    TaskCancel,
+    TaskCancelConfirm,
+    TaskCancelConfirmType,
+    TaskResult,
+    TaskResultType,
+)
+from scaler.utility import exceptions as scaler_errors
+from scaler.utility.identifiers import ObjectID, TaskID
+from scaler.utility.serialization import deserialize_failure
+
+from ..errors import RemoteTraceback, TaskFailedError, WorkerDiedError
+from ..fsm import Effect, FutureState
+from . import Engine, EngineClient
+
+if TYPE_CHECKING:
+    from ..client.future import TaskFuture
+
+__all__ = [
+    "PRIVATE_ATTRIBUTES",
+    "SUPPORTED_VERSIONS",
+    "PreparedScalerTask",
+    "ScalerEngine",
+    "ScalerWorkerDiedError",
+    "check_private_attributes",
+]
+
+LOGGER = logging.getLogger("futurefsm.engines.scaler")
+
+SUPPORTED_VERSIONS = ">=2.9,<2.10"
+"""The opengris-scaler versions this engine is tested with (the ``scaler`` extra)."""
+
+PRIVATE_ATTRIBUTES: tuple[tuple[str, str], ...] = (
+    ("_future_manager", "the ClientFutureManager the agent thread resolves futures through"),
+    ("_future_manager._task_id_to_future", "Scaler's own futures (still resolved by Scaler)"),
+    ("_connector_agent", "the connector to the agent thread (Task, GraphTask, TaskCancel)"),
+    ("_object_buffer", "serializes and uploads functions and arguments"),
+    ("_bridge", "runs coroutines on the agent's loop; the object storage connector"),
+    ("_bridge._agent", "the agent thread"),
+    ("_identity", "the client id every Task carries as its source"),
+    ("_stop_event", "set by the agent when it stops"),
+    ("_serializer", "the serializer the workers use"),
+    ("_scheduler_address", "the scheduler's address"),
+    ("_Client__get_task_flags", "the Task metadata (priority of nested submits)"),
+    ("_bridge._agent._task_manager._task_ids", "the task ids the agent lets answers through for"),
+)
+"""``(dotted attribute of a scaler Client, what this engine uses it for)``."""
+
+_AGENT_TASK_IDS = "_bridge._agent._task_manager._task_ids"
+# The agent forgets a task id on any cancel confirm; a refused cancel (the task runs
+# on) and a graph cancel that reached the scheduler before the graph must put it back.
+
+_CONFIRM_KINDS: dict[Any, str] = {
+    TaskCancelConfirmType.canceled: "canceled",
+    TaskCancelConfirmType.cancelNotFound: "not_found",
+    TaskCancelConfirmType.cancelFailed: "cancel_failed",
+}
+_MAX_GROUP_CANCEL_RESENDS = 20
+
+
+class ScalerWorkerDiedError(WorkerDiedError, scaler_errors.WorkerDiedError):
+    """The process running the task died (Scaler's ``failedWorkerDied`` or
+    ``ProcessorDiedError``). Caught as futurefsm's ``WorkerDiedError`` and as
+    Scaler's own ``WorkerDiedError``."""
+
+
+def _resolve(obj: Any, dotted: str) -> Any:
+    for name in dotted.split("."):
+        obj = getattr(obj, name)
+    return obj
+
+
+def check_private_attributes(scaler_client: Any) -> None:
+    """Raise ``RuntimeError`` naming the first private attribute of ``scaler_client``
+    this engine relies on that is missing (an unsupported opengris-scaler)."""
+    for dotted, purpose in PRIVATE_ATTRIBUTES:
+        try:
+            _resolve(scaler_client, dotted)
+        except AttributeError:
+            raise RuntimeError(
+                f"futurefsm's Scaler engine needs the private attribute scaler.Client.{dotted} "
+                f"({purpose}), which this opengris-scaler ({_scaler_version()}) does not have; "
+                f"supported versions: opengris-scaler{SUPPORTED_VERSIONS}"
+            ) from None
+
+
+def _scaler_version() -> str:
+    try:
+        from scaler import __version__
+
+        return str(__version__)
+    except Exception:  # pragma: no cover - a broken install
+        return "unknown version"
+
+
+# Graph helpers run on the workers, which need not have futurefsm installed: they
+# live in a module that cannot be imported, so cloudpickle sends them by value.
+_HELPERS: dict[str, Any] = {"__name__": "_futurefsm_scaler_graph_helpers"}
+exec(
+    "def identity(value):\n    return value\n\ndef as_list(*items):\n    return list(items)\n",
+    _HELPERS,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedScalerTask:
+    """A Scaler ``Task`` built in the submitting thread (its objects buffered)."""
+
+    task_id: bytes
+    task: Any
+    depends_on: tuple[bytes, ...] = ()
+    """Graph only: the tasks whose results this one takes (members or helpers)."""
+    helpers: tuple[PreparedScalerTask, ...] = ()
+    """Graph only: hidden tasks that build list arguments naming other members."""
+
+
+@dataclass(slots=True)
+class _Graph:
+    """A graph in flight: who depends on whom, and which members are still live."""
+
+    members: frozenset[bytes]
+    helpers: frozenset[bytes]
+    dependents: dict[bytes, list[bytes]]
+    live: set[bytes]
+    """Members not yet terminal; the graph is forgotten when none is left."""
+
+    def unreachable(self, task_id: bytes) -> list[bytes]:
+        """The members that (transitively) take ``task_id``'s result."""
+        found: list[bytes] = []
+        seen = {task_id}
+        stack = [task_id]
+        while stack:
+            for dependent in self.dependents.get(stack.pop(), ()):
+                if dependent not in seen:
+                    seen.add(dependent)
+                    stack.append(dependent)
+                    if dependent in self.members:
+                        found.append(dependent)
+        return found
+
+
+class ScalerEngine(Engine):
+    """futurefsm's futures on a Scaler cluster, through Scaler's own client.
+
+    ``ScalerEngine(scaler_client)`` uses an existing ``scaler.Client`` (it keeps
+    working for Scaler's own futures; closing the engine leaves it connected);
+    ``Client(address, engine="scaler", **options)`` connects a new one to the
+    scheduler at ``address`` (``tcp://host:port``), with the client's
+    ``connection_timeout`` and ``heartbeat_interval``; ``options`` go to
+    ``scaler.Client`` (``serializer`` must be a Scaler ``Serializer``,
+    ``object_storage_address``, ``security_config``...).
+    """
+
+    def __init__(self, scaler_client: ScalerClient | None = None, **options: Any) -> None:
+        self._scaler: Any = scaler_client
+        self._owns_scaler = scaler_client is None
+        self._options = options
+        self.address = "" if scaler_client is None else repr(scaler_client._scheduler_address)
+        self._client: EngineClient | None = None
+        # The object buffer is not thread-safe: prepare and commit take this lock. It
+        # is never taken on a thread Scaler's agent needs to make progress.
+        self._buffer_lock = threading.Lock()
+        # "sent" and the Task go out together, and a TaskCancel is sent under it too:
+        # a cancel never reaches the agent before the Task it cancels.
+        self._wire_lock = threading.RLock()
+        self._groups: dict[bytes, _Graph] = {}  # graphs in flight, by group id
+        self._graph_of: dict[bytes, bytes] = {}  # member or helper -> group id
+        self._ended_groups: collections.deque[bytes] = collections.deque(maxlen=4096)
+        self._group_cancels: dict[bytes, int] = {}  # group -> TaskCancels sent
+        self._events: collections.deque[tuple[Any, ...]] = collections.deque()
+        self._events_ready = threading.Condition(threading.Lock())
+        self._delivery_waiting = False
+        self._delivery_thread: threading.Thread | None = None
+        self._closed = False
+        self._close_lock = threading.Lock()
+        self._originals: dict[str, Any] = {}
+
+    @classmethod
+    def from_address(cls, address: str | None, **options: Any) -> ScalerEngine:
+        """``Client(address, engine="scaler", **options)``: connect to the Scaler
+        scheduler at ``address`` when the client starts."""
+        if address is None:
+            raise ValueError(
+                "engine='scaler' needs the address of a running Scaler scheduler, "
+                "e.g. Client('tcp://127.0.0.1:2345', engine='scaler')"
+            )
+        serializer = options.get("serializer")
+        if serializer is not None and not (
+            hasattr(serializer, "serialize") and hasattr(serializer, "deserialize")
+        ):
+            raise TypeError(
+                f"serializer: engine='scaler' takes a scaler Serializer (serialize/deserialize), "
+                f"got {serializer!r}"
+            )
+        engine = cls(None, **options)
+        engine.address = address
+        return engine
+
+    def __repr__(self) -> str:
+        return f"<ScalerEngine {self.address}>"
+
+    @property
+    def scaler_client(self) -> ScalerClient:
+        """The ``scaler.Client`` underneath (for ``send_object`` and the like)."""
+        return self._scaler
+
+    # ------------------------------------------------------------------ the seam
+
+    def start(self, client: EngineClient) -> None:
+        """Connect Scaler's client (unless given one), take over its future manager,
+        and start the delivery thread."""
+        self._client = client
+        if self._scaler is None:
+            options = dict(self._options)
+            # Scaler's own settings are whole seconds; a float works and is kept.
+            options.setdefault("timeout_seconds", client.connection_timeout)
+            options.setdefault("heartbeat_interval_seconds", client.heartbeat_interval)
+            self._scaler = ScalerClient(self.address, **options)
+        scaler_client = self._scaler
+        check_private_attributes(scaler_client)
+        self._connector = scaler_client._connector_agent
+        self._buffer = scaler_client._object_buffer
+        self._bridge = scaler_client._bridge
+        self._identity = scaler_client._identity
+        self._stop_event = scaler_client._stop_event
+        self._serializer = scaler_client._serializer
+        self._metadata = scaler_client._Client__get_task_flags().serialize()
+        self._agent = scaler_client._bridge._agent
+        self._delivery_thread = threading.Thread(
+            target=self._deliver_forever,
+            name=f"futurefsm-scaler-{id(self):x}-delivery",
+            daemon=True,
+        )
+        self._delivery_thread.start()
+        manager = scaler_client._future_manager
+        for name, hook in (
+            ("on_task_result", self._on_task_result),
+            ("on_task_cancel_confirm", self._on_task_cancel_confirm),
+            ("set_all_futures_with_exception", self._on_agent_stopped),
+        ):
+            self._originals[name] = getattr(manager, name)
+            setattr(manager, name, hook)
+        self._manager = manager
+        # The agent may also stop without telling its future manager (an error it
+        # re-raises); nothing may wait forever for it.
+        threading.Thread(
+            target=self._watch_agent, name=f"futurefsm-scaler-{id(self):x}-watch", daemon=True
+        ).start()
+        if self._stop_event.is_set():
+            self._post(("lost", "the Scaler client is already stopped"))
+
+    def prepare(
+        self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> PreparedScalerTask:
+        """Serialize ``fn`` and every argument into Scaler's object buffer (uploaded
+        by ``send``) and build the Task. Keyword arguments travel with the function."""
+        if not callable(fn):
+            raise TypeError(f"submit() needs a callable, got {fn!r}")
+        function = functools.partial(fn, **kwargs) if kwargs else fn
+        with self._buffer_lock:
+            function_id = self._buffer_function(function, fn)
+            arguments = [self._buffer_argument(arg, index, fn) for index, arg in enumerate(args)]
+        task_id = TaskID.generate_task_id()
+        return PreparedScalerTask(task_id, self._task(task_id, function_id, arguments))
+
+    def prepare_graph(
+        self, graph: Mapping[Hashable, Any], order: list[Hashable], group_id: bytes
+    ) -> list[PreparedScalerTask]:
+        """One Task per key; an argument naming another key becomes a task argument
+        (Scaler passes that member's result inside the cluster). A list argument that
+        names keys is built by a hidden member of the graph."""
+        task_ids = {key: TaskID.generate_task_id() for key in order}
+        prepared = []
+        with self._buffer_lock:
+            for key in order:
+                value = graph[key]
+                if isinstance(value, tuple) and value and callable(value[0]):
+                    fn, args = value[0], tuple(value[1:])
+                else:  # a constant
+                    fn, args = _HELPERS["identity"], (value,)
+                helpers: list[PreparedScalerTask] = []
+                arguments = [
+                    self._graph_argument(arg, index, fn, graph, task_ids, helpers)
+                    for index, arg in enumerate(args)
+                ]
+                function_id = self._buffer_function(fn, fn)
+                task_id = task_ids[key]
+                task = self._task(task_id, function_id, arguments)
+                prepared.append(
+                    PreparedScalerTask(task_id, task, _task_arguments(arguments), tuple(helpers))
+                )
+        return prepared
+
+    def send(self, future: TaskFuture, prepared: PreparedScalerTask) -> None:  # type: ignore[override]
+        """Upload the buffered objects, then fire ``sent`` and hand the Task to
+        Scaler's agent (in the calling thread: Scaler's connector is synchronous)."""
+        if not self._commit([future]):
+            return
+        with self._wire_lock:
+            if future.sent().effect is Effect.STALE:
+                return
+            self._to_agent(prepared.task, [future])
+
+    def send_graph(
+        self, group_id: bytes, members: list[tuple[TaskFuture, PreparedScalerTask]]
+    ) -> None:  # type: ignore[override]
+        """One GraphTask (every member a target), sent whole; a member cancelled
+        before sending takes the whole graph with it."""
+        futures = [future for future, _ in members]
+        if not self._commit(futures):
+            return
+        if any(future.state is not FutureState.PENDING for future in futures):
+            for future in futures:
+                future._request_cancel(time.monotonic())  # pending: cancelled at once
+            return
+        with self._wire_lock:
+            went = [future.sent().effect is not Effect.STALE for future in futures]
+            if not any(went):
+                return
+            nodes = [prepared for _, prepared in members]
+            helpers = [helper for node in nodes for helper in node.helpers]
+            dependents: dict[bytes, list[bytes]] = {}
+            for node in nodes + helpers:
+                for dependency in node.depends_on:
+                    dependents.setdefault(dependency, []).append(node.task_id)
+            member_ids = frozenset(node.task_id for node in nodes)
+            graph = _Graph(
+                member_ids,
+                frozenset(helper.task_id for helper in helpers),
+                dependents,
+                set(member_ids),
+            )
+            self._groups[group_id] = graph
+            for node in nodes + helpers:
+                self._graph_of[node.task_id] = group_id
+            # Helpers are targets too, so that their answers reach this engine.
+            graph_task = GraphTask(
+                taskId=TaskID(group_id),
+                source=self._identity,
+                targets=[node.task_id for node in nodes + helpers],
+                graph=[node.task for node in nodes + helpers],
+            )
+            self._to_agent(graph_task, futures)
+            if not all(went):
+                # A member was cancelled between the check and its "sent": cancel the
+                # graph, as a cancel of any member would.
+                self._send_cancel_to(group_id, True)
+
+    def send_cancel(self, futures: list[TaskFuture], force: bool = True) -> None:
+        """One TaskCancel per task, one per graph (a graph member cancels its graph).
+
+        Scaler's scheduler never answers a refused (non-``force``) cancel of a running
+        task: such a future ends ``TIMED_OUT`` at its deadline while the task runs on.
+        """
+        targets = dict.fromkeys(
+            future.task_id if future.group_id is None else future.group_id for future in futures
+        )
+        with self._wire_lock:
+            for target in targets:
+                if target in self._groups and self._group_cancels.get(target):
+                    continue  # the graph's cancel is already on its way
+                self._send_cancel_to(target, force)
+
+    def forget(self, future: TaskFuture) -> None:
+        """A graph is forgotten once its last member is terminal."""
+        group_id = future.group_id
+        if group_id is None:
+            return
+        graph = self._groups.get(group_id)
+        if graph is None:
+            return
+        graph.live.discard(future.task_id)
+        if not graph.live:
+            self._end_group(group_id)
+
+    def _end_group(self, group_id: bytes) -> None:
+        graph = self._groups.pop(group_id, None)
+        self._group_cancels.pop(group_id, None)
+        if graph is not None:
+            self._ended_groups.append(group_id)
+            for task_id in graph.members | graph.helpers:
+                self._graph_of.pop(task_id, None)
+
+    def close(self) -> None:
+        """Disconnect Scaler's client if this engine made it (else hand its future
+        manager back), and stop the delivery thread."""
+        with self._close_lock:
+            if self._closed:
+                return
+            self._closed = True
+        if self._scaler is not None and self._originals:
+            if self._owns_scaler:
+                try:
+                    self._scaler.disconnect()
+                except Exception:
+                    LOGGER.exception("Scaler client: disconnect failed")
+            else:
+                for name in self._originals:
+                    delattr(self._manager, name)
+        with self._events_ready:
+            self._events.append(("stop",))
+            self._events_ready.notify()
+        thread = self._delivery_thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join()
+
+    def on_io_thread(self) -> bool:
+        """True on the delivery thread (where triggers fire and callbacks run)."""
+        return threading.current_thread() is self._delivery_thread
+
+    # ------------------------------------------------------------------ submitting
+
+    def _task(self, task_id: TaskID, function_id: ObjectID, arguments: list[Any]) -> Any:
+        return Task(
+            taskId=task_id,
+            source=self._identity,
+            metadata=self._metadata,
+            funcObjectId=function_id,
+            functionArgs=arguments,
+            capabilities=[],
+        )
+
+    def _buffer_function(self, function: Any, fn: Any) -> ObjectID:
+        try:
+            return self._buffer.buffer_send_function(function).object_id
+        except Exception as error:
+            raise TypeError(
+                f"cannot serialize the function {fn!r} for submit(): {error}"
+            ) from error
+
+    def _buffer_argument(self, arg: Any, index: int, fn: Any) -> Any:
+        if isinstance(arg, ObjectReference):  # Scaler's send_object(): already stored
+            object_id = arg.object_id
+        else:
+            try:
+                cache = self._buffer.buffer_send_object(arg, None, reserialize=False, dedup=True)
+            except Exception as error:
+                raise TypeError(
+                    f"cannot serialize argument {index} of {getattr(fn, '__name__', fn)!r} "
+                    f"for submit(): {error}"
+                ) from error
+            object_id = cache.object_id
+        return Task.Argument(type=Task.Argument.ArgumentType.objectID, data=object_id)
+
+    def _graph_argument(
+        self,
+        arg: Any,
+        index: int,
+        fn: Any,
+        graph: Mapping[Hashable, Any],
+        task_ids: dict[Hashable, TaskID],
+        helpers: list[PreparedScalerTask],
+    ) -> Any:
+        if _is_key(arg, graph):
+            return Task.Argument(type=Task.Argument.ArgumentType.task, data=task_ids[arg])
+        if isinstance(arg, list) and any(_names_a_key(item, graph) for item in arg):
+            # Scaler passes whole arguments only: a hidden task builds the list.
+            items = [
+                self._graph_argument(item, position, fn, graph, task_ids, helpers)
+                for position, item in enumerate(arg)
+            ]
+            helper_id = TaskID.generate_task_id()
+            as_list = self._buffer_function(_HELPERS["as_list"], fn)
+            task = self._task(helper_id, as_list, items)
+            helpers.append(PreparedScalerTask(helper_id, task, _task_arguments(items)))
+            return Task.Argument(type=Task.Argument.ArgumentType.task, data=helper_id)
+        return self._buffer_argument(arg, index, fn)
+
+    def _commit(self, futures: list[TaskFuture]) -> bool:
+        """Upload what ``prepare`` buffered; False (the futures resolved) if Scaler's
+        client is gone."""
+        try:
+            with self._buffer_lock:
+                self._buffer.commit_send_objects()
+            return True
+        except Exception as error:
+            self._lost_before_sending(futures, error)
+            return False
+
+    def _to_agent(self, message: Any, futures: list[TaskFuture]) -> None:
+        try:
+            self._connector.send(message)
+        except Exception as error:
+            self._lost_before_sending(futures, error)
+            return
+        if self._stop_event.is_set():
+            # The agent stopped while this went out; its own report may have missed
+            # these futures (they were registered after it looked).
+            self._post(("lost", "the Scaler client stopped"))
+
+    def _lost_before_sending(self, futures: list[TaskFuture], error: BaseException) -> None:
+        LOGGER.warning("Scaler client: cannot send (%r); %d futures lost", error, len(futures))
+        if self._client is not None:
+            self._client.count("io_errors")
+        for future in futures:
+            future.connection_lost()
+
+    def _send_cancel_to(self, target: bytes, force: bool) -> None:
+        if target in self._groups:
+            self._group_cancels[target] = self._group_cancels.get(target, 0) + 1
+        message = TaskCancel(taskId=TaskID(target), flags=TaskCancel.TaskCancelFlags(force=force))
+        try:
+            self._connector.send(message)
+        except Exception:
+            # The agent is gone: the connection loss resolves the future (the client's
+            # cancel deadline covers the rest).
+            LOGGER.debug("Scaler client: TaskCancel not sent", exc_info=True)
+            if self._client is not None:
+                self._client.count("io_errors")
+
+    # ------------------------------------------------------------------ agent thread
+
+    def _on_task_result(self, result: TaskResult) -> None:
+        """Hook (Scaler's agent loop): start fetching the result object; never raises."""
+        try:
+            task_id = result.taskId
+            if task_id in self._manager._task_id_to_future:
+                self._originals["on_task_result"](result)
+                return
+            if self._is_umbrella(task_id):  # the graph is over; its members said so
+                return
+            if self._is_helper(task_id):  # its result feeds a member, in the cluster
+                return
+            kind = result.resultType
+            if kind == TaskResultType.failedWorkerDied:
+                self._post(("exception", task_id, _worker_died(task_id, None)))
+                return
+            if len(result.results) != 1:
+                self._post(
+                    (
+                        "exception",
+                        task_id,
+                        TaskFailedError(
+                            f"Scaler sent {len(result.results)} result objects for task "
+                            f"{task_id.hex()} (expected 1)"
+                        ),
+                    )
+                )
+                return
+            future = self._client.futures.get(task_id) if self._client is not None else None
+            object_id = ObjectID(result.results[0])
+            # Scaler deletes a plain task's result once fetched; a graph member's may
+            # still feed another member (the scheduler cleans those up).
+            delete = future is None or future.group_id is None
+            coroutine = self._fetch(task_id, object_id, kind != TaskResultType.success, delete)
+            self._agent_loop().create_task(coroutine)
+        except Exception:
+            LOGGER.exception("Scaler engine: failed to handle %r", result)
+            self._count_soon("io_errors")
+
+    async def _fetch(
+        self, task_id: TaskID, object_id: ObjectID, failed: bool, delete: bool
+    ) -> None:
+        try:
+            storage = await self._bridge.object_storage_connector()
+            payload = await storage.get_object(object_id)
+            if delete:
+                await storage.delete_object(object_id)
+        except Exception as error:
+            self._post(
+                (
+                    "exception",
+                    task_id,
+                    TaskFailedError(
+                        f"the result of task {task_id.hex()} could not be fetched: {error!r}"
+                    ),
+                )
+            )
+            return
+        self._post(("payload", task_id, payload, failed))
+
+    def _on_task_cancel_confirm(self, confirm: TaskCancelConfirm) -> None:
+        """Hook (Scaler's agent loop): queue the answer; never raises."""
+        try:
+            task_id = confirm.taskId
+            if task_id in self._manager._task_id_to_future:
+                self._originals["on_task_cancel_confirm"](confirm)
+                return
+            kind = _CONFIRM_KINDS.get(confirm.cancelConfirmType)
+            if kind is None:
+                raise ValueError(f"unknown cancel confirm type {confirm.cancelConfirmType!r}")
+            if self._is_umbrella(task_id):
+                if kind == "not_found":
+                    self._graph_cancel_not_found(task_id)
+                return
+            group_id = self._graph_of.get(task_id)
+            if group_id is not None and kind != "cancel_failed":
+                self._unreachable(group_id, task_id)
+            if self._is_helper(task_id):
+                return
+            if kind == "cancel_failed":
+                # The task runs on and its result must still get through the agent.
+                _resolve(self._scaler, _AGENT_TASK_IDS).add(task_id)
+            self._post(("confirm", task_id, kind))
+        except Exception:
+            LOGGER.exception("Scaler engine: failed to handle %r", confirm)
+            self._count_soon("io_errors")
+
+    def _is_umbrella(self, task_id: bytes) -> bool:
+        return task_id in self._groups or task_id in self._ended_groups
+
+    def _is_helper(self, task_id: bytes) -> bool:
+        group_id = self._graph_of.get(task_id)
+        graph = None if group_id is None else self._groups.get(group_id)
+        return graph is not None and task_id in graph.helpers
+
+    def _graph_cancel_not_found(self, group_id: TaskID) -> None:
+        """The graph's TaskCancel reached the scheduler before the graph (Scaler queues
+        a GraphTask before registering it): send it again while the graph has live
+        members, a bounded number of times (the client's deadline covers the rest)."""
+        graph = self._groups.get(group_id)
+        if graph is None or not graph.live:
+            return
+        if self._group_cancels.get(group_id, 0) > _MAX_GROUP_CANCEL_RESENDS:
+            return
+        # The agent forgot the graph's id on this answer; it must let the next through.
+        _resolve(self._scaler, _AGENT_TASK_IDS).add(group_id)
+        with self._wire_lock:
+            self._send_cancel_to(group_id, True)
+
+    def _unreachable(self, group_id: bytes, task_id: bytes) -> None:
+        """``task_id`` was cancelled inside its graph, so every member that takes its
+        result will never run. Scaler's scheduler (2.9) never answers for those (it
+        stops dispatching the graph and confirms only what was ready or running):
+        answer ``canceled`` for them here."""
+        graph = self._groups.get(group_id)
+        if graph is None:
+            return
+        for member in graph.unreachable(task_id):
+            if member in graph.live:
+                self._post(("confirm", member, "canceled"))
+
+    def _on_agent_stopped(self, exception: Exception) -> None:
+        """Hook (Scaler's agent): the connection is over; every live future is lost."""
+        try:
+            self._originals["set_all_futures_with_exception"](exception)
+        except Exception:
+            LOGGER.exception("Scaler engine: Scaler's futures could not be resolved")
+        self._post(("lost", f"{type(exception).__name__}: {exception}"))
+
+    def _watch_agent(self) -> None:
+        self._agent.join()
+        self._post(("lost", "the Scaler client agent stopped"))
+
+    def _agent_loop(self) -> Any:
+        import asyncio
+
+        return asyncio.get_running_loop()
+
+    def _count_soon(self, stat: str) -> None:
+        self._post(("count", stat))
+
+    # ------------------------------------------------------------------ delivery thread
+
+    def _post(self, event: tuple[Any, ...]) -> None:
+        with self._events_ready:
+            self._events.append(event)
+            if self._delivery_waiting:
+                self._events_ready.notify()
+
+    def _deliver_forever(self) -> None:
+        events = self._events
+        while True:
+            with self._events_ready:
+                while not events:
+                    self._delivery_waiting = True
+                    self._events_ready.wait()
+                self._delivery_waiting = False
+                batch = list(events)
+                events.clear()
+            for event in batch:
+                if event[0] == "stop":
+                    return
+                try:
+                    self._deliver(event)
+                except Exception:
+                    LOGGER.exception("Scaler engine: failed to deliver %r", event[:2])
+                    if self._client is not None:
+                        self._client.count("io_errors")
+
+    def _deliver(self, event: tuple[Any, ...]) -> None:
+        client = self._client
+        assert client is not None
+        kind = event[0]
+        if kind == "lost":
+            client.connection_lost(event[1])
+            return
+        if kind == "count":
+            client.count(event[1])
+            return
+        task_id = event[1]
+        future = client.futures.get(task_id)
+        if future is None:
+            client.stale(event[:2])
+            return
+        if kind == "payload":
+            _, _, payload, failed = event
+            if failed:
+                cell = future.recv_result(None, self._failure(task_id, payload))
+            else:
+                try:
+                    value = self._serializer.deserialize(payload)
+                except Exception as error:
+                    cell = future.recv_result(
+                        None,
+                        TaskFailedError(
+                            f"the result of task {task_id.hex()} could not be deserialized: "
+                            f"{error!r}"
+                        ),
+                    )
+                else:
+                    cell = future.recv_result(value, None)
+        elif kind == "exception":
+            cell = future.recv_result(None, event[2])
+        else:  # "confirm"
+            cell = future.recv_cancel_confirm(event[2])
+        if cell.effect is Effect.STALE:
+            client.stale(event[:3])
+
+    def _failure(self, task_id: bytes, payload: bytes) -> BaseException:
+        """The exception of a failed task, with its remote traceback as ``__cause__``."""
+        try:
+            exception = deserialize_failure(payload)
+        except Exception as error:
+            return TaskFailedError(
+                f"task {task_id.hex()} failed, and its exception could not be read: {error!r}"
+            )
+        if not isinstance(exception, BaseException):
+            return TaskFailedError(f"task {task_id.hex()} failed with {exception!r}")
+        if isinstance(exception, scaler_errors.ProcessorDiedError):
+            return _worker_died(task_id, exception)
+        text = "".join(
+            traceback.format_exception(type(exception), exception, exception.__traceback__)
+        )
+        exception.__cause__ = RemoteTraceback(text)
+        return exception
+
+
+def _worker_died(task_id: bytes, cause: BaseException | None) -> ScalerWorkerDiedError:
+    detail = f": {cause}" if cause is not None else ""
+    error = ScalerWorkerDiedError(f"the process running task {task_id.hex()} died{detail}")
+    error.__cause__ = cause
+    return error
+
+
+def _is_key(value: Any, graph: Mapping[Hashable, Any]) -> bool:
+    try:
+        return value in graph
+    except TypeError:  # unhashable
+        return False
+
+
+def _names_a_key(value: Any, graph: Mapping[Hashable, Any]) -> bool:
+    if _is_key(value, graph):
+        return True
+    return isinstance(value, list) and any(_names_a_key(item, graph) for item in value)
+
+
+def _task_arguments(arguments: list[Any]) -> tuple[bytes, ...]:
+    """The ids of the tasks whose results ``arguments`` take."""
+    return tuple(
+        TaskID(argument.data)
+        for argument in arguments
+        if argument.type == Task.Argument.ArgumentType.task
+    )
