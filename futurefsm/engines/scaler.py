@@ -235,6 +235,7 @@ class ScalerEngine(Engine):
         self._graph_of: dict[bytes, bytes] = {}  # member or helper -> group id
         self._ended_groups: collections.deque[bytes] = collections.deque(maxlen=4096)
         self._group_cancels: dict[bytes, int] = {}  # group -> TaskCancels sent
+        self._soft_cancels: set[bytes] = set()  # tasks with a force=False cancel unanswered
         self._events: collections.deque[tuple[Any, ...]] = collections.deque()
         self._events_ready = threading.Condition(threading.Lock())
         self._delivery_waiting = False
@@ -415,22 +416,28 @@ class ScalerEngine(Engine):
                 self._send_cancel_to(group_id, True)
 
     def send_cancel(self, futures: list[TaskFuture], force: bool = True) -> None:
-        """One TaskCancel per task, one per graph (a graph member cancels its graph).
+        """One TaskCancel per task, one per graph (a graph member cancels its graph,
+        always forced: a graph is cancelled whole).
 
-        Scaler's scheduler never answers a refused (non-``force``) cancel of a running
-        task: such a future ends ``TIMED_OUT`` at its deadline while the task runs on.
+        ``force=False``: Scaler's worker refuses it for a running task, and Scaler's
+        scheduler absorbs that refusal (the client is never told). So a result that
+        arrives for a task whose non-forced cancel is unanswered is delivered as what
+        it proves, a refusal (the task had started): ``cancel_failed``, then the
+        result. A task that runs past the deadline ends ``TIMED_OUT``.
         """
-        targets = dict.fromkeys(
-            future.task_id if future.group_id is None else future.group_id for future in futures
-        )
         with self._wire_lock:
-            for target in targets:
-                if target in self._groups and self._group_cancels.get(target):
-                    continue  # the graph's cancel is already on its way
-                self._send_cancel_to(target, force)
+            for future in futures:
+                group_id = future.group_id
+                if group_id is None:
+                    if not force:
+                        self._soft_cancels.add(future.task_id)
+                    self._send_cancel_to(future.task_id, force)
+                elif not self._group_cancels.get(group_id):
+                    self._send_cancel_to(group_id, True)
 
     def forget(self, future: TaskFuture) -> None:
         """A graph is forgotten once its last member is terminal."""
+        self._soft_cancels.discard(future.task_id)
         group_id = future.group_id
         if group_id is None:
             return
@@ -761,6 +768,12 @@ class ScalerEngine(Engine):
         if future is None:
             client.stale(event[:2])
             return
+        if kind in ("payload", "exception") and task_id in self._soft_cancels:
+            self._soft_cancels.discard(task_id)
+            if future.state is FutureState.CANCEL_REQUESTED:
+                # A non-forced cancel that got a result instead: the task had started,
+                # so Scaler refused it (and told nobody).
+                future.recv_cancel_confirm("cancel_failed")
         if kind == "payload":
             _, _, payload, failed = event
             if failed:
