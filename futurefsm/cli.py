@@ -169,6 +169,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .diagrams import main as diagrams_main
 
         return diagrams_main(out=args.out)
+    if args.which == "engines":
+        from .bench.engines import main as bench_engines
+
+        return bench_engines(quick=args.quick)
     if args.which == "fsm":
         from .bench.fsm import main as bench_fsm
 
