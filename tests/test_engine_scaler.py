@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import given, note, settings
+from hypothesis import event, given, note, settings
 from hypothesis import strategies as st
 
 scaler = pytest.importorskip(
@@ -469,9 +469,19 @@ _plans = st.lists(
 
 
 @settings(max_examples=examples(0.08, minimum=4))
-@given(plans=_plans, graph=st.booleans(), graph_cancel=st.sampled_from([None, 0.0, 0.05, 0.2]))
+@given(
+    plans=_plans,
+    graph=st.booleans(),
+    graph_cancel=st.sampled_from([None, 0.0, 0.05, 0.2]),
+    close_at=st.sampled_from([None, None, 0.02, 0.2]),
+)
 def test_race_generated_cancel_timings_against_real_tasks(
-    cluster: Any, tmp_path_factory: Any, plans: list[Any], graph: bool, graph_cancel: Any
+    cluster: Any,
+    tmp_path_factory: Any,
+    plans: list[Any],
+    graph: bool,
+    graph_cancel: Any,
+    close_at: float | None,
 ) -> None:
     base = tmp_path_factory.mktemp("race")
     own = Client(cluster.get_address(), engine="scaler", cancel_timeout=5, connection_timeout=5)
@@ -497,14 +507,16 @@ def test_race_generated_cancel_timings_against_real_tasks(
         started = time.monotonic()
         waiting: list[cf.Future[Any]] = []
         bulk: list[Any] = []
+        actions = [(item[3][0], item[3][1], item[0]) for item in futures if item[3] is not None]
+        if close_at is not None:
+            actions.append((close_at, "close", None))
         with cf.ThreadPoolExecutor(4) as pool:
-            for future, _, _, cancel in sorted(
-                (item for item in futures if item[3] is not None), key=lambda item: item[3][0]
-            ):
-                delay, mode = cancel
+            for delay, mode, future in sorted(actions, key=lambda action: action[0]):
                 # Timing is what is generated here, not synchronisation.
                 time.sleep(max(0.0, started + delay - time.monotonic()))
-                if mode == "wait":
+                if mode == "close":
+                    waiting.append(pool.submit(own.close))
+                elif mode == "wait":
                     waiting.append(pool.submit(future.cancel))
                 elif mode == "nowait":
                     future.cancel(wait=False)
@@ -524,6 +536,7 @@ def test_race_generated_cancel_timings_against_real_tasks(
             note(describe_future(name, _Seen(future), None))
             check_snapshot(name, _snapshot(future, own))
             assert len(calls[id(future)]) == 1, f"{name}: callbacks ran {calls[id(future)]}"
+            event(f"{future.state.value} {future.cancel_outcome}")
             if future.state is FutureState.CANCELLED:
                 assert future.cancel_outcome in _ALLOWED, f"{name}: {future.cancel_outcome}"
                 # A task the user was told is cancelled does not start afterwards.
