@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
-from futurefsm.bench import e2e, fsm
+import pytest
+
+from futurefsm.bench import e2e, engines, fsm
 from futurefsm.bench.progress import stage, stages
+from futurefsm.cli import _parser
 from futurefsm.cli import main as cli_main
 
 
@@ -47,3 +50,13 @@ def test_a_stage_outside_a_bar_is_silent_and_inside_one_is_counted(capsys):
         assert bar.n == 1 and bar.postfix == "warm up"
     assert calls == [1, 2]
     assert "demo bench:  50%" in capsys.readouterr().err
+
+
+def test_engines_benchmark_measures_scaler_against_its_own_client():
+    pytest.importorskip("scaler", reason="opengris-scaler is not installed: futurefsm[scaler]")
+    assert _parser().parse_args(["bench", "engines", "--quick"]).which == "engines"
+    figures = engines.measure_scaler(tasks=50, rounds=1, cancels=1)
+    assert figures["own_s"] > 0 and figures["ours_s"] > 0
+    assert figures["ratio"] == figures["ours_s"] / figures["own_s"]
+    # Both cancels are Scaler's process kill: seconds, not milliseconds.
+    assert figures["own_cancel_ms"] > 100 and figures["our_cancel_ms"] > 100

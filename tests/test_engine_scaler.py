@@ -443,7 +443,9 @@ def test_a_lost_scheduler_resolves_every_future() -> None:
 # ---------------------------------------------------------------------- race suite
 
 
-_TERMINAL_WITHIN = 5.0 + 5.0 + SLACK  # cancel_timeout + connection_timeout + slack
+RACE_CANCEL_TIMEOUT = 8.0  # a running task's cancel takes ~3 s on Scaler
+RACE_CONNECTION_TIMEOUT = 5.0
+_TERMINAL_WITHIN = RACE_CANCEL_TIMEOUT + RACE_CONNECTION_TIMEOUT + SLACK
 _ALLOWED = {
     CancelOutcome.CONFIRMED,
     CancelOutcome.NOT_FOUND,
@@ -474,6 +476,7 @@ _plans = st.lists(
     graph=st.booleans(),
     graph_cancel=st.sampled_from([None, 0.0, 0.05, 0.2]),
     close_at=st.sampled_from([None, None, 0.02, 0.2]),
+    long_task=st.sampled_from([None, None, None, "wait", "nowait", "bulk"]),
 )
 def test_race_generated_cancel_timings_against_real_tasks(
     cluster: Any,
@@ -482,9 +485,17 @@ def test_race_generated_cancel_timings_against_real_tasks(
     graph: bool,
     graph_cancel: Any,
     close_at: float | None,
+    long_task: str | None,
 ) -> None:
     base = tmp_path_factory.mktemp("race")
-    own = Client(cluster.get_address(), engine="scaler", cancel_timeout=5, connection_timeout=5)
+    own = Client(
+        cluster.get_address(),
+        engine="scaler",
+        cancel_timeout=RACE_CANCEL_TIMEOUT,
+        connection_timeout=RACE_CONNECTION_TIMEOUT,
+    )
+    if long_task is not None:  # a few running tasks are cancelled too (~3 s each)
+        plans = [(2.0, False, (0.3, long_task)), *plans]
     calls: dict[int, list[float]] = {}
     futures: list[tuple[Any, str, bool, Any]] = []
     try:
