@@ -284,7 +284,16 @@ class ScalerEngine(Engine):
             # Scaler's own settings are whole seconds; a float works and is kept.
             options.setdefault("timeout_seconds", client.connection_timeout)
             options.setdefault("heartbeat_interval_seconds", client.heartbeat_interval)
-            self._scaler = ScalerClient(self.address, **options)
+            try:
+                self._scaler = ScalerClient(self.address, **options)
+            except (TypeError, ValueError):  # a bad option or address: as it is
+                raise
+            except Exception as error:
+                # (Scaler retries an unreachable address for about 50 s first.)
+                raise ConnectionError(
+                    f"cannot connect to the Scaler scheduler at {self.address}: "
+                    f"{type(error).__name__} {error}".rstrip()
+                ) from error
         scaler_client = self._scaler
         check_private_attributes(scaler_client)
         self._connector = scaler_client._connector_agent
