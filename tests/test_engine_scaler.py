@@ -335,6 +335,51 @@ def test_cancelling_one_member_cancels_the_whole_graph_promptly(client: Client, 
     assert right_away["b"].cancelled()
 
 
+def _as_if_the_scheduler_said(client: Client, confirm: Any) -> None:
+    """Feed ``confirm`` to Scaler's agent as if its scheduler had sent it."""
+    scaler_client = client.engine.scaler_client  # type: ignore[attr-defined]
+    task_manager = scaler_client._bridge._agent._task_manager
+    scaler_client._bridge.run_in_agent(task_manager.on_task_cancel_confirm(confirm)).result(10)
+
+
+def test_a_refused_cancel_still_gets_its_result(client: Client, gates: Any) -> None:
+    # Scaler 2.9's scheduler absorbs cancelFailed; if one ever reaches the client, the
+    # agent forgets the task, and its result would be dropped: the engine keeps it.
+    from scaler.protocol.capnp import TaskCancelConfirm, TaskCancelConfirmType
+
+    path = gates.new()
+    future = client.submit(hold, path)
+    _wait_for(lambda: _started(path), 30, "the task to start")
+    assert future.cancel(wait=False, force=False) is True
+    refused = TaskCancelConfirm(
+        taskId=future.task_id, cancelConfirmType=TaskCancelConfirmType.cancelFailed
+    )
+    _as_if_the_scheduler_said(client, refused)
+    _wait_for(lambda: future.state is FutureState.RUNNING, SLACK, "the refusal")
+    assert future.cancel_outcome is CancelOutcome.FAILED
+    Path(path + ".release").touch()
+    assert future.result(timeout=30) == path
+
+
+def test_a_graph_cancel_that_beat_its_graph_is_sent_again(client: Client, gates: Any) -> None:
+    # Scaler registers a GraphTask after queueing it: a TaskCancel in between is
+    # answered cancelNotFound for the graph, and the graph would run on.
+    from scaler.protocol.capnp import TaskCancelConfirm, TaskCancelConfirmType
+
+    path = gates.new()
+    futures = client.submit_graph({"a": (hold, path), "b": (add, "a", "!")})
+    _wait_for(lambda: _started(path), 30, "the graph to start")
+    group_id = futures["a"].group_id
+    not_found = TaskCancelConfirm(
+        taskId=group_id, cancelConfirmType=TaskCancelConfirmType.cancelNotFound
+    )
+    _as_if_the_scheduler_said(client, not_found)
+    for key, future in futures.items():
+        _wait_for(future.done, RUNNING_CANCEL + SLACK, f"member {key} to end")
+        assert future.cancel_outcome is CancelOutcome.BY_SCHEDULER, key
+    assert not os.path.exists(path + ".finished")
+
+
 # ---------------------------------------------------------------------- the Executor API
 
 
