@@ -177,10 +177,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .bench.fsm import main as bench_fsm
 
         return bench_fsm(quick=args.quick)
-    if args.which == "engines":
-        from .bench.engines_dask import main as bench_engines_dask
-
-        return bench_engines_dask(quick=args.quick)
     from .bench.e2e import main as bench_e2e
 
     return bench_e2e(quick=args.quick)

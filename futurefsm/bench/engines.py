@@ -1,8 +1,9 @@
 """``futurefsm bench engines``: futurefsm's futures on another engine against that
 engine's own client, on the same local cluster, alternated in one run (SPEC section 9).
 
-Per engine (one function each in ``ENGINE_BENCHES``; an engine whose package is not
-installed is skipped with a note):
+Per engine (one function each in ``ENGINE_BENCHES``: Scaler here, Dask in
+``engines_dask``; an engine whose package is not installed is skipped with a note).
+For Scaler:
 
 1. 1000 no-op tasks submitted, then gathered with ``result()`` one by one, through the
    engine's own client and through ``Client(address, engine=...)``, rounds
@@ -142,8 +143,15 @@ def _report_scaler(quick: bool) -> None:
     )
 
 
+def _report_dask(quick: bool) -> None:
+    from .engines_dask import main as dask_main
+
+    dask_main(quick=quick)
+
+
 ENGINE_BENCHES: dict[str, tuple[str, Callable[[bool], None]]] = {
     "scaler": ("scaler", _report_scaler),
+    "dask": ("distributed", _report_dask),
 }
 """Engine name -> (the module it needs, the function that measures and prints)."""
 
