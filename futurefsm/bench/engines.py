@@ -1,5 +1,6 @@
 """``futurefsm bench engines``: futurefsm's futures on another engine against that
-engine's own client, on the same local cluster, alternated in one run (SPEC section 9).
+engine's own client, on the same local cluster, alternated in one run
+(docs/performance.md, docs/engine-scaler.md).
 
 Per engine (one function each in ``ENGINE_BENCHES``: Scaler here, Dask in
 ``engines_dask``; an engine whose package is not installed is skipped with a note).
