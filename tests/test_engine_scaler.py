@@ -37,7 +37,7 @@ from futurefsm.engines.scaler import (  # noqa: E402
     PRIVATE_ATTRIBUTES,
     SUPPORTED_VERSIONS,
     ScalerEngine,
-    ScalerWorkerDiedError,
+    _ScalerWorkerDiedError,
     check_private_attributes,
 )
 from futurefsm.errors import RemoteTraceback, WorkerDiedError  # noqa: E402
@@ -231,7 +231,7 @@ def test_a_task_whose_process_dies_is_worker_died(client: Client) -> None:
     error = client.submit(die).exception(timeout=60)
     assert isinstance(error, WorkerDiedError)
     assert isinstance(error, scaler.utility.exceptions.WorkerDiedError)
-    assert isinstance(error, ScalerWorkerDiedError)
+    assert isinstance(error, _ScalerWorkerDiedError)
     assert "died" in str(error)
 
 
@@ -333,6 +333,8 @@ def test_cancelling_one_member_cancels_the_whole_graph_promptly(client: Client, 
         _wait_for(lambda key=key: futures[key].done(), SLACK, f"member {key} to end")
         assert futures[key].cancelled(), key
     assert futures["c"].cancel_outcome is CancelOutcome.CONFIRMED
+    for key in "dx":  # finished, or cancelled with the graph: never left running
+        _wait_for(futures[key].done, RUNNING_CANCEL + SLACK, f"member {key} to end")
     # Cancelled the moment it was sent: Scaler may get the cancel before the graph.
     right_away = client.submit_graph({"a": (hold, gates.new()), "b": (add, "a", 1)})
     assert right_away["a"].cancel() is True

@@ -89,7 +89,6 @@ __all__ = [
     "SUPPORTED_VERSIONS",
     "PreparedScalerTask",
     "ScalerEngine",
-    "ScalerWorkerDiedError",
     "check_private_attributes",
 ]
 
@@ -126,7 +125,7 @@ _CONFIRM_KINDS: dict[Any, str] = {
 _MAX_GROUP_CANCEL_RESENDS = 20
 
 
-class ScalerWorkerDiedError(WorkerDiedError, scaler_errors.WorkerDiedError):
+class _ScalerWorkerDiedError(WorkerDiedError, scaler_errors.WorkerDiedError):
     """The process running the task died (Scaler's ``failedWorkerDied`` or
     ``ProcessorDiedError``). Caught as futurefsm's ``WorkerDiedError`` and as
     Scaler's own ``WorkerDiedError``."""
@@ -803,7 +802,18 @@ class ScalerEngine(Engine):
         elif kind == "exception":
             cell = future.recv_result(None, event[2])
         else:  # "confirm"
-            cell = future.recv_cancel_confirm(event[2])
+            kind = event[2]
+            if (
+                kind == "not_found"
+                and future.group_id is not None
+                and future.state is FutureState.RUNNING
+            ):
+                # A sibling of the member whose cancel cancelled the graph: Scaler's
+                # scheduler dropped its result while cancelling it (the worker then
+                # answers not found). Nobody asked this future to cancel, and it will
+                # get nothing else: the scheduler cancelled it.
+                kind = "canceled"
+            cell = future.recv_cancel_confirm(kind)
         if cell.effect is Effect.STALE:
             client.stale(event[:3])
 
@@ -826,9 +836,9 @@ class ScalerEngine(Engine):
         return exception
 
 
-def _worker_died(task_id: bytes, cause: BaseException | None) -> ScalerWorkerDiedError:
+def _worker_died(task_id: bytes, cause: BaseException | None) -> _ScalerWorkerDiedError:
     detail = f": {cause}" if cause is not None else ""
-    error = ScalerWorkerDiedError(f"the process running task {task_id.hex()} died{detail}")
+    error = _ScalerWorkerDiedError(f"the process running task {task_id.hex()} died{detail}")
     error.__cause__ = cause
     return error
 
