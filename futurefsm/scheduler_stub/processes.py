@@ -19,8 +19,16 @@ Wire, all over Unix socket pairs:
   first the stub sends its ``sys.path`` and the pickled serializer (so a worker imports
   what the stub's process can, e.g. a test module's functions, pickled by reference),
   and the worker answers ``b"ready"``; then
-  one task at a time, ``msgpack([task_id, function, args, dep_payloads])``, answered by
-  one byte of ``ResultStatus`` code followed by the encoded ``TaskResult`` frame.
+  batches of tasks, ``msgpack([[slot, task_id, function, args, dep_payloads], ...])``,
+  each task answered in order by one byte of ``ResultStatus`` code followed by the
+  encoded ``TaskResult`` frame, or by ``SKIPPED`` (one byte) if it was not started.
+- a small shared file (``WorkerSlots``), one byte per ``slot``, which says whether the
+  task sent in that slot is still queued, started, done, or taken back by the stub.
+  A worker starts a task only if its byte still says queued, and changes it under a
+  POSIX record lock (``lockf``) that the stub also takes to take a queued task back:
+  so a cancel of a task that is in a worker's batch but not started is exact (it never
+  runs), and the stub knows, when it kills a worker, which of its tasks never started.
+  A record lock goes with its process: a killed worker never leaves it held.
 
 The worker is the only holder of its end of the task socket, so EOF on the stub's end
 means the process is gone: that is how a kill is confirmed. Each worker leads its own
@@ -31,7 +39,9 @@ closes its socket, however that process ends.
 
 from __future__ import annotations
 
+import fcntl
 import logging
+import mmap
 import os
 import pickle
 import signal
@@ -39,11 +49,25 @@ import socket
 import struct
 import subprocess
 import sys
+import tempfile
 import threading
+from collections import deque
 from collections.abc import Callable
 from multiprocessing.connection import Connection
 
-__all__ = ["fork_worker", "kill_worker", "worker_main", "zygote_main"]
+__all__ = [
+    "DONE",
+    "QUEUED",
+    "SKIPPED",
+    "SLOTS",
+    "STARTED",
+    "TAKEN",
+    "WorkerSlots",
+    "fork_worker",
+    "kill_worker",
+    "worker_main",
+    "zygote_main",
+]
 
 logger = logging.getLogger("futurefsm.scheduler_stub")
 
@@ -52,6 +76,74 @@ _PID = struct.Struct("!i")
 OWNER_PID_ENV = "FUTUREFSM_SCHEDULER_PID"
 """Set in the zygote's (and so every worker's) environment: the pid of the process
 that runs the stub. ``sample_tasks``' gates use it to find the test's gate directory."""
+
+
+# ----------------------------------------------------------------------- shared slots
+
+SLOTS = 256
+"""Slots per worker: at most this many tasks sent to a worker and not yet answered."""
+
+QUEUED, STARTED, DONE, TAKEN = 0, 1, 2, 3
+"""A slot's byte: sent, not started / started by the worker / finished by the worker /
+taken back by the stub (the worker skips it)."""
+
+SKIPPED = b"\xff"
+"""A worker's answer for a task it did not start (its slot said ``TAKEN``)."""
+
+
+class WorkerSlots:
+    """The file of slot bytes shared by the stub and one worker, and its lock.
+
+    The lock is a POSIX record lock on the file: it excludes the *other process* (the
+    stub's I/O thread is the only thread of its process that takes it), and it is
+    released when its holder dies. Every change from ``QUEUED`` is made under it.
+    """
+
+    __slots__ = ("fd", "memory", "path")
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.fd = os.open(path, os.O_RDWR)
+        try:
+            self.memory = mmap.mmap(self.fd, SLOTS)
+        except BaseException:
+            os.close(self.fd)
+            raise
+
+    @classmethod
+    def create(cls) -> WorkerSlots:
+        """A new file of ``SLOTS`` bytes (in ``/dev/shm`` where there is one)."""
+        directory = "/dev/shm" if os.path.isdir("/dev/shm") else None
+        fd, path = tempfile.mkstemp(prefix="futurefsm-worker-", dir=directory)
+        try:
+            os.ftruncate(fd, SLOTS)
+        finally:
+            os.close(fd)
+        try:
+            return cls(path)
+        except BaseException:
+            os.unlink(path)
+            raise
+
+    def lock(self) -> None:
+        """Take the lock (blocks while the other process holds it)."""
+        fcntl.lockf(self.fd, fcntl.LOCK_EX)
+
+    def unlock(self) -> None:
+        """Release the lock."""
+        fcntl.lockf(self.fd, fcntl.LOCK_UN)
+
+    def unlink(self) -> None:
+        """Remove the file's name (both ends keep their mapping)."""
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+
+    def close(self) -> None:
+        """Unmap and close (releases the lock if held)."""
+        self.memory.close()
+        os.close(self.fd)
 
 
 # ---------------------------------------------------------------------------- stub side
@@ -103,9 +195,10 @@ _zygote: _Zygote | None = None
 _zygote_lock = threading.Lock()
 
 
-def fork_worker(serializer_bytes: bytes, timeout: float) -> tuple[int, Connection]:
-    """Start one worker process; return its pid and the stub's end of its connection,
-    once the worker said it is ready. Thread-safe; blocks (run it off the I/O thread).
+def fork_worker(serializer_bytes: bytes, timeout: float) -> tuple[int, Connection, WorkerSlots]:
+    """Start one worker process; return its pid, the stub's end of its connection and
+    the slots shared with it, once the worker said it is ready. Thread-safe; blocks
+    (run it off the I/O thread).
 
     Raises ``OSError`` (or ``TimeoutError``) if no worker could be started.
     """
@@ -126,8 +219,10 @@ def fork_worker(serializer_bytes: bytes, timeout: float) -> tuple[int, Connectio
     finally:
         theirs.close()  # only the worker holds it now: EOF on ours means it is gone
     connection = Connection(ours.detach())
+    slots: WorkerSlots | None = None
     try:
-        connection.send_bytes(pickle.dumps((list(sys.path), serializer_bytes)))
+        slots = WorkerSlots.create()
+        connection.send_bytes(pickle.dumps((list(sys.path), serializer_bytes, slots.path)))
         if not connection.poll(timeout):
             raise TimeoutError(f"worker process {pid} did not start within {timeout} s")
         if connection.recv_bytes() != b"ready":
@@ -135,8 +230,12 @@ def fork_worker(serializer_bytes: bytes, timeout: float) -> tuple[int, Connectio
     except BaseException:
         kill_worker(pid)
         connection.close()
+        if slots is not None:
+            slots.unlink()
+            slots.close()
         raise
-    return pid, connection
+    slots.unlink()  # the worker has it open: nothing is left behind when both close
+    return pid, connection, slots
 
 
 def kill_worker(pid: int) -> None:
@@ -228,25 +327,48 @@ def _prctl() -> Callable[[int, int], int] | None:
 
 
 def worker_main(fd: int) -> int:
-    """Serve tasks on the connection ``fd`` until it closes; return an exit code."""
+    """Serve tasks on the connection ``fd`` until it closes; return an exit code.
+
+    Tasks come in batches and run in order. Each is started only if the stub has not
+    taken it back (its slot still says ``QUEUED``, checked and changed under the
+    lock); each is answered at once, by its result or by ``SKIPPED``.
+    """
     import msgpack
 
     from .running import FunctionCache, run_call
 
     connection = Connection(fd)
     try:
-        path, serializer_bytes = pickle.loads(connection.recv_bytes())
+        path, serializer_bytes, slots_path = pickle.loads(connection.recv_bytes())
     except (EOFError, OSError):
         return 0
     sys.path[:] = path
     serializer = pickle.loads(serializer_bytes)
     functions = FunctionCache(serializer.loads)
+    slots = WorkerSlots(slots_path)
+    memory, lock, unlock = slots.memory, slots.lock, slots.unlock
     connection.send_bytes(b"ready")
+    pending: deque[list[object]] = deque()
+    send, receive, poll = connection.send_bytes, connection.recv_bytes, connection.poll
     while True:
         try:
-            data = connection.recv_bytes()
+            if not pending:
+                pending.extend(msgpack.unpackb(receive()))
+                while poll(0):  # more batches waiting: take them too (order is kept)
+                    pending.extend(msgpack.unpackb(receive()))
         except (EOFError, OSError):
             return 0
-        task_id, function, args, dep_payloads = msgpack.unpackb(data)
+        slot, task_id, function, args, dep_payloads = pending.popleft()
+        lock()
+        started = memory[slot] == QUEUED
+        if started:
+            memory[slot] = STARTED
+        unlock()
+        if not started:
+            send(SKIPPED)
+            continue
         status, frame = run_call(task_id, function, args, dep_payloads, serializer, functions)
-        connection.send_bytes(bytes((status,)) + frame)
+        # Not under the lock: a stub that still reads STARTED kills this process, whose
+        # result it then discards, and it cannot start another task without the lock.
+        memory[slot] = DONE
+        send(bytes((status,)) + frame)

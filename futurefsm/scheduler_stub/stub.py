@@ -6,9 +6,10 @@ Theory of operation
 Threads: one I/O thread owns the ROUTER socket and every piece of task bookkeeping
 (``records.ClientBook`` per client identity). Tasks run on a pool (``workers.py``):
 
-- worker processes (the default): the I/O thread hands one task at a time to each idle
-  process and polls their connections beside the ROUTER, so a task cannot starve it
-  (no shared GIL) and a running task can be stopped by killing its process. A
+- worker processes (the default): the I/O thread hands queued tasks to the processes
+  in batches and polls their connections beside the ROUTER, so a task cannot starve
+  it (no shared GIL); a task sent but not started can still be taken back (a cancel
+  of it is exact), and a running task can be stopped by killing its process. A
   background thread starts processes, one more than ``workers`` so a spare is warm,
   and posts them to the I/O thread.
 - worker threads (``threads=True``): they take queued tasks from a queue, run them, and
@@ -754,6 +755,11 @@ class SchedulerStub:
         """Take a task that has not started out of the way; False if it has started."""
         if record.state is TaskState.WAITING:
             return True
+        if record.state is TaskState.RUNNING:  # sent to a worker process, maybe not started
+            if self._pool.take_back(record):
+                record.state = TaskState.CANCELLED
+                return True
+            return False
         if record.state is TaskState.QUEUED:
             with self._claim_lock:
                 if record.state is TaskState.QUEUED:  # else a worker just claimed it
@@ -789,7 +795,11 @@ class SchedulerStub:
         """Drop every held task of a client without a word: queued ones never run,
         running ones are stopped (worker processes) or their results discarded."""
         with self._claim_lock:
-            running = [r for r in book.live.values() if r.state is TaskState.RUNNING]
+            running = [
+                r
+                for r in book.live.values()
+                if r.state is TaskState.RUNNING and not self._pool.take_back(r)
+            ]
             for record in book.live.values():
                 record.state = TaskState.CANCELLED
         for record in running:

@@ -1,11 +1,12 @@
 """The stub's workers, and the inbox through which other threads reach the I/O thread.
 
 Two pools run tasks, both with the same small interface to the stub (``attach``,
-``submit``, ``kill``, ``on_readable``, ``stop``):
+``submit``, ``take_back``, ``kill``, ``on_readable``, ``stop``):
 
-- ``ProcessPool`` (the default): one task at a time per worker process, dispatched by
-  the I/O thread itself; a running task can be stopped by killing its process. Tasks
-  run in parallel and none can starve the I/O thread (no shared GIL).
+- ``ProcessPool`` (the default): tasks sent in batches to worker processes by the I/O
+  thread itself; one not started yet can be taken back, a running one stopped by
+  killing its process. Tasks run in parallel and none can starve the I/O thread (no
+  shared GIL).
 - ``ThreadPool`` (``threads=True``): worker threads in the stub's process, which take a
   ``TaskRecord`` from a queue, claim it (a cancelled one is skipped), run it, and post
   its result -- already encoded, to keep that work off the I/O thread -- to the
@@ -18,7 +19,9 @@ Workers never touch the ROUTER socket (zmq sockets are not thread-safe).
 from __future__ import annotations
 
 import logging
+import os
 import queue
+import struct
 import threading
 import time
 from collections import deque
@@ -33,7 +36,16 @@ import zmq
 
 from ..protocol import ResultStatus, TaskResult, encode
 from ..serializer import Serializer
-from .processes import fork_worker, kill_worker
+from .processes import (
+    QUEUED,
+    SKIPPED,
+    SLOTS,
+    STARTED,
+    TAKEN,
+    WorkerSlots,
+    fork_worker,
+    kill_worker,
+)
 from .records import TaskRecord, TaskState
 from .running import (
     STATUS_CODES,
@@ -174,6 +186,10 @@ class ThreadPool:
         """Queue ``record`` to run (called by the I/O thread)."""
         self._queue.put(record)
 
+    def take_back(self, record: TaskRecord) -> bool:
+        """A claimed record is running: False (a queued one is the stub's to cancel)."""
+        return False
+
     def kill(self, record: TaskRecord, on_gone: Callable[[], None]) -> bool:
         """A thread cannot be stopped: False, ``on_gone`` is not called."""
         return False
@@ -227,22 +243,72 @@ _START_TIMEOUT = 60.0
 """How long a worker process may take to start before the attempt counts as failed."""
 
 
+class _Entry:
+    """A task sent to a worker process and not yet answered."""
+
+    __slots__ = ("record", "slot", "worker")
+
+    def __init__(self, worker: _Worker, slot: int, record: TaskRecord) -> None:
+        self.worker = worker
+        self.slot = slot
+        self.record: TaskRecord | None = record
+        """None once the stub no longer wants its answer (taken back, or killed)."""
+
+
 class _Worker:
     """One worker process, as the I/O thread sees it."""
 
-    __slots__ = ("connection", "fd", "on_gone", "pid", "record")
+    __slots__ = ("buffer", "connection", "entries", "fd", "next_slot", "on_gone", "pid", "slots")
 
-    def __init__(self, pid: int, connection: Connection) -> None:
+    def __init__(self, pid: int, connection: Connection, slots: WorkerSlots) -> None:
         self.pid = pid
         self.connection = connection
         self.fd = connection.fileno()
-        self.record: TaskRecord | None = None
-        """The task it runs, or None when idle."""
+        self.slots = slots
+        self.entries: deque[_Entry] = deque()
+        """The tasks sent to it and not yet answered, in the order it runs them."""
+        self.next_slot = 0
+        self.buffer = bytearray()
+        """Bytes read from its connection, not yet a whole message."""
         self.on_gone: list[Callable[[], None]] | None = None
         """Not None once it was killed: what to call when it is gone."""
 
     def __repr__(self) -> str:
         return f"<worker process {self.pid}>"
+
+
+def _messages(buffer: bytearray) -> list[bytes]:
+    """Take the whole messages (``Connection`` framing) off the front of ``buffer``."""
+    messages = []
+    position, end = 0, len(buffer)
+    while end - position >= 4:
+        (size,) = _SIZE.unpack_from(buffer, position)
+        header = 4
+        if size == -1:  # Connection's framing of a message over 2 GiB
+            if end - position < 12:
+                break
+            (size,) = _BIG_SIZE.unpack_from(buffer, position + 4)
+            header = 12
+        if end - position - header < size:
+            break
+        start = position + header
+        messages.append(bytes(buffer[start : start + size]))
+        position = start + size
+    del buffer[:position]
+    return messages
+
+
+_SIZE = struct.Struct("!i")
+_BIG_SIZE = struct.Struct("!Q")
+_READ_SIZE = 256 * 1024
+_SKIPPED = SKIPPED[0]
+
+_BATCH = 64
+"""At most this many tasks are sent to a worker process in one write."""
+_BATCH_BYTES = 1024 * 1024
+"""... and no more (after the first) once their function and arguments pass this size."""
+_REFILL = 16
+"""A busy worker process is sent more tasks once fewer than this many are unanswered."""
 
 
 class ProcessPool:
@@ -251,11 +317,18 @@ class ProcessPool:
 
     Everything but process start-up happens on the stub's I/O thread: ``attach`` gives
     it the poller on which the workers' connections are registered, ``on_readable``
-    reads a result (or a death), ``submit`` queues a record and ``kill`` stops the one
-    running a record. Processes are started by a background thread (``fork_worker``),
-    so constructing the pool returns at once, and handed to the I/O thread through
-    ``post``. Tasks are dispatched one at a time to idle workers: a queued task is
-    always in the stub, never in a worker's socket, so a cancel can still remove it.
+    reads results (or a death), ``submit`` queues a record, ``take_back`` takes one
+    that a worker has not started, and ``kill`` stops the one running a record.
+    Processes are started by a background thread (``fork_worker``), so constructing
+    the pool returns at once, and handed to the I/O thread through ``post``.
+
+    Tasks go to the workers in batches (one write for many tasks, so a worker is not
+    woken per task); each worker runs its batch in order and answers each task at
+    once. A task sent but not started can still be taken back exactly (``take_back``,
+    through the slots it shares with its worker: ``processes.WorkerSlots``), so a
+    cancel of it is confirmed ``canceled`` and it never runs. A worker that runs out
+    of tasks while others still have unstarted ones takes some of theirs. A sent task
+    counts as running for the stub (``TaskState.RUNNING``), taken back or not started.
     """
 
     def __init__(
@@ -284,8 +357,9 @@ class ProcessPool:
         # Owned by the I/O thread.
         self._queue: deque[TaskRecord] = deque()
         self._idle: list[_Worker] = []
+        self._busy: list[_Worker] = []
+        """Workers with unanswered tasks, not killed: at most ``count``."""
         self._by_fd: dict[int, _Worker] = {}
-        self._busy = 0
         self._starting = 0
         # Shared with the starter thread, under the lock.
         self._lock = threading.Lock()
@@ -310,42 +384,96 @@ class ProcessPool:
             self._replenish()
         self._pump()
 
+    def take_back(self, record: TaskRecord) -> bool:
+        """Take ``record`` back from the worker it was sent to, if that worker has not
+        started it (it will skip it); False if it started (or was never sent)."""
+        entry = record.worker
+        if not isinstance(entry, _Entry) or entry.record is not record:
+            return False
+        slots = entry.worker.slots
+        slots.lock()
+        try:
+            if slots.memory[entry.slot] != QUEUED:
+                return False
+            slots.memory[entry.slot] = TAKEN
+        finally:
+            slots.unlock()
+        entry.record = record.worker = None
+        return True
+
     def kill(self, record: TaskRecord, on_gone: Callable[[], None]) -> bool:
         """Stop the process running ``record``; ``on_gone()`` runs (on the I/O thread)
-        once that process is gone. False if no process runs ``record``."""
-        worker = record.worker
-        if not isinstance(worker, _Worker) or worker.record is not record:
+        once that process is gone. False if no process runs ``record`` (not sent, not
+        started, or finished: then its answer is on the way).
+
+        The worker's other tasks that it has not started go back to the queue, first."""
+        entry = record.worker
+        if not isinstance(entry, _Entry) or entry.record is not record:
             return False
-        worker.record = record.worker = None
+        worker = entry.worker
+        if worker.on_gone is not None:
+            return False
+        slots = worker.slots
+        slots.lock()  # the worker cannot start another task meanwhile
+        try:
+            if slots.memory[entry.slot] != STARTED:
+                return False
+            unstarted = self._take_unstarted(worker)
+            kill_worker(worker.pid)
+        finally:
+            slots.unlock()
+        entry.record = record.worker = None
         worker.on_gone = [on_gone]
-        self._busy -= 1
-        kill_worker(worker.pid)
+        self._busy.remove(worker)
+        self._requeue(unstarted)
         # The spare takes the slot now. Its replacement is started once this process
         # is gone, so the two do not compete for the CPU meanwhile.
         self._pump()
         return True
 
     def on_readable(self, fd: int) -> None:
-        """A worker's connection is readable: a result, or its end."""
+        """A worker's connection is readable: answers, or its end."""
         worker = self._by_fd.get(fd)
         if worker is None:
             return
         try:
-            data = worker.connection.recv_bytes()
-        except (EOFError, OSError):
+            data = os.read(fd, _READ_SIZE)
+        except OSError:
+            data = b""
+        if not data:
             self._gone(worker)
             return
-        if worker.on_gone is not None:  # killed: whatever it sent is discarded
-            return
-        record = worker.record
-        if record is None:
-            logger.error("scheduler stub: %r sent a result while idle", worker)
-            return
-        worker.record = record.worker = None
-        self._busy -= 1
-        self._idle.append(worker)
-        self._pump()  # first give the worker its next task, then handle this result
-        self._report(record, data[0], memoryview(data)[1:])
+        worker.buffer += data
+        done = []
+        entries = worker.entries
+        for message in _messages(worker.buffer):
+            if not entries:
+                logger.error("scheduler stub: %r answered a task it was not sent", worker)
+                break
+            record = entries.popleft().record
+            if record is None:  # taken back, or its worker was killed to stop it
+                continue
+            record.worker = None
+            if message[0] == _SKIPPED:  # cannot happen: only a taken-back task is skipped
+                logger.error("scheduler stub: %r skipped %r", worker, record)
+                self._report(
+                    record,
+                    *worker_died_result(
+                        record.task_id, "the worker process skipped the task", self._serializer
+                    ),
+                )
+                continue
+            done.append((record, message))
+        if worker.on_gone is None:
+            if not entries:
+                self._busy.remove(worker)
+                self._idle.append(worker)
+            elif len(entries) < _REFILL and self._queue:
+                self._send_batch(worker, self._share())
+        self._pump()  # first give the workers their next tasks, then handle the results
+        report = self._report
+        for record, message in done:
+            report(record, message[0], memoryview(message)[1:])
 
     def stop(self, deadline: float) -> list[str]:
         """Kill every worker process and wait (until ``deadline``) until they are gone.
@@ -370,14 +498,33 @@ class ProcessPool:
                 try:
                     connection.recv_bytes()
                 except (EOFError, OSError):
-                    left.pop(connection).connection.close()
+                    worker = left.pop(connection)
+                    worker.connection.close()
+                    worker.slots.close()
         self._starter.join(max(0.0, deadline - time.monotonic()))
         return [repr(worker) for worker in left.values()]
 
+    def _share(self) -> int:
+        """How many queued tasks one worker gets now: a fair share of the queue."""
+        return max(1, min(_BATCH, len(self._queue) // self._count))
+
     def _pump(self) -> None:
-        """Hand queued tasks to idle workers, up to ``count`` running at once."""
-        queue_, idle = self._queue, self._idle
-        while queue_ and idle and self._busy < self._count:
+        """Hand queued tasks to idle workers, up to ``count`` busy at once; when the
+        queue is empty, an idle worker takes unstarted tasks from a busy one."""
+        idle, busy = self._idle, self._busy
+        if not self._queue and idle and len(busy) < self._count:
+            self._steal()
+        while self._queue and idle and len(busy) < self._count:
+            share = max(1, len(self._queue) // min(len(idle), self._count - len(busy)))
+            self._send_batch(idle.pop(), min(_BATCH, share))
+
+    def _send_batch(self, worker: _Worker, size: int) -> None:
+        """Send ``worker`` (idle, or busy with few tasks left) up to ``size`` queued tasks."""
+        queue_, entries = self._queue, worker.entries
+        size = min(size, SLOTS - len(entries))
+        batch, sent, nbytes = [], [], 0
+        memory = worker.slots.memory
+        while queue_ and len(sent) < size and nbytes < _BATCH_BYTES:
             record = queue_.popleft()
             if not self._claim(record):
                 continue  # cancelled or forgotten while queued
@@ -387,20 +534,77 @@ class ProcessPool:
                 )
                 self._post(partial(self._report, record, status, frame))
                 continue
-            worker = idle.pop()
-            message = msgpack.packb(
-                [record.task_id, record.function, record.args, record.dep_payloads or None]
+            slot = worker.next_slot
+            worker.next_slot = (slot + 1) % SLOTS
+            memory[slot] = QUEUED  # free: its last task was answered (or it is new)
+            batch.append(
+                [slot, record.task_id, record.function, record.args, record.dep_payloads or None]
             )
-            try:
-                worker.connection.send_bytes(message)
-            except OSError:  # it died while idle; the task never reached it
+            sent.append(record)
+            nbytes += len(record.function) + len(record.args)
+        if not sent:
+            if not entries:
+                self._idle.append(worker)
+            return
+        try:
+            worker.connection.send_bytes(msgpack.packb(batch))
+        except OSError:  # it died; these tasks never reached it
+            for record in sent:
                 record.state = TaskState.QUEUED
-                queue_.appendleft(record)
-                worker.on_gone = []
-                self._replenish()
-                continue
-            worker.record, record.worker = record, worker
-            self._busy += 1
+            queue_.extendleft(reversed(sent))
+            if worker in self._busy:
+                self._busy.remove(worker)
+            worker.on_gone = []
+            self._replenish()
+            return
+        for record, item in zip(sent, batch, strict=True):
+            entry = _Entry(worker, item[0], record)  # type: ignore[arg-type]
+            entries.append(entry)
+            record.worker = entry
+        if worker not in self._busy:
+            self._busy.append(worker)
+
+    def _take_unstarted(self, worker: _Worker) -> list[TaskRecord]:
+        """Under ``worker``'s lock: take back every task it has not started."""
+        memory = worker.slots.memory
+        taken = []
+        for entry in worker.entries:
+            record = entry.record
+            if record is not None and memory[entry.slot] == QUEUED:
+                memory[entry.slot] = TAKEN
+                entry.record = record.worker = None
+                taken.append(record)
+        return taken
+
+    def _requeue(self, records: list[TaskRecord]) -> None:
+        """Put records taken back from a worker at the front of the queue, in order."""
+        for record in records:
+            record.state = TaskState.QUEUED
+        self._queue.extendleft(reversed(records))
+
+    def _steal(self) -> None:
+        """The queue is empty and a worker idle: take half of the unstarted tasks of
+        the busy worker with the most, so no task waits behind a long one while a
+        worker has nothing to do."""
+        victim = max(self._busy, key=lambda w: len(w.entries), default=None)
+        if victim is None or len(victim.entries) < 2:
+            return
+        memory = victim.slots.memory
+        victim.slots.lock()
+        try:
+            unstarted = [
+                e for e in victim.entries if e.record is not None and memory[e.slot] == QUEUED
+            ]
+            taken = []
+            for entry in unstarted[len(unstarted) // 2 :]:
+                memory[entry.slot] = TAKEN
+                record = entry.record
+                assert record is not None
+                entry.record = record.worker = None
+                taken.append(record)
+        finally:
+            victim.slots.unlock()
+        self._requeue(taken)
 
     def _gone(self, worker: _Worker) -> None:
         """``worker``'s connection closed: its process is gone."""
@@ -410,19 +614,34 @@ class ProcessPool:
         worker.connection.close()
         if worker in self._idle:
             self._idle.remove(worker)
-        callbacks, record = worker.on_gone, worker.record
+        if worker in self._busy:
+            self._busy.remove(worker)
+        callbacks = worker.on_gone
+        # What it left unanswered: tasks it never started run elsewhere; the one it
+        # was running (and one it finished without a word) died with it.
+        memory = worker.slots.memory
+        unstarted, died = [], []
+        for entry in worker.entries:
+            record = entry.record
+            if record is None:
+                continue
+            entry.record = record.worker = None
+            (unstarted if memory[entry.slot] == QUEUED else died).append(record)
+        worker.entries.clear()
+        worker.slots.close()
+        self._requeue(unstarted)
         if callbacks is None:  # nobody killed it
             logger.warning("scheduler stub: %r exited on its own", worker)
-            if record is not None:
-                worker.record = record.worker = None
-                self._busy -= 1
-                reason = f"the worker process running the task exited (pid {worker.pid})"
+            reason = f"the worker process running the task exited (pid {worker.pid})"
+            for record in died:
                 self._report(record, *worker_died_result(record.task_id, reason, self._serializer))
-            self._replenish()
         else:
+            for record in died:  # cannot happen: a kill takes back all but its target
+                reason = f"the worker process was killed (pid {worker.pid})"
+                self._report(record, *worker_died_result(record.task_id, reason, self._serializer))
             for callback in callbacks:
                 callback()
-            self._replenish()
+        self._replenish()
         self._pump()
 
     def _replenish(self) -> None:
@@ -468,8 +687,8 @@ class ProcessPool:
                 if self._stopped:
                     return
             try:
-                pid, connection = fork_worker(self._serializer_bytes, _START_TIMEOUT)
-                item: _Worker | BaseException = _Worker(pid, connection)
+                pid, connection, slots = fork_worker(self._serializer_bytes, _START_TIMEOUT)
+                item: _Worker | BaseException = _Worker(pid, connection, slots)
             except Exception as error:
                 item = error
             with self._lock:
@@ -477,6 +696,7 @@ class ProcessPool:
                     if isinstance(item, _Worker):
                         kill_worker(item.pid)
                         item.connection.close()
+                        item.slots.close()
                     return
                 self._arrived.append(item)
             self._post(self._adopt_arrivals)
