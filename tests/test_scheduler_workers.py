@@ -33,6 +33,7 @@ import futurefsm
 from futurefsm import Client
 from futurefsm.errors import ConnectionLostError
 from futurefsm.protocol import (
+    Batch,
     ConfirmKind,
     Disconnect,
     Heartbeat,
@@ -41,6 +42,7 @@ from futurefsm.protocol import (
     Task,
     TaskCancel,
     TaskCancelConfirm,
+    TaskResult,
     decode,
     encode,
     new_task_id,
@@ -479,3 +481,112 @@ def test_function_cache_unpickles_each_function_once_and_is_bounded():
     cache.load(big)
     cache.load(big)  # too large to cache
     assert loaded[-2:] == [big, big]
+
+
+# ---------------------------------------------------------------------------
+# Batched dispatch (issue 13): tasks go to a worker process several at a time
+# ---------------------------------------------------------------------------
+
+
+def append_line(path: str, line: str) -> str:
+    """A side effect that counts: one line appended per run."""
+    with open(path, "a") as file:
+        file.write(line + "\n")
+    return line
+
+
+def send_together(peer: Peer, *calls: tuple[Callable[..., Any], tuple[Any, ...]]) -> list[bytes]:
+    """Send Tasks in one Batch frame: they reach the stub in one read, so they go to
+    the worker processes in one share-out."""
+    ids, frames = [], []
+    for fn, args in calls:
+        ids.append(new_task_id())
+        frames.append(encode(Task(ids[-1], dumps(fn), dumps((args, {})), None, ())))
+    peer.send(Batch(tuple(frames)))
+    return ids
+
+
+def sent_to_worker(stub: SchedulerStub, count: int) -> None:
+    """Fail unless one worker process holds ``count`` tasks sent and unanswered, so the
+    test exercises tasks in a worker's batch, not tasks still queued in the stub."""
+    workers = stub._pool._busy  # type: ignore[union-attr]
+    assert [len(worker.entries) for worker in workers] == [count], (
+        "expected one busy worker process holding the batch; "
+        "ProcessPool._busy / _Worker.entries moved?"
+    )
+
+
+def results(peer: Peer, count: int) -> dict[bytes, Any]:
+    """The next ``count`` messages, all TaskResults: task id -> value."""
+    out = {}
+    for _ in range(count):
+        message = peer.recv()
+        assert message.status is ResultStatus.SUCCESS, message
+        out[message.task_id] = loads(message.payload)
+    return out
+
+
+@pytest.mark.parametrize("force", [False, True])
+def test_a_task_in_a_workers_batch_cancelled_before_it_starts_never_runs(
+    stubs, context, tmp_path, force
+):
+    stub = stubs(workers=1)
+    peer = Peer(context, stub.address)
+    effect = tmp_path / "effect"
+    first, second, third = send_together(
+        peer,
+        (gate_wait, ("batch-first", "first")),
+        (append_line, (str(effect), "second")),
+        (echo, ("third",)),
+    )
+    assert wait_started("batch-first", WAIT)
+    sent_to_worker(stub, 3)
+    peer.send(TaskCancel(second, force))
+    assert peer.recv() == TaskCancelConfirm(second, ConfirmKind.CANCELED)
+    open_gate("batch-first")
+    assert results(peer, 2) == {first: "first", third: "third"}
+    assert not effect.exists(), "the cancelled task ran"
+    assert stub.stats()["workers_killed"] == 0  # nothing was running it: nothing killed
+    peer.close()
+
+
+def test_force_cancel_of_a_running_task_runs_the_rest_of_its_batch_once_elsewhere(
+    stubs, context, tmp_path
+):
+    stub = stubs(workers=1)
+    peer = Peer(context, stub.address)
+    effect = tmp_path / "effect"
+    running, *rest = send_together(
+        peer,
+        (write_then_wait, (str(tmp_path / "killed"), "batch-killed")),
+        (append_line, (str(effect), "a")),
+        (append_line, (str(effect), "b")),
+    )
+    assert wait_started("batch-killed", WAIT)
+    sent_to_worker(stub, 3)
+    peer.send(TaskCancel(running, True))
+    answers = [peer.recv() for _ in range(3)]
+    assert TaskCancelConfirm(running, ConfirmKind.CANCELED) in answers
+    values = {a.task_id: loads(a.payload) for a in answers if isinstance(a, TaskResult)}
+    assert values == dict(zip(rest, ["a", "b"], strict=True))
+    open_gate("batch-killed")
+    assert effect.read_text() == "a\nb\n"  # each ran once, in order
+    assert not (tmp_path / "killed").exists()
+    assert stub.stats()["workers_killed"] == 1
+    peer.close()
+
+
+def test_an_idle_worker_takes_unstarted_tasks_from_one_stuck_in_a_long_task(stubs, context):
+    stub = stubs(workers=2)
+    peer = Peer(context, stub.address)
+    quick, stuck, behind = send_together(
+        peer,
+        (echo, ("quick",)),  # one worker gets this one ...
+        (gate_wait, ("batch-stuck", "stuck")),  # ... the other these two
+        (echo, ("behind",)),
+    )
+    # The first worker, done, takes the task waiting behind the stuck one.
+    assert results(peer, 2) == {quick: "quick", behind: "behind"}
+    open_gate("batch-stuck")
+    assert results(peer, 1) == {stuck: "stuck"}
+    peer.close()

@@ -550,9 +550,9 @@ class SchedulerStub:
         gone = self._peers.closed({record.client for record in arrived})
         if gone:
             self._clients_gone(gone)
-        for record in arrived:
-            if record.state is TaskState.QUEUED:  # else its client is gone, or cancelled
-                self._pool.submit(record)
+        # Else its client is gone, or it was cancelled. All at once: they go to the
+        # workers in batches.
+        self._pool.submit_all([r for r in arrived if r.state is TaskState.QUEUED])
 
     def _read_router(self) -> None:
         router, peers = self._router, self._peers

@@ -1,7 +1,7 @@
 """The stub's workers, and the inbox through which other threads reach the I/O thread.
 
 Two pools run tasks, both with the same small interface to the stub (``attach``,
-``submit``, ``take_back``, ``kill``, ``on_readable``, ``stop``):
+``submit``, ``submit_all``, ``take_back``, ``kill``, ``on_readable``, ``stop``):
 
 - ``ProcessPool`` (the default): tasks sent in batches to worker processes by the I/O
   thread itself; one not started yet can be taken back, a running one stopped by
@@ -185,6 +185,11 @@ class ThreadPool:
     def submit(self, record: TaskRecord) -> None:
         """Queue ``record`` to run (called by the I/O thread)."""
         self._queue.put(record)
+
+    def submit_all(self, records: list[TaskRecord]) -> None:
+        """Queue ``records`` to run, in order."""
+        for record in records:
+            self._queue.put(record)
 
     def take_back(self, record: TaskRecord) -> bool:
         """A claimed record is running: False (a queued one is the stub's to cancel)."""
@@ -379,7 +384,11 @@ class ProcessPool:
 
     def submit(self, record: TaskRecord) -> None:
         """Queue ``record``; it runs when a worker is free."""
-        self._queue.append(record)
+        self.submit_all([record])
+
+    def submit_all(self, records: list[TaskRecord]) -> None:
+        """Queue ``records`` in order, then share them out (in batches)."""
+        self._queue.extend(records)
         if not self._by_fd and not self._starting:  # every start failed: try again
             self._replenish()
         self._pump()
