@@ -18,6 +18,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -34,6 +35,7 @@ from futurefsm.protocol import (
     Heartbeat,
     HeartbeatEcho,
     Message,
+    ProtocolError,
     ResultStatus,
     Task,
     TaskCancel,
@@ -42,6 +44,7 @@ from futurefsm.protocol import (
     decode,
     encode,
     new_task_id,
+    unbatch,
 )
 from futurefsm.scheduler_stub import (
     WORKER_DIED_REASON,
@@ -76,6 +79,16 @@ QUIET = 0.15
 # ---------------------------------------------------------------------------
 
 
+def unbatched(frame: bytes) -> list[Message]:
+    """The messages in ``frame``: itself, or a Batch's, which must all decode."""
+    message = decode(frame)
+    if type(message) is not Batch:
+        return [message]
+    items = [item for item, _ in unbatch(message)]
+    assert not any(isinstance(item, ProtocolError) for item in items), items
+    return items  # type: ignore[return-value]
+
+
 class Peer:
     """A raw DEALER client speaking the protocol."""
 
@@ -85,6 +98,8 @@ class Peer:
         if identity is not None:
             self.socket.setsockopt(zmq.ROUTING_ID, identity)
         self.socket.connect(address)
+        self.pending: deque[Message] = deque()
+        """Messages of a Batch the stub sent, not yet taken by ``recv``."""
 
     def send(self, message: Message) -> None:
         self.socket.send(encode(message))
@@ -107,10 +122,13 @@ class Peer:
         self.send(TaskCancel(task_id, force))
 
     def recv(self, timeout: float = WAIT) -> Message:
-        """The next message; fails the test if none arrives within ``timeout``."""
-        if not self.socket.poll(int(timeout * 1000)):
-            pytest.fail(f"no message from the stub within {timeout} s")
-        return decode(self.socket.recv())
+        """The next message (those of a Batch one by one, as a client takes them);
+        fails the test if none arrives within ``timeout``."""
+        if not self.pending:
+            if not self.socket.poll(int(timeout * 1000)):
+                pytest.fail(f"no message from the stub within {timeout} s")
+            self.pending.extend(unbatched(self.socket.recv()))
+        return self.pending.popleft()
 
     def recv_many(self, count: int) -> list[Message]:
         return [self.recv() for _ in range(count)]
@@ -123,6 +141,8 @@ class Peer:
 
     def assert_silent(self, within: float = QUIET) -> None:
         """Fails the test if a message arrives within ``within`` seconds."""
+        if self.pending:
+            pytest.fail(f"unexpected message from the stub: {self.pending[0]!r}")
         if self.socket.poll(int(within * 1000)):
             pytest.fail(f"unexpected message from the stub: {decode(self.socket.recv())!r}")
 

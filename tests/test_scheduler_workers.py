@@ -22,6 +22,7 @@ import sys
 import textwrap
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,7 @@ from futurefsm.protocol import (
     Disconnect,
     Heartbeat,
     HeartbeatEcho,
+    ProtocolError,
     ResultStatus,
     Task,
     TaskCancel,
@@ -46,6 +48,7 @@ from futurefsm.protocol import (
     decode,
     encode,
     new_task_id,
+    unbatch,
 )
 from futurefsm.scheduler_stub import SchedulerStub
 from futurefsm.scheduler_stub.running import FunctionCache
@@ -76,6 +79,16 @@ ENV = {
 # ---------------------------------------------------------------------------
 
 
+def unbatched(frame: bytes) -> list[Any]:
+    """The messages in ``frame``: itself, or a Batch's, which must all decode."""
+    message = decode(frame)
+    if type(message) is not Batch:
+        return [message]
+    items = [item for item, _ in unbatch(message)]
+    assert not any(isinstance(item, ProtocolError) for item in items), items
+    return items
+
+
 class Peer:
     """A raw DEALER client speaking the protocol."""
 
@@ -83,6 +96,7 @@ class Peer:
         self.socket = context.socket(zmq.DEALER)
         self.socket.setsockopt(zmq.LINGER, 0)
         self.socket.connect(address)
+        self.pending: deque[Any] = deque()
 
     def submit(self, fn: Callable[..., Any], *args: Any) -> bytes:
         task_id = new_task_id()
@@ -93,9 +107,12 @@ class Peer:
         self.socket.send(encode(message))
 
     def recv(self, timeout: float = WAIT) -> Any:
-        if not self.socket.poll(int(timeout * 1000)):
-            pytest.fail(f"no message from the scheduler within {timeout} s")
-        return decode(self.socket.recv())
+        """The next message (those of a Batch one by one, as a client takes them)."""
+        if not self.pending:
+            if not self.socket.poll(int(timeout * 1000)):
+                pytest.fail(f"no message from the scheduler within {timeout} s")
+            self.pending.extend(unbatched(self.socket.recv()))
+        return self.pending.popleft()
 
     def close(self) -> None:
         self.socket.close(linger=0)

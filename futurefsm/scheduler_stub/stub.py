@@ -86,9 +86,12 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any, Literal
 
+import msgpack
 import zmq
 
 from ..protocol import (
+    MAX_FRAME_BYTES,
+    PROTOCOL_VERSION,
     Batch,
     ConfirmKind,
     Disconnect,
@@ -292,6 +295,8 @@ class SchedulerStub:
         self._arriving: Task | None = None
         self._peers_warned: set[bytes] = set()
         self._arrived: list[TaskRecord] | None = None
+        self._outgoing: dict[bytes, list[_Outgoing]] = {}
+        """Results and confirms per client, sent together at the end of a loop turn."""
 
         # Shared: the claim lock (see records.py); log and stats under the records lock.
         self._claim_lock = threading.Lock()
@@ -499,9 +504,13 @@ class SchedulerStub:
                         self._clients_gone(self._peers.drain())
                     else:  # a worker process's connection
                         self._guarded(pool.on_readable, item)
+                    if self._outgoing:
+                        self._guarded(self._flush_outgoing)
                     if not self._running:
                         break
                 self._fire_due_timers()
+                if self._outgoing:
+                    self._guarded(self._flush_outgoing)
         except Exception:  # only a broken poller gets here; the handlers are guarded
             logger.exception("scheduler stub: I/O thread failed")
         finally:
@@ -967,13 +976,27 @@ class SchedulerStub:
         quiet: bool = False,
     ) -> None:
         """Send ``frame`` to ``identity``, counted under ``stat`` (if any); ``what`` is the message
-        (or a result's id and status), for the log and the warnings (none if ``quiet``)."""
+        (or a result's id and status), for the log and the warnings (none if ``quiet``).
+
+        Results and confirms wait until the end of the loop turn and go out together
+        (``_flush_outgoing``: one Batch frame for a client's lot); anything else goes at
+        once, after what waits for the same client, so a client gets every message in
+        the order it was sent here."""
         # Logged and counted before the send: a peer that has the reply must find it in
-        # the log and the stats already. Taken back below if the send fails.
+        # the log and the stats already. Taken back if the send fails.
         logged = self._note("out", identity, what, len(frame)) if self._log_messages else None
         if stat is not None:
             with self._records_lock:
                 self._stats[stat] += 1
+        kind = type(what)
+        if kind is tuple or kind is TaskCancelConfirm:
+            waiting = self._outgoing.get(identity)
+            if waiting is None:
+                waiting = self._outgoing[identity] = []
+            waiting.append((stat, frame, what, logged))
+            return
+        if identity in self._outgoing:
+            self._flush_to(identity, self._outgoing.pop(identity))
         try:
             # Two sends with plain int flags: cheaper than send_multipart, and with
             # ROUTER_MANDATORY an unroutable identity fails on the first, sending nothing.
@@ -997,6 +1020,60 @@ class SchedulerStub:
                 identity,
                 exc.strerror,
             )
+
+    def _flush_outgoing(self) -> None:
+        """Send the results and confirms that wait, each client's in as few frames as
+        it takes (``Batch``es under ``MAX_FRAME_BYTES``), in order."""
+        outgoing, self._outgoing = self._outgoing, {}
+        for identity, items in outgoing.items():
+            self._flush_to(identity, items)
+
+    def _flush_to(self, identity: bytes, items: list[_Outgoing]) -> None:
+        router = self._router
+        start = 0
+        while start < len(items):
+            end, size = start, _BATCH_OVERHEAD
+            while end < len(items) and (
+                end == start or size + len(items[end][1]) + _BATCH_OVERHEAD <= MAX_FRAME_BYTES
+            ):
+                size += len(items[end][1]) + _BATCH_OVERHEAD
+                end += 1
+            if end - start == 1:
+                frame = items[start][1]
+            else:
+                frame = msgpack.packb(
+                    (PROTOCOL_VERSION, Batch.TYPE_CODE, [i[1] for i in items[start:end]])
+                )
+            try:
+                router.send(identity, _NOBLOCK_SNDMORE)
+                router.send(frame, _NOBLOCK)
+            except zmq.ZMQError as exc:
+                self._unsent(identity, items[start:], exc)
+                return
+            start = end
+
+    def _unsent(self, identity: bytes, items: list[_Outgoing], exc: zmq.ZMQError) -> None:
+        """``items`` could not be sent: take back their counts and log records."""
+        with self._records_lock:
+            for stat, _, _, logged in items:
+                if stat is not None:
+                    self._stats[stat] -= 1
+                if logged is not None:
+                    try:
+                        self._log.remove(logged)
+                    except ValueError:  # already gone from a bounded log
+                        continue
+                    self._log_cost -= logged.cost()
+            # EHOSTUNREACH: the peer is gone (ROUTER_MANDATORY).
+            self._stats["unroutable"] += len(items)
+        what = items[0][2]
+        self._warn(
+            "scheduler stub: could not send %d messages (the first a %s) to client %r: %s",
+            len(items),
+            "TaskResult" if isinstance(what, tuple) else type(what).__name__,
+            identity,
+            exc.strerror,
+        )
 
     def _note(
         self,
@@ -1052,6 +1129,15 @@ class SchedulerStub:
             logger.warning(message, *args)
         else:
             logger.debug(message, *args)
+
+
+_Outgoing = tuple[
+    "str | None", "bytes | memoryview", "Message | tuple[bytes, ResultStatus]", "LogRecord | None"
+]
+"""A message waiting to go to a client: its stat, frame, what it is, its log record."""
+
+_BATCH_OVERHEAD = 16
+"""A Batch's envelope, and a bin header per frame (at most 5 bytes): for its size."""
 
 
 def _nothing() -> None:
