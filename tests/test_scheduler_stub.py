@@ -471,6 +471,25 @@ def test_cancel_queued_task_removes_it(make_stub, connect):
     assert peer.recv() == confirm(queued, "not_found")
 
 
+def test_answers_ready_in_one_turn_go_to_the_client_as_one_batch_in_order(make_stub, connect):
+    stub = make_stub(workers=1)
+    peer = connect(stub)
+    blocker_gate = unique("blocker")
+    blocker = running_gate_task(peer, blocker_gate, "blocker")
+    queued = [peer.submit(gate_wait, unique("queued")) for _ in range(3)]
+    wait_until(lambda: stub.stats()["tasks_received"] == 4, "the tasks arrived")
+    # Three cancels in one frame: read in one turn, answered in one frame.
+    peer.socket.send(encode(Batch(tuple(encode(TaskCancel(task_id, False)) for task_id in queued))))
+    assert peer.socket.poll(int(WAIT * 1000))
+    frame = decode(peer.socket.recv())
+    assert type(frame) is Batch, frame
+    assert [item for item, _ in unbatch(frame)] == [confirm(t, "canceled") for t in queued]
+    assert stub.stats()["confirms_sent"] == 3
+    open_gate(blocker_gate)
+    assert result_value(peer.recv_result(blocker)) == "blocker"
+    assert stub.stats()["results_sent"] == 1 and stub.stats()["unroutable"] == 0
+
+
 def test_cancel_running_task_with_force_kills_its_worker_process(make_stub, connect):
     stub = make_stub(workers=1)
     peer = connect(stub)
