@@ -44,6 +44,7 @@ __all__ = [
     "decode_failure",
     "encode_failure",
     "is_pickled_by_reference",
+    "is_plain",
     "substitute_dependencies",
 ]
 
@@ -79,7 +80,13 @@ class CloudpickleSerializer:
     plain ``pickle.loads``."""
 
     def dumps(self, obj: Any) -> bytes:
-        """``cloudpickle.dumps(obj)`` at the highest pickle protocol."""
+        """``cloudpickle.dumps(obj)`` at the highest pickle protocol.
+
+        Plain data (``is_plain``: builtin scalars in builtin containers, as task
+        arguments mostly are) goes through stdlib ``pickle`` instead, which pickles it
+        the same way without building a cloudpickle pickler (most of the cost)."""
+        if is_plain(obj):
+            return pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
         return cloudpickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
 
     def loads(self, data: bytes) -> Any:
@@ -88,6 +95,36 @@ class CloudpickleSerializer:
 
 
 DEFAULT_SERIALIZER: Serializer = CloudpickleSerializer()
+
+_PLAIN_SCALARS = frozenset({type(None), bool, int, float, complex, str, bytes})
+_PLAIN_CONTAINERS = frozenset({tuple, list, dict, set, frozenset})
+_PLAIN_BUDGET = 64
+
+
+def is_plain(obj: Any) -> bool:
+    """True if ``obj`` is made of nothing but builtin scalars (exact ``None``, ``bool``,
+    ``int``, ``float``, ``complex``, ``str``, ``bytes``) in builtin containers (exact
+    ``tuple``, ``list``, ``dict``, ``set``, ``frozenset``), at most 64 objects in all
+    (larger ones are not looked through: False). Stdlib ``pickle`` and ``cloudpickle``
+    pickle such data alike: no function, class or subclass in it to send by value."""
+    budget = _PLAIN_BUDGET
+    stack = [obj]
+    while stack:
+        item = stack.pop()
+        kind = type(item)
+        if kind in _PLAIN_SCALARS:
+            continue
+        if kind not in _PLAIN_CONTAINERS:
+            return False
+        budget -= len(item)
+        if budget < 0:
+            return False
+        if kind is dict:
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        else:
+            stack.extend(item)
+    return True
 
 
 _STRING_OPS = {0x8C: 1, 0x58: 4}  # SHORT_BINUNICODE: 1-byte length; BINUNICODE: 4

@@ -13,7 +13,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from futurefsm.scheduler_stub import sample_tasks
-from futurefsm.serializer import DumpedFunctions, PickleSerializer, is_pickled_by_reference
+from futurefsm.serializer import (
+    CloudpickleSerializer,
+    DumpedFunctions,
+    PickleSerializer,
+    is_pickled_by_reference,
+    is_plain,
+)
 
 
 class CountingSerializer:
@@ -120,3 +126,55 @@ def test_the_cache_is_bounded():
     for fn in (abs, int, str, len, sample_tasks.noop):
         cache.dumps(fn)
     assert len(cache._dumped) <= 2
+
+
+# -- is_plain: plain data skips cloudpickle's pickler
+
+
+class _Int(int):
+    """An int subclass: not plain (its class would need pickling)."""
+
+
+plain_data = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False)
+    | st.text()
+    | st.binary(),
+    lambda children: (
+        st.lists(children, max_size=4)
+        | st.tuples(children, children)
+        | st.dictionaries(st.text(max_size=3), children, max_size=3)
+    ),
+    max_leaves=20,
+)
+
+
+@given(plain_data)
+def test_plain_data_pickles_as_cloudpickle_would(value):
+    assert is_plain(value)
+    data = CloudpickleSerializer().dumps(value)
+    assert pickle.loads(data) == value
+    assert data == cloudpickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def test_anything_but_plain_data_goes_to_cloudpickle():
+    def local(x):
+        return x + 1
+
+    not_plain = [
+        (local,),
+        ((lambda: 1),),
+        {"key": sample_tasks.noop},
+        [1, _Int(2)],
+        ((), {"n": range(3)}),
+        list(range(100)),  # too many to look through
+    ]
+    for value in not_plain:
+        assert not is_plain(value), value
+    loaded = pickle.loads(CloudpickleSerializer().dumps(((local,), {})))
+    assert loaded[0][0](1) == 2  # by value, as cloudpickle sends it
+    looped: list[object] = []
+    looped.append(looped)
+    assert not is_plain(looped)  # a cycle ends when the budget does
