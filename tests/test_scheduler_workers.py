@@ -607,3 +607,36 @@ def test_an_idle_worker_takes_unstarted_tasks_from_one_stuck_in_a_long_task(stub
     open_gate("batch-stuck")
     assert results(peer, 1) == {stuck: "stuck"}
     peer.close()
+
+
+def test_idle_workers_take_every_task_stuck_behind_a_long_one(stubs, context):
+    stub = stubs(workers=4)
+    peer = Peer(context, stub.address)
+    pool = stub._pool
+    deadline = time.monotonic() + WAIT
+    while len(pool._idle) < 5:  # every worker process (and the spare) is up
+        assert time.monotonic() < deadline, "worker processes did not start"
+        time.sleep(0.005)  # a polling interval inside a deadline
+    held = send_together(peer, (gate_wait, ("hold-1", 1)), (gate_wait, ("hold-2", 2)))
+    assert wait_started("hold-1", WAIT) and wait_started("hold-2", WAIT)
+    # Two tasks each for the two other workers: a long one, and one behind it.
+    behind = send_together(
+        peer,
+        (gate_wait, ("long-1",)),
+        (gate_wait, ("behind-1", "b1")),
+        (gate_wait, ("long-2",)),
+        (gate_wait, ("behind-2", "b2")),
+    )
+    assert wait_started("long-1", WAIT) and wait_started("long-2", WAIT)
+    assert sorted(len(w.entries) for w in pool._busy) == [1, 1, 2, 2], (
+        "expected the four tasks shared two by two; ProcessPool._busy moved?"
+    )
+    open_gate("hold-1")
+    open_gate("hold-2")
+    # Both freed workers take a task stuck behind a long one.
+    assert wait_started("behind-1", WAIT) and wait_started("behind-2", WAIT)
+    assert results(peer, 2) == {held[0]: 1, held[1]: 2}
+    open_gate("behind-1")
+    open_gate("behind-2")
+    assert results(peer, 2) == {behind[1]: "b1", behind[3]: "b2"}
+    peer.close()

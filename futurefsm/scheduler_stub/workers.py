@@ -520,11 +520,12 @@ class ProcessPool:
     def _pump(self) -> None:
         """Hand queued tasks to idle workers, up to ``count`` busy at once; when the
         queue is empty, an idle worker takes unstarted tasks from a busy one."""
-        idle, busy = self._idle, self._busy
-        if not self._queue and idle and len(busy) < self._count:
-            self._steal()
-        while self._queue and idle and len(busy) < self._count:
-            share = max(1, len(self._queue) // min(len(idle), self._count - len(busy)))
+        idle, busy, queue_ = self._idle, self._busy, self._queue
+        # Ends: a steal is followed by a send to an idle worker, which makes it busy.
+        while idle and len(busy) < self._count:
+            if not queue_ and not self._steal():
+                return
+            share = max(1, len(queue_) // min(len(idle), self._count - len(busy)))
             self._send_batch(idle.pop(), min(_BATCH, share))
 
     def _send_batch(self, worker: _Worker, size: int) -> None:
@@ -591,29 +592,33 @@ class ProcessPool:
             record.state = TaskState.QUEUED
         self._queue.extendleft(reversed(records))
 
-    def _steal(self) -> None:
-        """The queue is empty and a worker idle: take half of the unstarted tasks of
-        the busy worker with the most, so no task waits behind a long one while a
-        worker has nothing to do."""
-        victim = max(self._busy, key=lambda w: len(w.entries), default=None)
-        if victim is None or len(victim.entries) < 2:
-            return
-        memory = victim.slots.memory
-        victim.slots.lock()
-        try:
-            unstarted = [
-                e for e in victim.entries if e.record is not None and memory[e.slot] == QUEUED
-            ]
-            taken = []
-            for entry in unstarted[len(unstarted) // 2 :]:
-                memory[entry.slot] = TAKEN
-                record = entry.record
-                assert record is not None
-                entry.record = record.worker = None
-                taken.append(record)
-        finally:
-            victim.slots.unlock()
-        self._requeue(taken)
+    def _steal(self) -> bool:
+        """The queue is empty and a worker idle: take half of the unstarted tasks of a
+        busy worker (back to the queue; the one with most tasks first), so no task
+        waits behind a long one while a worker has nothing to do. False if no busy
+        worker had any."""
+        for victim in sorted(self._busy, key=lambda w: len(w.entries), reverse=True):
+            if len(victim.entries) < 2:
+                return False
+            memory = victim.slots.memory
+            victim.slots.lock()
+            try:
+                unstarted = [
+                    e for e in victim.entries if e.record is not None and memory[e.slot] == QUEUED
+                ]
+                taken = []
+                for entry in unstarted[len(unstarted) // 2 :]:
+                    memory[entry.slot] = TAKEN
+                    record = entry.record
+                    assert record is not None
+                    entry.record = record.worker = None
+                    taken.append(record)
+            finally:
+                victim.slots.unlock()
+            if taken:
+                self._requeue(taken)
+                return True
+        return False
 
     def _gone(self, worker: _Worker) -> None:
         """``worker``'s connection closed: its process is gone."""
