@@ -504,12 +504,10 @@ class SchedulerStub:
                         self._clients_gone(self._peers.drain())
                     else:  # a worker process's connection
                         self._guarded(pool.on_readable, item)
-                    if self._outgoing:
-                        self._guarded(self._flush_outgoing)
                     if not self._running:
                         break
                 self._fire_due_timers()
-                if self._outgoing:
+                if self._outgoing:  # once per turn: what every handler above produced
                     self._guarded(self._flush_outgoing)
         except Exception:  # only a broken poller gets here; the handlers are guarded
             logger.exception("scheduler stub: I/O thread failed")
