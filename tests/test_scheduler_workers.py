@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import select
+import shutil
 import signal
 import socket
 import subprocess
@@ -640,3 +641,48 @@ def test_idle_workers_take_every_task_stuck_behind_a_long_one(stubs, context):
     open_gate("behind-2")
     assert results(peer, 2) == {behind[1]: "b1", behind[3]: "b2"}
     peer.close()
+
+
+_FIRST_GATE_USE = """
+import os, sys, time
+from futurefsm.scheduler_stub import sample_tasks
+start, ready = sys.argv[1], sys.argv[2]
+open(ready, "w").close()
+while not os.path.exists(start):
+    time.sleep(0.0005)  # a polling interval: all the processes go at once
+print(sample_tasks._generation())
+"""
+
+
+def test_processes_using_gates_first_at_once_agree_on_one_generation(tmp_path):
+    """Regression: a worker's first gate_wait and the test's first open_gate, at once,
+    could each make a gate generation; the worker then waited on a gate opened in
+    the other one (the demo hung in 'cancel before sending' about one run in five)."""
+    from futurefsm.scheduler_stub.processes import OWNER_PID_ENV
+
+    for attempt in range(5):
+        env = {**os.environ, OWNER_PID_ENV: f"race-{os.getpid()}-{attempt}"}
+        start = tmp_path / f"go-{attempt}"
+        ready = [tmp_path / f"ready-{attempt}-{n}" for n in range(6)]
+        procs = [
+            subprocess.Popen(
+                [sys.executable, "-c", _FIRST_GATE_USE, str(start), str(path)],
+                env=env,
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+            for path in ready
+        ]
+        try:
+            deadline = time.monotonic() + 60
+            while not all(path.exists() for path in ready):  # all imported: go at once
+                assert time.monotonic() < deadline, "the processes did not start"
+                time.sleep(0.005)
+            start.touch()
+            seen = {proc.communicate(timeout=60)[0].strip() for proc in procs}
+        finally:
+            for proc in procs:
+                proc.kill()
+        assert len(seen) == 1, f"processes disagree on the gate generation: {seen}"
+        root = os.path.dirname(seen.pop())
+        shutil.rmtree(root, ignore_errors=True)

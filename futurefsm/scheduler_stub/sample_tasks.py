@@ -116,10 +116,17 @@ def _generation() -> str:
         return os.path.join(root, os.readlink(current))
     except FileNotFoundError:
         pass
-    with _lock:
+    with _lock:  # (threads of this process; other processes race below)
         os.makedirs(root, exist_ok=True)
         if not os.path.lexists(current):
-            _new_generation(root)
+            # A worker's gate_wait and the test's open_gate may both get here first.
+            # Only one link may win: a second generation would leave the worker
+            # waiting on a gate that the test opens somewhere else.
+            generation = tempfile.mkdtemp(prefix="gen-", dir=root)
+            try:
+                os.symlink(os.path.basename(generation), current)
+            except FileExistsError:
+                shutil.rmtree(generation, ignore_errors=True)
     return os.path.join(root, os.readlink(current))
 
 
