@@ -72,6 +72,7 @@ from ..protocol import (
     new_task_id,
     unbatch,
 )
+from ..scheduler_stub.security import load_secret_key
 from ..serializer import DEFAULT_SERIALIZER, DumpedFunctions, Serializer, decode_failure
 from . import Engine, EngineClient
 
@@ -145,7 +146,7 @@ class FutureFSMEngine(Engine):
         self._curve: tuple[bytes, bytes, bytes] | None = None  # public, secret, server's
         if secret_key is not None:
             assert server_key is not None
-            self._curve = (*_load_secret_key(secret_key), _load_public_key(server_key))
+            self._curve = (*load_secret_key(secret_key), _load_public_key(server_key))
         # A module-level function is pickled once, not once per task.
         self._functions = DumpedFunctions(self._serializer)
         self._stub: Any = None
@@ -600,30 +601,32 @@ class FutureFSMEngine(Engine):
                 if len(frames) != 1:
                     raise ProtocolError(f"expected 1 frame per message, got {len(frames)}")
                 message = decode(frames[0])
-                if type(message) is Batch:
-                    self._on_batch(message)
-                else:
-                    self._on_message(message)
             except ProtocolError as error:
-                self._client_count("protocol_errors")
-                self._warn("protocol error from the scheduler: %s", error)
-            except Exception:
-                LOGGER.exception("client I/O thread: failed to handle a message")
-                self._client_count("io_errors")
+                self._protocol_error(error)
+                continue
+            if type(message) is Batch:
+                # Each message of a batch in order; a bad one is counted alone.
+                for item, _ in unbatch(message):
+                    if isinstance(item, ProtocolError):
+                        self._protocol_error(item)
+                    else:
+                        self._handle(item)
+            else:
+                self._handle(message)
 
-    def _on_batch(self, batch: Batch) -> None:
-        """Handle each message of ``batch`` in order; a bad one is counted alone."""
-        for item, _ in unbatch(batch):
-            try:
-                if isinstance(item, ProtocolError):
-                    raise item
-                self._on_message(item)
-            except ProtocolError as error:
-                self._client_count("protocol_errors")
-                self._warn("protocol error from the scheduler: %s", error)
-            except Exception:
-                LOGGER.exception("client I/O thread: failed to handle a message")
-                self._client_count("io_errors")
+    def _protocol_error(self, error: ProtocolError) -> None:
+        self._client_count("protocol_errors")
+        self._warn("protocol error from the scheduler: %s", error)
+
+    def _handle(self, message: Any) -> None:
+        """``_on_message``, never raising: nothing kills the I/O thread."""
+        try:
+            self._on_message(message)
+        except ProtocolError as error:
+            self._protocol_error(error)
+        except Exception:
+            LOGGER.exception("client I/O thread: failed to handle a message")
+            self._client_count("io_errors")
 
     def _on_message(self, message: Any) -> None:
         client = self._client
@@ -681,22 +684,6 @@ class FutureFSMEngine(Engine):
             LOGGER.warning(message, *args)
         else:
             LOGGER.debug(message, *args)
-
-
-def _load_secret_key(key: str | os.PathLike[str] | tuple[bytes, bytes]) -> tuple[bytes, bytes]:
-    """This client's ``(public, secret)`` Z85 keys, from a ``.key_secret`` file or a pair."""
-    if isinstance(key, tuple):
-        return key
-    try:
-        public, secret = zmq.auth.load_certificate(key)
-    except (OSError, ValueError) as error:
-        raise ValueError(f"secret_key {os.fspath(key)!r}: cannot read it: {error}") from error
-    if secret is None:
-        raise ValueError(
-            f"secret_key {os.fspath(key)!r} holds only a public key (pass this client's "
-            "NAME.key_secret, as written by `futurefsm keygen`)"
-        )
-    return public, secret
 
 
 def _load_public_key(key: str | os.PathLike[str] | bytes) -> bytes:
