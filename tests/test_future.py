@@ -597,14 +597,46 @@ def _tracked_objects_per_future(make, count=1000):
     return (after - before - 1) / count  # the list ``keep`` itself is tracked too
 
 
-def test_a_running_future_allocates_few_objects_the_gc_tracks(transport):
+def test_a_live_future_is_one_object_the_gc_tracks(transport):
     # A stdlib Future tracks about eleven (a Condition with its dict, deque and bound
     # methods, two lists); with 100,000 futures alive every full collection walks
-    # them all. A TaskFuture tracks itself, its lock (the C RLock is tracked), its
-    # history list and that list's one entry ("sent").
-    tracked = _tracked_objects_per_future(lambda: running(transport))
-    assert tracked <= 4.01, tracked
-    assert _tracked_objects_per_future(cf.Future) > 2.5 * tracked  # what it replaces
+    # them all. A TaskFuture tracks itself only: it is its own lock, and its history
+    # is bytes.
+    def finished():
+        future = running(transport)
+        future.recv_result(1)
+        return future
+
+    for make in (lambda: running(transport), finished):
+        tracked = _tracked_objects_per_future(make)
+        assert tracked <= 1.01, tracked
+    assert _tracked_objects_per_future(cf.Future) > 8  # what it replaces
+
+
+def test_nothing_a_live_future_points_to_is_its_own_tracked_object(transport):
+    # What the collector walks from a future: only objects every future shares
+    # (its transport, enum members, its type), none of its own.
+    first, second = running(transport), running(transport)
+    first.recv_result(1)
+    second.recv_result(1)
+    shared = {id(referent) for referent in gc.get_referents(second)}
+    own = [
+        referent
+        for referent in gc.get_referents(first)
+        if gc.is_tracked(referent) and id(referent) not in shared
+    ]
+    assert own == []
+
+
+def test_the_future_is_its_own_lock_under_its_condition(transport):
+    future = running(transport)
+    assert future._condition._lock is future
+    with future._condition:
+        assert future._is_owned()
+        # Reentrant, as the stdlib's (an RLock): wait() may take it again.
+        with future:
+            pass
+    assert not future._is_owned()
 
 
 def test_condition_and_lists_are_created_only_for_a_waiter(transport):

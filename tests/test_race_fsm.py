@@ -105,7 +105,7 @@ class FSMMachine(RuleBasedStateMachine):
     def fire(self, model: FSMModel, trigger: Trigger) -> None:
         source = model.state
         before = {id(m): m.state for m in self.all}
-        length = len(model.fsm_history)
+        length = len(model.history)
         cell = model.fire(trigger)
         dest, effect, outcome = spec_cell(source, trigger)
         assert (cell.dest, cell.effect, cell.outcome) == (dest, effect, outcome)
@@ -118,11 +118,12 @@ class FSMMachine(RuleBasedStateMachine):
         }
         # A state change is always recorded, and so is anything while the history is
         # short; a self-loop (stale, or a no-op user cancel) in a long history never is.
-        recorded = len(model.fsm_history) == length + 1
-        assert len(model.fsm_history) in (length, length + 1)
+        history = model.history
+        recorded = len(history) == length + 1
+        assert len(history) in (length, length + 1)
         assert recorded == (dest is not source or length < HISTORY_SELF_LOOP_LIMIT)
         if recorded:
-            _, fired, entry_source, entry_dest = model.fsm_history[-1]
+            _, fired, entry_source, entry_dest = history[-1]
             assert (fired, entry_source, entry_dest) == (trigger, source, dest)
         self.expected[id(model)] = dest
 
@@ -142,8 +143,8 @@ class FSMMachine(RuleBasedStateMachine):
     def histories_walk_the_table_with_one_terminal_transition(self) -> None:
         for model in self.all:
             start = self.started[id(model)]
-            check_history("model", model.fsm_history, model.state, start)
-            for _, trigger, source, _ in model.fsm_history[HISTORY_SELF_LOOP_LIMIT:]:
+            check_history("model", model.history, model.state, start)
+            for _, trigger, source, _ in model.history[HISTORY_SELF_LOOP_LIMIT:]:
                 assert TRANSITION_TABLE[source, trigger].effect is not Effect.STALE
 
 
@@ -156,4 +157,4 @@ def test_no_op_user_cancels_do_not_grow_the_history_without_bound() -> None:
         model = FSMModel(state)
         for _ in range(10 * HISTORY_SELF_LOOP_LIMIT):
             model.fire(T.USER_CANCEL)
-        assert len(model.fsm_history) <= HISTORY_SELF_LOOP_LIMIT, (state, len(model.fsm_history))
+        assert len(model.history) <= HISTORY_SELF_LOOP_LIMIT, (state, len(model.history))
