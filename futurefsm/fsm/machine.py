@@ -87,8 +87,12 @@ class _TableTransition(Transition):
         self.dest_state = FutureState[dest] if dest is not None else None
 
     def execute(self, event_data: EventData) -> bool:
+        return self.apply(event_data.model)
+
+    def apply(self, model: Any) -> bool:
+        """Move ``model`` to this transition's destination (a self-loop leaves it)."""
         if self.dest_state is not None:
-            event_data.model.state = self.dest_state
+            model.state = self.dest_state
         return True
 
     def add_callback(self, trigger: str, func: Any) -> None:
@@ -96,15 +100,24 @@ class _TableTransition(Transition):
 
 
 class _TableEvent(Event):
-    """An event whose (state -> transition) lookup is one dict access: the table is total."""
+    """An event whose (state -> transition) lookup is one dict access: the table is total.
+
+    Its transitions carry no callbacks or conditions, so firing one needs no
+    ``EventData``: the transition found for the model's state applies itself.
+    ``by_state`` maps each ``FutureState`` to it (filled in once the machine is built).
+    """
+
+    def __init__(self, name: str, machine: Machine) -> None:
+        super().__init__(name, machine)
+        self.by_state: dict[FutureState, _TableTransition] = {}
 
     def trigger(self, model: Any, *args: Any, **kwargs: Any) -> bool:
-        source = model.state
-        candidates = self.transitions.get(source.name)
-        if not candidates:
-            raise MachineError(f"trigger {self.name!r} is not defined in state {source.value!r}")
-        state = self.machine.states[source.name]
-        return candidates[0].execute(EventData(state, self, self.machine, model, args, kwargs))
+        transition = self.by_state.get(model.state)
+        if transition is None:
+            raise MachineError(
+                f"trigger {self.name!r} is not defined in state {model.state.value!r}"
+            )
+        return transition.apply(model)
 
 
 class FutureMachine(Machine):
@@ -134,7 +147,13 @@ MACHINE = FutureMachine(
 )
 """The shared machine. Models are never added to it; see the module docstring."""
 
-_EVENTS: dict[Trigger, Event] = {trigger: MACHINE.events[trigger.value] for trigger in Trigger}
+_EVENTS: dict[Trigger, _TableEvent] = {
+    trigger: MACHINE.events[trigger.value] for trigger in Trigger
+}
+for _event in _EVENTS.values():
+    _event.by_state.update(
+        (FutureState[name], candidates[0]) for name, candidates in _event.transitions.items()
+    )
 _monotonic = time.monotonic
 
 # The packed history (module docstring): 8 bytes of time, then three one-byte codes.
