@@ -56,6 +56,7 @@ __all__ = [
     "batch_frames",
     "decode",
     "encode",
+    "encode_task",
     "new_task_id",
     "unbatch",
 ]
@@ -440,6 +441,29 @@ def encode(message: Message) -> bytes:
     if len(frame) > MAX_FRAME_BYTES:
         raise _size_error(len(frame))
     return frame
+
+
+_TASK_HEAD = (PROTOCOL_VERSION, Task.TYPE_CODE)
+
+
+def encode_task(task_id: bytes, function: bytes, args: bytes) -> bytes:
+    """``encode(Task(task_id, function, args))``, byte for byte, without building the
+    Task: the submit path's frame (a plain Task, in no graph).
+
+    Fields of the wrong type or size take the long way, so the error is the one the
+    ``Task`` constructor raises, naming the field.
+    """
+    if (
+        type(task_id) is bytes
+        and len(task_id) == TASK_ID_BYTES
+        and type(function) is bytes
+        and type(args) is bytes
+    ):
+        frame = msgpack.packb((*_TASK_HEAD, task_id, function, args, None, ()))
+        if len(frame) > MAX_FRAME_BYTES:
+            raise _size_error(len(frame))
+        return frame
+    return encode(Task(task_id, function, args))
 
 
 def decode(frame: bytes | bytearray | memoryview) -> Message:

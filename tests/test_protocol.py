@@ -639,3 +639,35 @@ def test_batch_fields_are_validated(frames: Any, what: str) -> None:
         decode(raw(PROTOCOL_VERSION, Batch.TYPE_CODE, frames))
     with pytest.raises(ProtocolError, match=r"Batch\.frames: expected a non-empty tuple"):
         Batch([b"x"])  # type: ignore[arg-type]
+
+
+@given(
+    task_id=st.binary(min_size=16, max_size=16),
+    function=st.binary(max_size=200),
+    args=st.binary(max_size=200),
+)
+def test_encode_task_is_encode_of_a_task_byte_for_byte(
+    task_id: bytes, function: bytes, args: bytes
+) -> None:
+    frame = protocol.encode_task(task_id, function, args)
+    assert frame == encode(Task(task_id, function, args))
+    assert decode(frame) == Task(task_id, function, args)
+
+
+@pytest.mark.parametrize(
+    ("fields", "match"),
+    [
+        ((b"short", b"f", b"a"), "Task.task_id"),
+        ((b"i" * 16, "not bytes", b"a"), "Task.function"),
+        ((b"i" * 16, b"f", bytearray(b"a")), "Task.args"),
+    ],
+)
+def test_encode_task_names_a_bad_field(fields: tuple[Any, ...], match: str) -> None:
+    with pytest.raises(ProtocolError, match=match):
+        protocol.encode_task(*fields)
+
+
+def test_encode_task_refuses_an_oversized_frame(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(protocol, "MAX_FRAME_BYTES", 100)
+    with pytest.raises(ProtocolError, match="exceeds the 100-byte limit"):
+        protocol.encode_task(b"i" * 16, b"f" * 100, b"")

@@ -46,8 +46,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Hashable, Mapping
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import zmq
 import zmq.auth
@@ -69,6 +68,7 @@ from ..protocol import (
     batch_frames,
     decode,
     encode,
+    encode_task,
     new_task_id,
     unbatch,
 )
@@ -104,8 +104,7 @@ _KEY_HINT = (
 )
 
 
-@dataclass(frozen=True, slots=True)
-class PreparedTask:
+class PreparedTask(NamedTuple):
     """A Task encoded in the submitting thread, ready for the I/O thread to send."""
 
     task_id: bytes
@@ -237,7 +236,7 @@ class FutureFSMEngine(Engine):
         """Serialize the call and encode its Task (in the submitting thread)."""
         function, arguments = self._serialize_call(fn, args, kwargs)
         task_id = new_task_id()
-        return PreparedTask(task_id, encode(Task(task_id, function, arguments, None, ())))
+        return PreparedTask(task_id, encode_task(task_id, function, arguments))
 
     def prepare_graph(
         self, graph: Mapping[Hashable, Any], order: list[Hashable], group_id: bytes
