@@ -151,9 +151,11 @@ class Client(cf.Executor):
         self._submit_lock = threading.Lock()
         self._closed = False
         self._lifecycle_lock = threading.Lock()
+        # Counted under _submit_lock, which submit() holds anyway: the submitting
+        # thread never waits for _stats_lock, which the I/O thread takes per result.
+        self._submitted = 0
         self._stats_lock = threading.Lock()
         self._stats: dict[str, Any] = {
-            "submitted": 0,
             "completed": 0,
             "failed": 0,
             "cancelled": dict.fromkeys((outcome.value for outcome in CancelOutcome), 0),
@@ -200,8 +202,7 @@ class Client(cf.Executor):
     def _register(self, future: TaskFuture) -> None:
         """Register ``future`` (``_submit_lock`` held), before its task is sent."""
         self.futures[future.task_id] = future
-        with self._stats_lock:
-            self._stats["submitted"] += 1
+        self._submitted += 1
 
     def map(
         self,
@@ -357,8 +358,11 @@ class Client(cf.Executor):
         """Counters: submitted, completed, failed, cancelled (by outcome), stale
         messages, protocol errors, I/O errors, connection losses, and in flight."""
         with self._stats_lock:
-            snapshot = dict(self._stats)
+            snapshot = {"submitted": 0, **self._stats}
             snapshot["cancelled"] = dict(self._stats["cancelled"])
+        # Read after the others: a future is counted submitted before it can end, so
+        # the snapshot never shows more ended than submitted.
+        snapshot["submitted"] = self._submitted
         snapshot["in_flight"] = len(self.futures)
         return snapshot
 
