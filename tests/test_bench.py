@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import time
+
 import pytest
 
 from futurefsm.bench import e2e, engines, fsm
@@ -27,6 +32,10 @@ def test_e2e_benchmark_measures_every_figure(capsys):
     assert bar.n == e2e.STAGES  # main's bar counts every stage measure() runs
     assert "bench e2e: 100%" in capsys.readouterr().err
     assert figures["echo_sequential_per_s"] > 0 and figures["tasks_per_s"] > 0
+    cpu = figures["cpu_us_per_task"]
+    assert cpu["client"] > 0
+    if sys.platform == "linux":  # the scheduler's side is read from /proc (10 ms ticks)
+        assert cpu["scheduler"] >= 0 and cpu["workers"] >= 0
     # The denominator is the pipelined echo; the sequential one is shown for scale.
     assert figures["tasks_vs_pipelined"] == figures["tasks_per_s"] / figures["echo_pipelined_per_s"]
     assert figures["submit_few_us"] > 0 and figures["submit_many_us"] > 0
@@ -60,3 +69,23 @@ def test_engines_benchmark_measures_scaler_against_its_own_client():
     assert figures["ratio"] == figures["ours_s"] / figures["own_s"]
     # Both cancels are Scaler's process kill: seconds, not milliseconds.
     assert figures["own_cancel_ms"] > 100 and figures["our_cancel_ms"] > 100
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="reads /proc")
+def test_cpu_of_a_process_and_its_descendants_is_read_from_proc():
+    before = e2e._cpu_seconds(os.getpid())
+    start = time.process_time()
+    while time.process_time() - start < 0.3:  # burn CPU in this process
+        pass
+    assert before is not None
+    assert e2e._cpu_seconds(os.getpid()) - before >= 0.2
+    child = subprocess.Popen(
+        [sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE
+    )
+    try:
+        assert child.pid in e2e._descendants(os.getpid())
+        own, descendants = e2e._scheduler_cpu(os.getpid())
+        assert own >= 0.2 and descendants >= 0
+    finally:
+        child.communicate(b"")
+    assert e2e._cpu_seconds(child.pid) is None  # gone: nothing to read

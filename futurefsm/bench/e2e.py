@@ -141,20 +141,78 @@ def _echo_rates(address: str, count: int) -> tuple[float, float]:
 
 @contextmanager
 def _scheduler_process(workers: int, *, kill: bool = False) -> Iterator[str]:
-    address = f"tcp://127.0.0.1:{_free_port()}"
-    args = [sys.executable, "-m", "futurefsm", "scheduler", "--address", address]
-    with _process([*args, "--workers", str(workers)], "listening", kill=kill):
+    with _scheduler_process_and_pid(workers, kill=kill) as (address, _):
         yield address
 
 
-def _task_rate(address: str, count: int) -> float:
+@contextmanager
+def _scheduler_process_and_pid(workers: int, *, kill: bool = False) -> Iterator[tuple[str, int]]:
+    address = f"tcp://127.0.0.1:{_free_port()}"
+    args = [sys.executable, "-m", "futurefsm", "scheduler", "--address", address]
+    with _process([*args, "--workers", str(workers)], "listening", kill=kill) as process:
+        yield address, process.pid
+
+
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def _cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds of ``pid`` so far, from ``/proc`` (None elsewhere)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rpartition(")")[2].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS  # utime, stime
+
+
+def _descendants(pid: int) -> list[int]:
+    """The live descendants of ``pid`` (Linux ``/proc``; empty elsewhere)."""
+    found: list[int] = []
+    try:
+        threads = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return found
+    for thread in threads:
+        try:
+            with open(f"/proc/{pid}/task/{thread}/children") as children:
+                pids = [int(child) for child in children.read().split()]
+        except OSError:
+            continue
+        for child in pids:
+            found.append(child)
+            found.extend(_descendants(child))
+    return found
+
+
+def _scheduler_cpu(pid: int) -> tuple[float, float] | None:
+    """(the scheduler's CPU seconds, its descendants': the zygote and the workers)."""
+    own = _cpu_seconds(pid)
+    if own is None:
+        return None
+    return own, sum(_cpu_seconds(child) or 0.0 for child in _descendants(pid))
+
+
+def _task_rate(address: str, count: int, pid: int | None = None) -> tuple[float, list[float]]:
+    """(no-op tasks per second, CPU microseconds per task of [client, scheduler,
+    workers]; the last two empty without ``pid`` or ``/proc``)."""
     with Client(address) as client:
         client.submit(tasks.noop).result(30)  # connected and warm
+        scheduler_before = None if pid is None else _scheduler_cpu(pid)
+        client_before = time.process_time()
         start = time.perf_counter()
         futures = [client.submit(tasks.noop) for _ in range(count)]
         for future in futures:
             future.result(60)
-        return count / (time.perf_counter() - start)
+        rate = count / (time.perf_counter() - start)
+        cpu = [(time.process_time() - client_before) / count * 1e6]
+        scheduler_after = None if pid is None else _scheduler_cpu(pid)
+        if scheduler_before is not None and scheduler_after is not None:
+            cpu += [
+                (after - before) / count * 1e6
+                for before, after in zip(scheduler_before, scheduler_after, strict=True)
+            ]
+        return rate, cpu
 
 
 @stage
@@ -274,17 +332,21 @@ def _bytes_per_live_future(address: str, count: int) -> float:
 
 
 @stage
-def _throughput(tasks_count: int, rounds: int) -> tuple[float, float, float]:
+def _throughput(tasks_count: int, rounds: int) -> tuple[float, float, float, list[float]]:
     """(sequential echo, pipelined echo, tasks) per second: echo and tasks measured
-    alternately, ``rounds`` times, best of each."""
+    alternately, ``rounds`` times, best of each; and the CPU microseconds per task
+    (client, scheduler, its workers) of the best task round."""
     sequential = pipelined = rate = 0.0
-    with _echo_server() as echo_address, _scheduler_process(workers=2) as address:
+    cpu: list[float] = []
+    with _echo_server() as echo_address, _scheduler_process_and_pid(workers=2) as (address, pid):
         for _ in range(rounds):
             round_sequential, round_pipelined = _echo_rates(echo_address, tasks_count)
             sequential = max(sequential, round_sequential)
             pipelined = max(pipelined, round_pipelined)
-            rate = max(rate, _task_rate(address, tasks_count))
-    return sequential, pipelined, rate
+            round_rate, round_cpu = _task_rate(address, tasks_count, pid)
+            if round_rate > rate:
+                rate, cpu = round_rate, round_cpu
+    return sequential, pipelined, rate, cpu
 
 
 @stage
@@ -308,7 +370,7 @@ def measure(
     alive: tuple[int, int] = (2_000, 100_000),
 ) -> dict[str, float]:
     """Run every measurement; return the figures."""
-    sequential, pipelined, rate = _throughput(tasks_count, rounds)
+    sequential, pipelined, rate, cpu = _throughput(tasks_count, rounds)
     few, many = alive
     submit_few, submit_many, memory_ours = _live_futures(alive, rounds)
     memory_stdlib = _bytes_per_object(_running_stdlib_future, 20_000)
@@ -325,6 +387,7 @@ def measure(
         "tasks_per_s": rate,
         "tasks_vs_pipelined": rate / pipelined,
         "tasks_vs_sequential": rate / sequential,
+        "cpu_us_per_task": dict(zip(("client", "scheduler", "workers"), cpu, strict=False)),
         "alive_few": few,
         "alive_many": many,
         "submit_few_us": submit_few * 1e6,
@@ -360,6 +423,13 @@ def main(quick: bool = False) -> int:
     ratio = figures["tasks_vs_pipelined"]
     print(f"tasks / pipelined echo:  {ratio:.2f}x   target >= 0.5x {verdict(ratio >= 0.5)}")
     print(f"tasks / sequential echo: {figures['tasks_vs_sequential']:.2f}x   (for scale)")
+    cpu = figures["cpu_us_per_task"]
+    if cpu:
+        print(
+            "CPU per task: "
+            + ", ".join(f"{name} {microseconds:.1f} us" for name, microseconds in cpu.items())
+            + " (all processes share this machine's cores)"
+        )
     few, many = figures["alive_few"], figures["alive_many"]
     ratio = figures["submit_alive_ratio"]
     print(
