@@ -200,9 +200,9 @@ class TaskFuture(_base.Future, _thread.RLock):
     def _fire(
         self,
         trigger: Trigger,
-        *,
         result: Any = None,
         exception: BaseException | None = None,
+        *,
         deadline: float = 0.0,
         force: bool = True,
     ) -> Cell:
@@ -210,7 +210,7 @@ class TaskFuture(_base.Future, _thread.RLock):
         with self:
             source = self.state
             cell = fire(self, trigger)
-            dest = self.state
+            dest = cell.dest
             if dest is not source:
                 if cell.outcome is not None:
                     self.cancel_outcome = cell.outcome
@@ -235,7 +235,8 @@ class TaskFuture(_base.Future, _thread.RLock):
         elif cell.effect is Effect.STALE:
             LOGGER.debug("stale %s on %r", trigger.value, self)
         if dest is not source and dest in TERMINAL_STATES:
-            self._invoke_callbacks()
+            if self._done_callbacks:
+                self._invoke_callbacks()
             self._transport.release(self)
         return cell
 
@@ -283,7 +284,7 @@ class TaskFuture(_base.Future, _thread.RLock):
 
         ``exception`` set means the task failed (or its worker died) with it.
         """
-        return self._fire(Trigger.RECV_RESULT, result=result, exception=exception)
+        return self._fire(Trigger.RECV_RESULT, result, exception)
 
     def recv_cancel_confirm(self, kind: str) -> Cell:
         """Trigger the ``recv_confirm_*`` matching ``kind`` (a ``ConfirmKind`` value)."""

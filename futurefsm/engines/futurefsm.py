@@ -605,11 +605,12 @@ class FutureFSMEngine(Engine):
                 continue
             if type(message) is Batch:
                 # Each message of a batch in order; a bad one is counted alone.
+                handle = self._handle
                 for item, _ in unbatch(message):
-                    if isinstance(item, ProtocolError):
+                    if type(item) is ProtocolError:
                         self._protocol_error(item)
                     else:
-                        self._handle(item)
+                        handle(item)
             else:
                 self._handle(message)
 
@@ -630,13 +631,12 @@ class FutureFSMEngine(Engine):
     def _on_message(self, message: Any) -> None:
         client = self._client
         assert client is not None
-        if isinstance(message, TaskResult):
+        if type(message) is TaskResult:
             future = client.futures.get(message.task_id)
             if future is None:
                 client.stale(message)
                 return
-            result, exception = self._unpack_result(message)
-            cell = future.recv_result(result, exception)
+            cell = future.recv_result(*self._unpack_result(message))
         elif isinstance(message, TaskCancelConfirm):
             future = client.futures.get(message.task_id)
             if future is None:

@@ -161,9 +161,11 @@ _TRIGGERS = tuple(Trigger)
 _STATES = tuple(FutureState)
 _ENTRY = struct.Struct("=dBBB")
 _pack_time = struct.Struct("=d").pack
-_CODES: dict[tuple[FutureState, Trigger], bytes] = {
-    (source, trigger): bytes(
-        (_TRIGGERS.index(trigger), _STATES.index(source), _STATES.index(cell.dest))
+# Per (state, trigger): the table's cell and the codes its history entry ends with.
+_CELLS: dict[tuple[FutureState, Trigger], tuple[Cell, bytes]] = {
+    (source, trigger): (
+        cell,
+        bytes((_TRIGGERS.index(trigger), _STATES.index(source), _STATES.index(cell.dest))),
     )
     for (source, trigger), cell in TRANSITION_TABLE.items()
 }
@@ -178,11 +180,11 @@ def fire(model: Model, trigger: Trigger) -> Cell:
     raises for a valid state and trigger.
     """
     source = model.state
-    cell = TRANSITION_TABLE[source, trigger]
+    cell, codes = _CELLS[source, trigger]
     _EVENTS[trigger].trigger(model)
     history = model.fsm_history
     if cell.dest is not source or len(history) < _SELF_LOOP_LIMIT_BYTES:
-        model.fsm_history = history + _pack_time(_monotonic()) + _CODES[source, trigger]
+        model.fsm_history = history + _pack_time(_monotonic()) + codes
     return cell
 
 
