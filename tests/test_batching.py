@@ -71,3 +71,74 @@ def test_tasks_submitted_while_the_io_thread_is_busy_go_out_in_one_batch():
         client.close()
         router.close(linger=0)
         context.term()
+
+
+def _raw_scheduler() -> tuple[zmq.Context[Any], zmq.Socket[Any], str]:
+    context: zmq.Context[Any] = zmq.Context()
+    router = context.socket(zmq.ROUTER)
+    router.setsockopt(zmq.LINGER, 0)
+    port = router.bind_to_random_port("tcp://127.0.0.1")
+    return context, router, f"tcp://127.0.0.1:{port}"
+
+
+def test_a_submitter_that_fills_the_outbox_waits_for_the_io_thread_to_take_it(monkeypatch):
+    # A tight submit loop holds the GIL; past _OUTBOX_HANDOFF queued items the
+    # submitter waits for the I/O thread to drain the outbox. The I/O thread must
+    # say so each time: with the wait made 60 s long, a missed signal would stall.
+    from futurefsm.engines import futurefsm as engine
+
+    monkeypatch.setattr(engine, "_OUTBOX_HANDOFF", 64)
+    monkeypatch.setattr(engine, "_HAND_OFF_WAIT", 60.0)
+    context, router, address = _raw_scheduler()
+    client = Client(address, connection_timeout=DEADLINE, cancel_timeout=0.2)
+    futures: list[Any] = []
+    try:
+        submitter = threading.Thread(
+            target=lambda: futures.extend(client.submit(tasks.noop) for _ in range(640))
+        )
+        submitter.start()
+        received: list[Task] = []
+        while len(received) < 640:
+            received.extend(_next_tasks(router)[2])
+        submitter.join(DEADLINE)
+        assert not submitter.is_alive(), "a submitter waited for a drain it was not told of"
+        assert [t.task_id for t in received] == [f.task_id for f in futures]
+    finally:
+        client.close()
+        router.close(linger=0)
+        context.term()
+
+
+def test_the_io_thread_never_waits_for_itself_to_drain_the_outbox(monkeypatch):
+    # A done-callback runs on the I/O thread: its submits must not wait for that
+    # thread to drain the outbox (it would wait out every hand-off).
+    from futurefsm.engines import futurefsm as engine
+
+    monkeypatch.setattr(engine, "_OUTBOX_HANDOFF", 4)
+    monkeypatch.setattr(engine, "_HAND_OFF_WAIT", 60.0)
+    context, router, address = _raw_scheduler()
+    client = Client(address, connection_timeout=DEADLINE, cancel_timeout=0.2)
+    burst: list[Any] = []
+    submitted = threading.Event()
+
+    def submit_a_burst(_future: Any) -> None:
+        burst.extend(client.submit(tasks.echo, n) for n in range(40))
+        submitted.set()
+
+    try:
+        first = client.submit(tasks.noop)
+        first.add_done_callback(submit_a_burst)
+        identity, _, (task,) = _next_tasks(router)
+        payload = DEFAULT_SERIALIZER.dumps(None)
+        router.send_multipart(
+            [identity, encode(TaskResult(task.task_id, ResultStatus.SUCCESS, payload))]
+        )
+        assert submitted.wait(DEADLINE), "the I/O thread waited for itself"
+        received: list[Task] = []
+        while len(received) < 40:
+            received.extend(_next_tasks(router)[2])
+        assert [t.task_id for t in received] == [f.task_id for f in burst]
+    finally:
+        client.close()
+        router.close(linger=0)
+        context.term()

@@ -84,6 +84,8 @@ __all__ = ["FutureFSMEngine", "PreparedTask"]
 LOGGER = logging.getLogger("futurefsm.client")
 
 _NOBLOCK = int(zmq.NOBLOCK)  # a plain int: pyzmq's flag enums cost time per call
+_OUTBOX_HANDOFF = 512  # queued items at which a submitter lets the I/O thread in
+_HAND_OFF_WAIT = 0.005  # seconds a submitter waits for that, at most
 _MAX_INBOUND_BATCH = 1000  # messages handled per poll before the outbox gets a turn
 _LOUD_PROTOCOL_ERRORS = 10  # warnings before protocol errors drop to debug level
 _CLOSE_LINGER_MS = 50  # how long a closing client lets its Disconnect go out
@@ -165,6 +167,7 @@ class FutureFSMEngine(Engine):
         self.address = address
         self._client: EngineClient | None = None
         self._outbox: collections.deque[tuple[Any, ...]] = collections.deque()
+        self._outbox_drained = threading.Event()  # see _hand_off
         self._wake_pending = False
         self._closed = False
         self._close_lock = threading.Lock()
@@ -234,9 +237,30 @@ class FutureFSMEngine(Engine):
         self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> PreparedTask:
         """Serialize the call and encode its Task (in the submitting thread)."""
+        if len(self._outbox) >= _OUTBOX_HANDOFF:
+            self._hand_off()
         function, arguments = self._serialize_call(fn, args, kwargs)
         task_id = new_task_id()
         return PreparedTask(task_id, encode_task(task_id, function, arguments))
+
+    def _hand_off(self) -> None:
+        """Let the I/O thread take the outbox before queueing more.
+
+        A thread that submits in a tight loop holds the GIL; the I/O thread then gets
+        it back only every switch interval (5 ms), and again after each ZeroMQ call,
+        so Tasks go out in rare large bursts and the scheduler idles in between.
+        Waiting here, on an event the I/O thread sets once it has drained the outbox,
+        hands it the GIL at once. Bounded, and never on the I/O thread itself (it is
+        the one that would set the event)."""
+        if self.on_io_thread():
+            return
+        # The outbox is not empty, so the I/O thread has been woken already. Checked
+        # again after the clear: a drain that finished just before it set the event
+        # for nothing, and the next one comes only after more submits.
+        drained = self._outbox_drained
+        drained.clear()
+        if len(self._outbox) >= _OUTBOX_HANDOFF:
+            drained.wait(_HAND_OFF_WAIT)
 
     def prepare_graph(
         self, graph: Mapping[Hashable, Any], order: list[Hashable], group_id: bytes
@@ -537,8 +561,10 @@ class FutureFSMEngine(Engine):
                         self._send(encode(Disconnect()))
                     except zmq.ZMQError:
                         pass
+                self._outbox_drained.set()
                 return False
             held.append((now, item))
+        self._outbox_drained.set()
         return True
 
     def _flush_held_best_effort(self) -> None:
