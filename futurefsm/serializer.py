@@ -109,21 +109,25 @@ def is_plain(obj: Any) -> bool:
     pickle such data alike: no function, class or subclass in it to send by value."""
     budget = _PLAIN_BUDGET
     stack = [obj]
+    pop, extend = stack.pop, stack.extend
+    scalars, containers = _PLAIN_SCALARS, _PLAIN_CONTAINERS
     while stack:
-        item = stack.pop()
+        item = pop()
         kind = type(item)
-        if kind in _PLAIN_SCALARS:
+        if kind in scalars:
             continue
-        if kind not in _PLAIN_CONTAINERS:
+        if kind not in containers:
             return False
+        if not item:
+            continue
         budget -= len(item)
         if budget < 0:
             return False
         if kind is dict:
-            stack.extend(item.keys())
-            stack.extend(item.values())
+            extend(item.keys())
+            extend(item.values())
         else:
-            stack.extend(item)
+            extend(item)
     return True
 
 
