@@ -559,9 +559,10 @@ def test_live_future_is_held_by_the_transport(transport):
 
 
 def _wait_until_blocked_on(condition, deadline=DEADLINE):
-    """Poll until some thread waits on ``condition`` (stdlib internals, test only)."""
+    """Poll until some thread waits on the condition ``condition()`` returns (stdlib
+    internals, test only)."""
     end = time.monotonic() + deadline
-    while not condition._waiters:
+    while condition() is None or not condition()._waiters:
         assert time.monotonic() < end, "nobody started waiting"
         time.sleep(0.001)
 
@@ -571,7 +572,7 @@ def test_result_waiter_is_not_woken_by_non_terminal_transitions(transport):
     # request and a refused cancel must not wake it into a spurious TimeoutError.
     future = transport.create_future()
     waiting = in_thread(future.result, timeout=DEADLINE)
-    _wait_until_blocked_on(future._condition)
+    _wait_until_blocked_on(lambda: future._cond)
     transport.send_task(future)
     future.cancel(wait=False)
     future.recv_cancel_confirm("cancel_failed")
@@ -630,7 +631,7 @@ def test_nothing_a_live_future_points_to_is_its_own_tracked_object(transport):
 
 def test_the_future_is_its_own_lock_under_its_condition(transport):
     future = running(transport)
-    assert future._condition._lock is future
+    assert future._condition is future
     with future._condition:
         assert future._is_owned()
         # Reentrant, as the stdlib's (an RLock): wait() may take it again.
@@ -660,17 +661,46 @@ def test_condition_and_lists_are_created_only_for_a_waiter(transport):
     assert future.done() and future.result() == "value" and future._cond is None
 
 
-def test_a_condition_asked_for_by_many_threads_at_once_is_one_condition(transport):
+def test_many_threads_waiting_at_once_share_one_condition_and_all_wake(transport):
     future = running(transport)
     start = threading.Barrier(8)
 
-    def condition():
+    def wait_for_it():
         start.wait(DEADLINE)
-        return future._condition
+        return future.result(DEADLINE)
 
-    conditions = [in_thread(condition) for _ in range(8)]
-    got = {id(outcome.result(DEADLINE)) for outcome in conditions}
-    assert got == {id(future._condition)}
+    waiting = [in_thread(wait_for_it) for _ in range(8)]
+    end = time.monotonic() + DEADLINE
+    while future._cond is None or len(future._cond._waiters) < 8:
+        assert time.monotonic() < end, "the waiters did not all park on one condition"
+        time.sleep(0.001)
+    future.recv_result("value")
+    assert [outcome.result(DEADLINE) for outcome in waiting] == ["value"] * 8
+    assert future._cond is None
+
+
+def test_wait_and_as_completed_build_no_condition(transport):
+    # They only take the future's lock around a look at it: no threading.Condition.
+    futures = [running(transport) for _ in range(3)]
+    assert all(future._condition is future for future in futures)
+    futures[0].recv_result(0)
+    done, not_done = cf.wait(futures, timeout=0)
+    assert done == {futures[0]} and len(not_done) == 2
+    later = in_thread(lambda: [f.result() for f in cf.as_completed(futures, timeout=DEADLINE)])
+    futures[2].recv_result(2)
+    futures[1].recv_result(1)
+    assert sorted(later.result(DEADLINE)) == [0, 1, 2]
+    assert all(future._cond is None for future in futures)
+
+
+def test_result_times_out_as_the_stdlib_does(transport):
+    future = running(transport)
+    with pytest.raises(cf.TimeoutError):
+        future.result(timeout=0)
+    with pytest.raises(cf.TimeoutError):
+        future.exception(timeout=0.01)
+    future.recv_result(None, ValueError("boom"))
+    assert isinstance(future.exception(timeout=0), ValueError)
 
 
 def test_result_of_a_failed_future_leaves_no_reference_cycle(transport):

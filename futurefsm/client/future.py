@@ -1,12 +1,12 @@
 """``TaskFuture``: the ``concurrent.futures.Future`` adapter over the FSM.
 
 Every change of a TaskFuture's state is one trigger of the shared machine
-(``futurefsm.fsm.fire``), run under the future's own lock, which is also the lock of
-the stdlib's ``_condition``: the one that ``concurrent.futures.wait`` and
-``as_completed`` take to install their waiters. Under that lock the adapter keeps the
-stdlib's ``_state``, ``_result`` and ``_exception`` in step with the FSM and notifies
-waiters once, on entering a terminal state. Outside it, it carries out the cell's I/O
-effect (send a TaskCancel through the transport) and runs done-callbacks.
+(``futurefsm.fsm.fire``), run under the future's own lock, which is also the stdlib's
+``_condition``: what ``concurrent.futures.wait`` and ``as_completed`` take to install
+their waiters. Under that lock the adapter keeps the stdlib's ``_state``, ``_result``
+and ``_exception`` in step with the FSM and notifies waiters once, on entering a
+terminal state. Outside it, it carries out the cell's I/O effect (send a TaskCancel
+through the transport) and runs done-callbacks.
 
 Why the future is built lazily
 ------------------------------
@@ -17,17 +17,18 @@ allocates about eleven such objects (a ``threading.Condition`` with its dict, de
 and bound methods, two lists); a live TaskFuture one: itself. Its lock is not a
 second object: a TaskFuture *is* its lock (it subclasses the C ``_thread.RLock``, so
 ``acquire``, ``release`` and ``with future:`` are that lock; they are there for
-``threading.Condition``, not for users). Its history is ``bytes``, which the collector
-never walks (``futurefsm.fsm.machine``). The ``threading.Condition`` over the lock
-(``_condition``),
-the waiters list (``_waiters``) and the callbacks list are created on first use:
+``concurrent.futures.wait`` and ``threading.Condition``, not for users). Its history is
+``bytes``, which the collector never walks (``futurefsm.fsm.machine``).
+
 ``_condition`` and ``_waiters`` are properties, so ``concurrent.futures.wait``,
 ``as_completed`` and anything else written against the stdlib's private fields find
-what they expect. ``result()``, ``exception()``, ``done()`` and ``running()`` read a
-terminal state without taking the lock (terminal states are final, and ``_result`` /
-``_exception`` are stored before ``_state`` announces them), so only a caller that
-really has to wait creates the condition, and a future that enters a terminal state
-drops it again, after notifying it.
+what they expect: ``_condition`` is the future itself (they only take and release
+it), and the waiters list is created on first use, as is the callbacks list.
+``result()``, ``exception()``, ``done()`` and ``running()`` read a terminal state
+without taking the lock (terminal states are final, and ``_result`` / ``_exception``
+are stored before ``_state`` announces them). Only a caller that really has to wait
+creates a ``threading.Condition`` over the lock (``_cond``), and a future that enters
+a terminal state notifies and drops it.
 """
 
 from __future__ import annotations
@@ -158,25 +159,14 @@ class TaskFuture(_base.Future, _thread.RLock):
         self._cancel_answered: threading.Condition | None = None
 
     @property
-    def _condition(self) -> threading.Condition:
-        """The stdlib's ``_condition``: a ``threading.Condition`` over the future's lock,
-        created on first use (by a waiter, ``concurrent.futures.wait``...).
-
-        A terminal future keeps none: nobody waits on it any more (waiting follows a
-        check of the state under the lock, and terminal states are final), so whoever
-        takes its ``_condition`` only to lock it gets a fresh one over the same lock.
+    def _condition(self) -> TaskFuture:
+        """The stdlib's ``_condition``, as ``concurrent.futures.wait`` and
+        ``as_completed`` use it: only taken and released, around a look at the state
+        and at ``_waiters``. That is the future's lock, which the future is: no
+        ``threading.Condition`` is built for them. (``result()`` and ``exception()``,
+        the stdlib's only waiters on it, are this class's own and wait on ``_cond``.)
         """
-        condition = self._cond
-        if condition is None:
-            with _create_lock:
-                condition = self._cond
-                if condition is None:
-                    condition = threading.Condition(self)
-                    if self._state not in _TERMINAL_STDLIB_STATES:
-                        self._cond = condition
-                        if self._state in _TERMINAL_STDLIB_STATES:
-                            self._cond = None  # it went terminal meanwhile
-        return condition
+        return self
 
     @property
     def _waiters(self) -> list[Any]:
@@ -410,7 +400,8 @@ class TaskFuture(_base.Future, _thread.RLock):
             raise _base.CancelledError()
         if timeout is None or timeout > 0:
             self._refuse_to_deadlock("result")
-        return super().result(timeout)
+        self._wait_terminal(timeout)
+        return self.result(0)
 
     def exception(self, timeout: float | None = None) -> BaseException | None:
         """The task's exception or None, as ``concurrent.futures.Future.exception``;
@@ -422,7 +413,26 @@ class TaskFuture(_base.Future, _thread.RLock):
             raise _base.CancelledError()
         if timeout is None or timeout > 0:
             self._refuse_to_deadlock("exception")
-        return super().exception(timeout)
+        self._wait_terminal(timeout)
+        return self.exception(0)
+
+    def _wait_terminal(self, timeout: float | None) -> None:
+        """Wait until the future is terminal, at most ``timeout`` seconds (None: no
+        limit); raise ``TimeoutError`` if it is not by then (0 or less: do not wait).
+
+        The condition (over the future's lock) is created by the first waiter, under
+        that lock, and notified and dropped on entering a terminal state, in ``_fire``.
+        """
+        end = None if timeout is None else _monotonic() + timeout
+        with self:
+            while self._state not in _TERMINAL_STDLIB_STATES:
+                remaining = None if end is None else end - _monotonic()
+                if remaining is not None and remaining <= 0:
+                    raise _base.TimeoutError()
+                condition = self._cond
+                if condition is None:
+                    condition = self._cond = threading.Condition(self)
+                condition.wait(remaining)
 
     def done(self) -> bool:
         """True if the future is terminal (cancelled or finished); never blocks."""
