@@ -142,3 +142,47 @@ def test_the_io_thread_never_waits_for_itself_to_drain_the_outbox(monkeypatch):
         client.close()
         router.close(linger=0)
         context.term()
+
+
+def test_a_busy_io_thread_makes_one_submitter_wait_once_not_every_submit(monkeypatch):
+    # The I/O thread is stuck in a slow done-callback: the first hand-off runs out,
+    # and the submits after it do not wait again until the I/O thread drains.
+    from futurefsm.engines import futurefsm as engine
+
+    monkeypatch.setattr(engine, "_OUTBOX_HANDOFF", 64)
+    monkeypatch.setattr(engine, "_HAND_OFF_WAIT", 2.0)
+    context, router, address = _raw_scheduler()
+    client = Client(address, connection_timeout=DEADLINE, cancel_timeout=0.2)
+    release = threading.Event()
+    busy = threading.Event()
+
+    def slow_callback(_future: Any) -> None:
+        busy.set()
+        release.wait(DEADLINE * 3)
+
+    try:
+        first = client.submit(tasks.noop)
+        first.add_done_callback(slow_callback)
+        identity, _, (task,) = _next_tasks(router)
+        payload = DEFAULT_SERIALIZER.dumps(None)
+        router.send_multipart(
+            [identity, encode(TaskResult(task.task_id, ResultStatus.SUCCESS, payload))]
+        )
+        assert busy.wait(DEADLINE)
+        futures: list[Any] = []
+        submitter = threading.Thread(
+            target=lambda: futures.extend(client.submit(tasks.noop) for _ in range(640))
+        )
+        submitter.start()
+        submitter.join(DEADLINE)  # one 2 s wait at most; one per submit would be 1000 s
+        assert not submitter.is_alive(), "every submit waited for the busy I/O thread"
+        release.set()
+        received: list[Task] = []
+        while len(received) < 640:
+            received.extend(_next_tasks(router)[2])
+        assert [t.task_id for t in received] == [f.task_id for f in futures]
+    finally:
+        release.set()
+        client.close()
+        router.close(linger=0)
+        context.term()

@@ -168,6 +168,7 @@ class FutureFSMEngine(Engine):
         self._client: EngineClient | None = None
         self._outbox: collections.deque[tuple[Any, ...]] = collections.deque()
         self._outbox_drained = threading.Event()  # see _hand_off
+        self._outbox_drained.set()
         self._wake_pending = False
         self._closed = False
         self._close_lock = threading.Lock()
@@ -251,13 +252,17 @@ class FutureFSMEngine(Engine):
         so Tasks go out in rare large bursts and the scheduler idles in between.
         Waiting here, on an event the I/O thread sets once it has drained the outbox,
         hands it the GIL at once. Bounded, and never on the I/O thread itself (it is
-        the one that would set the event)."""
+        the one that would set the event). If a wait runs out (the I/O thread is
+        busy, say in a slow done-callback), submitters do not wait again until it has
+        drained the outbox: a busy I/O thread must not slow every submit down."""
         if self.on_io_thread():
+            return
+        drained = self._outbox_drained
+        if not drained.is_set():  # a wait ran out and no drain came since
             return
         # The outbox is not empty, so the I/O thread has been woken already. Checked
         # again after the clear: a drain that finished just before it set the event
         # for nothing, and the next one comes only after more submits.
-        drained = self._outbox_drained
         drained.clear()
         if len(self._outbox) >= _OUTBOX_HANDOFF:
             drained.wait(_HAND_OFF_WAIT)
