@@ -651,14 +651,14 @@ class SchedulerStub:
         if book.knows(task.task_id):
             self._protocol_error(identity, f"task id {task.task_id.hex()} is already in use")
             return
-        record = TaskRecord(identity, task, behaviour, index)
+        record = TaskRecord.of(identity, task, behaviour, index)
         blocked_by = book.register(record, task.depends_on)
         if blocked_by is DEPENDENCY_CANCELLED:
             self._cancel_record(record, confirms=1)
         elif blocked_by is not None:
             failed = TaskResult(record.task_id, blocked_by.status, blocked_by.payload)
             self._finish(record, failed.status, encode(failed))
-        elif not record.pending_deps:
+        elif record.pending_deps is None:
             self._enqueue(record)
 
     def _on_cancel(self, identity: bytes, cancel: TaskCancel) -> None:
@@ -863,15 +863,14 @@ class SchedulerStub:
         while pending:
             record, status, frame = pending.pop()
             outcome = None
-            if record.group_id is not None or record.dependents:  # a graph: read it
+            if record.group_id is not None or record.dependents is not None:  # a graph
                 outcome = decode(bytes(frame))
                 assert isinstance(outcome, TaskResult)
             for dependent in book.settle(record, outcome):
                 assert outcome is not None
                 if status is ResultStatus.SUCCESS:
-                    dependent.dep_payloads[record.task_id] = outcome.payload
-                    dependent.pending_deps.discard(record.task_id)
-                    if not dependent.pending_deps:
+                    last = dependent.dependency_done(record.task_id, outcome.payload)
+                    if last and dependent.state is TaskState.WAITING:
                         self._enqueue(dependent)
                 else:
                     failed = TaskResult(dependent.task_id, status, outcome.payload)
