@@ -21,7 +21,6 @@ from __future__ import annotations
 import logging
 import os
 import queue
-import struct
 import threading
 import time
 from collections import deque
@@ -37,7 +36,9 @@ import zmq
 from ..protocol import ResultStatus, TaskResult, encode
 from ..serializer import Serializer
 from .processes import (
+    FRAME_HEADER,
     QUEUED,
+    READ_SIZE,
     SKIPPED,
     SLOTS,
     STARTED,
@@ -45,6 +46,8 @@ from .processes import (
     WorkerSlots,
     fork_worker,
     kill_worker,
+    take_frames,
+    write_all,
 )
 from .records import TaskRecord, TaskState
 from .running import (
@@ -282,30 +285,6 @@ class _Worker:
         return f"<worker process {self.pid}>"
 
 
-def _messages(buffer: bytearray) -> list[bytes]:
-    """Take the whole messages (``Connection`` framing) off the front of ``buffer``."""
-    messages = []
-    position, end = 0, len(buffer)
-    while end - position >= 4:
-        (size,) = _SIZE.unpack_from(buffer, position)
-        header = 4
-        if size == -1:  # Connection's framing of a message over 2 GiB
-            if end - position < 12:
-                break
-            (size,) = _BIG_SIZE.unpack_from(buffer, position + 4)
-            header = 12
-        if end - position - header < size:
-            break
-        start = position + header
-        messages.append(bytes(buffer[start : start + size]))
-        position = start + size
-    del buffer[:position]
-    return messages
-
-
-_SIZE = struct.Struct("!i")
-_BIG_SIZE = struct.Struct("!Q")
-_READ_SIZE = 256 * 1024
 _SKIPPED = SKIPPED[0]
 
 _BATCH = 64
@@ -446,7 +425,7 @@ class ProcessPool:
         if worker is None:
             return
         try:
-            data = os.read(fd, _READ_SIZE)
+            data = os.read(fd, READ_SIZE)
         except OSError:
             data = b""
         if not data:
@@ -455,7 +434,7 @@ class ProcessPool:
         worker.buffer += data
         done = []
         entries = worker.entries
-        for message in _messages(worker.buffer):
+        for message in take_frames(worker.buffer):
             if not entries:
                 logger.error("scheduler stub: %r answered a task it was not sent", worker)
                 break
@@ -556,8 +535,9 @@ class ProcessPool:
             if not entries:
                 self._idle.append(worker)
             return
+        payload = msgpack.packb(batch)
         try:
-            worker.connection.send_bytes(msgpack.packb(batch))
+            write_all(worker.fd, FRAME_HEADER.pack(len(payload)) + payload)
         except OSError:  # it died; these tasks never reached it
             for record in sent:
                 record.state = TaskState.QUEUED
