@@ -285,6 +285,11 @@ class SchedulerStub:
         """The stub's CurveZMQ public key (Z85), or None without keys."""
         self._serializer = serializer if serializer is not None else DEFAULT_SERIALIZER
         self._answer_heartbeats = self._behaviour is None or self._behaviour.answer_heartbeats
+        self._plain_behaviour = next(
+            (b for b in (self._behaviour, DEFAULT_BEHAVIOUR) if b is not None and _plain(b)), None
+        )
+        """A Behaviour whose tasks' results go out as they come (no delay, drop or
+        duplicate): their records take the short way in ``_on_task_done``."""
 
         # Owned by the I/O thread once it runs.
         self._clients: dict[bytes, ClientBook] = {}
@@ -296,7 +301,7 @@ class SchedulerStub:
         self._arriving: Task | None = None
         self._peers_warned: set[bytes] = set()
         self._arrived: list[TaskRecord] | None = None
-        self._outgoing: dict[bytes, list[_Outgoing]] = {}
+        self._outgoing: dict[bytes, _Outbox] = {}
         """Results and confirms per client, sent together at the end of a loop turn."""
 
         # Shared: the claim lock (see records.py); log and stats under the records lock.
@@ -917,6 +922,23 @@ class SchedulerStub:
         if record.state is TaskState.CANCELLED:
             self._count("results_discarded")
             return
+        if (
+            record.behaviour is self._plain_behaviour
+            and record.dependents is None
+            and record.group_id is None
+            and record.after_finish is AfterFinish.SEND_RESULT
+            and not self._log_messages
+        ):  # what most tasks are: _finish and _deliver, the short way
+            record.state = TaskState.DONE
+            identity = record.client
+            live = self._clients[identity].live
+            if live.get(record.task_id) is record:
+                del live[record.task_id]
+            box = self._outgoing.get(identity)
+            if box is None:
+                box = self._outgoing[identity] = _Outbox(False)
+            box.frames.append(frame)
+            return
         self._finish(record, STATUSES[status], frame)
 
     def _finish(self, record: TaskRecord, status: ResultStatus, frame: bytes | memoryview) -> None:
@@ -1004,61 +1026,58 @@ class SchedulerStub:
     def _send_confirm(
         self, identity: bytes, task_id: bytes, kind: ConfirmKind, times: int = 1
     ) -> None:
+        """Queue ``times`` TaskCancelConfirms (sent at the end of the loop turn)."""
         confirm = TaskCancelConfirm(task_id, kind)
         if logger.isEnabledFor(logging.INFO):
             logger.info("cancel of %s: %s, to client %s", task_id.hex(), kind.value, identity.hex())
         frame = encode(confirm)
         for _ in range(times):
-            self._send(identity, confirm, frame)
+            self._queue_out(identity, frame, confirm)
+
+    def _send_result(
+        self, identity: bytes, task_id: bytes, status: ResultStatus, frame: bytes | memoryview
+    ) -> None:
+        """Queue an encoded TaskResult (no message object is built unless it is logged)."""
+        self._queue_out(identity, frame, (task_id, status))
+
+    def _queue_out(
+        self,
+        identity: bytes,
+        frame: bytes | memoryview,
+        what: TaskCancelConfirm | tuple[bytes, ResultStatus],
+    ) -> None:
+        """Results and confirms wait until the end of the loop turn and go out together
+        (``_flush_outgoing``: one Batch frame for a client's lot), counted then."""
+        box = self._outgoing.get(identity)
+        if box is None:
+            box = self._outgoing[identity] = _Outbox(self._log_messages)
+        if type(what) is TaskCancelConfirm:
+            box.confirms.append(len(box.frames))
+        box.frames.append(frame)
+        if box.logged is not None:
+            # Logged now, in the order they were produced; taken back if unsent.
+            box.logged.append(self._note("out", identity, what, len(frame)))
 
     def _send(
         self,
         identity: bytes,
         message: Message,
-        frame: bytes | memoryview | None = None,
         *,
         quiet: bool = False,
     ) -> None:
-        if frame is None:
-            frame = encode(message)
-        self._send_frame(identity, _OUT_STATS.get(type(message)), frame, message, quiet)
-
-    def _send_result(
-        self, identity: bytes, task_id: bytes, status: ResultStatus, frame: bytes | memoryview
-    ) -> None:
-        """Send an encoded TaskResult (no message object is built unless it is logged)."""
-        self._send_frame(identity, "results_sent", frame, (task_id, status))
-
-    def _send_frame(
-        self,
-        identity: bytes,
-        stat: str | None,
-        frame: bytes | memoryview,
-        what: Message | tuple[bytes, ResultStatus],
-        quiet: bool = False,
-    ) -> None:
-        """Send ``frame`` to ``identity``, counted under ``stat`` (if any); ``what`` is the message
-        (or a result's id and status), for the log and the warnings (none if ``quiet``).
-
-        Results and confirms wait until the end of the loop turn and go out together
-        (``_flush_outgoing``: one Batch frame for a client's lot); anything else goes at
-        once, after what waits for the same client, so a client gets every message in
-        the order it was sent here."""
+        """Send ``message`` at once, after what waits for the same client, so a client
+        gets every message in the order it was sent here (no warning if ``quiet``)."""
+        frame = encode(message)
+        stat = _OUT_STATS.get(type(message))
         # Logged and counted before the send: a peer that has the reply must find it in
         # the log and the stats already. Taken back if the send fails.
-        logged = self._note("out", identity, what, len(frame)) if self._log_messages else None
+        logged = self._note("out", identity, message, len(frame)) if self._log_messages else None
         if stat is not None:
             with self._records_lock:
                 self._stats[stat] += 1
-        kind = type(what)
-        if kind is tuple or kind is TaskCancelConfirm:
-            waiting = self._outgoing.get(identity)
-            if waiting is None:
-                waiting = self._outgoing[identity] = []
-            waiting.append((stat, frame, what, logged))
-            return
-        if identity in self._outgoing:
-            self._flush_to(identity, self._outgoing.pop(identity))
+        box = self._outgoing.pop(identity, None)
+        if box is not None:
+            self._flush_to(identity, box)
         try:
             # Two sends with plain int flags: cheaper than send_multipart, and with
             # ROUTER_MANDATORY an unroutable identity fails on the first, sending nothing.
@@ -1078,7 +1097,7 @@ class SchedulerStub:
                 return
             self._warn(
                 "scheduler stub: could not send %s to client %r: %s",
-                "TaskResult" if isinstance(what, tuple) else type(what).__name__,
+                type(message).__name__,
                 identity,
                 exc.strerror,
             )
@@ -1087,52 +1106,62 @@ class SchedulerStub:
         """Send the results and confirms that wait, each client's in as few frames as
         it takes (``Batch``es under ``MAX_FRAME_BYTES``), in order."""
         outgoing, self._outgoing = self._outgoing, {}
-        for identity, items in outgoing.items():
-            self._flush_to(identity, items)
+        for identity, box in outgoing.items():
+            self._flush_to(identity, box)
 
-    def _flush_to(self, identity: bytes, items: list[_Outgoing]) -> None:
+    def _flush_to(self, identity: bytes, box: _Outbox) -> None:
+        frames, confirms = box.frames, len(box.confirms)
+        # Counted before the send: a peer that has them must find them in the stats.
+        with self._records_lock:
+            self._stats["results_sent"] += len(frames) - confirms
+            if confirms:
+                self._stats["confirms_sent"] += confirms
         router = self._router
-        start = 0
-        while start < len(items):
+        start, count = 0, len(frames)
+        while start < count:
             end, size = start, _BATCH_OVERHEAD
-            while end < len(items) and (
-                end == start or size + len(items[end][1]) + _BATCH_OVERHEAD <= MAX_FRAME_BYTES
+            while end < count and (
+                end == start or size + len(frames[end]) + _BATCH_OVERHEAD <= MAX_FRAME_BYTES
             ):
-                size += len(items[end][1]) + _BATCH_OVERHEAD
+                size += len(frames[end]) + _BATCH_OVERHEAD
                 end += 1
             if end - start == 1:
-                frame = items[start][1]
+                frame = frames[start]
+            elif end - start == count:
+                frame = msgpack.packb((PROTOCOL_VERSION, Batch.TYPE_CODE, frames))
             else:
-                frame = msgpack.packb(
-                    (PROTOCOL_VERSION, Batch.TYPE_CODE, [i[1] for i in items[start:end]])
-                )
+                frame = msgpack.packb((PROTOCOL_VERSION, Batch.TYPE_CODE, frames[start:end]))
             try:
                 router.send(identity, _NOBLOCK_SNDMORE)
                 router.send(frame, _NOBLOCK)
             except zmq.ZMQError as exc:
-                self._unsent(identity, items[start:], exc)
+                self._unsent(identity, box, start, exc)
                 return
             start = end
 
-    def _unsent(self, identity: bytes, items: list[_Outgoing], exc: zmq.ZMQError) -> None:
-        """``items`` could not be sent: take back their counts and log records."""
+    def _unsent(self, identity: bytes, box: _Outbox, start: int, exc: zmq.ZMQError) -> None:
+        """``box``'s messages from ``start`` on could not be sent: take back their
+        counts and log records."""
+        unsent = len(box.frames) - start
+        confirms = sum(1 for position in box.confirms if position >= start)
         with self._records_lock:
-            for stat, _, _, logged in items:
-                if stat is not None:
-                    self._stats[stat] -= 1
-                if logged is not None:
-                    try:
-                        self._log.remove(logged)
-                    except ValueError:  # already gone from a bounded log
-                        continue
-                    self._log_cost -= logged.cost()
+            self._stats["results_sent"] -= unsent - confirms
+            self._stats["confirms_sent"] -= confirms
+            for logged in (box.logged or [])[start:]:
+                if logged is None:
+                    continue
+                try:
+                    self._log.remove(logged)
+                except ValueError:  # already gone from a bounded log
+                    continue
+                self._log_cost -= logged.cost()
             # EHOSTUNREACH: the peer is gone (ROUTER_MANDATORY).
-            self._stats["unroutable"] += len(items)
-        what = items[0][2]
+            self._stats["unroutable"] += unsent
+        first = "TaskCancelConfirm" if start in box.confirms else "TaskResult"
         self._warn(
             "scheduler stub: could not send %d messages (the first a %s) to client %r: %s",
-            len(items),
-            "TaskResult" if isinstance(what, tuple) else type(what).__name__,
+            unsent,
+            first,
             identity,
             exc.strerror,
         )
@@ -1193,13 +1222,29 @@ class SchedulerStub:
             logger.debug(message, *args)
 
 
-_Outgoing = tuple[
-    "str | None", "bytes | memoryview", "Message | tuple[bytes, ResultStatus]", "LogRecord | None"
-]
-"""A message waiting to go to a client: its stat, frame, what it is, its log record."""
+class _Outbox:
+    """The results and confirms waiting to go to one client, in order."""
+
+    __slots__ = ("confirms", "frames", "logged")
+
+    def __init__(self, log: bool) -> None:
+        self.frames: list[bytes | memoryview] = []
+        """Their encoded frames."""
+        self.confirms: list[int] = []
+        """Where in ``frames`` the TaskCancelConfirms are (the others are results)."""
+        self.logged: list[LogRecord | None] | None = [] if log else None
+        """With the log on: their log records, as ``frames``."""
+
 
 _BATCH_OVERHEAD = 16
 """A Batch's envelope, and a bin header per frame (at most 5 bytes): for its size."""
+
+
+def _plain(behaviour: Behaviour) -> bool:
+    """True if a task of ``behaviour`` sends its result once, as soon as it has it."""
+    return (
+        behaviour.result_delay <= 0 and not behaviour.drop_result and not behaviour.duplicate_result
+    )
 
 
 def _nothing() -> None:
