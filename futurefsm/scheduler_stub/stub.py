@@ -135,6 +135,11 @@ times, then at debug level (a fuzzing client must not flood the log)."""
 _ROUTER_BATCH = 1000
 """Messages read from the ROUTER in a row before the inbox gets a look."""
 
+_TURNS_PER_FLUSH = 8
+"""At most this many turns of the I/O loop (each handling what one poll found ready)
+before the answers they produced go out; they go out at once when nothing else is
+ready (so no answer waits for anything but work already at hand)."""
+
 _CLOSE_LINGER_MS = 50
 """How long ``stop()`` lets queued outgoing messages flush when closing the socket."""
 
@@ -498,9 +503,23 @@ class SchedulerStub:
         router, reader, pool = self._router, self._inbox.reader, self._pool
         monitor = self._peers.monitor
         self._guarded(pool.attach, poller)
+        turns = 0  # loop turns whose results and confirms wait in _outgoing
         try:
             while self._running:
-                for item, _ in poller.poll(self._poll_timeout_ms()):
+                if self._outgoing and turns >= _TURNS_PER_FLUSH:
+                    self._guarded(self._flush_outgoing)
+                # With answers waiting, only a look: whatever is ready already is
+                # handled first and its answers go out with them, in one frame per
+                # client; nothing ready, they go out at once.
+                events = poller.poll(0 if self._outgoing else self._poll_timeout_ms())
+                if not events:
+                    self._fire_due_timers()
+                    if self._outgoing:
+                        self._guarded(self._flush_outgoing)
+                    turns = 0
+                    continue
+                turns += 1
+                for item, _ in events:
                     if item is router:
                         self._drain_router()
                     elif item is reader:
@@ -513,8 +532,6 @@ class SchedulerStub:
                     if not self._running:
                         break
                 self._fire_due_timers()
-                if self._outgoing:  # once per turn: what every handler above produced
-                    self._guarded(self._flush_outgoing)
         except Exception:  # only a broken poller gets here; the handlers are guarded
             logger.exception("scheduler stub: I/O thread failed")
         finally:
