@@ -59,6 +59,7 @@ __all__ = [
     "encode_task",
     "new_task_id",
     "plain_task",
+    "result_frame",
     "unbatch",
 ]
 
@@ -633,6 +634,30 @@ def plain_task(frame: bytes) -> tuple[Any, ...] | None:
 
 
 _TASK_CODE = Task.TYPE_CODE
+
+
+def result_frame(task_id: bytes, status: ResultStatus, payload: bytes) -> bytes:
+    """``encode(TaskResult(task_id, status, payload))``, byte for byte, without building
+    the message when its fields are plainly valid (a worker's answer to each task);
+    anything else goes through the constructor and ``encode``, which raise
+    ``ProtocolError`` naming what is wrong."""
+    if (
+        type(task_id) is bytes
+        and len(task_id) == TASK_ID_BYTES
+        and type(payload) is bytes
+        and type(status) is ResultStatus
+    ):
+        try:
+            frame = _packb((PROTOCOL_VERSION, _RESULT_CODE, task_id, status.value, payload))
+        except Exception:  # e.g. a bin over 4 GiB: encode says so
+            frame = None
+        if frame is not None and len(frame) <= MAX_FRAME_BYTES:
+            return frame
+    return encode(TaskResult(task_id, status, payload))
+
+
+_RESULT_CODE = TaskResult.TYPE_CODE
+_packb = msgpack.packb
 
 
 _BATCH_OVERHEAD = 16  # the envelope, and a bin header per frame (at most 5 bytes)

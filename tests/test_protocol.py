@@ -30,6 +30,7 @@ from futurefsm.protocol import (
     encode,
     new_task_id,
     plain_task,
+    result_frame,
 )
 
 ID = b"\x01" * TASK_ID_BYTES
@@ -600,6 +601,33 @@ def test_plain_task_takes_a_plain_task_and_nothing_else() -> None:
     assert plain_task(encode(Task(task_id, b"fn", b"args", depends_on=(ID,)))) is None
     assert plain_task(encode(TaskCancel(task_id))) is None
     assert plain_task(b"\xc1") is None
+
+
+@settings(max_examples=200)
+@given(task_results)
+def test_result_frame_is_the_encoded_task_result(result: TaskResult) -> None:
+    frame = result_frame(result.task_id, result.status, result.payload)
+    assert frame == encode(result)
+    assert decode(frame) == result
+
+
+@pytest.mark.parametrize(
+    ("task_id", "status", "payload", "match"),
+    [
+        (b"short", ResultStatus.SUCCESS, b"", "TaskResult.task_id"),
+        (ID, "bogus", b"", "TaskResult.status"),
+        (ID, ResultStatus.SUCCESS, bytearray(b"x"), "TaskResult.payload"),
+    ],
+)
+def test_result_frame_names_a_bad_field(task_id: Any, status: Any, payload: Any, match: str):
+    with pytest.raises(ProtocolError, match=match):
+        result_frame(task_id, status, payload)
+
+
+def test_result_frame_refuses_a_frame_over_the_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(protocol, "MAX_FRAME_BYTES", 64)
+    with pytest.raises(ProtocolError, match="exceeds the 64-byte limit"):
+        result_frame(ID, ResultStatus.SUCCESS, b"x" * 64)
 
 
 def test_task_ids_are_distinct_across_draws_and_threads():

@@ -391,7 +391,7 @@ def worker_main(fd: int) -> int:
     serializer = pickle.loads(serializer_bytes)
     functions = FunctionCache(serializer.loads)
     slots = WorkerSlots(slots_path)
-    memory, lock, unlock = slots.memory, slots.lock, slots.unlock
+    memory, slots_fd, lockf = slots.memory, slots.fd, fcntl.lockf
     connection.send_bytes(b"ready")
     # From here on the descriptor is read and written directly (Connection's framing):
     # a read takes every batch the stub wrote, a result is one write.
@@ -410,11 +410,11 @@ def worker_main(fd: int) -> int:
         except OSError:
             return 0
         slot, task_id, function, args, dep_payloads = pending.popleft()
-        lock()
+        lockf(slots_fd, _LOCK_EX)  # slots.lock(), .unlock(): inline, as it is per task
         started = memory[slot] == QUEUED
         if started:
             memory[slot] = STARTED
-        unlock()
+        lockf(slots_fd, _LOCK_UN)
         try:
             if not started:
                 write_all(fd, _SKIPPED_FRAME)
@@ -428,6 +428,7 @@ def worker_main(fd: int) -> int:
             return 0
 
 
+_LOCK_EX, _LOCK_UN = fcntl.LOCK_EX, fcntl.LOCK_UN
 _RESULT_HEADER = struct.Struct("!iB")
 """A result's frame length (with its status byte) and its status byte."""
 _SKIPPED_FRAME = FRAME_HEADER.pack(1) + SKIPPED
