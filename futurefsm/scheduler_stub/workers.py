@@ -46,7 +46,6 @@ from .processes import (
     WorkerSlots,
     fork_worker,
     kill_worker,
-    take_frames,
     write_all,
 )
 from .records import TaskRecord, TaskState
@@ -286,6 +285,7 @@ class _Worker:
 
 
 _SKIPPED = SKIPPED[0]
+_QUEUED_STATE, _RUNNING_STATE = TaskState.QUEUED, TaskState.RUNNING
 
 _BATCH = 64
 """At most this many tasks are sent to a worker process in one write."""
@@ -431,27 +431,46 @@ class ProcessPool:
         if not data:
             self._gone(worker)
             return
-        worker.buffer += data
-        done = []
+        buffer = worker.buffer
+        buffer += data
+        # Each answer: its length, then its status byte and its frame (or SKIPPED).
+        records: list[TaskRecord] = []
+        statuses: list[int] = []
+        frames: list[bytes] = []
         entries = worker.entries
-        for message in take_frames(worker.buffer):
-            if not entries:
-                logger.error("scheduler stub: %r answered a task it was not sent", worker)
-                break
-            record = entries.popleft().record
-            if record is None:  # taken back, or its worker was killed to stop it
-                continue
-            record.worker = None
-            if message[0] == _SKIPPED:  # cannot happen: only a taken-back task is skipped
-                logger.error("scheduler stub: %r skipped %r", worker, record)
-                self._report(
-                    record,
-                    *worker_died_result(
-                        record.task_id, "the worker process skipped the task", self._serializer
-                    ),
-                )
-                continue
-            done.append((record, message))
+        position, end = 0, len(buffer)
+        unpack = FRAME_HEADER.unpack_from
+        with memoryview(buffer) as view:
+            while end - position >= 4:
+                (size,) = unpack(buffer, position)
+                start = position + 4
+                if size < 1:  # not what a worker writes: it is broken
+                    logger.error("scheduler stub: %r wrote a bad answer; killing it", worker)
+                    kill_worker(worker.pid)
+                    position = end
+                    break
+                if end - start < size:
+                    break
+                position = start + size
+                if not entries:
+                    logger.error("scheduler stub: %r answered a task it was not sent", worker)
+                    position = end
+                    break
+                record = entries.popleft().record
+                if record is None:  # taken back, or its worker was killed to stop it
+                    continue
+                record.worker = None
+                status = buffer[start]
+                if status == _SKIPPED:  # cannot happen: only a taken-back task is skipped
+                    logger.error("scheduler stub: %r skipped %r", worker, record)
+                    reason = "the worker process skipped the task"
+                    status, frame = worker_died_result(record.task_id, reason, self._serializer)
+                else:
+                    frame = view[start + 1 : position].tobytes()
+                records.append(record)
+                statuses.append(status)
+                frames.append(frame)
+        del buffer[:position]
         if worker.on_gone is None:
             if not entries:
                 self._busy.remove(worker)
@@ -460,8 +479,8 @@ class ProcessPool:
                 self._send_batch(worker, self._share())
         self._pump()  # first give the workers their next tasks, then handle the results
         report = self._report
-        for record, message in done:
-            report(record, message[0], memoryview(message)[1:])
+        for record, status, frame in zip(records, statuses, frames, strict=True):
+            report(record, status, frame)
 
     def stop(self, deadline: float) -> list[str]:
         """Kill every worker process and wait (until ``deadline``) until they are gone.
@@ -515,8 +534,11 @@ class ProcessPool:
         memory = worker.slots.memory
         while queue_ and len(sent) < size and nbytes < _BATCH_BYTES:
             record = queue_.popleft()
-            if not self._claim(record):
+            # The claim, without the stub's claim lock: with processes, every change of a
+            # record's state happens on the I/O thread.
+            if record.state is not _QUEUED_STATE:
                 continue  # cancelled or forgotten while queued
+            record.state = _RUNNING_STATE
             if record.behaviour.worker_died:  # scripted: no process needed
                 status, frame = worker_died_result(
                     record.task_id, WORKER_DIED_REASON, self._serializer
@@ -526,9 +548,7 @@ class ProcessPool:
             slot = worker.next_slot
             worker.next_slot = (slot + 1) % SLOTS
             memory[slot] = QUEUED  # free: its last task was answered (or it is new)
-            batch.append(
-                [slot, record.task_id, record.function, record.args, record.dep_payloads or None]
-            )
+            batch.append((slot, record.task_id, record.function, record.args, record.dep_payloads))
             sent.append(record)
             nbytes += len(record.function) + len(record.args)
         if not sent:
