@@ -82,6 +82,10 @@ Outcome: TypeAlias = TaskResult | DependencyCancelled
 """How a task ended, as far as its dependents care: its result, or cancelled."""
 
 
+_WAITING = TaskState.WAITING  # an enum member from the class costs a lookup per use
+_SEND_RESULT = AfterFinish.SEND_RESULT
+
+
 class TaskRecord:
     """One task the stub received. The worker reads ``function``, ``args``,
     ``dep_payloads`` and ``behaviour``, all fixed before the record is queued.
@@ -127,8 +131,8 @@ class TaskRecord:
         self.behaviour = behaviour
         self.index = index
         """The Task's arrival index across the stub."""
-        self.state = TaskState.WAITING
-        self.after_finish = AfterFinish.SEND_RESULT
+        self.state = _WAITING
+        self.after_finish = _SEND_RESULT
         self.confirms_after_result = 0
         self.pending_deps: set[bytes] | None = None
         """Ids of the dependencies it still waits for (None: none)."""

@@ -135,6 +135,10 @@ times, then at debug level (a fuzzing client must not flood the log)."""
 _ROUTER_BATCH = 1000
 """Messages read from the ROUTER in a row before the inbox gets a look."""
 
+# Enum members as module constants: a member read from its class costs a lookup.
+_QUEUED, _DONE, _CANCELLED = TaskState.QUEUED, TaskState.DONE, TaskState.CANCELLED
+_SEND_RESULT = AfterFinish.SEND_RESULT
+
 _TURNS_PER_FLUSH = 8
 """At most this many turns of the I/O loop (each handling what one poll found ready)
 before the answers they produced go out; they go out at once when nothing else is
@@ -582,7 +586,7 @@ class SchedulerStub:
             self._clients_gone(gone)
         # Else its client is gone, or it was cancelled. All at once: they go to the
         # workers in batches.
-        self._pool.submit_all([r for r in arrived if r.state is TaskState.QUEUED])
+        self._pool.submit_all([r for r in arrived if r.state is _QUEUED])
 
     def _read_router(self) -> None:
         router, peers = self._router, self._peers
@@ -654,6 +658,7 @@ class SchedulerStub:
         behaviour = self._behaviour
         assert behaviour is not None
         received, start, count = 0, 0, len(frames)
+        arrived = self._arrived  # reading the ROUTER: tasks start after the batch
         try:
             while start < count:
                 position = start
@@ -683,7 +688,11 @@ class SchedulerStub:
                             waiting = book.waiting_for_unknown.pop(task_id, None)
                             if waiting:
                                 record.dependents = waiting
-                        self._enqueue(record)
+                        record.state = _QUEUED  # _enqueue, inline
+                        if arrived is None:
+                            self._pool.submit(record)
+                        else:
+                            arrived.append(record)
                     start = count
                 except Exception:
                     logger.exception("scheduler stub: internal error on a message of a Batch")
@@ -915,7 +924,7 @@ class SchedulerStub:
     # -- running and finishing
 
     def _enqueue(self, record: TaskRecord) -> None:
-        record.state = TaskState.QUEUED
+        record.state = _QUEUED
         if self._arrived is not None:  # reading the ROUTER: start after the batch
             self._arrived.append(record)
         else:
@@ -936,17 +945,17 @@ class SchedulerStub:
     def _on_task_done(self, record: TaskRecord, status: int, frame: bytes | memoryview) -> None:
         """A worker finished ``record``: ``status`` (a ``STATUS_CODES`` byte) and the
         encoded ``TaskResult``."""
-        if record.state is TaskState.CANCELLED:
+        if record.state is _CANCELLED:
             self._count("results_discarded")
             return
         if (
             record.behaviour is self._plain_behaviour
             and record.dependents is None
             and record.group_id is None
-            and record.after_finish is AfterFinish.SEND_RESULT
+            and record.after_finish is _SEND_RESULT
             and not self._log_messages
         ):  # what most tasks are: _finish and _deliver, the short way
-            record.state = TaskState.DONE
+            record.state = _DONE
             identity = record.client
             live = self._clients[identity].live
             if live.get(record.task_id) is record:
