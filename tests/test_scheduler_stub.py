@@ -913,6 +913,25 @@ def test_log_records_messages_in_and_out(make_stub, connect):
     assert stats["tasks_received"] == 1 and stats["results_sent"] == 1
 
 
+@pytest.mark.parametrize("log_messages", [False, True])
+def test_answers_that_cannot_be_routed_are_counted_unroutable_not_sent(make_stub, log_messages):
+    # Answers queued for a client the ROUTER does not know (gone, as a client whose
+    # connection closed between its result and the send): nothing counts as sent.
+    stub = make_stub(log_messages=log_messages)
+    gone, task_id = b"nobody-here", new_task_id()
+    result = encode(TaskResult(task_id, ResultStatus.SUCCESS, dumps(1)))
+
+    def answer() -> None:
+        stub._send_result(gone, task_id, ResultStatus.SUCCESS, result)
+        stub._send_confirm(gone, task_id, ConfirmKind.CANCELED, times=2)
+        stub._flush_outgoing()
+
+    stub._on_io_thread(answer, "answer", WAIT)
+    stats = stub.stats()
+    assert (stats["results_sent"], stats["confirms_sent"], stats["unroutable"]) == (0, 0, 3)
+    assert stub.log == []
+
+
 # ---------------------------------------------------------------------------
 # Behaviour validation
 # ---------------------------------------------------------------------------

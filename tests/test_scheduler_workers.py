@@ -52,6 +52,7 @@ from futurefsm.protocol import (
     unbatch,
 )
 from futurefsm.scheduler_stub import SchedulerStub
+from futurefsm.scheduler_stub.processes import FRAME_HEADER, take_frames, write_all
 from futurefsm.scheduler_stub.running import FunctionCache
 from futurefsm.scheduler_stub.sample_tasks import (
     echo,
@@ -686,3 +687,50 @@ def test_processes_using_gates_first_at_once_agree_on_one_generation(tmp_path):
         assert len(seen) == 1, f"processes disagree on the gate generation: {seen}"
         root = os.path.dirname(seen.pop())
         shutil.rmtree(root, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------
+# The framing on a worker's socket
+# ---------------------------------------------------------------------------
+
+
+def test_take_frames_takes_whole_messages_and_leaves_a_partial_one() -> None:
+    messages = [b"", b"a", b"\x00" * 1000]
+    wire = b"".join(FRAME_HEADER.pack(len(m)) + m for m in messages)
+    buffer = bytearray(wire + FRAME_HEADER.pack(5) + b"par")
+    assert take_frames(buffer) == messages
+    assert buffer == FRAME_HEADER.pack(5) + b"par"
+    buffer += b"t!"
+    assert take_frames(buffer) == [b"part!"] and buffer == b""
+    buffer += FRAME_HEADER.pack(3)[:2]
+    assert take_frames(buffer) == [] and len(buffer) == 2
+
+
+def test_take_frames_refuses_a_negative_length() -> None:
+    with pytest.raises(OSError, match="bad frame length -1"):
+        take_frames(bytearray(FRAME_HEADER.pack(-1)))
+
+
+def test_write_all_writes_everything_through_a_full_socket_buffer() -> None:
+    ours, theirs = socket.socketpair()
+    ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    data = os.urandom(4 * 1024 * 1024)  # far more than the buffers hold: partial writes
+    received = bytearray()
+
+    def read() -> None:
+        while len(received) < len(data):
+            chunk = theirs.recv(65536)
+            if not chunk:
+                return
+            received.extend(chunk)
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    try:
+        write_all(ours.fileno(), data)
+        reader.join(WAIT)
+        assert not reader.is_alive()
+        assert received == data
+    finally:
+        ours.close()
+        theirs.close()
