@@ -311,7 +311,8 @@ class SchedulerStub:
         self._peers_warned: set[bytes] = set()
         self._arrived: list[TaskRecord] | None = None
         self._outgoing: dict[bytes, _Outbox] = {}
-        """Results and confirms per client, sent together at the end of a loop turn."""
+        """Results and confirms per client, sent together once nothing else is ready
+        (or after ``_TURNS_PER_FLUSH`` turns of the loop)."""
 
         # Shared: the claim lock (see records.py); log and stats under the records lock.
         self._claim_lock = threading.Lock()
@@ -1052,7 +1053,7 @@ class SchedulerStub:
     def _send_confirm(
         self, identity: bytes, task_id: bytes, kind: ConfirmKind, times: int = 1
     ) -> None:
-        """Queue ``times`` TaskCancelConfirms (sent at the end of the loop turn)."""
+        """Queue ``times`` TaskCancelConfirms (``_queue_out``)."""
         confirm = TaskCancelConfirm(task_id, kind)
         if logger.isEnabledFor(logging.INFO):
             logger.info("cancel of %s: %s, to client %s", task_id.hex(), kind.value, identity.hex())
@@ -1072,8 +1073,8 @@ class SchedulerStub:
         frame: bytes | memoryview,
         what: TaskCancelConfirm | tuple[bytes, ResultStatus],
     ) -> None:
-        """Results and confirms wait until the end of the loop turn and go out together
-        (``_flush_outgoing``: one Batch frame for a client's lot), counted then."""
+        """Results and confirms wait until nothing else is ready (``_run``) and go out
+        together (``_flush_outgoing``: one Batch frame for a client's lot), counted then."""
         box = self._outgoing.get(identity)
         if box is None:
             box = self._outgoing[identity] = _Outbox(self._log_messages)
