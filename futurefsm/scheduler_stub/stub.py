@@ -511,8 +511,10 @@ class SchedulerStub:
         turns = 0  # loop turns whose results and confirms wait in _outgoing
         try:
             while self._running:
-                if self._outgoing and turns >= _TURNS_PER_FLUSH:
-                    self._guarded(self._flush_outgoing)
+                if turns >= _TURNS_PER_FLUSH:
+                    if self._outgoing:
+                        self._guarded(self._flush_outgoing)
+                    turns = 0
                 # With answers waiting, only a look: whatever is ready already is
                 # handled first and its answers go out with them, in one frame per
                 # client; nothing ready, they go out at once.
