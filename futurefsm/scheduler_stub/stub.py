@@ -140,9 +140,11 @@ _QUEUED, _DONE, _CANCELLED = TaskState.QUEUED, TaskState.DONE, TaskState.CANCELL
 _SEND_RESULT = AfterFinish.SEND_RESULT
 
 _TURNS_PER_FLUSH = 8
-"""At most this many turns of the I/O loop (each handling what one poll found ready)
-before the answers they produced go out; they go out at once when nothing else is
-ready (so no answer waits for anything but work already at hand)."""
+_FLUSH_AFTER = 0.0005
+"""Answers (results, confirms) wait for at most this many turns of the I/O loop (each
+handling what one poll found ready) or about this many seconds (checked between
+turns) before they go out; they go out at once when nothing else is ready (so no
+answer waits for anything but work already at hand)."""
 
 _CLOSE_LINGER_MS = 50
 """How long ``stop()`` lets queued outgoing messages flush when closing the socket."""
@@ -508,12 +510,17 @@ class SchedulerStub:
         router, reader, pool = self._router, self._inbox.reader, self._pool
         monitor = self._peers.monitor
         self._guarded(pool.attach, poller)
-        turns = 0  # loop turns whose results and confirms wait in _outgoing
+        turns = 0  # loop turns since answers started to wait in _outgoing
+        since = 0.0  # when they were first seen waiting
         try:
             while self._running:
-                if turns >= _TURNS_PER_FLUSH:
-                    if self._outgoing:
+                if self._outgoing:
+                    if turns <= 1:
+                        since = time.monotonic()
+                    elif turns >= _TURNS_PER_FLUSH or time.monotonic() - since >= _FLUSH_AFTER:
                         self._guarded(self._flush_outgoing)
+                        turns = 0
+                else:
                     turns = 0
                 # With answers waiting, only a look: whatever is ready already is
                 # handled first and its answers go out with them, in one frame per
