@@ -69,6 +69,7 @@ __all__ = [
     "WorkerSlots",
     "fork_worker",
     "kill_worker",
+    "send_frame",
     "take_frames",
     "worker_main",
     "write_all",
@@ -112,6 +113,19 @@ def take_frames(buffer: bytearray) -> list[bytes]:
             messages.append(view[start:position].tobytes())
     del buffer[:position]
     return messages
+
+
+def send_frame(fd: int, header: bytes, payload: bytes) -> None:
+    """Write ``header`` and ``payload``: one write when small, two (no copy of the
+    payload) when large."""
+    if len(payload) <= _JOIN_BELOW:
+        write_all(fd, header + payload)
+    else:
+        write_all(fd, header)
+        write_all(fd, payload)
+
+
+_JOIN_BELOW = 64 * 1024
 
 
 def write_all(fd: int, data: bytes) -> None:
@@ -423,7 +437,7 @@ def worker_main(fd: int) -> int:
             # Not under the lock: a stub that still reads STARTED kills this process, whose
             # result it then discards, and it cannot start another task without the lock.
             memory[slot] = DONE
-            write_all(fd, header(len(frame) + 1, status) + frame)
+            send_frame(fd, header(len(frame) + 1, status), frame)
         except OSError:  # the stub is gone
             return 0
 

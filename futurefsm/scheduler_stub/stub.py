@@ -156,6 +156,7 @@ _TERM_GRACE = 0.1
 _MAX_POLL_MS = 60_000
 """Longest single poll: a huge ``result_delay`` must not overflow zmq's timeout."""
 
+_POLLOUT, _POLLIN_OR_ERR = int(zmq.POLLOUT), int(zmq.POLLIN | zmq.POLLERR)
 _NOBLOCK = int(zmq.NOBLOCK)  # plain ints: pyzmq's flag enums cost time per call
 _NOBLOCK_SNDMORE = int(zmq.NOBLOCK | zmq.SNDMORE)
 
@@ -533,7 +534,7 @@ class SchedulerStub:
                     turns = 0
                     continue
                 turns += 1
-                for item, _ in events:
+                for item, flags in events:
                     if item is router:
                         self._drain_router()
                     elif item is reader:
@@ -542,7 +543,10 @@ class SchedulerStub:
                     elif item is monitor:
                         self._clients_gone(self._peers.drain())
                     else:  # a worker process's connection
-                        self._guarded(pool.on_readable, item)
+                        if flags & _POLLOUT:
+                            self._guarded(pool.on_writable, item)
+                        if flags & _POLLIN_OR_ERR:
+                            self._guarded(pool.on_readable, item)
                     if not self._running:
                         break
                 self._fire_due_timers()

@@ -1,7 +1,8 @@
 """The stub's workers, and the inbox through which other threads reach the I/O thread.
 
 Two pools run tasks, both with the same small interface to the stub (``attach``,
-``submit``, ``submit_all``, ``take_back``, ``kill``, ``on_readable``, ``stop``):
+``submit``, ``submit_all``, ``take_back``, ``kill``, ``on_readable``, ``on_writable``,
+``stop``):
 
 - ``ProcessPool`` (the default): tasks sent in batches to worker processes by the I/O
   thread itself; one not started yet can be taken back, a running one stopped by
@@ -46,7 +47,6 @@ from .processes import (
     WorkerSlots,
     fork_worker,
     kill_worker,
-    write_all,
 )
 from .records import TaskRecord, TaskState
 from .running import (
@@ -184,6 +184,9 @@ class ThreadPool:
     def on_readable(self, fd: int) -> None:
         """Never called: nothing was registered."""
 
+    def on_writable(self, fd: int) -> None:
+        """Never called: nothing was registered."""
+
     def submit(self, record: TaskRecord) -> None:
         """Queue ``record`` to run (called by the I/O thread)."""
         self._queue.put(record)
@@ -265,7 +268,18 @@ class _Entry:
 class _Worker:
     """One worker process, as the I/O thread sees it."""
 
-    __slots__ = ("buffer", "connection", "entries", "fd", "next_slot", "on_gone", "pid", "slots")
+    __slots__ = (
+        "buffer",
+        "connection",
+        "entries",
+        "fd",
+        "next_slot",
+        "on_gone",
+        "out",
+        "pid",
+        "slots",
+        "watched_out",
+    )
 
     def __init__(self, pid: int, connection: Connection, slots: WorkerSlots) -> None:
         self.pid = pid
@@ -277,11 +291,30 @@ class _Worker:
         self.next_slot = 0
         self.buffer = bytearray()
         """Bytes read from its connection, not yet a whole message."""
+        self.out = bytearray()
+        """Bytes for it that its connection did not take yet (written when writable:
+        the I/O thread never blocks on a worker, which may be writing a large result
+        itself, or running a long task)."""
+        self.watched_out = False
+        """Whether the poller watches its connection for being writable."""
         self.on_gone: list[Callable[[], None]] | None = None
         """Not None once it was killed: what to call when it is gone."""
 
     def __repr__(self) -> str:
         return f"<worker process {self.pid}>"
+
+
+def _write_some(fd: int, data: bytes | memoryview) -> int:
+    """Write what the (non-blocking) descriptor takes now; how many bytes. All of them
+    if it failed: the peer is gone, and nothing written to it matters any more."""
+    if not data:
+        return 0
+    try:
+        return os.write(fd, data)
+    except BlockingIOError:
+        return 0
+    except OSError:
+        return len(data)
 
 
 _SKIPPED = SKIPPED[0]
@@ -426,6 +459,8 @@ class ProcessPool:
             return
         try:
             data = os.read(fd, READ_SIZE)
+        except BlockingIOError:  # nothing after all
+            return
         except OSError:
             data = b""
         if not data:
@@ -482,6 +517,12 @@ class ProcessPool:
         for record, status, frame in zip(records, statuses, frames, strict=True):
             report(record, status, frame)
 
+    def on_writable(self, fd: int) -> None:
+        """A worker's connection takes more of what waits for it."""
+        worker = self._by_fd.get(fd)
+        if worker is not None:
+            self._write(worker, b"")
+
     def stop(self, deadline: float) -> list[str]:
         """Kill every worker process and wait (until ``deadline``) until they are gone.
 
@@ -496,6 +537,11 @@ class ProcessPool:
         for worker in workers:
             if worker.on_gone is None:  # not killed already
                 kill_worker(worker.pid)
+        for worker in workers:
+            try:
+                os.set_blocking(worker.fd, True)  # recv_bytes below reads whole messages
+            except OSError:
+                pass
         left = {worker.connection: worker for worker in workers}
         while left:
             timeout = deadline - time.monotonic()
@@ -556,23 +602,37 @@ class ProcessPool:
                 self._idle.append(worker)
             return
         payload = msgpack.packb(batch)
-        try:
-            write_all(worker.fd, FRAME_HEADER.pack(len(payload)) + payload)
-        except OSError:  # it died; these tasks never reached it
-            for record in sent:
-                record.state = TaskState.QUEUED
-            queue_.extendleft(reversed(sent))
-            if worker in self._busy:
-                self._busy.remove(worker)
-            worker.on_gone = []
-            self._replenish()
-            return
+        # If the worker died, what it never read stays QUEUED in its slots, and _gone
+        # (at its EOF) puts those tasks back in the queue.
+        self._write(worker, FRAME_HEADER.pack(len(payload)) + payload)
         for record, item in zip(sent, batch, strict=True):
             entry = _Entry(worker, item[0], record)  # type: ignore[arg-type]
             entries.append(entry)
             record.worker = entry
         if worker not in self._busy:
             self._busy.append(worker)
+
+    def _write(self, worker: _Worker, data: bytes) -> None:
+        """Write ``data`` to ``worker`` after what waits for it, as much as its
+        connection takes now; the rest waits (and the poller watches for it to be
+        writable). A dead worker's EOF comes through ``on_readable``."""
+        if self._by_fd.get(worker.fd) is not worker:
+            return  # gone (and its descriptor closed)
+        out = worker.out
+        if not out:
+            written = _write_some(worker.fd, data)
+            if written < len(data):
+                out += memoryview(data)[written:]
+        else:
+            out += data
+            with memoryview(out) as view:
+                written = _write_some(worker.fd, view)
+            del out[:written]
+        waiting = bool(out)
+        if waiting != worker.watched_out:
+            worker.watched_out = waiting
+            assert self._poller is not None
+            self._poller.register(worker.fd, zmq.POLLIN | zmq.POLLOUT if waiting else zmq.POLLIN)
 
     def _take_unstarted(self, worker: _Worker) -> list[TaskRecord]:
         """Under ``worker``'s lock: take back every task it has not started."""
@@ -642,6 +702,7 @@ class ProcessPool:
             entry.record = record.worker = None
             (unstarted if memory[entry.slot] == QUEUED else died).append(record)
         worker.entries.clear()
+        worker.out.clear()
         worker.slots.close()
         self._requeue(unstarted)
         if callbacks is None:  # nobody killed it
@@ -677,6 +738,7 @@ class ProcessPool:
             if isinstance(item, BaseException):
                 self._start_failed(item)
                 continue
+            os.set_blocking(item.fd, False)  # see _write
             self._by_fd[item.fd] = item
             self._poller.register(item.fd, zmq.POLLIN)
             self._idle.append(item)
