@@ -58,6 +58,8 @@ __all__ = [
     "encode",
     "encode_task",
     "new_task_id",
+    "plain_task",
+    "result_frame",
     "unbatch",
 ]
 
@@ -593,6 +595,69 @@ _FAST_BUILDERS: dict[type[Any], Callable[[tuple[Any, ...]], Any]] = {
     TaskResult: _fast_result,
     TaskCancelConfirm: _fast_confirm,
 }
+
+
+def plain_task(frame: bytes) -> tuple[Any, ...] | None:
+    """The decoded array of ``frame`` if it is a valid Task without a group and without
+    dependencies, else None.
+
+    For a receiver that handles such Tasks without building the message: the array is
+    ``(PROTOCOL_VERSION, Task.TYPE_CODE, task_id, function, args, None, ())``, its
+    fields as valid as ``decode`` would have them. None says nothing more: ``decode``
+    the frame to get the message, or the ``ProtocolError`` that names what is wrong.
+    """
+    if len(frame) > MAX_FRAME_BYTES:
+        return None
+    try:
+        items = _unpackb(frame, use_list=False)
+    except Exception:
+        return None
+    if (
+        type(items) is tuple
+        and len(items) == 7
+        and items[0] == PROTOCOL_VERSION
+        and items[1] == _TASK_CODE
+        and type(items[0]) is int
+        and type(items[1]) is int
+        and items[5] is None
+        and items[6] == ()
+    ):
+        task_id = items[2]
+        if (
+            type(task_id) is bytes
+            and len(task_id) == TASK_ID_BYTES
+            and type(items[3]) is bytes
+            and type(items[4]) is bytes
+        ):
+            return items
+    return None
+
+
+_TASK_CODE = Task.TYPE_CODE
+
+
+def result_frame(task_id: bytes, status: ResultStatus, payload: bytes) -> bytes:
+    """``encode(TaskResult(task_id, status, payload))``, byte for byte, without building
+    the message when its fields are plainly valid (a worker's answer to each task);
+    anything else goes through the constructor and ``encode``, which raise
+    ``ProtocolError`` naming what is wrong."""
+    if (
+        type(task_id) is bytes
+        and len(task_id) == TASK_ID_BYTES
+        and type(payload) is bytes
+        and type(status) is ResultStatus
+    ):
+        try:
+            frame = _packb((PROTOCOL_VERSION, _RESULT_CODE, task_id, status.value, payload))
+        except Exception:  # e.g. a bin over 4 GiB: encode says so
+            frame = None
+        if frame is not None and len(frame) <= MAX_FRAME_BYTES:
+            return frame
+    return encode(TaskResult(task_id, status, payload))
+
+
+_RESULT_CODE = TaskResult.TYPE_CODE
+_packb = msgpack.packb
 
 
 _BATCH_OVERHEAD = 16  # the envelope, and a bin header per frame (at most 5 bytes)

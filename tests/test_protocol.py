@@ -29,6 +29,8 @@ from futurefsm.protocol import (
     decode,
     encode,
     new_task_id,
+    plain_task,
+    result_frame,
 )
 
 ID = b"\x01" * TASK_ID_BYTES
@@ -552,6 +554,80 @@ def test_the_common_messages_take_the_fast_path():
         items = msgpack.unpackb(encode(message), use_list=False)
         assert protocol._FAST_BUILDERS[type(message)](items) == message
         assert decode(encode(message)) == message
+
+
+def _check_plain_task(data: bytes) -> None:
+    """plain_task gives the fields decode would, for a plain Task only."""
+    items = plain_task(data)
+    try:
+        message = decode(data)
+    except ProtocolError:
+        assert items is None, f"plain_task accepted what decode refuses: {data!r}"
+        return
+    plain = type(message) is Task and message.group_id is None and message.depends_on == ()
+    if not plain:
+        assert items is None, f"plain_task accepted {message!r}"
+        return
+    assert items is not None, f"plain_task refused {message!r}"
+    assert items == (PROTOCOL_VERSION, Task.TYPE_CODE, *dataclasses.astuple(message))
+    assert [type(item) for item in items[2:5]] == [bytes, bytes, bytes]
+
+
+@settings(max_examples=300)
+@given(st.one_of(messages.map(encode), mutated_frames()))
+def test_plain_task_gives_the_fields_decode_would_for_a_plain_task_only(data: bytes) -> None:
+    _check_plain_task(data)
+
+
+@settings(max_examples=300)
+@given(st.tuples(*[_NEAR_VALID] * 5))
+def test_plain_task_refuses_near_valid_tasks_that_decode_refuses(fields: tuple[Any, ...]) -> None:
+    _check_plain_task(frame(Task.TYPE_CODE, *fields))
+    _check_plain_task(raw(True, Task.TYPE_CODE, *fields))
+
+
+def test_plain_task_takes_a_plain_task_and_nothing_else() -> None:
+    task_id = new_task_id()
+    assert plain_task(encode(Task(task_id, b"fn", b"args"))) == (
+        PROTOCOL_VERSION,
+        Task.TYPE_CODE,
+        task_id,
+        b"fn",
+        b"args",
+        None,
+        (),
+    )
+    assert plain_task(encode(Task(task_id, b"fn", b"args", group_id=GROUP))) is None
+    assert plain_task(encode(Task(task_id, b"fn", b"args", depends_on=(ID,)))) is None
+    assert plain_task(encode(TaskCancel(task_id))) is None
+    assert plain_task(b"\xc1") is None
+
+
+@settings(max_examples=200)
+@given(task_results)
+def test_result_frame_is_the_encoded_task_result(result: TaskResult) -> None:
+    frame = result_frame(result.task_id, result.status, result.payload)
+    assert frame == encode(result)
+    assert decode(frame) == result
+
+
+@pytest.mark.parametrize(
+    ("task_id", "status", "payload", "match"),
+    [
+        (b"short", ResultStatus.SUCCESS, b"", "TaskResult.task_id"),
+        (ID, "bogus", b"", "TaskResult.status"),
+        (ID, ResultStatus.SUCCESS, bytearray(b"x"), "TaskResult.payload"),
+    ],
+)
+def test_result_frame_names_a_bad_field(task_id: Any, status: Any, payload: Any, match: str):
+    with pytest.raises(ProtocolError, match=match):
+        result_frame(task_id, status, payload)
+
+
+def test_result_frame_refuses_a_frame_over_the_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(protocol, "MAX_FRAME_BYTES", 64)
+    with pytest.raises(ProtocolError, match="exceeds the 64-byte limit"):
+        result_frame(ID, ResultStatus.SUCCESS, b"x" * 64)
 
 
 def test_task_ids_are_distinct_across_draws_and_threads():

@@ -718,6 +718,46 @@ def test_a_batch_is_served_message_by_message_and_a_bad_one_counted_alone(make_s
     assert stub.stats()["tasks_received"] == 2
 
 
+def test_a_batch_mixing_plain_tasks_with_graph_members_and_a_reused_id(make_stub, connect):
+    stub = make_stub()
+    peer = connect(stub)
+    group, a, b = new_task_id(), new_task_id(), new_task_id()
+    frames = [
+        # b waits for a, which comes next in the same Batch, as a plain Task
+        encode(Task(b, dumps(add), dumps(((DependencyRef(a), 1), {})), group, (a,))),
+        encode(Task(a, dumps(echo), dumps(((41,), {})))),
+        encode(Task(a, dumps(echo), dumps(((0,), {})))),  # a held task's id: an error
+        encode(Heartbeat(1)),
+    ]
+    peer.socket.send(msgpack.packb([PROTOCOL_VERSION, Batch.TYPE_CODE, frames]))
+    replies = peer.recv_many(3)
+    assert HeartbeatEcho(1) in replies
+    results = {r.task_id: result_value(r) for r in replies if isinstance(r, TaskResult)}
+    assert results == {a: 41, b: 42}
+    peer.assert_silent()
+    assert stub.stats()["protocol_errors"] == 1
+    assert stub.stats()["tasks_received"] == 3
+
+
+def test_a_disconnect_inside_a_batch_drops_the_tasks_before_it_only(make_stub, connect):
+    stub = make_stub()
+    peer = connect(stub)
+    before, after = new_task_id(), new_task_id()
+    frames = [
+        encode(Task(before, dumps(echo), dumps((("before",), {})))),
+        encode(Disconnect()),
+        encode(Task(after, dumps(echo), dumps((("after",), {})))),
+    ]
+    peer.socket.send(msgpack.packb([PROTOCOL_VERSION, Batch.TYPE_CODE, frames]))
+    reply = peer.recv()
+    assert reply.task_id == after and result_value(reply) == "after"
+    peer.assert_silent()
+    stats = stub.stats()
+    assert stats["disconnects_received"] == 1
+    assert stats["tasks_received"] == 2
+    assert stats["results_discarded"] == 0  # the dropped one never reached a worker
+
+
 def test_reusing_the_id_of_a_held_task_is_a_protocol_error(make_stub, connect):
     stub = make_stub()
     peer = connect(stub)
@@ -871,6 +911,25 @@ def test_log_records_messages_in_and_out(make_stub, connect):
     assert log[0].time <= log[1].time
     stats = stub.stats()
     assert stats["tasks_received"] == 1 and stats["results_sent"] == 1
+
+
+@pytest.mark.parametrize("log_messages", [False, True])
+def test_answers_that_cannot_be_routed_are_counted_unroutable_not_sent(make_stub, log_messages):
+    # Answers queued for a client the ROUTER does not know (gone, as a client whose
+    # connection closed between its result and the send): nothing counts as sent.
+    stub = make_stub(log_messages=log_messages)
+    gone, task_id = b"nobody-here", new_task_id()
+    result = encode(TaskResult(task_id, ResultStatus.SUCCESS, dumps(1)))
+
+    def answer() -> None:
+        stub._send_result(gone, task_id, ResultStatus.SUCCESS, result)
+        stub._send_confirm(gone, task_id, ConfirmKind.CANCELED, times=2)
+        stub._flush_outgoing()
+
+    stub._on_io_thread(answer, "answer", WAIT)
+    stats = stub.stats()
+    assert (stats["results_sent"], stats["confirms_sent"], stats["unroutable"]) == (0, 0, 3)
+    assert stub.log == []
 
 
 # ---------------------------------------------------------------------------

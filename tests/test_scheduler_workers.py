@@ -52,6 +52,7 @@ from futurefsm.protocol import (
     unbatch,
 )
 from futurefsm.scheduler_stub import SchedulerStub
+from futurefsm.scheduler_stub.processes import FRAME_HEADER, send_frame, take_frames, write_all
 from futurefsm.scheduler_stub.running import FunctionCache
 from futurefsm.scheduler_stub.sample_tasks import (
     echo,
@@ -654,6 +655,45 @@ print(sample_tasks._generation())
 """
 
 
+BIG = 4 * 1024 * 1024
+"""Far more than a socket pair's buffers hold."""
+
+
+def test_large_arguments_and_results_cross_both_ways_at_once(stubs, context):
+    # The scheduler used to block writing a batch to a worker that was itself blocked
+    # writing a large result back to it: both waited forever.
+    stub = stubs(workers=2)
+    peer = Peer(context, stub.address)
+    calls = [(echo, (bytes([n]) * BIG,)) for n in range(6)]
+    calls += [(echo, (n,)) for n in range(100)]
+    ids = send_together(peer, *calls)
+    assert results(peer, len(ids)) == {
+        task_id: args[0] for task_id, (_, args) in zip(ids, calls, strict=True)
+    }
+    peer.close()
+
+
+def test_a_large_batch_for_a_worker_in_a_long_task_does_not_stop_the_scheduler(stubs, context):
+    # The worker, inside a long task, reads nothing: what is written to it waits
+    # (instead of the scheduler's I/O thread waiting for the task to end).
+    stub = stubs(workers=1)
+    peer = Peer(context, stub.address)
+    big = [(echo, (bytes([n]) * BIG,)) for n in range(3)]
+    quick, stuck, *rest = send_together(
+        peer, (echo, ("quick",)), (gate_wait, ("big-stuck", "stuck")), *big
+    )
+    assert results(peer, 1) == {quick: "quick"}
+    assert wait_started("big-stuck", WAIT)
+    peer.send(Heartbeat(7))
+    assert peer.recv() == HeartbeatEcho(7)
+    open_gate("big-stuck")
+    assert results(peer, 4) == {
+        stuck: "stuck",
+        **{task_id: args[0] for task_id, (_, args) in zip(rest, big, strict=True)},
+    }
+    peer.close()
+
+
 def test_processes_using_gates_first_at_once_agree_on_one_generation(tmp_path):
     """Regression: a worker's first gate_wait and the test's first open_gate, at once,
     could each make a gate generation; the worker then waited on a gate opened in
@@ -686,3 +726,75 @@ def test_processes_using_gates_first_at_once_agree_on_one_generation(tmp_path):
         assert len(seen) == 1, f"processes disagree on the gate generation: {seen}"
         root = os.path.dirname(seen.pop())
         shutil.rmtree(root, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------
+# The framing on a worker's socket
+# ---------------------------------------------------------------------------
+
+
+def test_take_frames_takes_whole_messages_and_leaves_a_partial_one() -> None:
+    messages = [b"", b"a", b"\x00" * 1000]
+    wire = b"".join(FRAME_HEADER.pack(len(m)) + m for m in messages)
+    buffer = bytearray(wire + FRAME_HEADER.pack(5) + b"par")
+    assert take_frames(buffer) == messages
+    assert buffer == FRAME_HEADER.pack(5) + b"par"
+    buffer += b"t!"
+    assert take_frames(buffer) == [b"part!"] and buffer == b""
+    buffer += FRAME_HEADER.pack(3)[:2]
+    assert take_frames(buffer) == [] and len(buffer) == 2
+
+
+def test_take_frames_refuses_a_negative_length() -> None:
+    with pytest.raises(OSError, match="bad frame length -1"):
+        take_frames(bytearray(FRAME_HEADER.pack(-1)))
+
+
+@pytest.mark.parametrize("size", [10, 1024 * 1024])
+def test_send_frame_frames_small_and_large_payloads_alike(size: int) -> None:
+    ours, theirs = socket.socketpair()
+    payload = os.urandom(size)
+    received = bytearray()
+
+    def read() -> None:
+        while len(received) < 4 + size:
+            chunk = theirs.recv(65536)
+            if not chunk:
+                return
+            received.extend(chunk)
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    try:
+        send_frame(ours.fileno(), FRAME_HEADER.pack(size), payload)
+        reader.join(WAIT)
+        assert not reader.is_alive()
+        assert take_frames(received) == [payload] and received == b""
+    finally:
+        ours.close()
+        theirs.close()
+
+
+def test_write_all_writes_everything_through_a_full_socket_buffer() -> None:
+    ours, theirs = socket.socketpair()
+    ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    data = os.urandom(4 * 1024 * 1024)  # far more than the buffers hold: partial writes
+    received = bytearray()
+
+    def read() -> None:
+        while len(received) < len(data):
+            chunk = theirs.recv(65536)
+            if not chunk:
+                return
+            received.extend(chunk)
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    try:
+        write_all(ours.fileno(), data)
+        reader.join(WAIT)
+        assert not reader.is_alive()
+        assert received == data
+    finally:
+        ours.close()
+        theirs.close()

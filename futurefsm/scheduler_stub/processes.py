@@ -15,10 +15,12 @@ Wire, all over Unix socket pairs:
 - stub -> zygote (one ``socket.socketpair`` per stub process, shared by its stubs):
   ``b"F"`` with one file descriptor attached (the worker's end of its task socket);
   the zygote forks and answers the worker's pid as 4 bytes. EOF: the zygote exits.
-- stub <-> worker (a ``multiprocessing.connection.Connection`` over a socket pair):
-  first the stub sends its ``sys.path`` and the pickled serializer (so a worker imports
-  what the stub's process can, e.g. a test module's functions, pickled by reference),
-  and the worker answers ``b"ready"``; then
+- stub <-> worker (a socket pair; each message a 4-byte big-endian length and its
+  bytes, as ``multiprocessing.connection.Connection`` frames them): first, through a
+  ``Connection``, the stub sends its ``sys.path`` and the pickled serializer (so a
+  worker imports what the stub's process can, e.g. a test module's functions, pickled
+  by reference), and the worker answers ``b"ready"``; then, read and written on the
+  descriptors directly (one read takes whatever the other end wrote),
   batches of tasks, ``msgpack([[slot, task_id, function, args, dep_payloads], ...])``,
   each task answered in order by one byte of ``ResultStatus`` code followed by the
   encoded ``TaskResult`` frame, or by ``SKIPPED`` (one byte) if it was not started.
@@ -57,7 +59,9 @@ from multiprocessing.connection import Connection
 
 __all__ = [
     "DONE",
+    "FRAME_HEADER",
     "QUEUED",
+    "READ_SIZE",
     "SKIPPED",
     "SLOTS",
     "STARTED",
@@ -65,7 +69,10 @@ __all__ = [
     "WorkerSlots",
     "fork_worker",
     "kill_worker",
+    "send_frame",
+    "take_frames",
     "worker_main",
+    "write_all",
     "zygote_main",
 ]
 
@@ -76,6 +83,58 @@ _PID = struct.Struct("!i")
 OWNER_PID_ENV = "FUTUREFSM_SCHEDULER_PID"
 """Set in the zygote's (and so every worker's) environment: the pid of the process
 that runs the stub. ``sample_tasks``' gates use it to find the test's gate directory."""
+
+
+# --------------------------------------------------------------------------- framing
+
+FRAME_HEADER = struct.Struct("!i")
+"""A message's length ahead of it, as ``multiprocessing.connection.Connection`` frames
+it (the start-up handshake uses a ``Connection``; after it both ends read and write
+the descriptor themselves, in the same framing)."""
+
+READ_SIZE = 256 * 1024
+"""Bytes asked for per read: whatever the other end wrote, in one system call."""
+
+
+def take_frames(buffer: bytearray) -> list[bytes]:
+    """Take the whole messages off the front of ``buffer`` (the partial last one stays)."""
+    messages = []
+    position, end = 0, len(buffer)
+    unpack = FRAME_HEADER.unpack_from
+    with memoryview(buffer) as view:
+        while end - position >= 4:
+            (size,) = unpack(buffer, position)
+            start = position + 4
+            if size < 0:
+                raise OSError(f"bad frame length {size}")
+            if end - start < size:
+                break
+            position = start + size
+            messages.append(view[start:position].tobytes())
+    del buffer[:position]
+    return messages
+
+
+def send_frame(fd: int, header: bytes, payload: bytes) -> None:
+    """Write ``header`` and ``payload``: one write when small, two (no copy of the
+    payload) when large."""
+    if len(payload) <= _JOIN_BELOW:
+        write_all(fd, header + payload)
+    else:
+        write_all(fd, header)
+        write_all(fd, payload)
+
+
+_JOIN_BELOW = 64 * 1024
+
+
+def write_all(fd: int, data: bytes) -> None:
+    """Write all of ``data`` to the (blocking) descriptor ``fd``."""
+    written = os.write(fd, data)
+    if written < len(data):
+        with memoryview(data) as view:
+            while written < len(data):
+                written += os.write(fd, view[written:])
 
 
 # ----------------------------------------------------------------------- shared slots
@@ -346,29 +405,44 @@ def worker_main(fd: int) -> int:
     serializer = pickle.loads(serializer_bytes)
     functions = FunctionCache(serializer.loads)
     slots = WorkerSlots(slots_path)
-    memory, lock, unlock = slots.memory, slots.lock, slots.unlock
+    memory, slots_fd, lockf = slots.memory, slots.fd, fcntl.lockf
     connection.send_bytes(b"ready")
+    # From here on the descriptor is read and written directly (Connection's framing):
+    # a read takes every batch the stub wrote, a result is one write.
     pending: deque[list[object]] = deque()
-    send, receive, poll = connection.send_bytes, connection.recv_bytes, connection.poll
+    buffer = bytearray()
+    unpackb, read, header = msgpack.unpackb, os.read, _RESULT_HEADER.pack
     while True:
         try:
-            if not pending:
-                pending.extend(msgpack.unpackb(receive()))
-                while poll(0):  # more batches waiting: take them too (order is kept)
-                    pending.extend(msgpack.unpackb(receive()))
-        except (EOFError, OSError):
+            while not pending:
+                data = read(fd, READ_SIZE)
+                if not data:
+                    return 0
+                buffer += data
+                for message in take_frames(buffer):
+                    pending.extend(unpackb(message))
+        except OSError:
             return 0
         slot, task_id, function, args, dep_payloads = pending.popleft()
-        lock()
+        lockf(slots_fd, _LOCK_EX)  # slots.lock(), .unlock(): inline, as it is per task
         started = memory[slot] == QUEUED
         if started:
             memory[slot] = STARTED
-        unlock()
-        if not started:
-            send(SKIPPED)
-            continue
-        status, frame = run_call(task_id, function, args, dep_payloads, serializer, functions)
-        # Not under the lock: a stub that still reads STARTED kills this process, whose
-        # result it then discards, and it cannot start another task without the lock.
-        memory[slot] = DONE
-        send(bytes((status,)) + frame)
+        lockf(slots_fd, _LOCK_UN)
+        try:
+            if not started:
+                write_all(fd, _SKIPPED_FRAME)
+                continue
+            status, frame = run_call(task_id, function, args, dep_payloads, serializer, functions)
+            # Not under the lock: a stub that still reads STARTED kills this process, whose
+            # result it then discards, and it cannot start another task without the lock.
+            memory[slot] = DONE
+            send_frame(fd, header(len(frame) + 1, status), frame)
+        except OSError:  # the stub is gone
+            return 0
+
+
+_LOCK_EX, _LOCK_UN = fcntl.LOCK_EX, fcntl.LOCK_UN
+_RESULT_HEADER = struct.Struct("!iB")
+"""A result's frame length (with its status byte) and its status byte."""
+_SKIPPED_FRAME = FRAME_HEADER.pack(1) + SKIPPED

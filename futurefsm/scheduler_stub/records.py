@@ -82,9 +82,17 @@ Outcome: TypeAlias = TaskResult | DependencyCancelled
 """How a task ended, as far as its dependents care: its result, or cancelled."""
 
 
+_WAITING = TaskState.WAITING  # an enum member from the class costs a lookup per use
+_SEND_RESULT = AfterFinish.SEND_RESULT
+
+
 class TaskRecord:
     """One task the stub received. The worker reads ``function``, ``args``,
-    ``dep_payloads`` and ``behaviour``, all fixed before the record is queued."""
+    ``dep_payloads`` and ``behaviour``, all fixed before the record is queued.
+
+    Lean on purpose, since the stub may hold hundreds of thousands: one object the
+    garbage collector tracks per task without dependencies (its graph containers,
+    ``pending_deps``, ``dep_payloads`` and ``dependents``, are None until needed)."""
 
     __slots__ = (
         "after_finish",
@@ -105,27 +113,66 @@ class TaskRecord:
         "worker",
     )
 
-    def __init__(self, client: bytes, task: Task, behaviour: Behaviour, index: int) -> None:
+    def __init__(
+        self,
+        client: bytes,
+        task_id: bytes,
+        function: bytes,
+        args: bytes,
+        group_id: bytes | None,
+        behaviour: Behaviour,
+        index: int,
+    ) -> None:
         self.client = client
-        self.task_id = task.task_id
-        self.group_id = task.group_id
-        self.function = task.function
-        self.args = task.args
+        self.task_id = task_id
+        self.group_id = group_id
+        self.function = function
+        self.args = args
         self.behaviour = behaviour
         self.index = index
         """The Task's arrival index across the stub."""
-        self.state = TaskState.WAITING
-        self.after_finish = AfterFinish.SEND_RESULT
+        self.state = _WAITING
+        self.after_finish = _SEND_RESULT
         self.confirms_after_result = 0
-        self.pending_deps: set[bytes] = set()
-        self.dep_payloads: dict[bytes, bytes] = {}
-        """Dependency id -> its success payload, substituted for its DependencyRef."""
-        self.dependents: list[TaskRecord] = []
+        self.pending_deps: set[bytes] | None = None
+        """Ids of the dependencies it still waits for (None: none)."""
+        self.dep_payloads: dict[bytes, bytes] | None = None
+        """Dependency id -> its success payload, substituted for its DependencyRef
+        (None: no dependency)."""
+        self.dependents: list[TaskRecord] | None = None
+        """Records that wait for it (None: none yet)."""
         self.status: ResultStatus | None = None
         self.frame: bytes | memoryview | None = None
         """Once finished: its encoded ``TaskResult`` (of ``status``), until sent."""
         self.worker: object = None
         """The worker process running it, if any (the pool's business)."""
+
+    @classmethod
+    def of(cls, client: bytes, task: Task, behaviour: Behaviour, index: int) -> TaskRecord:
+        """The record of a decoded ``Task``."""
+        return cls(client, task.task_id, task.function, task.args, task.group_id, behaviour, index)
+
+    def add_dependent(self, record: TaskRecord) -> None:
+        """``record`` waits for this one."""
+        if self.dependents is None:
+            self.dependents = [record]
+        else:
+            self.dependents.append(record)
+
+    def dependency_done(self, task_id: bytes, payload: bytes) -> bool:
+        """Dependency ``task_id`` succeeded with ``payload``; True if it was the last
+        one this record waited for."""
+        if self.dep_payloads is None:
+            self.dep_payloads = {}
+        self.dep_payloads[task_id] = payload
+        pending = self.pending_deps
+        if pending is None:
+            return True
+        pending.discard(task_id)
+        if pending:
+            return False
+        self.pending_deps = None
+        return True
 
     def __repr__(self) -> str:
         return f"<TaskRecord {self.task_id.hex()} #{self.index} {self.state.value}>"
@@ -156,7 +203,7 @@ class ClientBook:
         """Add a new task and wire it into its graph.
 
         Returns None if ``record`` can go on (it must wait while ``record.pending_deps``
-        is not empty), else the outcome of a dependency that did not succeed: a failed
+        is not None), else the outcome of a dependency that did not succeed: a failed
         or worker_died result (``record`` must end the same way without running) or
         ``DEPENDENCY_CANCELLED`` (``record`` must be cancelled).
         """
@@ -168,19 +215,27 @@ class ClientBook:
                 members = self.groups[record.group_id] = []
                 self._forget_old_groups()
             members.append(task_id)
-        record.dependents.extend(self.waiting_for_unknown.pop(task_id, ()))
+        if self.waiting_for_unknown:
+            waiting = self.waiting_for_unknown.pop(task_id, None)
+            if waiting:
+                record.dependents = waiting
         for dep in depends_on:
             if dep in self.settled:
                 outcome = self.settled[dep]
                 if outcome is DEPENDENCY_CANCELLED or outcome.status is not ResultStatus.SUCCESS:
-                    record.pending_deps.clear()
+                    record.pending_deps = None
                     return outcome
+                if record.dep_payloads is None:
+                    record.dep_payloads = {}
                 record.dep_payloads[dep] = outcome.payload
-            elif dep in self.live:
-                self.live[dep].dependents.append(record)
-                record.pending_deps.add(dep)
+                continue
+            if dep in self.live:
+                self.live[dep].add_dependent(record)
             else:
                 self.waiting_for_unknown.setdefault(dep, []).append(record)
+            if record.pending_deps is None:
+                record.pending_deps = {dep}
+            else:
                 record.pending_deps.add(dep)
         return None
 
@@ -194,8 +249,10 @@ class ClientBook:
         if record.group_id is not None and record.group_id in self.groups:
             assert outcome is not None
             self.settled[record.task_id] = outcome
+        if record.dependents is None:
+            return []
         dependents = [d for d in record.dependents if d.state is TaskState.WAITING]
-        record.dependents = []
+        record.dependents = None
         return dependents
 
     def release(self, record: TaskRecord) -> None:

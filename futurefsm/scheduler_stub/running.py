@@ -12,7 +12,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
-from ..protocol import ResultStatus, TaskResult, encode
+from ..protocol import ResultStatus, TaskResult, encode, result_frame
 from ..serializer import Serializer, encode_failure, substitute_dependencies
 
 __all__ = [
@@ -54,8 +54,7 @@ def run_call(
             call_args = substitute_dependencies(call_args, values)
             kwargs = substitute_dependencies(kwargs, values)
         value = fn(*call_args, **kwargs)
-        frame = encode(TaskResult(task_id, ResultStatus.SUCCESS, serializer.dumps(value)))
-        return _SUCCESS, frame
+        return _SUCCESS, result_frame(task_id, ResultStatus.SUCCESS, serializer.dumps(value))
     except BaseException as exc:  # a remote task's failure, whatever it is, is its result
         return _FAILED, _failure(task_id, exc, serializer)
 

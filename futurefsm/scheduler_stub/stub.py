@@ -108,6 +108,7 @@ from ..protocol import (
     TaskResult,
     decode,
     encode,
+    plain_task,
     unbatch,
 )
 from ..serializer import DEFAULT_SERIALIZER, Serializer
@@ -134,6 +135,17 @@ times, then at debug level (a fuzzing client must not flood the log)."""
 _ROUTER_BATCH = 1000
 """Messages read from the ROUTER in a row before the inbox gets a look."""
 
+# Enum members as module constants: a member read from its class costs a lookup.
+_QUEUED, _DONE, _CANCELLED = TaskState.QUEUED, TaskState.DONE, TaskState.CANCELLED
+_SEND_RESULT = AfterFinish.SEND_RESULT
+
+_TURNS_PER_FLUSH = 8
+_FLUSH_AFTER = 0.0005
+"""Answers (results, confirms) wait for at most this many turns of the I/O loop (each
+handling what one poll found ready) or about this many seconds (checked between
+turns) before they go out; they go out at once when nothing else is ready (so no
+answer waits for anything but work already at hand)."""
+
 _CLOSE_LINGER_MS = 50
 """How long ``stop()`` lets queued outgoing messages flush when closing the socket."""
 
@@ -144,6 +156,7 @@ _TERM_GRACE = 0.1
 _MAX_POLL_MS = 60_000
 """Longest single poll: a huge ``result_delay`` must not overflow zmq's timeout."""
 
+_POLLOUT, _POLLIN_OR_ERR = int(zmq.POLLOUT), int(zmq.POLLIN | zmq.POLLERR)
 _NOBLOCK = int(zmq.NOBLOCK)  # plain ints: pyzmq's flag enums cost time per call
 _NOBLOCK_SNDMORE = int(zmq.NOBLOCK | zmq.SNDMORE)
 
@@ -284,6 +297,11 @@ class SchedulerStub:
         """The stub's CurveZMQ public key (Z85), or None without keys."""
         self._serializer = serializer if serializer is not None else DEFAULT_SERIALIZER
         self._answer_heartbeats = self._behaviour is None or self._behaviour.answer_heartbeats
+        self._plain_behaviour = next(
+            (b for b in (self._behaviour, DEFAULT_BEHAVIOUR) if b is not None and _plain(b)), None
+        )
+        """A Behaviour whose tasks' results go out as they come (no delay, drop or
+        duplicate): their records take the short way in ``_on_task_done``."""
 
         # Owned by the I/O thread once it runs.
         self._clients: dict[bytes, ClientBook] = {}
@@ -295,8 +313,9 @@ class SchedulerStub:
         self._arriving: Task | None = None
         self._peers_warned: set[bytes] = set()
         self._arrived: list[TaskRecord] | None = None
-        self._outgoing: dict[bytes, list[_Outgoing]] = {}
-        """Results and confirms per client, sent together at the end of a loop turn."""
+        self._outgoing: dict[bytes, _Outbox] = {}
+        """Results and confirms per client, sent together once nothing else is ready
+        (or after ``_TURNS_PER_FLUSH`` turns of the loop)."""
 
         # Shared: the claim lock (see records.py); log and stats under the records lock.
         self._claim_lock = threading.Lock()
@@ -492,9 +511,30 @@ class SchedulerStub:
         router, reader, pool = self._router, self._inbox.reader, self._pool
         monitor = self._peers.monitor
         self._guarded(pool.attach, poller)
+        turns = 0  # loop turns since answers started to wait in _outgoing
+        since = 0.0  # when they were first seen waiting
         try:
             while self._running:
-                for item, _ in poller.poll(self._poll_timeout_ms()):
+                if self._outgoing:
+                    if turns <= 1:
+                        since = time.monotonic()
+                    elif turns >= _TURNS_PER_FLUSH or time.monotonic() - since >= _FLUSH_AFTER:
+                        self._guarded(self._flush_outgoing)
+                        turns = 0
+                else:
+                    turns = 0
+                # With answers waiting, only a look: whatever is ready already is
+                # handled first and its answers go out with them, in one frame per
+                # client; nothing ready, they go out at once.
+                events = poller.poll(0 if self._outgoing else self._poll_timeout_ms())
+                if not events:
+                    self._fire_due_timers()
+                    if self._outgoing:
+                        self._guarded(self._flush_outgoing)
+                    turns = 0
+                    continue
+                turns += 1
+                for item, flags in events:
                     if item is router:
                         self._drain_router()
                     elif item is reader:
@@ -503,12 +543,13 @@ class SchedulerStub:
                     elif item is monitor:
                         self._clients_gone(self._peers.drain())
                     else:  # a worker process's connection
-                        self._guarded(pool.on_readable, item)
+                        if flags & _POLLOUT:
+                            self._guarded(pool.on_writable, item)
+                        if flags & _POLLIN_OR_ERR:
+                            self._guarded(pool.on_readable, item)
                     if not self._running:
                         break
                 self._fire_due_timers()
-                if self._outgoing:  # once per turn: what every handler above produced
-                    self._guarded(self._flush_outgoing)
         except Exception:  # only a broken poller gets here; the handlers are guarded
             logger.exception("scheduler stub: I/O thread failed")
         finally:
@@ -559,7 +600,7 @@ class SchedulerStub:
             self._clients_gone(gone)
         # Else its client is gone, or it was cancelled. All at once: they go to the
         # workers in batches.
-        self._pool.submit_all([r for r in arrived if r.state is TaskState.QUEUED])
+        self._pool.submit_all([r for r in arrived if r.state is _QUEUED])
 
     def _read_router(self) -> None:
         router, peers = self._router, self._peers
@@ -611,6 +652,9 @@ class SchedulerStub:
             self._protocol_error(identity, str(exc))
             return
         if type(message) is Batch:  # several messages in one frame: each on its own
+            if self._behaviour_fn is None and not self._log_messages:
+                self._on_batch(identity, message.frames)
+                return
             for item, size in unbatch(message):
                 if isinstance(item, ProtocolError):
                     self._protocol_error(identity, str(item))
@@ -618,6 +662,72 @@ class SchedulerStub:
                     self._guarded(self._on_message, identity, item, size)
             return
         self._on_message(identity, message, len(frames[1]))
+
+    def _on_batch(self, identity: bytes, frames: tuple[bytes, ...]) -> None:
+        """The messages of a Batch, in order, as ``unbatch`` and ``_on_message`` would
+        take them, with a short way for the plain Tasks (no group, no dependencies)
+        that make up most batches: their records are made straight from the decoded
+        arrays, without a ``Task``. Only with one Behaviour for every task and the log
+        off (else a Task is needed: ``arriving``, the log)."""
+        behaviour = self._behaviour
+        assert behaviour is not None
+        received, start, count = 0, 0, len(frames)
+        arrived = self._arrived  # reading the ROUTER: tasks start after the batch
+        try:
+            while start < count:
+                position = start
+                try:
+                    book = self._book(identity)
+                    live, settled = book.live, book.settled
+                    for position in range(start, count):
+                        items = plain_task(frames[position])
+                        if items is None:  # anything else: the long way
+                            self._on_batch_item(identity, position, frames[position])
+                            book = self._book(identity)  # a Disconnect drops it
+                            live, settled = book.live, book.settled
+                            continue
+                        task_id = items[2]
+                        received += 1
+                        if task_id in live or task_id in settled:
+                            self._protocol_error(
+                                identity, f"task id {task_id.hex()} is already in use"
+                            )
+                            continue
+                        record = TaskRecord(
+                            identity, task_id, items[3], items[4], None, behaviour, self._arrivals
+                        )
+                        self._arrivals += 1
+                        live[task_id] = record
+                        if book.waiting_for_unknown:  # dependents that came first
+                            waiting = book.waiting_for_unknown.pop(task_id, None)
+                            if waiting:
+                                record.dependents = waiting
+                        record.state = _QUEUED  # _enqueue, inline
+                        if arrived is None:
+                            self._pool.submit(record)
+                        else:
+                            arrived.append(record)
+                    start = count
+                except Exception:
+                    logger.exception("scheduler stub: internal error on a message of a Batch")
+                    self._count("internal_errors")
+                    start = position + 1
+        finally:
+            if received:
+                with self._records_lock:
+                    self._stats["tasks_received"] += received
+
+    def _on_batch_item(self, identity: bytes, index: int, frame: bytes) -> None:
+        """One message of a Batch that is not a plain Task."""
+        try:
+            message = decode(frame)
+        except ProtocolError as error:
+            self._protocol_error(identity, f"Batch.frames[{index}]: {error}")
+            return
+        if type(message) is Batch:
+            self._protocol_error(identity, f"Batch.frames[{index}]: a Batch inside a Batch")
+            return
+        self._guarded(self._on_message, identity, message, len(frame))
 
     def _on_message(self, identity: bytes, message: Message, size: int) -> None:
         self._note("in", identity, message, size)
@@ -651,14 +761,14 @@ class SchedulerStub:
         if book.knows(task.task_id):
             self._protocol_error(identity, f"task id {task.task_id.hex()} is already in use")
             return
-        record = TaskRecord(identity, task, behaviour, index)
+        record = TaskRecord.of(identity, task, behaviour, index)
         blocked_by = book.register(record, task.depends_on)
         if blocked_by is DEPENDENCY_CANCELLED:
             self._cancel_record(record, confirms=1)
         elif blocked_by is not None:
             failed = TaskResult(record.task_id, blocked_by.status, blocked_by.payload)
             self._finish(record, failed.status, encode(failed))
-        elif not record.pending_deps:
+        elif record.pending_deps is None:
             self._enqueue(record)
 
     def _on_cancel(self, identity: bytes, cancel: TaskCancel) -> None:
@@ -828,7 +938,7 @@ class SchedulerStub:
     # -- running and finishing
 
     def _enqueue(self, record: TaskRecord) -> None:
-        record.state = TaskState.QUEUED
+        record.state = _QUEUED
         if self._arrived is not None:  # reading the ROUTER: start after the batch
             self._arrived.append(record)
         else:
@@ -849,8 +959,25 @@ class SchedulerStub:
     def _on_task_done(self, record: TaskRecord, status: int, frame: bytes | memoryview) -> None:
         """A worker finished ``record``: ``status`` (a ``STATUS_CODES`` byte) and the
         encoded ``TaskResult``."""
-        if record.state is TaskState.CANCELLED:
+        if record.state is _CANCELLED:
             self._count("results_discarded")
+            return
+        if (
+            record.behaviour is self._plain_behaviour
+            and record.dependents is None
+            and record.group_id is None
+            and record.after_finish is _SEND_RESULT
+            and not self._log_messages
+        ):  # what most tasks are: _finish and _deliver, the short way
+            record.state = _DONE
+            identity = record.client
+            live = self._clients[identity].live
+            if live.get(record.task_id) is record:
+                del live[record.task_id]
+            box = self._outgoing.get(identity)
+            if box is None:
+                box = self._outgoing[identity] = _Outbox(False)
+            box.frames.append(frame)
             return
         self._finish(record, STATUSES[status], frame)
 
@@ -863,15 +990,14 @@ class SchedulerStub:
         while pending:
             record, status, frame = pending.pop()
             outcome = None
-            if record.group_id is not None or record.dependents:  # a graph: read it
+            if record.group_id is not None or record.dependents is not None:  # a graph
                 outcome = decode(bytes(frame))
                 assert isinstance(outcome, TaskResult)
             for dependent in book.settle(record, outcome):
                 assert outcome is not None
                 if status is ResultStatus.SUCCESS:
-                    dependent.dep_payloads[record.task_id] = outcome.payload
-                    dependent.pending_deps.discard(record.task_id)
-                    if not dependent.pending_deps:
+                    last = dependent.dependency_done(record.task_id, outcome.payload)
+                    if last and dependent.state is TaskState.WAITING:
                         self._enqueue(dependent)
                 else:
                     failed = TaskResult(dependent.task_id, status, outcome.payload)
@@ -940,61 +1066,58 @@ class SchedulerStub:
     def _send_confirm(
         self, identity: bytes, task_id: bytes, kind: ConfirmKind, times: int = 1
     ) -> None:
+        """Queue ``times`` TaskCancelConfirms (``_queue_out``)."""
         confirm = TaskCancelConfirm(task_id, kind)
         if logger.isEnabledFor(logging.INFO):
             logger.info("cancel of %s: %s, to client %s", task_id.hex(), kind.value, identity.hex())
         frame = encode(confirm)
         for _ in range(times):
-            self._send(identity, confirm, frame)
+            self._queue_out(identity, frame, confirm)
+
+    def _send_result(
+        self, identity: bytes, task_id: bytes, status: ResultStatus, frame: bytes | memoryview
+    ) -> None:
+        """Queue an encoded TaskResult (no message object is built unless it is logged)."""
+        self._queue_out(identity, frame, (task_id, status))
+
+    def _queue_out(
+        self,
+        identity: bytes,
+        frame: bytes | memoryview,
+        what: TaskCancelConfirm | tuple[bytes, ResultStatus],
+    ) -> None:
+        """Results and confirms wait until nothing else is ready (``_run``) and go out
+        together (``_flush_outgoing``: one Batch frame for a client's lot), counted then."""
+        box = self._outgoing.get(identity)
+        if box is None:
+            box = self._outgoing[identity] = _Outbox(self._log_messages)
+        if type(what) is TaskCancelConfirm:
+            box.confirms.append(len(box.frames))
+        box.frames.append(frame)
+        if box.logged is not None:
+            # Logged now, in the order they were produced; taken back if unsent.
+            box.logged.append(self._note("out", identity, what, len(frame)))
 
     def _send(
         self,
         identity: bytes,
         message: Message,
-        frame: bytes | memoryview | None = None,
         *,
         quiet: bool = False,
     ) -> None:
-        if frame is None:
-            frame = encode(message)
-        self._send_frame(identity, _OUT_STATS.get(type(message)), frame, message, quiet)
-
-    def _send_result(
-        self, identity: bytes, task_id: bytes, status: ResultStatus, frame: bytes | memoryview
-    ) -> None:
-        """Send an encoded TaskResult (no message object is built unless it is logged)."""
-        self._send_frame(identity, "results_sent", frame, (task_id, status))
-
-    def _send_frame(
-        self,
-        identity: bytes,
-        stat: str | None,
-        frame: bytes | memoryview,
-        what: Message | tuple[bytes, ResultStatus],
-        quiet: bool = False,
-    ) -> None:
-        """Send ``frame`` to ``identity``, counted under ``stat`` (if any); ``what`` is the message
-        (or a result's id and status), for the log and the warnings (none if ``quiet``).
-
-        Results and confirms wait until the end of the loop turn and go out together
-        (``_flush_outgoing``: one Batch frame for a client's lot); anything else goes at
-        once, after what waits for the same client, so a client gets every message in
-        the order it was sent here."""
+        """Send ``message`` at once, after what waits for the same client, so a client
+        gets every message in the order it was sent here (no warning if ``quiet``)."""
+        frame = encode(message)
+        stat = _OUT_STATS.get(type(message))
         # Logged and counted before the send: a peer that has the reply must find it in
         # the log and the stats already. Taken back if the send fails.
-        logged = self._note("out", identity, what, len(frame)) if self._log_messages else None
+        logged = self._note("out", identity, message, len(frame)) if self._log_messages else None
         if stat is not None:
             with self._records_lock:
                 self._stats[stat] += 1
-        kind = type(what)
-        if kind is tuple or kind is TaskCancelConfirm:
-            waiting = self._outgoing.get(identity)
-            if waiting is None:
-                waiting = self._outgoing[identity] = []
-            waiting.append((stat, frame, what, logged))
-            return
-        if identity in self._outgoing:
-            self._flush_to(identity, self._outgoing.pop(identity))
+        box = self._outgoing.pop(identity, None)
+        if box is not None:
+            self._flush_to(identity, box)
         try:
             # Two sends with plain int flags: cheaper than send_multipart, and with
             # ROUTER_MANDATORY an unroutable identity fails on the first, sending nothing.
@@ -1014,7 +1137,7 @@ class SchedulerStub:
                 return
             self._warn(
                 "scheduler stub: could not send %s to client %r: %s",
-                "TaskResult" if isinstance(what, tuple) else type(what).__name__,
+                type(message).__name__,
                 identity,
                 exc.strerror,
             )
@@ -1023,52 +1146,62 @@ class SchedulerStub:
         """Send the results and confirms that wait, each client's in as few frames as
         it takes (``Batch``es under ``MAX_FRAME_BYTES``), in order."""
         outgoing, self._outgoing = self._outgoing, {}
-        for identity, items in outgoing.items():
-            self._flush_to(identity, items)
+        for identity, box in outgoing.items():
+            self._flush_to(identity, box)
 
-    def _flush_to(self, identity: bytes, items: list[_Outgoing]) -> None:
+    def _flush_to(self, identity: bytes, box: _Outbox) -> None:
+        frames, confirms = box.frames, len(box.confirms)
+        # Counted before the send: a peer that has them must find them in the stats.
+        with self._records_lock:
+            self._stats["results_sent"] += len(frames) - confirms
+            if confirms:
+                self._stats["confirms_sent"] += confirms
         router = self._router
-        start = 0
-        while start < len(items):
+        start, count = 0, len(frames)
+        while start < count:
             end, size = start, _BATCH_OVERHEAD
-            while end < len(items) and (
-                end == start or size + len(items[end][1]) + _BATCH_OVERHEAD <= MAX_FRAME_BYTES
+            while end < count and (
+                end == start or size + len(frames[end]) + _BATCH_OVERHEAD <= MAX_FRAME_BYTES
             ):
-                size += len(items[end][1]) + _BATCH_OVERHEAD
+                size += len(frames[end]) + _BATCH_OVERHEAD
                 end += 1
             if end - start == 1:
-                frame = items[start][1]
+                frame = frames[start]
+            elif end - start == count:
+                frame = msgpack.packb((PROTOCOL_VERSION, Batch.TYPE_CODE, frames))
             else:
-                frame = msgpack.packb(
-                    (PROTOCOL_VERSION, Batch.TYPE_CODE, [i[1] for i in items[start:end]])
-                )
+                frame = msgpack.packb((PROTOCOL_VERSION, Batch.TYPE_CODE, frames[start:end]))
             try:
                 router.send(identity, _NOBLOCK_SNDMORE)
                 router.send(frame, _NOBLOCK)
             except zmq.ZMQError as exc:
-                self._unsent(identity, items[start:], exc)
+                self._unsent(identity, box, start, exc)
                 return
             start = end
 
-    def _unsent(self, identity: bytes, items: list[_Outgoing], exc: zmq.ZMQError) -> None:
-        """``items`` could not be sent: take back their counts and log records."""
+    def _unsent(self, identity: bytes, box: _Outbox, start: int, exc: zmq.ZMQError) -> None:
+        """``box``'s messages from ``start`` on could not be sent: take back their
+        counts and log records."""
+        unsent = len(box.frames) - start
+        confirms = sum(1 for position in box.confirms if position >= start)
         with self._records_lock:
-            for stat, _, _, logged in items:
-                if stat is not None:
-                    self._stats[stat] -= 1
-                if logged is not None:
-                    try:
-                        self._log.remove(logged)
-                    except ValueError:  # already gone from a bounded log
-                        continue
-                    self._log_cost -= logged.cost()
+            self._stats["results_sent"] -= unsent - confirms
+            self._stats["confirms_sent"] -= confirms
+            for logged in (box.logged or [])[start:]:
+                if logged is None:
+                    continue
+                try:
+                    self._log.remove(logged)
+                except ValueError:  # already gone from a bounded log
+                    continue
+                self._log_cost -= logged.cost()
             # EHOSTUNREACH: the peer is gone (ROUTER_MANDATORY).
-            self._stats["unroutable"] += len(items)
-        what = items[0][2]
+            self._stats["unroutable"] += unsent
+        first = "TaskCancelConfirm" if start in box.confirms else "TaskResult"
         self._warn(
             "scheduler stub: could not send %d messages (the first a %s) to client %r: %s",
-            len(items),
-            "TaskResult" if isinstance(what, tuple) else type(what).__name__,
+            unsent,
+            first,
             identity,
             exc.strerror,
         )
@@ -1129,13 +1262,29 @@ class SchedulerStub:
             logger.debug(message, *args)
 
 
-_Outgoing = tuple[
-    "str | None", "bytes | memoryview", "Message | tuple[bytes, ResultStatus]", "LogRecord | None"
-]
-"""A message waiting to go to a client: its stat, frame, what it is, its log record."""
+class _Outbox:
+    """The results and confirms waiting to go to one client, in order."""
+
+    __slots__ = ("confirms", "frames", "logged")
+
+    def __init__(self, log: bool) -> None:
+        self.frames: list[bytes | memoryview] = []
+        """Their encoded frames."""
+        self.confirms: list[int] = []
+        """Where in ``frames`` the TaskCancelConfirms are (the others are results)."""
+        self.logged: list[LogRecord | None] | None = [] if log else None
+        """With the log on: their log records, as ``frames``."""
+
 
 _BATCH_OVERHEAD = 16
 """A Batch's envelope, and a bin header per frame (at most 5 bytes): for its size."""
+
+
+def _plain(behaviour: Behaviour) -> bool:
+    """True if a task of ``behaviour`` sends its result once, as soon as it has it."""
+    return (
+        behaviour.result_delay <= 0 and not behaviour.drop_result and not behaviour.duplicate_result
+    )
 
 
 def _nothing() -> None:

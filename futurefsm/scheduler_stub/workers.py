@@ -1,7 +1,8 @@
 """The stub's workers, and the inbox through which other threads reach the I/O thread.
 
 Two pools run tasks, both with the same small interface to the stub (``attach``,
-``submit``, ``submit_all``, ``take_back``, ``kill``, ``on_readable``, ``stop``):
+``submit``, ``submit_all``, ``take_back``, ``kill``, ``on_readable``, ``on_writable``,
+``stop``):
 
 - ``ProcessPool`` (the default): tasks sent in batches to worker processes by the I/O
   thread itself; one not started yet can be taken back, a running one stopped by
@@ -21,7 +22,6 @@ from __future__ import annotations
 import logging
 import os
 import queue
-import struct
 import threading
 import time
 from collections import deque
@@ -37,7 +37,9 @@ import zmq
 from ..protocol import ResultStatus, TaskResult, encode
 from ..serializer import Serializer
 from .processes import (
+    FRAME_HEADER,
     QUEUED,
+    READ_SIZE,
     SKIPPED,
     SLOTS,
     STARTED,
@@ -182,6 +184,9 @@ class ThreadPool:
     def on_readable(self, fd: int) -> None:
         """Never called: nothing was registered."""
 
+    def on_writable(self, fd: int) -> None:
+        """Never called: nothing was registered."""
+
     def submit(self, record: TaskRecord) -> None:
         """Queue ``record`` to run (called by the I/O thread)."""
         self._queue.put(record)
@@ -263,7 +268,18 @@ class _Entry:
 class _Worker:
     """One worker process, as the I/O thread sees it."""
 
-    __slots__ = ("buffer", "connection", "entries", "fd", "next_slot", "on_gone", "pid", "slots")
+    __slots__ = (
+        "buffer",
+        "connection",
+        "entries",
+        "fd",
+        "next_slot",
+        "on_gone",
+        "out",
+        "pid",
+        "slots",
+        "watched_out",
+    )
 
     def __init__(self, pid: int, connection: Connection, slots: WorkerSlots) -> None:
         self.pid = pid
@@ -275,6 +291,12 @@ class _Worker:
         self.next_slot = 0
         self.buffer = bytearray()
         """Bytes read from its connection, not yet a whole message."""
+        self.out = bytearray()
+        """Bytes for it that its connection did not take yet (written when writable:
+        the I/O thread never blocks on a worker, which may be writing a large result
+        itself, or running a long task)."""
+        self.watched_out = False
+        """Whether the poller watches its connection for being writable."""
         self.on_gone: list[Callable[[], None]] | None = None
         """Not None once it was killed: what to call when it is gone."""
 
@@ -282,31 +304,21 @@ class _Worker:
         return f"<worker process {self.pid}>"
 
 
-def _messages(buffer: bytearray) -> list[bytes]:
-    """Take the whole messages (``Connection`` framing) off the front of ``buffer``."""
-    messages = []
-    position, end = 0, len(buffer)
-    while end - position >= 4:
-        (size,) = _SIZE.unpack_from(buffer, position)
-        header = 4
-        if size == -1:  # Connection's framing of a message over 2 GiB
-            if end - position < 12:
-                break
-            (size,) = _BIG_SIZE.unpack_from(buffer, position + 4)
-            header = 12
-        if end - position - header < size:
-            break
-        start = position + header
-        messages.append(bytes(buffer[start : start + size]))
-        position = start + size
-    del buffer[:position]
-    return messages
+def _write_some(fd: int, data: bytes | memoryview) -> int:
+    """Write what the (non-blocking) descriptor takes now; how many bytes. All of them
+    if it failed: the peer is gone, and nothing written to it matters any more."""
+    if not data:
+        return 0
+    try:
+        return os.write(fd, data)
+    except BlockingIOError:
+        return 0
+    except OSError:
+        return len(data)
 
 
-_SIZE = struct.Struct("!i")
-_BIG_SIZE = struct.Struct("!Q")
-_READ_SIZE = 256 * 1024
 _SKIPPED = SKIPPED[0]
+_QUEUED_STATE, _RUNNING_STATE = TaskState.QUEUED, TaskState.RUNNING
 
 _BATCH = 64
 """At most this many tasks are sent to a worker process in one write."""
@@ -446,33 +458,54 @@ class ProcessPool:
         if worker is None:
             return
         try:
-            data = os.read(fd, _READ_SIZE)
+            data = os.read(fd, READ_SIZE)
+        except BlockingIOError:  # nothing after all
+            return
         except OSError:
             data = b""
         if not data:
             self._gone(worker)
             return
-        worker.buffer += data
-        done = []
+        buffer = worker.buffer
+        buffer += data
+        # Each answer: its length, then its status byte and its frame (or SKIPPED).
+        records: list[TaskRecord] = []
+        statuses: list[int] = []
+        frames: list[bytes] = []
         entries = worker.entries
-        for message in _messages(worker.buffer):
-            if not entries:
-                logger.error("scheduler stub: %r answered a task it was not sent", worker)
-                break
-            record = entries.popleft().record
-            if record is None:  # taken back, or its worker was killed to stop it
-                continue
-            record.worker = None
-            if message[0] == _SKIPPED:  # cannot happen: only a taken-back task is skipped
-                logger.error("scheduler stub: %r skipped %r", worker, record)
-                self._report(
-                    record,
-                    *worker_died_result(
-                        record.task_id, "the worker process skipped the task", self._serializer
-                    ),
-                )
-                continue
-            done.append((record, message))
+        position, end = 0, len(buffer)
+        unpack = FRAME_HEADER.unpack_from
+        with memoryview(buffer) as view:
+            while end - position >= 4:
+                (size,) = unpack(buffer, position)
+                start = position + 4
+                if size < 1:  # not what a worker writes: it is broken
+                    logger.error("scheduler stub: %r wrote a bad answer; killing it", worker)
+                    kill_worker(worker.pid)
+                    position = end
+                    break
+                if end - start < size:
+                    break
+                position = start + size
+                if not entries:
+                    logger.error("scheduler stub: %r answered a task it was not sent", worker)
+                    position = end
+                    break
+                record = entries.popleft().record
+                if record is None:  # taken back, or its worker was killed to stop it
+                    continue
+                record.worker = None
+                status = buffer[start]
+                if status == _SKIPPED:  # cannot happen: only a taken-back task is skipped
+                    logger.error("scheduler stub: %r skipped %r", worker, record)
+                    reason = "the worker process skipped the task"
+                    status, frame = worker_died_result(record.task_id, reason, self._serializer)
+                else:
+                    frame = view[start + 1 : position].tobytes()
+                records.append(record)
+                statuses.append(status)
+                frames.append(frame)
+        del buffer[:position]
         if worker.on_gone is None:
             if not entries:
                 self._busy.remove(worker)
@@ -481,8 +514,14 @@ class ProcessPool:
                 self._send_batch(worker, self._share())
         self._pump()  # first give the workers their next tasks, then handle the results
         report = self._report
-        for record, message in done:
-            report(record, message[0], memoryview(message)[1:])
+        for record, status, frame in zip(records, statuses, frames, strict=True):
+            report(record, status, frame)
+
+    def on_writable(self, fd: int) -> None:
+        """A worker's connection takes more of what waits for it."""
+        worker = self._by_fd.get(fd)
+        if worker is not None:
+            self._write(worker, b"")
 
     def stop(self, deadline: float) -> list[str]:
         """Kill every worker process and wait (until ``deadline``) until they are gone.
@@ -498,6 +537,11 @@ class ProcessPool:
         for worker in workers:
             if worker.on_gone is None:  # not killed already
                 kill_worker(worker.pid)
+        for worker in workers:
+            try:
+                os.set_blocking(worker.fd, True)  # recv_bytes below reads whole messages
+            except OSError:
+                pass
         left = {worker.connection: worker for worker in workers}
         while left:
             timeout = deadline - time.monotonic()
@@ -536,8 +580,11 @@ class ProcessPool:
         memory = worker.slots.memory
         while queue_ and len(sent) < size and nbytes < _BATCH_BYTES:
             record = queue_.popleft()
-            if not self._claim(record):
+            # The claim, without the stub's claim lock: with processes, every change of a
+            # record's state happens on the I/O thread.
+            if record.state is not _QUEUED_STATE:
                 continue  # cancelled or forgotten while queued
+            record.state = _RUNNING_STATE
             if record.behaviour.worker_died:  # scripted: no process needed
                 status, frame = worker_died_result(
                     record.task_id, WORKER_DIED_REASON, self._serializer
@@ -547,32 +594,45 @@ class ProcessPool:
             slot = worker.next_slot
             worker.next_slot = (slot + 1) % SLOTS
             memory[slot] = QUEUED  # free: its last task was answered (or it is new)
-            batch.append(
-                [slot, record.task_id, record.function, record.args, record.dep_payloads or None]
-            )
+            batch.append((slot, record.task_id, record.function, record.args, record.dep_payloads))
             sent.append(record)
             nbytes += len(record.function) + len(record.args)
         if not sent:
             if not entries:
                 self._idle.append(worker)
             return
-        try:
-            worker.connection.send_bytes(msgpack.packb(batch))
-        except OSError:  # it died; these tasks never reached it
-            for record in sent:
-                record.state = TaskState.QUEUED
-            queue_.extendleft(reversed(sent))
-            if worker in self._busy:
-                self._busy.remove(worker)
-            worker.on_gone = []
-            self._replenish()
-            return
+        payload = msgpack.packb(batch)
+        # If the worker died, what it never read stays QUEUED in its slots, and _gone
+        # (at its EOF) puts those tasks back in the queue.
+        self._write(worker, FRAME_HEADER.pack(len(payload)) + payload)
         for record, item in zip(sent, batch, strict=True):
             entry = _Entry(worker, item[0], record)  # type: ignore[arg-type]
             entries.append(entry)
             record.worker = entry
         if worker not in self._busy:
             self._busy.append(worker)
+
+    def _write(self, worker: _Worker, data: bytes) -> None:
+        """Write ``data`` to ``worker`` after what waits for it, as much as its
+        connection takes now; the rest waits (and the poller watches for it to be
+        writable). A dead worker's EOF comes through ``on_readable``."""
+        if self._by_fd.get(worker.fd) is not worker:
+            return  # gone (and its descriptor closed)
+        out = worker.out
+        if not out:
+            written = _write_some(worker.fd, data)
+            if written < len(data):
+                out += memoryview(data)[written:]
+        else:
+            out += data
+            with memoryview(out) as view:
+                written = _write_some(worker.fd, view)
+            del out[:written]
+        waiting = bool(out)
+        if waiting != worker.watched_out:
+            worker.watched_out = waiting
+            assert self._poller is not None
+            self._poller.register(worker.fd, zmq.POLLIN | zmq.POLLOUT if waiting else zmq.POLLIN)
 
     def _take_unstarted(self, worker: _Worker) -> list[TaskRecord]:
         """Under ``worker``'s lock: take back every task it has not started."""
@@ -642,6 +702,7 @@ class ProcessPool:
             entry.record = record.worker = None
             (unstarted if memory[entry.slot] == QUEUED else died).append(record)
         worker.entries.clear()
+        worker.out.clear()
         worker.slots.close()
         self._requeue(unstarted)
         if callbacks is None:  # nobody killed it
@@ -677,6 +738,7 @@ class ProcessPool:
             if isinstance(item, BaseException):
                 self._start_failed(item)
                 continue
+            os.set_blocking(item.fd, False)  # see _write
             self._by_fd[item.fd] = item
             self._poller.register(item.fd, zmq.POLLIN)
             self._idle.append(item)
