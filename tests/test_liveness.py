@@ -52,15 +52,20 @@ class Scheduler:
     """A ``python -m futurefsm scheduler`` process on a loopback port."""
 
     def __init__(self, port: int | None = None, workers: int = 2, threads: bool = False) -> None:
-        self.port = free_port() if port is None else port
-        self.address = f"tcp://127.0.0.1:{self.port}"
-        command = [sys.executable, "-m", "futurefsm", "scheduler", "--address", self.address]
+        # Without a port, port 0: the scheduler binds a free one itself and prints it
+        # (a port picked here could be taken by another process before it binds).
+        requested = f"tcp://127.0.0.1:{0 if port is None else port}"
+        command = [sys.executable, "-m", "futurefsm", "scheduler", "--address", requested]
         command += ["--workers", str(workers), *(["--threads"] if threads else [])]
         self.process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
         ready, _, _ = select.select([self.process.stdout], [], [], SLACK * 2)
         assert ready, "the scheduler printed nothing"
         line = self.process.stdout.readline()
-        assert line == f"futurefsm scheduler listening on {self.address}\n", line
+        listening = "futurefsm scheduler listening on tcp://127.0.0.1:"
+        assert line.startswith(listening), line
+        self.port = int(line[len(listening) :])
+        assert port is None or self.port == port, line
+        self.address = f"tcp://127.0.0.1:{self.port}"
 
     def close(self) -> None:
         if self.process.poll() is None:

@@ -11,9 +11,9 @@ import json
 import math
 import operator
 import os
+import re
 import select
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -976,12 +976,6 @@ def test_behaviour_from_dict_and_json_file(tmp_path):
 # ---------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def read_line(stream: Any, timeout: float) -> str:
     ready, _, _ = select.select([stream], [], [], timeout)
     if not ready:
@@ -991,15 +985,18 @@ def read_line(stream: Any, timeout: float) -> str:
 
 @pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGINT])
 def test_cli_serves_until_signalled(tmp_path, context, stop_signal):
-    address = f"tcp://127.0.0.1:{free_port()}"
+    # Port 0: the scheduler picks a free port and prints it (a port picked here could
+    # be taken by another process before the scheduler binds it).
     behaviour_file = tmp_path / "behaviour.json"
     behaviour_file.write_text(json.dumps({"duplicate_result": True}))
-    command = [sys.executable, "-m", "futurefsm", "scheduler", "--address", address]
+    command = [sys.executable, "-m", "futurefsm", "scheduler", "--address", "tcp://127.0.0.1:0"]
     command += ["--workers", "2", "--behaviour", str(behaviour_file)]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
     try:
         line = read_line(process.stdout, 10.0)
-        assert line == f"futurefsm scheduler listening on {address}\n"
+        match = re.fullmatch(r"futurefsm scheduler listening on (tcp://127\.0\.0\.1:(\d+))\n", line)
+        assert match and int(match[2]) > 0, line
+        address = match[1]
         peer = Peer(context, address, None)
         task_id = peer.submit(operator.add, 2, 2)
         first, second = peer.recv_many(2)  # the Behaviour file says: twice

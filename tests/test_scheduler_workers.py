@@ -141,10 +141,7 @@ def stubs() -> Iterator[Callable[..., SchedulerStub]]:
         stub.stop()
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+_LISTENING = "futurefsm scheduler listening on "
 
 
 class Standalone:
@@ -156,15 +153,17 @@ class Standalone:
         self.pids: dict[str, int] = {}
 
     def __call__(self, *options: str) -> str:
-        address = f"tcp://127.0.0.1:{free_port()}"
-        command = [sys.executable, "-m", "futurefsm", "scheduler", "--address", address]
+        # Port 0: the scheduler binds a free port itself and prints the address.
+        command = [sys.executable, "-m", "futurefsm", "scheduler", "--address", "tcp://127.0.0.1:0"]
         process = subprocess.Popen([*command, *options], stdout=subprocess.PIPE, text=True, env=ENV)
         self.processes.append(process)
-        self.pids[address] = process.pid
         assert process.stdout is not None
         ready, _, _ = select.select([process.stdout], [], [], WAIT)
         assert ready, "the scheduler did not start"
-        assert "listening" in process.stdout.readline()
+        line = process.stdout.readline()
+        assert line.startswith(_LISTENING), line
+        address = line[len(_LISTENING) :].strip()
+        self.pids[address] = process.pid
         return address
 
 

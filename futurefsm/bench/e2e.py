@@ -28,7 +28,6 @@ from __future__ import annotations
 import concurrent.futures as cf
 import gc
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -59,8 +58,8 @@ import sys, msgpack, zmq
 context = zmq.Context()
 router = context.socket(zmq.ROUTER)
 router.setsockopt(zmq.ROUTER_MANDATORY, 1)
-router.bind(sys.argv[1])
-print("ready", flush=True)
+port = router.bind_to_random_port("tcp://127.0.0.1")
+print(f"ready tcp://127.0.0.1:{port}", flush=True)
 while True:
     identity, frame = router.recv_multipart()
     message = msgpack.unpackb(frame)
@@ -70,25 +69,20 @@ while True:
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 @contextmanager
 def _process(
     args: list[str], ready_word: str, *, kill: bool = False
-) -> Iterator[subprocess.Popen[str]]:
-    """Run ``args``; wait for a line containing ``ready_word``; terminate (or, with
-    ``kill``, kill: its workers may be stuck in long tasks) at the end."""
+) -> Iterator[tuple[subprocess.Popen[str], str]]:
+    """Run ``args``; wait for a line containing ``ready_word``; yield the process and
+    that line; terminate (or, with ``kill``, kill: its workers may be stuck in long
+    tasks) at the end."""
     process = subprocess.Popen(args, stdout=subprocess.PIPE, text=True)
     try:
         assert process.stdout is not None
         line = process.stdout.readline()
         if ready_word not in line:
             raise RuntimeError(f"benchmark helper did not start: {args!r} said {line!r}")
-        yield process
+        yield process, line
     finally:
         if kill:
             process.kill()
@@ -103,10 +97,9 @@ def _process(
 
 @contextmanager
 def _echo_server() -> Iterator[str]:
-    """A raw ROUTER echo in its own process; yields its address."""
-    address = f"tcp://127.0.0.1:{_free_port()}"
-    with _process([sys.executable, "-c", _ECHO_SERVER, address], "ready"):
-        yield address
+    """A raw ROUTER echo in its own process, on a port it picks; yields its address."""
+    with _process([sys.executable, "-c", _ECHO_SERVER], "ready") as (_, line):
+        yield line.split()[-1]
 
 
 def _echo_rates(address: str, count: int) -> tuple[float, float]:
@@ -148,10 +141,10 @@ def _scheduler_process(workers: int, *, kill: bool = False) -> Iterator[str]:
 
 @contextmanager
 def _scheduler_process_and_pid(workers: int, *, kill: bool = False) -> Iterator[tuple[str, int]]:
-    address = f"tcp://127.0.0.1:{_free_port()}"
-    args = [sys.executable, "-m", "futurefsm", "scheduler", "--address", address]
-    with _process([*args, "--workers", str(workers)], "listening", kill=kill) as process:
-        yield address, process.pid
+    # Port 0: the scheduler binds a free port itself and prints its address.
+    args = [sys.executable, "-m", "futurefsm", "scheduler", "--address", "tcp://127.0.0.1:0"]
+    with _process([*args, "--workers", str(workers)], "listening", kill=kill) as (process, line):
+        yield line.rsplit(" ", 1)[-1].strip(), process.pid
 
 
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
