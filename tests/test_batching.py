@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
 from typing import Any
 
+import pytest
 import zmq
 
 from futurefsm import Client
+from futurefsm.engines import futurefsm as engine
 from futurefsm.protocol import (
     Batch,
     Heartbeat,
@@ -39,13 +42,45 @@ def _next_tasks(router: zmq.Socket[Any]) -> tuple[bytes, bool, list[Task]]:
             return identity, type(message) is Batch, found
 
 
-def test_tasks_submitted_while_the_io_thread_is_busy_go_out_in_one_batch():
+@pytest.fixture
+def raw() -> Iterator[tuple[zmq.Socket[Any], Client]]:
+    """A bare ROUTER standing in for the scheduler, and a client connected to it.
+
+    Nothing answers the cancels close() sends: a short cancel_timeout ends them."""
     context: zmq.Context[Any] = zmq.Context()
     router = context.socket(zmq.ROUTER)
     router.setsockopt(zmq.LINGER, 0)
     port = router.bind_to_random_port("tcp://127.0.0.1")
-    # (Nothing answers the cancels close() sends: a short cancel_timeout ends them.)
     client = Client(f"tcp://127.0.0.1:{port}", connection_timeout=DEADLINE, cancel_timeout=0.2)
+    try:
+        yield router, client
+    finally:
+        client.close()
+        router.close(linger=0)
+        context.term()
+
+
+def _run_on_the_io_thread(client: Client, router: zmq.Socket[Any], callback: Any) -> None:
+    """Submit a task, answer it from ``router``: ``callback`` then runs as its
+    done-callback, on the client's I/O thread."""
+    first = client.submit(tasks.noop)
+    first.add_done_callback(callback)
+    identity, _, (task,) = _next_tasks(router)
+    payload = DEFAULT_SERIALIZER.dumps(None)
+    router.send_multipart(
+        [identity, encode(TaskResult(task.task_id, ResultStatus.SUCCESS, payload))]
+    )
+
+
+def _receive_tasks(router: zmq.Socket[Any], count: int) -> list[Task]:
+    received: list[Task] = []
+    while len(received) < count:
+        received.extend(_next_tasks(router)[2])
+    return received
+
+
+def test_tasks_submitted_while_the_io_thread_is_busy_go_out_in_one_batch(raw):
+    router, client = raw
     burst: list[Any] = []
     submitted = threading.Event()
 
@@ -55,69 +90,37 @@ def test_tasks_submitted_while_the_io_thread_is_busy_go_out_in_one_batch():
         burst.extend(client.submit(tasks.echo, n) for n in range(50))
         submitted.set()
 
-    try:
-        first = client.submit(tasks.noop)
-        first.add_done_callback(submit_a_burst)
-        identity, _, (task,) = _next_tasks(router)
-        payload = DEFAULT_SERIALIZER.dumps(None)
-        router.send_multipart(
-            [identity, encode(TaskResult(task.task_id, ResultStatus.SUCCESS, payload))]
-        )
-        assert submitted.wait(DEADLINE)
-        _, batched, sent = _next_tasks(router)
-        assert batched
-        assert [t.task_id for t in sent] == [f.task_id for f in burst]  # all, in order
-    finally:
-        client.close()
-        router.close(linger=0)
-        context.term()
+    _run_on_the_io_thread(client, router, submit_a_burst)
+    assert submitted.wait(DEADLINE)
+    _, batched, sent = _next_tasks(router)
+    assert batched
+    assert [t.task_id for t in sent] == [f.task_id for f in burst]  # all, in order
 
 
-def _raw_scheduler() -> tuple[zmq.Context[Any], zmq.Socket[Any], str]:
-    context: zmq.Context[Any] = zmq.Context()
-    router = context.socket(zmq.ROUTER)
-    router.setsockopt(zmq.LINGER, 0)
-    port = router.bind_to_random_port("tcp://127.0.0.1")
-    return context, router, f"tcp://127.0.0.1:{port}"
-
-
-def test_a_submitter_that_fills_the_outbox_waits_for_the_io_thread_to_take_it(monkeypatch):
+def test_a_submitter_that_fills_the_outbox_waits_for_the_io_thread_to_take_it(raw, monkeypatch):
     # A tight submit loop holds the GIL; past _OUTBOX_HANDOFF queued items the
     # submitter waits for the I/O thread to drain the outbox. The I/O thread must
     # say so each time: with the wait made 60 s long, a missed signal would stall.
-    from futurefsm.engines import futurefsm as engine
-
     monkeypatch.setattr(engine, "_OUTBOX_HANDOFF", 64)
     monkeypatch.setattr(engine, "_HAND_OFF_WAIT", 60.0)
-    context, router, address = _raw_scheduler()
-    client = Client(address, connection_timeout=DEADLINE, cancel_timeout=0.2)
+    router, client = raw
     futures: list[Any] = []
-    try:
-        submitter = threading.Thread(
-            target=lambda: futures.extend(client.submit(tasks.noop) for _ in range(640))
-        )
-        submitter.start()
-        received: list[Task] = []
-        while len(received) < 640:
-            received.extend(_next_tasks(router)[2])
-        submitter.join(DEADLINE)
-        assert not submitter.is_alive(), "a submitter waited for a drain it was not told of"
-        assert [t.task_id for t in received] == [f.task_id for f in futures]
-    finally:
-        client.close()
-        router.close(linger=0)
-        context.term()
+    submitter = threading.Thread(
+        target=lambda: futures.extend(client.submit(tasks.noop) for _ in range(640))
+    )
+    submitter.start()
+    received = _receive_tasks(router, 640)
+    submitter.join(DEADLINE)
+    assert not submitter.is_alive(), "a submitter waited for a drain it was not told of"
+    assert [t.task_id for t in received] == [f.task_id for f in futures]
 
 
-def test_the_io_thread_never_waits_for_itself_to_drain_the_outbox(monkeypatch):
+def test_the_io_thread_never_waits_for_itself_to_drain_the_outbox(raw, monkeypatch):
     # A done-callback runs on the I/O thread: its submits must not wait for that
     # thread to drain the outbox (it would wait out every hand-off).
-    from futurefsm.engines import futurefsm as engine
-
     monkeypatch.setattr(engine, "_OUTBOX_HANDOFF", 4)
     monkeypatch.setattr(engine, "_HAND_OFF_WAIT", 60.0)
-    context, router, address = _raw_scheduler()
-    client = Client(address, connection_timeout=DEADLINE, cancel_timeout=0.2)
+    router, client = raw
     burst: list[Any] = []
     submitted = threading.Event()
 
@@ -125,34 +128,18 @@ def test_the_io_thread_never_waits_for_itself_to_drain_the_outbox(monkeypatch):
         burst.extend(client.submit(tasks.echo, n) for n in range(40))
         submitted.set()
 
-    try:
-        first = client.submit(tasks.noop)
-        first.add_done_callback(submit_a_burst)
-        identity, _, (task,) = _next_tasks(router)
-        payload = DEFAULT_SERIALIZER.dumps(None)
-        router.send_multipart(
-            [identity, encode(TaskResult(task.task_id, ResultStatus.SUCCESS, payload))]
-        )
-        assert submitted.wait(DEADLINE), "the I/O thread waited for itself"
-        received: list[Task] = []
-        while len(received) < 40:
-            received.extend(_next_tasks(router)[2])
-        assert [t.task_id for t in received] == [f.task_id for f in burst]
-    finally:
-        client.close()
-        router.close(linger=0)
-        context.term()
+    _run_on_the_io_thread(client, router, submit_a_burst)
+    assert submitted.wait(DEADLINE), "the I/O thread waited for itself"
+    received = _receive_tasks(router, 40)
+    assert [t.task_id for t in received] == [f.task_id for f in burst]
 
 
-def test_a_busy_io_thread_makes_one_submitter_wait_once_not_every_submit(monkeypatch):
+def test_a_busy_io_thread_makes_one_submitter_wait_once_not_every_submit(raw, monkeypatch):
     # The I/O thread is stuck in a slow done-callback: the first hand-off runs out,
     # and the submits after it do not wait again until the I/O thread drains.
-    from futurefsm.engines import futurefsm as engine
-
     monkeypatch.setattr(engine, "_OUTBOX_HANDOFF", 64)
     monkeypatch.setattr(engine, "_HAND_OFF_WAIT", 2.0)
-    context, router, address = _raw_scheduler()
-    client = Client(address, connection_timeout=DEADLINE, cancel_timeout=0.2)
+    router, client = raw
     release = threading.Event()
     busy = threading.Event()
 
@@ -161,13 +148,7 @@ def test_a_busy_io_thread_makes_one_submitter_wait_once_not_every_submit(monkeyp
         release.wait(DEADLINE * 3)
 
     try:
-        first = client.submit(tasks.noop)
-        first.add_done_callback(slow_callback)
-        identity, _, (task,) = _next_tasks(router)
-        payload = DEFAULT_SERIALIZER.dumps(None)
-        router.send_multipart(
-            [identity, encode(TaskResult(task.task_id, ResultStatus.SUCCESS, payload))]
-        )
+        _run_on_the_io_thread(client, router, slow_callback)
         assert busy.wait(DEADLINE)
         futures: list[Any] = []
         submitter = threading.Thread(
@@ -176,13 +157,7 @@ def test_a_busy_io_thread_makes_one_submitter_wait_once_not_every_submit(monkeyp
         submitter.start()
         submitter.join(DEADLINE)  # one 2 s wait at most; one per submit would be 1000 s
         assert not submitter.is_alive(), "every submit waited for the busy I/O thread"
-        release.set()
-        received: list[Task] = []
-        while len(received) < 640:
-            received.extend(_next_tasks(router)[2])
-        assert [t.task_id for t in received] == [f.task_id for f in futures]
     finally:
         release.set()
-        client.close()
-        router.close(linger=0)
-        context.term()
+    received = _receive_tasks(router, 640)
+    assert [t.task_id for t in received] == [f.task_id for f in futures]
