@@ -703,6 +703,34 @@ def test_result_times_out_as_the_stdlib_does(transport):
     assert isinstance(future.exception(timeout=0), ValueError)
 
 
+def test_result_waited_for_on_a_failed_future_leaves_no_reference_cycle(transport):
+    # The same when result() had to wait: the frames it raised through let go of the
+    # future. (The waiting thread's own frame drops it too, as a caller would.)
+    future = running(transport)
+    ref = weakref.ref(future)
+
+    def wait_for_it():
+        waited = ref()
+        try:
+            waited.result(DEADLINE)
+        except ValueError as error:
+            return type(error)
+        finally:
+            waited = None
+        return None
+
+    waiting = in_thread(wait_for_it)
+    _wait_until_blocked_on(lambda: ref()._cond)
+    future.recv_result(exception=ValueError("boom"))
+    assert waiting.result(DEADLINE) is ValueError
+    gc.disable()
+    try:
+        del future
+        assert ref() is None
+    finally:
+        gc.enable()
+
+
 def test_result_of_a_failed_future_leaves_no_reference_cycle(transport):
     # result() raises the task's exception from a frame that refers to the future;
     # like the stdlib it drops that reference, so no garbage collection is needed.

@@ -400,8 +400,11 @@ class TaskFuture(_base.Future, _thread.RLock):
             raise _base.CancelledError()
         if timeout is None or timeout > 0:
             self._refuse_to_deadlock("result")
-        self._wait_terminal(timeout)
-        return self.result(0)
+        try:
+            self._wait_terminal(timeout)
+            return self.result(0)
+        finally:
+            self = None  # the task's exception, raised through this frame, must not hold it
 
     def exception(self, timeout: float | None = None) -> BaseException | None:
         """The task's exception or None, as ``concurrent.futures.Future.exception``;
