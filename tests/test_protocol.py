@@ -747,3 +747,43 @@ def test_encode_task_refuses_an_oversized_frame(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setattr(protocol, "MAX_FRAME_BYTES", 100)
     with pytest.raises(ProtocolError, match="exceeds the 100-byte limit"):
         protocol.encode_task(b"i" * 16, b"f" * 100, b"")
+
+
+@given(
+    task_id=st.binary(min_size=16, max_size=16),
+    status=st.sampled_from(ResultStatus),
+    payload=st.binary(max_size=200),
+)
+def test_plain_result_gives_the_fields_decode_would(
+    task_id: bytes, status: ResultStatus, payload: bytes
+) -> None:
+    frame = encode(TaskResult(task_id, status, payload))
+    message = decode(frame)
+    assert protocol.plain_result(frame) == (message.task_id, message.status, message.payload)
+
+
+@pytest.mark.parametrize(
+    "items",
+    [
+        (PROTOCOL_VERSION, TaskResult.TYPE_CODE, b"short", "success", b""),
+        (PROTOCOL_VERSION, TaskResult.TYPE_CODE, ID, "no such status", b""),
+        (PROTOCOL_VERSION, TaskResult.TYPE_CODE, ID, "success", "not bytes"),
+        (PROTOCOL_VERSION + 1, TaskResult.TYPE_CODE, ID, "success", b""),
+        (True, TaskResult.TYPE_CODE, ID, "success", b""),
+        (PROTOCOL_VERSION, TaskCancelConfirm.TYPE_CODE, ID, "canceled"),
+        (PROTOCOL_VERSION, TaskResult.TYPE_CODE, ID, "success"),
+    ],
+)
+def test_plain_result_leaves_anything_else_to_decode(items: tuple[Any, ...]) -> None:
+    frame = msgpack.packb(items)
+    assert protocol.plain_result(frame) is None
+    assert protocol.plain_result(b"\xc1 not msgpack") is None
+
+
+def test_a_batch_item_is_its_message_or_the_error_naming_it() -> None:
+    result = TaskResult(ID, ResultStatus.SUCCESS, b"")
+    assert protocol.decode_batch_item(3, encode(result)) == result
+    error = protocol.decode_batch_item(3, b"\xc1")
+    assert isinstance(error, ProtocolError) and str(error).startswith("Batch.frames[3]: ")
+    nested = protocol.decode_batch_item(4, protocol.batch_frames([encode(result)] * 2)[0])
+    assert isinstance(nested, ProtocolError) and "a Batch inside a Batch" in str(nested)

@@ -67,10 +67,11 @@ from ..protocol import (
     TaskResult,
     batch_frames,
     decode,
+    decode_batch_item,
     encode,
     encode_task,
     new_task_id,
-    unbatch,
+    plain_result,
 )
 from ..scheduler_stub.security import load_secret_key
 from ..serializer import DEFAULT_SERIALIZER, DumpedFunctions, Serializer, decode_failure
@@ -635,9 +636,15 @@ class FutureFSMEngine(Engine):
                 self._protocol_error(error)
                 continue
             if type(message) is Batch:
-                # Each message of a batch in order; a bad one is counted alone.
-                handle = self._handle
-                for item, _ in unbatch(message):
+                # Each message of a batch in order; a bad one is counted alone. Results,
+                # most of what comes, are handled from their fields (no TaskResult).
+                handle, handle_result = self._handle, self._handle_result
+                for index, frame in enumerate(message.frames):
+                    fields = plain_result(frame)
+                    if fields is not None:
+                        handle_result(*fields)
+                        continue
+                    item = decode_batch_item(index, frame)
                     if type(item) is ProtocolError:
                         self._protocol_error(item)
                     else:
@@ -659,16 +666,33 @@ class FutureFSMEngine(Engine):
             LOGGER.exception("client I/O thread: failed to handle a message")
             self._client_count("io_errors")
 
+    def _handle_result(self, task_id: bytes, status: ResultStatus, payload: bytes) -> None:
+        """``_on_result``, never raising: nothing kills the I/O thread."""
+        try:
+            self._on_result(task_id, status, payload)
+        except Exception:
+            LOGGER.exception("client I/O thread: failed to handle a result")
+            self._client_count("io_errors")
+
+    def _on_result(self, task_id: bytes, status: ResultStatus, payload: bytes) -> None:
+        """A TaskResult's fields: its future's ``recv_result``."""
+        client = self._client
+        assert client is not None
+        future = client.futures.get(task_id)
+        if future is None:
+            client.stale(TaskResult(task_id, status, payload))
+            return
+        cell = future.recv_result(*self._unpack_result(task_id, status, payload))
+        if cell.effect is Effect.STALE:
+            client.stale(TaskResult(task_id, status, payload))
+
     def _on_message(self, message: Any) -> None:
         client = self._client
         assert client is not None
         if type(message) is TaskResult:
-            future = client.futures.get(message.task_id)
-            if future is None:
-                client.stale(message)
-                return
-            cell = future.recv_result(*self._unpack_result(message))
-        elif isinstance(message, TaskCancelConfirm):
+            self._on_result(message.task_id, message.status, message.payload)
+            return
+        if isinstance(message, TaskCancelConfirm):
             future = client.futures.get(message.task_id)
             if future is None:
                 client.stale(message)
@@ -684,25 +708,25 @@ class FutureFSMEngine(Engine):
         if cell.effect is Effect.STALE:
             client.stale(message)
 
-    def _unpack_result(self, message: TaskResult) -> tuple[Any, BaseException | None]:
-        """Deserialize a TaskResult (never raises: a bad payload becomes the exception)."""
-        if message.status is ResultStatus.SUCCESS:
+    def _unpack_result(
+        self, task_id: bytes, status: ResultStatus, payload: bytes
+    ) -> tuple[Any, BaseException | None]:
+        """Deserialize a TaskResult's payload (never raises: a bad payload becomes the
+        exception)."""
+        if status is ResultStatus.SUCCESS:
             try:
-                return self._serializer.loads(message.payload), None
+                return self._serializer.loads(payload), None
             except Exception as error:
                 return None, TaskFailedError(
-                    f"the result of task {message.task_id.hex()} could not be deserialized: "
-                    f"{error!r}"
+                    f"the result of task {task_id.hex()} could not be deserialized: {error!r}"
                 )
-        if message.status is ResultStatus.FAILED:
-            return None, decode_failure(message.payload, self._serializer)
+        if status is ResultStatus.FAILED:
+            return None, decode_failure(payload, self._serializer)
         try:
-            reason = self._serializer.loads(message.payload)
+            reason = self._serializer.loads(payload)
         except Exception:
             reason = "no reason given"
-        return None, WorkerDiedError(
-            f"the worker running task {message.task_id.hex()} died: {reason}"
-        )
+        return None, WorkerDiedError(f"the worker running task {task_id.hex()} died: {reason}")
 
     def _client_count(self, stat: str) -> None:
         if self._client is not None:

@@ -107,6 +107,7 @@ from ..protocol import (
     TaskCancelConfirm,
     TaskResult,
     decode,
+    decode_batch_item,
     encode,
     plain_task,
     unbatch,
@@ -719,13 +720,9 @@ class SchedulerStub:
 
     def _on_batch_item(self, identity: bytes, index: int, frame: bytes) -> None:
         """One message of a Batch that is not a plain Task."""
-        try:
-            message = decode(frame)
-        except ProtocolError as error:
-            self._protocol_error(identity, f"Batch.frames[{index}]: {error}")
-            return
-        if type(message) is Batch:
-            self._protocol_error(identity, f"Batch.frames[{index}]: a Batch inside a Batch")
+        message = decode_batch_item(index, frame)
+        if type(message) is ProtocolError:
+            self._protocol_error(identity, str(message))
             return
         self._guarded(self._on_message, identity, message, len(frame))
 
