@@ -608,6 +608,16 @@ def plain_task(frame: bytes) -> tuple[Any, ...] | None:
     fields as valid as ``decode`` would have them. None says nothing more: ``decode``
     the frame to get the message, or the ``ProtocolError`` that names what is wrong.
     """
+    items = _plain_items(frame, 7, _TASK_CODE)
+    if items is not None and items[5] is None and items[6] == ():
+        if type(items[3]) is bytes and type(items[4]) is bytes:
+            return items
+    return None
+
+
+def _plain_items(frame: bytes, arity: int, code: int) -> tuple[Any, ...] | None:
+    """The decoded array of ``frame`` if it is ``arity`` items long, of this protocol
+    version and message type ``code``, its task id valid; else None."""
     if len(frame) > MAX_FRAME_BYTES:
         return None
     try:
@@ -616,22 +626,15 @@ def plain_task(frame: bytes) -> tuple[Any, ...] | None:
         return None
     if (
         type(items) is tuple
-        and len(items) == 7
+        and len(items) == arity
         and items[0] == PROTOCOL_VERSION
-        and items[1] == _TASK_CODE
+        and items[1] == code
         and type(items[0]) is int
         and type(items[1]) is int
-        and items[5] is None
-        and items[6] == ()
+        and type(items[2]) is bytes
+        and len(items[2]) == TASK_ID_BYTES
     ):
-        task_id = items[2]
-        if (
-            type(task_id) is bytes
-            and len(task_id) == TASK_ID_BYTES
-            and type(items[3]) is bytes
-            and type(items[4]) is bytes
-        ):
-            return items
+        return items
     return None
 
 
@@ -719,23 +722,10 @@ def plain_result(frame: bytes) -> tuple[bytes, ResultStatus, bytes] | None:
     says nothing more: ``decode`` the frame to get the message, or the
     ``ProtocolError`` that names what is wrong.
     """
-    if len(frame) > MAX_FRAME_BYTES:
-        return None
-    try:
-        items = _unpackb(frame, use_list=False)
-    except Exception:
-        return None
-    if type(items) is tuple and len(items) == 5 and items[1] == _RESULT_CODE:
-        version, code, task_id, status, payload = items
-        if (
-            version == PROTOCOL_VERSION
-            and type(version) is int
-            and type(code) is int
-            and type(task_id) is bytes
-            and len(task_id) == TASK_ID_BYTES
-            and type(payload) is bytes
-            and type(status) is str
-        ):
+    items = _plain_items(frame, 5, _RESULT_CODE)
+    if items is not None:
+        _, _, task_id, status, payload = items
+        if type(payload) is bytes and type(status) is str:
             member = _RESULT_STATUS_BY_VALUE.get(status)
             if member is not None:
                 return task_id, member, payload
