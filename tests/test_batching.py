@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -160,4 +161,34 @@ def test_a_busy_io_thread_makes_one_submitter_wait_once_not_every_submit(raw, mo
     finally:
         release.set()
     received = _receive_tasks(router, 640)
+    assert [t.task_id for t in received] == [f.task_id for f in futures]
+
+
+def test_an_event_loop_that_submits_never_waits_for_the_io_thread(raw, monkeypatch):
+    # An event loop must not block: submits from a coroutine skip the hand-off even
+    # with the I/O thread busy (a 60 s wait per hand-off would stall the test).
+    monkeypatch.setattr(engine, "_OUTBOX_HANDOFF", 4)
+    monkeypatch.setattr(engine, "_HAND_OFF_WAIT", 60.0)
+    router, client = raw
+    release = threading.Event()
+    busy = threading.Event()
+
+    def slow_callback(_future: Any) -> None:
+        busy.set()
+        release.wait(DEADLINE * 3)
+
+    async def submit_many() -> list[Any]:
+        return [client.submit(tasks.noop) for _ in range(40)]
+
+    try:
+        _run_on_the_io_thread(client, router, slow_callback)
+        assert busy.wait(DEADLINE)
+        submitter = threading.Thread(target=lambda: futures.extend(asyncio.run(submit_many())))
+        futures: list[Any] = []
+        submitter.start()
+        submitter.join(DEADLINE)
+        assert not submitter.is_alive(), "a coroutine's submit waited for the I/O thread"
+    finally:
+        release.set()
+    received = _receive_tasks(router, 40)
     assert [t.task_id for t in received] == [f.task_id for f in futures]

@@ -52,6 +52,7 @@ import zmq
 import zmq.auth
 from zmq.utils.monitor import recv_monitor_message
 
+from ..client.future import _in_event_loop
 from ..client.graph import as_task, dependencies, dependency_refs
 from ..errors import TaskFailedError, WorkerDiedError
 from ..fsm import Effect, FutureState
@@ -253,10 +254,11 @@ class FutureFSMEngine(Engine):
         so Tasks go out in rare large bursts and the scheduler idles in between.
         Waiting here, on an event the I/O thread sets once it has drained the outbox,
         hands it the GIL at once. Bounded, and never on the I/O thread itself (it is
-        the one that would set the event). If a wait runs out (the I/O thread is
-        busy, say in a slow done-callback), submitters do not wait again until it has
-        drained the outbox: a busy I/O thread must not slow every submit down."""
-        if self.on_io_thread():
+        the one that would set the event) or in an event loop (which must not block).
+        If a wait runs out (the I/O thread is busy, say in a slow done-callback),
+        submitters do not wait again until it has drained the outbox: a busy I/O
+        thread must not slow every submit down."""
+        if self.on_io_thread() or _in_event_loop():
             return
         drained = self._outbox_drained
         if not drained.is_set():  # a wait ran out and no drain came since
