@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -135,14 +136,10 @@ def test_the_io_thread_never_waits_for_itself_to_drain_the_outbox(raw, monkeypat
     assert [t.task_id for t in received] == [f.task_id for f in burst]
 
 
-def test_a_busy_io_thread_makes_one_submitter_wait_once_not_every_submit(raw, monkeypatch):
-    # The I/O thread is stuck in a slow done-callback: the first hand-off runs out,
-    # and the submits after it do not wait again until the I/O thread drains.
-    monkeypatch.setattr(engine, "_OUTBOX_HANDOFF", 64)
-    monkeypatch.setattr(engine, "_HAND_OFF_WAIT", 2.0)
-    router, client = raw
-    release = threading.Event()
-    busy = threading.Event()
+@contextmanager
+def _io_thread_busy(client: Client, router: zmq.Socket[Any]) -> Iterator[None]:
+    """Inside: the client's I/O thread is stuck in a slow done-callback."""
+    release, busy = threading.Event(), threading.Event()
 
     def slow_callback(_future: Any) -> None:
         busy.set()
@@ -151,15 +148,30 @@ def test_a_busy_io_thread_makes_one_submitter_wait_once_not_every_submit(raw, mo
     try:
         _run_on_the_io_thread(client, router, slow_callback)
         assert busy.wait(DEADLINE)
-        futures: list[Any] = []
-        submitter = threading.Thread(
-            target=lambda: futures.extend(client.submit(tasks.noop) for _ in range(640))
-        )
-        submitter.start()
-        submitter.join(DEADLINE)  # one 2 s wait at most; one per submit would be 1000 s
-        assert not submitter.is_alive(), "every submit waited for the busy I/O thread"
+        yield
     finally:
         release.set()
+
+
+def _submitted_in_time(submit: Callable[[], list[Any]]) -> list[Any]:
+    """What ``submit`` returned, run on a thread that must finish within DEADLINE."""
+    futures: list[Any] = []
+    submitter = threading.Thread(target=lambda: futures.extend(submit()))
+    submitter.start()
+    submitter.join(DEADLINE)
+    assert not submitter.is_alive(), "the submits waited for the busy I/O thread"
+    return futures
+
+
+def test_a_busy_io_thread_makes_one_submitter_wait_once_not_every_submit(raw, monkeypatch):
+    # The I/O thread is stuck in a slow done-callback: the first hand-off runs out,
+    # and the submits after it do not wait again until the I/O thread drains (one 2 s
+    # wait at most; one per submit would be over 1000 s).
+    monkeypatch.setattr(engine, "_OUTBOX_HANDOFF", 64)
+    monkeypatch.setattr(engine, "_HAND_OFF_WAIT", 2.0)
+    router, client = raw
+    with _io_thread_busy(client, router):
+        futures = _submitted_in_time(lambda: [client.submit(tasks.noop) for _ in range(640)])
     received = _receive_tasks(router, 640)
     assert [t.task_id for t in received] == [f.task_id for f in futures]
 
@@ -170,25 +182,11 @@ def test_an_event_loop_that_submits_never_waits_for_the_io_thread(raw, monkeypat
     monkeypatch.setattr(engine, "_OUTBOX_HANDOFF", 4)
     monkeypatch.setattr(engine, "_HAND_OFF_WAIT", 60.0)
     router, client = raw
-    release = threading.Event()
-    busy = threading.Event()
-
-    def slow_callback(_future: Any) -> None:
-        busy.set()
-        release.wait(DEADLINE * 3)
 
     async def submit_many() -> list[Any]:
         return [client.submit(tasks.noop) for _ in range(40)]
 
-    try:
-        _run_on_the_io_thread(client, router, slow_callback)
-        assert busy.wait(DEADLINE)
-        submitter = threading.Thread(target=lambda: futures.extend(asyncio.run(submit_many())))
-        futures: list[Any] = []
-        submitter.start()
-        submitter.join(DEADLINE)
-        assert not submitter.is_alive(), "a coroutine's submit waited for the I/O thread"
-    finally:
-        release.set()
+    with _io_thread_busy(client, router):
+        futures = _submitted_in_time(lambda: asyncio.run(submit_many()))
     received = _receive_tasks(router, 40)
     assert [t.task_id for t in received] == [f.task_id for f in futures]
