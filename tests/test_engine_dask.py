@@ -181,16 +181,7 @@ def client(dask_client: Any, gates: Gates) -> Iterator[Client]:
 
 def snapshot(future: Any) -> FutureSnapshot:
     """A consistent view of a client future (taken under its lock)."""
-    with future._condition:
-        return FutureSnapshot(
-            state=future.state,
-            stdlib_state=future._state,
-            running=future.running(),
-            done=future.done(),
-            cancel_outcome=future.cancel_outcome,
-            history=future.history,
-            registered=None,
-        )
+    return FutureSnapshot.of_task_future(future)
 
 
 def wait_until(condition: Any, timeout: float = SLACK) -> bool:

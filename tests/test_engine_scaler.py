@@ -634,13 +634,5 @@ class _Seen:
 
 
 def _snapshot(future: Any, client: Client | None) -> FutureSnapshot:
-    with future._condition:
-        return FutureSnapshot(
-            state=future.state,
-            stdlib_state=future._state,
-            running=future.running(),
-            done=future.done(),
-            cancel_outcome=future.cancel_outcome,
-            history=future.history,
-            registered=None if client is None else future.task_id in client.futures,
-        )
+    registered = None if client is None else future.task_id in client.futures
+    return FutureSnapshot.of_task_future(future, registered)

@@ -121,16 +121,7 @@ class Call:
 
 def snapshot(future: TaskFuture) -> FutureSnapshot:
     """A consistent view of a client future (taken under its lock)."""
-    with future._condition:
-        return FutureSnapshot(
-            state=future.state,
-            stdlib_state=future._state,
-            running=future.running(),
-            done=future.done(),
-            cancel_outcome=future.cancel_outcome,
-            history=future.history,
-            registered=None,
-        )
+    return FutureSnapshot.of_task_future(future)
 
 
 class _ClientFuture:

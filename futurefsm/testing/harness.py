@@ -85,6 +85,21 @@ class FutureSnapshot:
     registered: bool | None
     """Whether the transport still holds the future (None: cannot tell)."""
 
+    @classmethod
+    def of_task_future(cls, future: Any, registered: bool | None = None) -> FutureSnapshot:
+        """The snapshot of a ``TaskFuture`` (or any future with its ``state``,
+        ``cancel_outcome`` and ``history``), read under its lock."""
+        with future._condition:
+            return cls(
+                state=future.state,
+                stdlib_state=future._state,
+                running=future.running(),
+                done=future.done(),
+                cancel_outcome=future.cancel_outcome,
+                history=future.history,
+                registered=registered,
+            )
+
 
 class FutureUnderTest(Protocol):
     """One future of the implementation under test, with hooks to drive and observe it."""
@@ -241,16 +256,9 @@ class TaskFutureUnderTest:
     def snapshot(self) -> FutureSnapshot:
         """Everything observable, read under the future's lock."""
         future = self.future
-        with future._condition:
-            return FutureSnapshot(
-                state=future.state,
-                stdlib_state=future._state,
-                running=future.running(),
-                done=future.done(),
-                cancel_outcome=future.cancel_outcome,
-                history=future.history,
-                registered=future.task_id in self._transport.futures,
-            )
+        return FutureSnapshot.of_task_future(
+            future, registered=future.task_id in self._transport.futures
+        )
 
     def cancels_sent(self) -> int:
         """TaskCancels the future asked its transport to send."""
