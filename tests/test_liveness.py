@@ -17,6 +17,8 @@ import sys
 import textwrap
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 
@@ -190,11 +192,12 @@ _KILLED_CLIENT = textwrap.dedent(
 )
 
 
-def test_a_killed_clients_queued_tasks_are_dropped(schedulers, tmp_path):
-    # Defect 4 (detection): a client killed with tasks queued; the scheduler ran them all.
-    scheduler = schedulers(workers=1)
+@contextmanager
+def _client_with_queued_tasks(address: str, tmp_path: Path) -> Iterator[subprocess.Popen[str]]:
+    """A client process (``_KILLED_CLIENT``) whose first task runs and the rest queue
+    behind it on the single worker; killed (after a SIGCONT) at the end."""
     process = subprocess.Popen(
-        [sys.executable, "-c", _KILLED_CLIENT, scheduler.address, str(tmp_path)],
+        [sys.executable, "-c", _KILLED_CLIENT, address, str(tmp_path)],
         stdout=subprocess.PIPE,
         text=True,
     )
@@ -202,48 +205,43 @@ def test_a_killed_clients_queued_tasks_are_dropped(schedulers, tmp_path):
         ready, _, _ = select.select([process.stdout], [], [], SLACK * 4)
         assert ready and process.stdout.readline() == "sent\n"
         wait_for((tmp_path / "started").exists, "the first task to start")
-        process.kill()
-        process.wait(SLACK)
-        # Queued behind the running first task on the single worker: by the time it
-        # ran, the killed client's queued tasks would have run too.
-        with client_for(scheduler.address) as client:
-            after = client.submit(touch, str(tmp_path / "after"), "after")
-            assert after.result(SLACK * 2) == "after"
-        ran = sorted(p.name for p in tmp_path.glob("queued-*"))
-        assert not ran, f"{len(ran)} tasks of a killed client ran"
+        yield process
     finally:
         if process.poll() is None:
+            process.send_signal(signal.SIGCONT)
             process.kill()
-            process.wait()
+        process.wait()
         process.stdout.close()
+
+
+def _queued_tasks_never_ran(address: str, tmp_path: Path) -> None:
+    """Queued behind the running first task on the single worker: by the time a new
+    task ran, the gone client's queued tasks would have run too."""
+    with client_for(address) as client:
+        after = client.submit(touch, str(tmp_path / "after"), "after")
+        assert after.result(SLACK * 2) == "after"
+    ran = sorted(p.name for p in tmp_path.glob("queued-*"))
+    assert not ran, f"{len(ran)} tasks of a gone client ran"
+
+
+def test_a_killed_clients_queued_tasks_are_dropped(schedulers, tmp_path):
+    # Defect 4 (detection): a client killed with tasks queued; the scheduler ran them all.
+    scheduler = schedulers(workers=1)
+    with _client_with_queued_tasks(scheduler.address, tmp_path) as process:
+        process.kill()
+        process.wait(SLACK)
+        _queued_tasks_never_ran(scheduler.address, tmp_path)
 
 
 def test_a_frozen_clients_work_is_dropped_once_it_is_silent_past_the_timeout(tmp_path):
     # The stub's libzmq pings every client; one that answers nothing (a frozen
     # process) for client_timeout is gone, and its queued tasks are dropped.
     with SchedulerStub(workers=1, client_timeout=CONNECTION_TIMEOUT) as stub:
-        process = subprocess.Popen(
-            [sys.executable, "-c", _KILLED_CLIENT, stub.address, str(tmp_path)],
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        try:
-            ready, _, _ = select.select([process.stdout], [], [], SLACK * 4)
-            assert ready and process.stdout.readline() == "sent\n"
-            wait_for((tmp_path / "started").exists, "the first task to start")
+        with _client_with_queued_tasks(stub.address, tmp_path) as process:
             process.send_signal(signal.SIGSTOP)
             wait_for(
                 lambda: stub.stats()["clients_gone"] == 1,
                 "the stub to give up on the frozen client",
                 CONNECTION_TIMEOUT + SLACK,
             )
-            with client_for(stub.address) as client:
-                after = client.submit(touch, str(tmp_path / "after"), "after")
-                assert after.result(SLACK * 2) == "after"
-            ran = sorted(p.name for p in tmp_path.glob("queued-*"))
-            assert not ran, f"{len(ran)} tasks of a frozen client ran"
-        finally:
-            process.send_signal(signal.SIGCONT)
-            process.kill()
-            process.wait()
-            process.stdout.close()
+            _queued_tasks_never_ran(stub.address, tmp_path)
