@@ -623,7 +623,11 @@ def test_a_frozen_then_killed_scheduler_is_connection_lost_in_time() -> None:
         try:
             running = ffsm.submit(echo, 1)  # no workers: it stays queued
             cancelling = ffsm.submit(echo, 2)
-            assert wait_until(lambda: running.state is FutureState.RUNNING)
+            # Both written to the scheduler before it freezes: a future still pending
+            # when cancelled never reached the wire (BEFORE_SEND, not connection lost).
+            assert wait_until(
+                lambda: all(f.state is FutureState.RUNNING for f in (running, cancelling))
+            )
             process.send_signal(signal.SIGSTOP)  # frozen: the socket stays open
             started = time.monotonic()
             assert cancelling.cancel(wait=False) is True
