@@ -186,6 +186,9 @@ def run_demo() -> tuple[list[Row], TaskFuture, dict[str, Any]]:
     demo = _Demo()
     try:
         demo.run()
+        # A future's waiters wake as it ends; the client forgets it just after, on the
+        # thread that ended it: the stats are taken once it has forgotten every one.
+        _wait_until(lambda: not demo.client.futures, "the client to release every future")
         stats = demo.client.stats()
     finally:
         demo.close()
