@@ -104,6 +104,9 @@ def test_the_stub_reports_clients_queued_running_done_cancels_and_errors() -> No
             assert running.result(DEADLINE) is None
         finally:
             client.close()
+        # close() hands its Disconnect to ZeroMQ and returns; the status request comes on
+        # another connection, which ZeroMQ may deliver first: wait until it was read.
+        wait_until(lambda: stub.stats()["clients_dropped"] == 1, "the Disconnect")
         assert query_status(stub.address, DEADLINE).clients == 0  # Disconnect forgets it
 
 
