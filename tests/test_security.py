@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import logging
+import re
 import select
 import signal
-import socket
 import stat
 import subprocess
 import sys
@@ -58,12 +58,6 @@ def secured(keys: dict[str, Path]) -> Iterator[SchedulerStub]:
     stub = SchedulerStub(workers=1, secret_key=keys["server_secret"], client_keys=keys["clients"])
     yield stub
     stub.stop()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def turned_away(stub: SchedulerStub) -> int:
@@ -295,17 +289,17 @@ def test_the_command_refuses_an_open_bind_and_prints_the_bound_address(keys, tmp
     )
     assert hint.returncode == 1 and "did you mean tcp://127.0.0.1:1?" in hint.stderr
 
-    port = free_port()
-    command = [sys.executable, "-m", "futurefsm", "-v", "scheduler", "--address", f"tcp://*:{port}"]
+    # Port 0: the scheduler binds a free port and prints it (a port picked here first
+    # could be taken by another process before the scheduler binds it).
+    command = [sys.executable, "-m", "futurefsm", "-v", "scheduler", "--address", "tcp://*:0"]
     command += ["--workers", "1", "--secret-key", str(keys["server_secret"])]
     command += ["--client-keys", str(keys["clients"])]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        assert (
-            read_line(process.stdout, SLACK * 2)
-            == f"futurefsm scheduler listening on tcp://0.0.0.0:{port}\n"
-        )
-        address = f"tcp://127.0.0.1:{port}"
+        line = read_line(process.stdout, SLACK * 2)
+        bound = re.fullmatch(r"futurefsm scheduler listening on tcp://0\.0\.0\.0:(\d+)\n", line)
+        assert bound and int(bound[1]) > 0, line
+        address = f"tcp://127.0.0.1:{bound[1]}"
         with Client(address, secret_key=keys["alice"], server_key=keys["server_public"]) as alice:
             run_behind(alice, tmp_path / "alice-ran")
         # -v: the connect is logged at INFO on stderr.
