@@ -424,17 +424,16 @@ def test_cancelling_a_graph_member_cancels_the_whole_graph_promptly(stub_and_cli
     )
     assert tasks.wait_started("gate-root", DEADLINE)
     assert tasks.wait_started("gate-side", DEADLINE)
-    start = time.monotonic()
     assert futures["mid"].cancel() is True
     _, not_done = cf.wait(list(futures.values()), timeout=DEADLINE)
-    elapsed = time.monotonic() - start
     assert not not_done
     assert all(future.cancelled() for future in futures.values())
+    # Promptly: each ended on the scheduler's confirm, none on a cancel timeout (that
+    # would be TIMED_OUT), and not by measuring the time, which a slow machine stretches.
     assert futures["mid"].cancel_outcome is CancelOutcome.CONFIRMED
     assert {futures[k].cancel_outcome for k in ("root", "leaf", "side")} == {
         CancelOutcome.BY_SCHEDULER
     }
-    assert elapsed < DEADLINE / 2  # promptly: no timeout was waited out
     assert stub.stats()["cancels_received"] == 1  # one TaskCancel for the group
 
 

@@ -862,10 +862,11 @@ def test_a_client_reconnecting_under_a_gone_routing_id_is_told_disconnect(
 def test_stop_is_bounded_and_idempotent(make_stub, connect):
     stub = make_stub()
     peer = connect(stub)
-    running_gate_task(peer, unique("stuck"))  # never opened: stop must not wait for it
-    started = time.monotonic()
-    stub.stop(timeout=0.5)
-    assert time.monotonic() - started < 2.0
+    running_gate_task(peer, unique("stuck"))  # never opened (30 s): stop must not wait for it
+    stopping = threading.Thread(target=stub.stop, kwargs={"timeout": 0.5}, daemon=True)
+    stopping.start()
+    stopping.join(WAIT)  # a deadline, not a measurement: a slow machine may take longer
+    assert not stopping.is_alive(), "stop() waited for the stuck task"
     stub.stop()
     assert peer.recv() == Disconnect()  # a stopping stub tells its clients
     peer.send(Heartbeat(1))
@@ -1037,10 +1038,7 @@ def test_stop_is_bounded_when_clients_leave_as_it_stops():
                     assert dealer.poll(WAIT * 1000), "no HeartbeatEcho"
                     dealer.recv()
                     dealer.close(linger=0)
-                started = time.monotonic()
-                stub.stop(timeout=stop_timeout)
-                took = time.monotonic() - started
-                assert took < stop_timeout + 1.0, f"stop() took {took:.1f} s"
+                stub.stop(timeout=stop_timeout)  # a hang fails the wait below
         except BaseException as error:
             failures.append(error)
         finally:
