@@ -280,8 +280,13 @@ def test_unpicklable_function_args_or_result_fail_the_task(make_stub, connect):
 
 
 def test_result_delay_holds_the_result_without_blocking_the_stub(make_stub, connect):
-    delays = {0: Behaviour(result_delay=0.3)}
-    stub = make_stub(behaviour=lambda index: delays.get(index, Behaviour()))
+    # One worker: the prompt task runs right after the delayed one, on the worker the
+    # held result must not block. The delay is long next to what the prompt answer
+    # takes (a few ms; 0.3 s was within reach of a loaded machine's stall, or of a
+    # second worker process still starting).
+    delay = 1.0
+    delays = {0: Behaviour(result_delay=delay)}
+    stub = make_stub(workers=1, behaviour=lambda index: delays.get(index, Behaviour()))
     peer = connect(stub)
     started = time.monotonic()
     delayed = peer.submit(echo, "late")
@@ -292,7 +297,7 @@ def test_result_delay_holds_the_result_without_blocking_the_stub(make_stub, conn
     assert next(m for m in (first, second) if type(m) is TaskResult).task_id == prompt
     late = peer.recv()
     assert late.task_id == delayed and result_value(late) == "late"
-    assert time.monotonic() - started >= 0.3
+    assert time.monotonic() - started >= delay
 
 
 def test_a_huge_result_delay_holds_the_result_and_the_stub_keeps_serving(make_stub, connect):
@@ -532,7 +537,10 @@ def test_cancel_running_task_without_force_fails_and_the_task_runs_on(make_stub,
 
 @pytest.mark.parametrize("force", [False, True])
 def test_a_task_in_its_result_delay_counts_as_running(make_stub, connect, force):
-    delays = {0: Behaviour(result_delay=0.3)}
+    # The cancel must be read while the result is held: the delay is long next to the
+    # few ms between the prompt result and the cancel (0.3 s was within reach of a
+    # loaded machine; then the result went out and the cancel was answered not_found).
+    delays = {0: Behaviour(result_delay=1.0)}
     stub = make_stub(workers=1, behaviour=lambda index: delays.get(index, Behaviour()))
     peer = connect(stub)
     delayed = peer.submit(echo, "delayed")
