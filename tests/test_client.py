@@ -322,12 +322,15 @@ def test_duplicate_result_is_stale(stub_and_client):
 def test_a_scheduler_that_ignores_protocol_heartbeats_is_alive():
     # Liveness is judged by ZMTP heartbeats (libzmq's I/O threads), never by the
     # protocol's Heartbeat messages: a stub that answers none of them stays connected.
+    # libzmq runs its due timers before it reads: a stall of the process (a loaded VM)
+    # longer than connection_timeout between a PING and its PONG closes a live
+    # connection. With 0.3 s, 0.5 s stalls (SIGSTOP) failed it every time; with 1 s, not.
     stub = SchedulerStub(workers=1, behaviour=Behaviour(answer_heartbeats=False))
-    client = Client(stub.address, heartbeat_interval=0.05, connection_timeout=0.3)
+    client = Client(stub.address, heartbeat_interval=0.05, connection_timeout=1.0)
     try:
         running = running_gate_task(stub, client)
-        # Three connection timeouts pass (a bounded observation, not a synchronisation).
-        done, _ = cf.wait([running], timeout=0.9)
+        # Two connection timeouts pass (a bounded observation, not a synchronisation).
+        done, _ = cf.wait([running], timeout=2.0)
         assert not done, running.exception(0)
         tasks.open_gate("g")
         assert running.result(DEADLINE) == "gate value"
