@@ -344,7 +344,7 @@ def test_a_scheduler_that_ignores_protocol_heartbeats_is_alive():
 
 def test_stopped_scheduler_resolves_every_future():
     stub = SchedulerStub(workers=1)
-    client = Client(stub.address, heartbeat_interval=0.05, connection_timeout=0.3)
+    client = Client(stub.address, heartbeat_interval=0.05, connection_timeout=1.0)
     try:
         future = running_gate_task(stub, client)
         stub.stop(timeout=0.1)  # goes away with the task still running
