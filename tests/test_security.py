@@ -31,8 +31,14 @@ from futurefsm.scheduler_stub.sample_tasks import touch
 from futurefsm.scheduler_stub.security import is_local, keygen
 from futurefsm.serializer import DEFAULT_SERIALIZER
 
-TIMEOUT = 1.0
-"""The clients' connection_timeout: every refusal must be reported within it."""
+TIMEOUT = 3.0
+"""The connection_timeout of clients that never complete a handshake (no keys, a wrong
+server key): at its end they report the handshake failures seen meanwhile. Long enough
+that a loaded machine fits a failed handshake in it (1 s did not, under load)."""
+REFUSED = 30.0
+"""The connection_timeout of clients the scheduler refuses by name (status 400): the
+refusal ends their futures at once, so this long timeout is never reached; a client
+that waited for it would fail the test's deadline."""
 SLACK = 5.0
 """Scheduling slack on a loaded machine, added to deadlines (never a timed assertion)."""
 
@@ -113,12 +119,12 @@ def test_a_client_with_an_unlisted_key_is_refused_at_once(secured, keys, tmp_pat
         secured.address,
         secret_key=keys["mallory"],
         server_key=keys["server_public"],
-        connection_timeout=TIMEOUT,
+        connection_timeout=REFUSED,
     )
     try:
         started = time.monotonic()
         future = client.submit(touch, str(tmp_path / "mallory-ran"))
-        done, _ = cf.wait([future], timeout=TIMEOUT + SLACK)
+        done, _ = cf.wait([future], timeout=SLACK)
         assert done, "a refused client's future did not end"
         elapsed = time.monotonic() - started
         with pytest.raises(
@@ -127,7 +133,7 @@ def test_a_client_with_an_unlisted_key_is_refused_at_once(secured, keys, tmp_pat
             future.result(0)
         # Later submits fail at once too: the client does not retry forever.
         with pytest.raises(ConnectionLostError, match="authentication failed"):
-            client.submit(abs, -1).result(TIMEOUT + SLACK)
+            client.submit(abs, -1).result(SLACK)
         print(f"refused key reported after {elapsed:.3f} s")
     finally:
         client.close()
@@ -199,10 +205,10 @@ def test_the_embedded_scheduler_admits_only_its_own_client(tmp_path):
             owner.address,
             secret_key=(public, secret),
             server_key=owner.engine._stub.server_key,
-            connection_timeout=TIMEOUT,
+            connection_timeout=REFUSED,
         ) as keyed:
             with pytest.raises(ConnectionLostError, match="refused this client's key"):
-                keyed.submit(abs, -1).result(TIMEOUT + SLACK)
+                keyed.submit(abs, -1).result(SLACK)
         run_behind(owner, tmp_path / "owner-ran")
         assert turned_away(owner.engine._stub) >= 2
     assert not (tmp_path / "stranger-ran").exists()
@@ -216,10 +222,10 @@ def test_refusals_and_bad_frames_are_counted_and_logged_once_per_peer(secured, k
             secured.address,
             secret_key=(public, secret),
             server_key=keys["server_public"],
-            connection_timeout=TIMEOUT,
+            connection_timeout=REFUSED,
         ) as stranger:
-            with pytest.raises(ConnectionLostError):
-                stranger.submit(abs, -1).result(TIMEOUT + SLACK)
+            with pytest.raises(ConnectionLostError, match="refused this client's key"):
+                stranger.submit(abs, -1).result(SLACK)
     refusals = [r for r in caplog.records if "is not listed" in r.getMessage()]
     assert len(refusals) == 1 and public.decode() in refusals[0].getMessage()
     assert secured.stats()["handshakes_refused"] >= 3
@@ -336,5 +342,5 @@ def test_status_asks_a_keyed_scheduler_with_keys(secured, keys):
         server_key=str(keys["server_public"]),
     )
     assert status.protocol_errors == 0
-    with pytest.raises(TimeoutError):  # refused in the handshake: no answer
-        query_status(secured.address, timeout=TIMEOUT)
+    with pytest.raises(TimeoutError):  # refused in the handshake: it can only time out
+        query_status(secured.address, timeout=1.0)
