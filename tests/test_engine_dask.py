@@ -530,6 +530,37 @@ def test_close_resolves_everything_and_gives_back_dask_handlers(
     assert dask_client.submit(echo, 3).result(SLACK) == 3
 
 
+def test_a_key_released_while_closing_is_not_left_on_the_scheduler(dask_client: Any) -> None:
+    """Regression: a future finishing on the loop thread just as ``close()`` began (its
+    key forgotten after close() marked the engine closed, before the loop released
+    what was held) was released by neither: the scheduler kept its value for the Dask
+    client forever (seen as a benchmark waiting 4 x 30 s for a quiet scheduler).
+    A slow done-callback holds the loop thread in that gap: the future is terminal,
+    its key not yet forgotten."""
+    ffsm = make_client(dask_client)
+    in_callback, resume = threading.Event(), threading.Event()
+
+    def slow_callback(_: Any) -> None:
+        in_callback.set()
+        resume.wait(SLACK)
+
+    future = ffsm.submit(echo, 1)
+    future.add_done_callback(slow_callback)
+    key = future.task_id.decode()
+    closer = threading.Thread(target=ffsm.close)
+    try:
+        assert in_callback.wait(SLACK) and future.result(0) == 1
+        closer.start()
+        assert wait_until(lambda: ffsm.engine._closed)  # close() waits for the loop now
+    finally:
+        resume.set()
+        closer.join(SLACK)
+    assert not closer.is_alive()
+    assert wait_until(lambda: scheduler_state(dask_client, key) is None), (
+        f"the scheduler still holds {key}: {scheduler_state(dask_client, key)}"
+    )
+
+
 def test_two_clients_on_one_dask_client_each_get_their_own_answers(
     dask_client: Any, gates: Gates
 ) -> None:

@@ -226,6 +226,10 @@ class DaskEngine(Engine):
         self._last_arrival = 0.0
         self._closed = False
         self._close_lock = threading.Lock()
+        # Set (under _close_lock) when closing took its last look at the keys held:
+        # a key forgotten before that is released by closing, one after it was
+        # already released with the rest.
+        self._unhooked = False
         self._loop_thread: int | None = None
         self._original_handlers: dict[str, Callable[..., Any]] = {}
         self._installed: dict[str, Callable[..., Any]] = {}
@@ -434,11 +438,17 @@ class DaskEngine(Engine):
     def forget(self, future: TaskFuture) -> None:
         """The future is terminal: release its key on the scheduler (in a batch)."""
         key = future.task_id.decode()
-        if self._ours.pop(key, None) is not None:
-            self._to_fetch.pop(key, None)
-            if not self._closed:  # closing released every key still held
+        # Not _closed: close() sets it before _unhook (on the loop) releases what is
+        # held, and a key forgotten in between would be released by neither.
+        with self._close_lock:
+            ours = self._ours.pop(key, None) is not None
+            release = ours and not self._unhooked
+            if release:
                 self._releases.append(key)
-                self._post(None)
+        if ours:
+            self._to_fetch.pop(key, None)
+        if release:
+            self._post(None)
         if future.group_id is not None:
             group = self._groups.get(future.group_id)
             if group is not None and all(k not in self._ours for k in group):
@@ -458,6 +468,8 @@ class DaskEngine(Engine):
                     self._dask.sync(self._async_unhook)
                 except Exception:
                     LOGGER.debug("DaskEngine.close: could not unhook", exc_info=True)
+        with self._close_lock:
+            self._unhooked = True  # (already, unless the Dask client was gone)
         if self.on_io_thread():
             # Closing the Dask client waits for its own loop: not from that loop.
             threading.Thread(target=self._close_owned, daemon=True).start()
@@ -492,7 +504,11 @@ class DaskEngine(Engine):
             else:
                 handlers.pop(op, None)
         self._drain()
-        keys = list(self._ours)
+        with self._close_lock:
+            self._unhooked = True
+            keys = list(self._ours)
+            while self._releases:  # forgotten since the drain
+                keys.append(self._releases.popleft())
         if keys and self._dask.status == "running":
             self._dask_send({"op": "client-releases-keys", "keys": keys, "client": self._dask.id})
 
