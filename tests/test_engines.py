@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
 
 import pytest
 
@@ -46,6 +47,31 @@ def test_an_engine_object_takes_no_address_or_options_from_the_client():
             Client(engine=42)  # type: ignore[arg-type]
     finally:
         engine.close()
+
+
+def test_a_future_is_counted_as_ended_when_it_leaves_the_in_flight_count():
+    """Regression: the client took a finished future out of ``in_flight``, told the
+    engine to forget it, and only then counted how it ended: a ``stats()`` in between
+    showed it neither in flight nor ended (a test that waited for ``in_flight == 0``
+    then read one short). The engine's ``forget`` is held here, as a preemption
+    would hold it."""
+    with Client(workers=1) as client:
+        forget, forgetting, resume = client.engine.forget, threading.Event(), threading.Event()
+
+        def held(future):
+            forgetting.set()
+            resume.wait(10)
+            forget(future)
+
+        client.engine.forget = held  # type: ignore[method-assign]
+        try:
+            future = client.submit(abs, -3)
+            assert forgetting.wait(10)
+            stats = client.stats()
+        finally:
+            resume.set()
+        assert future.result(0) == 3
+        assert (stats["in_flight"], stats["completed"]) == (0, 1), stats
 
 
 def test_every_engine_implements_the_seam():

@@ -311,9 +311,7 @@ class Client(cf.Executor):
         self._engine.send_cancel([future], force)
 
     def release(self, future: TaskFuture) -> None:
-        """FutureTransport: ``future`` is terminal; forget it and count how it ended."""
-        self.futures.pop(future.task_id, None)
-        self._engine.forget(future)
+        """FutureTransport: ``future`` is terminal; count how it ended and forget it."""
         outcome = future.cancel_outcome
         if future.state is FutureState.CANCELLED and outcome is not None:
             # (Every cell that enters cancelled records an outcome.)
@@ -321,8 +319,12 @@ class Client(cf.Executor):
         else:
             failed = future.exception(timeout=0) is not None
             counter, key = self._stats, "failed" if failed else "completed"
+        # Counted and no longer in flight in one step (stats() reads both under the
+        # same lock): a snapshot never shows a future neither in flight nor ended.
         with self._stats_lock:
             counter[key] += 1
+            self.futures.pop(future.task_id, None)
+        self._engine.forget(future)
 
     def on_io_thread(self) -> bool:
         """FutureTransport: True on a thread that delivers events (the engine's, or
@@ -360,10 +362,11 @@ class Client(cf.Executor):
         with self._stats_lock:
             snapshot = {"submitted": 0, **self._stats}
             snapshot["cancelled"] = dict(self._stats["cancelled"])
+            in_flight = len(self.futures)
         # Read after the others: a future is counted submitted before it can end, so
-        # the snapshot never shows more ended than submitted.
+        # the snapshot never shows more ended and in flight than submitted.
         snapshot["submitted"] = self._submitted
-        snapshot["in_flight"] = len(self.futures)
+        snapshot["in_flight"] = in_flight
         return snapshot
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
