@@ -434,6 +434,8 @@ def test_stats_account_for_every_future(cluster: Any, gates: Any) -> None:
         for future, held in busy:
             Path(held + ".release").touch()
             future.result(timeout=30)
+        # Counted by the delivery thread just after waking result(): wait for it.
+        _wait_for(lambda: own.stats()["in_flight"] == 0, SLACK, "every future counted")
         stats = own.stats()
     assert stats["submitted"] == 5
     assert stats["completed"] == 3
@@ -594,6 +596,9 @@ def test_race_generated_cancel_timings_against_real_tasks(
             remaining = last_action + _TERMINAL_WITHIN - time.monotonic()
             cf.wait([future], timeout=max(0.0, remaining))
             assert future.state in TERMINAL_STATES, describe_future("future", _Seen(future), None)
+        # Waiters wake as a future turns terminal; its callbacks run and the client
+        # lets go of it just after, on the delivery thread: wait for the last of them.
+        _wait_for(lambda: not own.futures, SLACK, "the client to let go of every future")
         for number, (future, path, fails, _) in enumerate(futures):
             name = f"future {number} ({Path(path).name})"
             note(describe_future(name, _Seen(future), None))
