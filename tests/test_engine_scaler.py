@@ -289,9 +289,8 @@ def test_cancel_of_a_queued_task_is_confirmed_and_it_never_runs(client: Client, 
     busy = _fill_workers(client, gates)
     path = gates.new()
     queued = client.submit(hold, path)
-    started = time.monotonic()
-    assert queued.cancel() is True
-    assert time.monotonic() - started < 1.0 + SLACK
+    # A deadline, not a measured time: an answer later than this is TIMED_OUT.
+    assert queued.cancel(timeout=1.0 + SLACK) is True
     assert queued.cancel_outcome is CancelOutcome.CONFIRMED
     assert queued.cancelled()
     # wait=False, then cancelled() waits for the answer.
@@ -309,11 +308,8 @@ def test_cancel_of_a_running_task_kills_it(client: Client, gates: Any) -> None:
     path = gates.new()
     future = client.submit(hold, path)
     _wait_for(lambda: _started(path), 30, "the task to start")
-    started = time.monotonic()
-    assert future.cancel() is True
-    took = time.monotonic() - started
-    assert future.cancel_outcome is CancelOutcome.CONFIRMED
-    assert took < RUNNING_CANCEL + SLACK
+    assert future.cancel(timeout=RUNNING_CANCEL + SLACK) is True
+    assert future.cancel_outcome is CancelOutcome.CONFIRMED  # (late: TIMED_OUT)
     Path(path + ".release").touch()  # a task still alive would finish now
     assert client.submit(add, 0, 0).result(timeout=30) == 0  # its worker is back
     assert not os.path.exists(path + ".finished")
@@ -350,9 +346,7 @@ def test_cancelling_one_member_cancels_the_whole_graph_promptly(client: Client, 
         {"a": (hold, path), "b": (add, "a", "!"), "c": (add, "b", "?"), "d": (add, "x", 1), "x": 1}
     )
     _wait_for(lambda: _started(path), 30, "the graph's first task to start")
-    started = time.monotonic()
-    assert futures["c"].cancel() is True
-    assert time.monotonic() - started < RUNNING_CANCEL + SLACK
+    assert futures["c"].cancel(timeout=RUNNING_CANCEL + SLACK) is True  # (late: TIMED_OUT)
     for key in "abc":
         # d and x may have finished before the cancel; a, b, c cannot have.
         _wait_for(lambda key=key: futures[key].done(), SLACK, f"member {key} to end")
