@@ -120,7 +120,7 @@ def test_map_timeout_cancels_the_rest(stub_and_client):
         cancelled = client.stats()["cancelled"]
         return cancelled["confirmed"] + cancelled["before_send"]
 
-    # (in_flight drops a moment before the count: wait for the count itself.)
+    # (Waits for what it asserts: the count of the cancels that ended.)
     wait_until(lambda: ended() >= 2, what="map leftovers to be cancelled")
     assert ended() == 2
     assert client.stats()["in_flight"] == 0
