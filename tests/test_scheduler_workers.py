@@ -12,6 +12,7 @@ Where the process boundary matters the scheduler (and the client) are real proce
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import select
@@ -52,7 +53,13 @@ from futurefsm.protocol import (
     unbatch,
 )
 from futurefsm.scheduler_stub import SchedulerStub
-from futurefsm.scheduler_stub.processes import FRAME_HEADER, send_frame, take_frames, write_all
+from futurefsm.scheduler_stub.processes import (
+    FRAME_HEADER,
+    WorkerSlots,
+    send_frame,
+    take_frames,
+    write_all,
+)
 from futurefsm.scheduler_stub.running import FunctionCache
 from futurefsm.scheduler_stub.sample_tasks import (
     echo,
@@ -730,6 +737,43 @@ def test_processes_using_gates_first_at_once_agree_on_one_generation(tmp_path):
 # ---------------------------------------------------------------------------
 # The framing on a worker's socket
 # ---------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc")
+def test_the_slot_file_never_has_a_name_a_killed_scheduler_could_leave_behind() -> None:
+    # It was a named file in /dev/shm until the worker said it was ready: a scheduler
+    # killed in between left it there for good.
+    slots = WorkerSlots.create()
+    try:
+        target = os.readlink(f"/proc/self/fd/{slots.fd}")
+        assert target.startswith("/memfd:") or target.endswith(" (deleted)"), (
+            f"the slot file is reachable by name: {target}"
+        )
+    finally:
+        slots.close()
+
+
+def _slot_files(pid: int) -> set[tuple[int, int]]:
+    """(device, inode) of the slot files process ``pid`` has open."""
+    found = set()
+    for name in os.listdir(f"/proc/{pid}/fd"):
+        with contextlib.suppress(FileNotFoundError):  # closed meanwhile
+            if os.readlink(f"/proc/{pid}/fd/{name}").startswith("/memfd:futurefsm-worker"):
+                stat = os.stat(f"/proc/{pid}/fd/{name}")
+                found.add((stat.st_dev, stat.st_ino))
+    return found
+
+
+@pytest.mark.skipif(
+    not os.path.isdir("/proc/self/fd") or not hasattr(os, "memfd_create"), reason="Linux"
+)
+def test_a_worker_maps_the_nameless_slot_file_the_stub_handed_it(stubs) -> None:
+    stub = stubs(workers=1)
+    with Client(stub.address) as client:
+        worker = client.submit(os.getpid).result(WAIT)
+    theirs = _slot_files(worker)
+    assert len(theirs) == 1, f"worker {worker} has slot files {theirs}"
+    assert theirs <= _slot_files(os.getpid()), "not the file the stub holds"
 
 
 def test_take_frames_takes_whole_messages_and_leaves_a_partial_one() -> None:

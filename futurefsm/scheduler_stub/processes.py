@@ -16,15 +16,17 @@ Wire, all over Unix socket pairs:
   ``b"F"`` with one file descriptor attached (the worker's end of its task socket);
   the zygote forks and answers the worker's pid as 4 bytes. EOF: the zygote exits.
 - stub <-> worker (a socket pair; each message a 4-byte big-endian length and its
-  bytes, as ``multiprocessing.connection.Connection`` frames them): first, through a
-  ``Connection``, the stub sends its ``sys.path`` and the pickled serializer (so a
+  bytes, as ``multiprocessing.connection.Connection`` frames them): first ``b"S"``
+  with the slot file's descriptor attached (below), then, through a ``Connection``,
+  the stub sends its ``sys.path`` and the pickled serializer (so a
   worker imports what the stub's process can, e.g. a test module's functions, pickled
   by reference), and the worker answers ``b"ready"``; then, read and written on the
   descriptors directly (one read takes whatever the other end wrote),
   batches of tasks, ``msgpack([[slot, task_id, function, args, dep_payloads], ...])``,
   each task answered in order by one byte of ``ResultStatus`` code followed by the
   encoded ``TaskResult`` frame, or by ``SKIPPED`` (one byte) if it was not started.
-- a small shared file (``WorkerSlots``), one byte per ``slot``, which says whether the
+- a small shared file without a name (``WorkerSlots``; a memfd, so nothing is left
+  behind whoever dies), one byte per ``slot``, which says whether the
   task sent in that slot is still queued, started, done, or taken back by the stub.
   A worker starts a task only if its byte still says queued, and changes it under a
   POSIX record lock (``lockf``) that the stub also takes to take a queued task back:
@@ -79,6 +81,9 @@ __all__ = [
 logger = logging.getLogger("futurefsm.scheduler_stub")
 
 _PID = struct.Struct("!i")
+_SLOTS_MARK = b"S"
+"""The byte the slot file's descriptor travels with (``SCM_RIGHTS``), before the
+Connection's first message."""
 
 OWNER_PID_ENV = "FUTUREFSM_SCHEDULER_PID"
 """Set in the zygote's (and so every worker's) environment: the pid of the process
@@ -153,36 +158,39 @@ SKIPPED = b"\xff"
 class WorkerSlots:
     """The file of slot bytes shared by the stub and one worker, and its lock.
 
-    The lock is a POSIX record lock on the file: it excludes the *other process* (the
-    stub's I/O thread is the only thread of its process that takes it), and it is
-    released when its holder dies. Every change from ``QUEUED`` is made under it.
+    The file has no name (a memfd; elsewhere a temporary file unlinked at once): the
+    stub hands its descriptor to the worker, so nothing is left behind whichever
+    process dies, and when. The lock is a POSIX record lock on the file: it excludes
+    the *other process* (the stub's I/O thread is the only thread of its process that
+    takes it), and it is released when its holder dies. Every change from ``QUEUED`` is
+    made under it.
     """
 
-    __slots__ = ("fd", "memory", "path")
+    __slots__ = ("fd", "memory")
 
-    def __init__(self, path: str) -> None:
-        self.path = path
-        self.fd = os.open(path, os.O_RDWR)
+    def __init__(self, fd: int) -> None:
+        """Map the slot file open on ``fd`` (this object owns the descriptor)."""
+        self.fd = fd
         try:
-            self.memory = mmap.mmap(self.fd, SLOTS)
+            self.memory = mmap.mmap(fd, SLOTS)
         except BaseException:
-            os.close(self.fd)
+            os.close(fd)
             raise
 
     @classmethod
     def create(cls) -> WorkerSlots:
-        """A new file of ``SLOTS`` bytes (in ``/dev/shm`` where there is one)."""
-        directory = "/dev/shm" if os.path.isdir("/dev/shm") else None
-        fd, path = tempfile.mkstemp(prefix="futurefsm-worker-", dir=directory)
+        """A new slot file of ``SLOTS`` bytes, without a name."""
+        if hasattr(os, "memfd_create"):
+            fd = os.memfd_create("futurefsm-worker-slots", os.MFD_CLOEXEC)
+        else:  # no memfd (macOS): a file whose name lives a few microseconds
+            fd, path = tempfile.mkstemp(prefix="futurefsm-worker-")
+            os.unlink(path)
         try:
             os.ftruncate(fd, SLOTS)
-        finally:
-            os.close(fd)
-        try:
-            return cls(path)
         except BaseException:
-            os.unlink(path)
+            os.close(fd)
             raise
+        return cls(fd)
 
     def lock(self) -> None:
         """Take the lock (blocks while the other process holds it)."""
@@ -191,13 +199,6 @@ class WorkerSlots:
     def unlock(self) -> None:
         """Release the lock."""
         fcntl.lockf(self.fd, fcntl.LOCK_UN)
-
-    def unlink(self) -> None:
-        """Remove the file's name (both ends keep their mapping)."""
-        try:
-            os.unlink(self.path)
-        except FileNotFoundError:
-            pass
 
     def close(self) -> None:
         """Unmap and close (releases the lock if held)."""
@@ -277,23 +278,27 @@ def fork_worker(serializer_bytes: bytes, timeout: float) -> tuple[int, Connectio
                 raise
     finally:
         theirs.close()  # only the worker holds it now: EOF on ours means it is gone
-    connection = Connection(ours.detach())
     slots: WorkerSlots | None = None
+    connection: Connection | None = None
     try:
         slots = WorkerSlots.create()
-        connection.send_bytes(pickle.dumps((list(sys.path), serializer_bytes, slots.path)))
+        # The slot file's descriptor first, alone with one byte, then the Connection.
+        socket.send_fds(ours, [_SLOTS_MARK], [slots.fd])
+        connection = Connection(ours.detach())
+        connection.send_bytes(pickle.dumps((list(sys.path), serializer_bytes)))
         if not connection.poll(timeout):
             raise TimeoutError(f"worker process {pid} did not start within {timeout} s")
         if connection.recv_bytes() != b"ready":
             raise OSError(f"worker process {pid} did not start")
     except BaseException:
         kill_worker(pid)
-        connection.close()
+        if connection is not None:
+            connection.close()
+        else:
+            ours.close()
         if slots is not None:
-            slots.unlink()
             slots.close()
         raise
-    slots.unlink()  # the worker has it open: nothing is left behind when both close
     return pid, connection, slots
 
 
@@ -396,15 +401,25 @@ def worker_main(fd: int) -> int:
 
     from .running import FunctionCache, run_call
 
+    try:
+        with socket.socket(fileno=fd) as stream:
+            try:
+                mark, fds, _, _ = socket.recv_fds(stream, len(_SLOTS_MARK), 1)
+            finally:
+                stream.detach()  # the descriptor stays open, for the Connection
+    except OSError:
+        return 0
+    if mark != _SLOTS_MARK or len(fds) != 1:
+        return 0  # the stub went away before it handed over the slots
+    slots = WorkerSlots(fds[0])
     connection = Connection(fd)
     try:
-        path, serializer_bytes, slots_path = pickle.loads(connection.recv_bytes())
+        path, serializer_bytes = pickle.loads(connection.recv_bytes())
     except (EOFError, OSError):
         return 0
     sys.path[:] = path
     serializer = pickle.loads(serializer_bytes)
     functions = FunctionCache(serializer.loads)
-    slots = WorkerSlots(slots_path)
     memory, slots_fd, lockf = slots.memory, slots.fd, fcntl.lockf
     connection.send_bytes(b"ready")
     # From here on the descriptor is read and written directly (Connection's framing):
