@@ -793,14 +793,16 @@ def test_take_frames_refuses_a_negative_length() -> None:
         take_frames(bytearray(FRAME_HEADER.pack(-1)))
 
 
-@pytest.mark.parametrize("size", [10, 1024 * 1024])
-def test_send_frame_frames_small_and_large_payloads_alike(size: int) -> None:
+def _received_through(write: Callable[[int], None], expected: int, sndbuf: int = 0) -> bytes:
+    """What a socket pair's far end reads (up to ``expected`` bytes, on a thread) while
+    ``write`` writes to the near end's descriptor."""
     ours, theirs = socket.socketpair()
-    payload = os.urandom(size)
+    if sndbuf:
+        ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, sndbuf)
     received = bytearray()
 
     def read() -> None:
-        while len(received) < 4 + size:
+        while len(received) < expected:
             chunk = theirs.recv(65536)
             if not chunk:
                 return
@@ -809,35 +811,24 @@ def test_send_frame_frames_small_and_large_payloads_alike(size: int) -> None:
     reader = threading.Thread(target=read)
     reader.start()
     try:
-        send_frame(ours.fileno(), FRAME_HEADER.pack(size), payload)
+        write(ours.fileno())
         reader.join(WAIT)
-        assert not reader.is_alive()
-        assert take_frames(received) == [payload] and received == b""
+        assert not reader.is_alive(), f"read {len(received)} of {expected} bytes"
     finally:
         ours.close()
         theirs.close()
+    return bytes(received)
+
+
+@pytest.mark.parametrize("size", [10, 1024 * 1024])
+def test_send_frame_frames_small_and_large_payloads_alike(size: int) -> None:
+    payload = os.urandom(size)
+    received = bytearray(
+        _received_through(lambda fd: send_frame(fd, FRAME_HEADER.pack(size), payload), 4 + size)
+    )
+    assert take_frames(received) == [payload] and received == b""
 
 
 def test_write_all_writes_everything_through_a_full_socket_buffer() -> None:
-    ours, theirs = socket.socketpair()
-    ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
     data = os.urandom(4 * 1024 * 1024)  # far more than the buffers hold: partial writes
-    received = bytearray()
-
-    def read() -> None:
-        while len(received) < len(data):
-            chunk = theirs.recv(65536)
-            if not chunk:
-                return
-            received.extend(chunk)
-
-    reader = threading.Thread(target=read)
-    reader.start()
-    try:
-        write_all(ours.fileno(), data)
-        reader.join(WAIT)
-        assert not reader.is_alive()
-        assert received == data
-    finally:
-        ours.close()
-        theirs.close()
+    assert _received_through(lambda fd: write_all(fd, data), len(data), sndbuf=4096) == data
