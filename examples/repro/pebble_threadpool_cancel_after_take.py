@@ -47,7 +47,7 @@ go.set()
 problems = []
 pool.close()
 try:
-    pool.join(timeout=3)
+    pool.join(timeout=1)
 except cf.TimeoutError as error:
     problems.append(f"pool.join() never returns: {error!r} (task_done() was never called)")
 if cancelled and ran:
