@@ -1,8 +1,9 @@
 """The race kit on ``distributed.Future`` (distributed 2026.8), on a real ``LocalCluster``.
 
 Every future is a real task on a real in-process ``LocalCluster`` (one worker, its
-threads in this process, the scheduler reached over the ``inproc`` transport: no
-sockets). The task waits for its answer in a ``distributed.Variable``; delivering
+threads in this process, the scheduler reached over the ``inproc`` transport; the
+only sockets are the HTTP servers', on loopback). The task waits for its answer in a
+``distributed.Variable``; delivering
 ``result_success`` / ``result_failed`` sets that variable, the worker returns or
 raises it, and the delivery ends once the client has heard (``done()``), so steps
 stay serialised. ``cancel()``, ``result()`` and done-callbacks are the user's real
@@ -26,6 +27,7 @@ import distributed
 
 from futurefsm.testing import RaceHarness, RaceReport, Unsupported, check_future
 
+LOOPBACK = "127.0.0.1:0"  # the HTTP servers' address
 DELIVERY_DEADLINE = 30.0  # seconds a delivered result may take to reach the client
 _running: list[tuple[distributed.LocalCluster, distributed.Client]] = []
 
@@ -34,7 +36,11 @@ def dask_client() -> distributed.Client:
     """The one client of the one in-process cluster (started on first use)."""
     if not _running:
         cluster = distributed.LocalCluster(
-            n_workers=1, threads_per_worker=4, processes=False, dashboard_address=None
+            n_workers=1,
+            threads_per_worker=4,
+            processes=False,
+            dashboard_address=LOOPBACK,  # None still serves /health on 0.0.0.0
+            worker_dashboard_address=LOOPBACK,
         )
         _running.append((cluster, distributed.Client(cluster, set_as_default=False)))
     return _running[0][1]

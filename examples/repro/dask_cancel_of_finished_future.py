@@ -15,7 +15,12 @@ from distributed import Client, LocalCluster
 
 def main():
     with (
-        LocalCluster(n_workers=1, processes=False, dashboard_address=None) as cluster,
+        LocalCluster(
+            n_workers=1,
+            processes=False,
+            dashboard_address="127.0.0.1:0",  # None still serves HTTP on 0.0.0.0
+            worker_dashboard_address="127.0.0.1:0",
+        ) as cluster,
         Client(cluster) as client,
     ):
         future = client.submit(lambda: 42, key="finished")

@@ -10,8 +10,8 @@ instead of returning its result, raising its exception or raising CancelledError
 times out once ``done()`` is True; code that polls with ``result(timeout=0)`` after
 ``done()`` (a common pattern) breaks.
 
-Needs distributed and the standard library only (an in-process LocalCluster, no
-sockets). Exits 1 (and says how often it failed) while the bug is there, 0 once fixed.
+Needs distributed and the standard library only (an in-process LocalCluster; its HTTP
+servers on loopback). Exits 1 (and says how often it failed) while the bug is there, 0 once fixed.
 """
 
 import sys
@@ -24,7 +24,12 @@ TRIES = 50
 
 def main():
     with (
-        LocalCluster(n_workers=1, processes=False, dashboard_address=None) as cluster,
+        LocalCluster(
+            n_workers=1,
+            processes=False,
+            dashboard_address="127.0.0.1:0",  # None still serves HTTP on 0.0.0.0
+            worker_dashboard_address="127.0.0.1:0",
+        ) as cluster,
         Client(cluster) as client,
     ):
         finished = client.submit(lambda: 42, key="finished")
