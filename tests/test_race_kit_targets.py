@@ -9,6 +9,7 @@ executor calls ``set_running_or_notify_cancel``); it is tolerated, never require
 
 from __future__ import annotations
 
+import importlib
 import importlib.metadata
 import importlib.util
 import subprocess
@@ -62,6 +63,35 @@ def _reproduces(script: str) -> subprocess.CompletedProcess[str]:
 # ---------------------------------------------------------------------------- pebble
 
 
+PEBBLE_INTERNALS = (
+    "pebble.pool.thread:get_next_task",
+    "pebble.pool.thread:execute_next_task",
+    "pebble.pool.process:PoolManager.schedule",
+    "pebble.pool.process:PoolManager.update_tasks",
+    "pebble.pool.process:PoolManager.handle_worker_expiration",
+    "pebble.pool.process:PoolManager.handle_broken_pool",
+    "pebble.pool.process:TaskManager.task_start",
+    "pebble.pool.process:TaskManager.task_done",
+    "pebble.pool.base_pool:PoolContext",
+    "pebble.pool.base_pool:Task",
+    "pebble.pool.base_pool:TaskPayload",
+)
+"""pebble's private parts the pebble harness drives (the test extra pins pebble 5.2)."""
+
+
+def test_the_pebble_internals_the_harness_drives_are_there() -> None:
+    pytest.importorskip("pebble")
+    version = importlib.metadata.version("pebble")
+    for name in PEBBLE_INTERNALS:
+        module, _, path = name.partition(":")
+        found: Any = importlib.import_module(module)
+        for part in path.split("."):
+            assert hasattr(found, part), (
+                f"pebble {version} has no {name}: examples/pebble_future_harness.py drives it"
+            )
+            found = getattr(found, part)
+
+
 def test_pebble_threadpool_runs_a_task_cancelled_after_a_worker_took_it() -> None:
     pytest.importorskip("pebble")
     _release("pebble", "5.2.")
@@ -102,9 +132,9 @@ def dask_example() -> Any:
 
 def test_dask_result_with_timeout_zero_times_out_on_a_done_future(dask_example: Any) -> None:
     report = dask_example.check_dask(futures=1, depth=2, random_runs=0)
-    assert _steps(
-        report, "result_raises_cancelled_iff_cancelled", "cancelled() is True but result"
-    ) == ["cancel(f0)"]
+    # Nine times in ten at once; the kit keeps the shortest sequence that showed it.
+    steps = _steps(report, "result_raises_cancelled_iff_cancelled", "cancelled() is True but")
+    assert steps[-1] == "cancel(f0)" and len(steps) <= 2, steps
     assert "raised TimeoutError" in str(report)
     # Documented by Client.cancel, not a bug: cancel() of a finished future cancels it.
     assert _steps(report, "one_terminal_state", "now cancelled") == [
