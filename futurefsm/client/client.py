@@ -96,6 +96,10 @@ class Client(cf.Executor):
     ZMTP heartbeats run by libzmq, so a busy scheduler is alive); a scheduler unheard
     for ``connection_timeout`` seconds, or not reached within it, is taken as lost and
     every unfinished future is resolved (``ConnectionLostError``).
+
+    ``dashboard=True`` serves a read-only live view of the futures on loopback at a
+    free port (an int: that port; ``"HOST:PORT"``: that address, the only way to bind
+    anything but loopback); ``dashboard_link`` is its URL (docs/dashboard.md).
     """
 
     def __init__(
@@ -109,6 +113,7 @@ class Client(cf.Executor):
         heartbeat_interval: float = 1.0,
         connection_timeout: float = 5.0,
         serializer: Serializer | None = None,
+        dashboard: bool | int | str | None = False,
         **engine_options: Any,
     ) -> None:
         for name, value in (
@@ -168,11 +173,25 @@ class Client(cf.Executor):
         self._deadlines = CancelDeadlines(
             self.futures.get, name=f"futurefsm-client-{id(self):x}-deadlines"
         )
+        self._dashboard: Any = None  # futurefsm.dashboard.Dashboard when asked for
         self._engine.start(self)
+        if dashboard is not False and dashboard is not None:
+            from ..dashboard import Dashboard
+
+            try:
+                self._dashboard = Dashboard(self, dashboard)
+            except BaseException:
+                self.close()
+                raise
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"
         return f"<Client {self.address} {state} in_flight={len(self.futures)}>"
+
+    @property
+    def dashboard_link(self) -> str | None:
+        """The live view's URL (``Client(dashboard=True)``), or None without one."""
+        return self._dashboard.link if self._dashboard is not None else None
 
     @property
     def engine(self) -> Engine:
@@ -325,6 +344,8 @@ class Client(cf.Executor):
             counter[key] += 1
             self.futures.pop(future.task_id, None)
         self._engine.forget(future)
+        if self._dashboard is not None:
+            self._dashboard.counts.ended(future)
 
     def on_io_thread(self) -> bool:
         """FutureTransport: True on a thread that delivers events (the engine's, or
@@ -410,6 +431,8 @@ class Client(cf.Executor):
             # Whatever the engine left unresolved is resolved now: nothing waits forever.
             self.connection_lost("client closed")
             self._deadlines.close()
+            if self._dashboard is not None:
+                self._dashboard.close()
             self._closed = True
 
     def __exit__(self, *exc_info: object) -> None:
