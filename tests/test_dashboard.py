@@ -13,11 +13,10 @@ import concurrent.futures as cf
 import json
 import os
 import shutil
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -26,6 +25,7 @@ from playwright import sync_api
 from futurefsm import Client
 from futurefsm import demo as demo_module
 from futurefsm.dashboard import parse_address
+from futurefsm.demo import _wait_until as wait_until
 from futurefsm.fsm import TRANSITION_TABLE, CancelOutcome, Effect, FutureState
 from futurefsm.scheduler_stub import Behaviour
 from futurefsm.scheduler_stub import sample_tasks as tasks
@@ -40,14 +40,6 @@ CHROMIUM_FLAGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-
-
-def wait_until(predicate: Callable[[], bool], what: str) -> None:
-    end = time.monotonic() + DEADLINE
-    while not predicate():
-        if time.monotonic() > end:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.005)
 
 
 @pytest.fixture(scope="module")
