@@ -16,17 +16,29 @@ import shutil
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from playwright import sync_api
 
 from futurefsm import Client
 from futurefsm import demo as demo_module
 from futurefsm.dashboard import parse_address
+from futurefsm.dashboard.counts import _cell_counts
 from futurefsm.demo import _wait_until as wait_until
-from futurefsm.fsm import TRANSITION_TABLE, CancelOutcome, Effect, FutureState
+from futurefsm.fsm import (
+    TRANSITION_TABLE,
+    CancelOutcome,
+    Effect,
+    FSMModel,
+    FutureState,
+    Trigger,
+    history_of,
+)
 from futurefsm.scheduler_stub import Behaviour
 from futurefsm.scheduler_stub import sample_tasks as tasks
 
@@ -285,3 +297,26 @@ def test_no_dashboard_by_default_and_it_closes_with_the_client() -> None:
             assert answer.status == 200
     with pytest.raises(urllib.error.URLError):
         urllib.request.urlopen(link, timeout=DEADLINE)
+
+
+@settings(max_examples=50)
+@given(st.lists(st.lists(st.sampled_from(list(Trigger)), max_size=12), max_size=30))
+def test_cell_counts_equal_the_histories_entries(walks: list[list[Trigger]]) -> None:
+    # The view counts cells from raw history bytes without unpacking them: it must
+    # agree with history_of, stale self-loops and terminal states included.
+    models = []
+    for walk in walks:
+        model = FSMModel()
+        for trigger in walk:
+            model.fire(trigger)
+        models.append(model)
+    expected: Counter[tuple[int, int, int]] = Counter()
+    states, triggers = list(FutureState), list(Trigger)
+    for model in models:
+        for entry in history_of(model):
+            expected[
+                triggers.index(entry.trigger),
+                states.index(entry.source),
+                states.index(entry.dest),
+            ] += 1
+    assert _cell_counts(model.fsm_history for model in models) == expected
