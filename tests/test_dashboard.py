@@ -17,7 +17,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -27,17 +27,16 @@ from playwright import sync_api
 
 from futurefsm import Client
 from futurefsm import demo as demo_module
-from futurefsm.dashboard import parse_address
-from futurefsm.dashboard.counts import _cell_counts
+from futurefsm.client.future import TaskFuture
+from futurefsm.client.transport import InMemoryTransport
+from futurefsm.dashboard import Counts, parse_address
 from futurefsm.demo import _wait_until as wait_until
 from futurefsm.fsm import (
     TRANSITION_TABLE,
     CancelOutcome,
     Effect,
-    FSMModel,
     FutureState,
     Trigger,
-    history_of,
 )
 from futurefsm.scheduler_stub import Behaviour
 from futurefsm.scheduler_stub import sample_tasks as tasks
@@ -299,24 +298,36 @@ def test_no_dashboard_by_default_and_it_closes_with_the_client() -> None:
         urllib.request.urlopen(link, timeout=DEADLINE)
 
 
+ACTIONS: dict[Trigger, Callable[[Any], object]] = {
+    Trigger.SENT: lambda future: future.sent(),
+    Trigger.USER_CANCEL: lambda future: future.cancel(wait=False),
+    Trigger.RECV_RESULT: lambda future: future.recv_result(1),
+    Trigger.RECV_CONFIRM_CANCELED: lambda future: future.recv_cancel_confirm("canceled"),
+    Trigger.RECV_CONFIRM_NOT_FOUND: lambda future: future.recv_cancel_confirm("not_found"),
+    Trigger.RECV_CONFIRM_CANCEL_FAILED: lambda f: f.recv_cancel_confirm("cancel_failed"),
+    Trigger.CANCEL_TIMED_OUT: lambda future: future.cancel_timed_out(),
+    Trigger.CONNECTION_LOST: lambda future: future.connection_lost(),
+}
+
+
 @settings(max_examples=50)
-@given(st.lists(st.lists(st.sampled_from(list(Trigger)), max_size=12), max_size=30))
-def test_cell_counts_equal_the_histories_entries(walks: list[list[Trigger]]) -> None:
-    # The view counts cells from raw history bytes without unpacking them: it must
-    # agree with history_of, stale self-loops and terminal states included.
-    models = []
+@given(st.lists(st.lists(st.sampled_from(list(Trigger)), max_size=12), max_size=20))
+def test_the_counted_cells_are_the_cells_the_futures_took(walks: list[list[Trigger]]) -> None:
+    # The view counts each cell as a future takes it (TaskFuture._on_fire): the counts
+    # must be what the futures' histories say, stale self-loops included.
+    counts = Counts(client=None)
+    transport = InMemoryTransport()
+    futures = []
     for walk in walks:
-        model = FSMModel()
+        future = counts.future_class(os.urandom(16), transport)
         for trigger in walk:
-            model.fire(trigger)
-        models.append(model)
-    expected: Counter[tuple[int, int, int]] = Counter()
-    states, triggers = list(FutureState), list(Trigger)
-    for model in models:
-        for entry in history_of(model):
-            expected[
-                triggers.index(entry.trigger),
-                states.index(entry.source),
-                states.index(entry.dest),
-            ] += 1
-    assert _cell_counts(model.fsm_history for model in models) == expected
+            ACTIONS[trigger](future)
+        futures.append(future)
+    assert set(ACTIONS) == set(Trigger)
+    expected = Counter((entry.source, entry.trigger) for f in futures for entry in f.history)
+    assert {key: n for key, n in counts.cell_counts().items() if n} == dict(expected)
+    # A plain TaskFuture is not counted (no dashboard: the hook is None).
+    plain = transport.create_future()
+    plain.sent()
+    assert type(plain).__mro__[0] is TaskFuture and TaskFuture._on_fire is None
+    assert sum(counts.cell_counts().values()) == sum(expected.values())

@@ -174,12 +174,15 @@ class Client(cf.Executor):
             self.futures.get, name=f"futurefsm-client-{id(self):x}-deadlines"
         )
         self._dashboard: Any = None  # futurefsm.dashboard.Dashboard when asked for
+        # The dashboard's counting subclass while there is one (TaskFuture._on_fire).
+        self._future_class: type[TaskFuture] = TaskFuture
         self._engine.start(self)
         if dashboard is not False and dashboard is not None:
             from ..dashboard import Dashboard
 
             try:
                 self._dashboard = Dashboard(self, dashboard)
+                self._future_class = self._dashboard.counts.future_class
             except BaseException:
                 self.close()
                 raise
@@ -207,7 +210,7 @@ class Client(cf.Executor):
         cannot be serialized raises ``TypeError`` naming it, and nothing is sent.
         """
         prepared = self._engine.prepare(fn, args, kwargs)
-        future = TaskFuture(prepared.task_id, self)
+        future = self._future_class(prepared.task_id, self)
         with self._submit_lock:
             self._check_open()
             self._register(future)
@@ -279,7 +282,7 @@ class Client(cf.Executor):
                 raise KeyError(f"submit_graph: key {key!r} is not in the graph")
         group_id = os.urandom(16)
         prepared = self._engine.prepare_graph(graph, order, group_id)
-        members = [(TaskFuture(item.task_id, self, group_id), item) for item in prepared]
+        members = [(self._future_class(item.task_id, self, group_id), item) for item in prepared]
         with self._submit_lock:
             self._check_open()
             for future, _ in members:

@@ -1,42 +1,35 @@
 """What the live view counts, from the client's own records only.
 
-Why the counting is off the submit path
----------------------------------------
-``submit()`` is the hot path (``bench e2e``: its cost with 100,000 live futures), so
-nothing here runs on it. The figures come from three records the client keeps anyway:
+Why the counting costs the submit path nothing measurable
+---------------------------------------------------------
+``submit()`` is the hot path (``bench e2e``: its cost with 100,000 live futures), and
+a scan of the live futures per snapshot is not cheap enough: about 20 ms at 100,000
+live futures, which raised the submit cost by 15-20% with the page open. So every
+cell a future takes is counted as it is taken, for nothing more than a ``deque``
+append: the client's futures are a subclass of ``TaskFuture`` (``future_class``)
+whose ``_on_fire`` hook is that deque's ``append``, called with the table's ``Cell``
+(one object per (state, trigger) pair: its ``id`` names the pair). The server thread
+folds the deque into counters twice a second. A client without a dashboard makes
+plain ``TaskFuture`` objects, whose hook is None.
 
-- ``client.stats()``: how many futures ended and how (done = completed + failed,
-  cancelled by outcome), stale messages;
-- ``client.futures``: the live futures, scanned when a snapshot is taken (at most
-  every ``SNAPSHOT_EVERY`` seconds, whatever the number of pages open): their states
-  and their histories;
-- each future's packed history (``fsm_history``, bytes), handed over by the client's
-  ``release()`` when the future ends (``Counts.ended``: one deque append on the I/O
-  thread) and folded into per-cell counters later, on the dashboard's own thread.
-
-A history is 11 bytes per fired trigger (``futurefsm.fsm.machine``), so the counters
-are built from many histories joined into one ``bytes``, without an object per entry
-(``_cell_counts``): no Python code runs per entry, and nothing is allocated that the
-garbage collector would count towards a collection (one that walks every live future).
-
-A snapshot's cost grows with the live futures (about 10 ms with 100,000), so the next
-one is taken no sooner than ``SNAPSHOT_COST_RATIO`` times that cost later: the view
-takes at most about 2% of a core, and still updates within a second up to about
-100,000 live futures.
+The other figures are the client's own: ``stats()`` (done = completed + failed,
+cancelled by outcome, stale messages), ``client.futures`` (the latest live ones), and
+each ended future's record (state, outcome, history: never its result), handed over
+by the client's ``release()`` for the future's page. The live states follow from the
+cells: a state holds the futures that entered it and did not leave it (``pending``:
+the submitted ones that did not leave it).
 """
 
 from __future__ import annotations
 
-import struct
-import sys
 import threading
 import time
 from collections import Counter, OrderedDict, deque
-from collections.abc import Iterable
 from dataclasses import dataclass
-from operator import attrgetter
+from itertools import islice
 from typing import Any
 
+from ..client.future import TaskFuture
 from ..fsm import (
     TERMINAL_STATES,
     TRANSITION_TABLE,
@@ -48,24 +41,18 @@ from ..fsm import (
     history_of,
 )
 
-__all__ = ["RECENT", "SNAPSHOT_EVERY", "Counts", "FutureRecord"]
+__all__ = ["LATEST", "RECENT", "SNAPSHOT_EVERY", "Counts", "FutureRecord"]
 
 SNAPSHOT_EVERY = 0.4
 """Seconds a snapshot is reused: a page polls twice a second, many pages share it."""
-SNAPSHOT_COST_RATIO = 50
-"""A snapshot that cost ``c`` CPU seconds is reused for at least ``c`` times this."""
 RECENT = 1000
 """Ended futures whose page stays available (their records, not the futures)."""
 LATEST = 12
 """Futures listed on the main page: the latest live, and the latest ended."""
 
 _STATES = tuple(FutureState)
-_TRIGGERS = tuple(Trigger)
-_ENTRY = struct.Struct("=dBBB")  # futurefsm.fsm.machine's packed history entry
-_RECV = frozenset(t for t in Trigger if t.value.startswith("recv_"))
-_STALE_CELLS = frozenset(
-    key for key, cell in TRANSITION_TABLE.items() if cell.effect is Effect.STALE
-)
+# id of each table cell -> its (state, trigger): what the _on_fire hook hands over.
+_CELL_KEYS = {id(cell): key for key, cell in TRANSITION_TABLE.items()}
 
 
 @dataclass(frozen=True)
@@ -118,76 +105,64 @@ def _record(future: Any, *, live: bool) -> FutureRecord:
     )
 
 
-# (trigger, source) codes as one little-endian 16-bit number -> the cell's code triple
-# (the table decides the destination, so the pair names the cell).
-_CELL_OF_PAIR = {
-    t + 256 * s: (t, s, _STATES.index(TRANSITION_TABLE[_STATES[s], _TRIGGERS[t]].dest))
-    for t in range(len(_TRIGGERS))
-    for s in range(len(_STATES))
-}
-
-
-def _cell_counts(histories: Iterable[bytes]) -> Counter[tuple[int, int, int]]:
-    """(trigger, source, dest) codes -> how many history entries took that cell.
-
-    No object per entry: the histories are joined, each entry's trigger and source
-    bytes gathered with extended slices into a stream of 16-bit numbers, which
-    ``Counter`` counts in C. With 100,000 live futures this takes a few ms and
-    allocates nothing the garbage collector tracks (``struct.iter_unpack`` made a
-    tuple per entry, whose allocations brought full collections, each walking every
-    live future: the submit cost went up by half with the page open).
-    """
-    joined = b"".join(list(histories))
-    size = _ENTRY.size
-    pairs = bytearray(2 * (len(joined) // size))
-    low = 0 if sys.byteorder == "little" else 1  # the trigger is the number's low byte
-    pairs[low::2] = joined[8::size]
-    pairs[1 - low :: 2] = joined[9::size]
-    counted = Counter(memoryview(pairs).cast("H"))
-    return Counter({_CELL_OF_PAIR[pair]: count for pair, count in counted.items()})
+def _drain(queue: deque[Any]) -> list[Any]:
+    """What is in ``queue`` now, oldest first; appends may go on meanwhile."""
+    return list(islice(iter(queue.popleft, None), len(queue)))
 
 
 class Counts:
     """The live view's figures for one client; thread-safe.
 
-    ``ended(future)`` is the client's hook (its I/O thread, once per future reaching a
-    terminal state); ``fold()`` moves what ended into the counters (the server calls it
-    twice a second); ``snapshot()`` is what a page shows.
+    ``future_class`` is the ``TaskFuture`` subclass the client makes its futures of
+    (it counts the cells they take); ``ended(future)`` is the client's hook for a
+    future that reached a terminal state; ``fold()`` moves both into the counters (the
+    server calls it twice a second); ``snapshot()`` is what a page shows.
     """
 
     def __init__(self, client: Any) -> None:
         self._client = client
-        self._ended: deque[Any] = deque()  # futures' records not yet folded (I/O thread)
+        self._fired: deque[Any] = deque()  # table cells, as the futures take them
+        self._ended: deque[FutureRecord] = deque()  # records of futures that ended
+        self.future_class: type[TaskFuture] = type(
+            "TaskFuture",
+            (TaskFuture,),
+            {
+                "__slots__": (),
+                "__module__": TaskFuture.__module__,
+                "__doc__": TaskFuture.__doc__,
+                "_on_fire": staticmethod(self._fired.append),
+            },
+        )
+        """``TaskFuture`` whose every trigger is counted here (``TaskFuture._on_fire``)."""
         self._lock = threading.Lock()  # the counters below, fold() and snapshot()
-        self._cells: Counter[tuple[int, int, int]] = Counter()
+        self._cells: Counter[int] = Counter()  # id(cell) -> times taken
         self._recent: OrderedDict[bytes, FutureRecord] = OrderedDict()
         self._rate: deque[tuple[float, int]] = deque(maxlen=16)
         self._snapshot: dict[str, Any] | None = None
         self._snapshot_at = 0.0
-        self._reuse_for = SNAPSHOT_EVERY
 
     def ended(self, future: Any) -> None:
         """The client's ``release()`` hook: ``future`` is terminal. O(1), no lock."""
         self._ended.append(_record(future, live=False))
 
     def fold(self) -> None:
-        """Fold the futures that ended since the last call into the counters."""
+        """Fold the cells taken and the futures ended since the last call."""
         with self._lock:
             self._fold()
 
     def _fold(self) -> None:
-        batch = []
-        pop = self._ended.popleft
-        for _ in range(len(self._ended)):  # popleft is atomic; appends may go on
-            batch.append(pop())
-        if not batch:
-            return
-        self._cells.update(_cell_counts(map(attrgetter("fsm_history"), batch)))
+        self._cells.update(map(id, _drain(self._fired)))
         recent = self._recent
-        for record in batch[-RECENT:]:
+        for record in _drain(self._ended)[-RECENT:]:
             recent[record.task_id] = record
         while len(recent) > RECENT:
             recent.popitem(last=False)
+
+    def cell_counts(self) -> dict[tuple[FutureState, Trigger], int]:
+        """How many times the client's futures took each cell of the table so far."""
+        with self._lock:
+            self._fold()
+            return {key: self._cells.get(id(cell), 0) for key, cell in TRANSITION_TABLE.items()}
 
     def find(self, task_id: bytes) -> FutureRecord | None:
         """The record of a live future or of one of the ``RECENT`` latest ended."""
@@ -203,41 +178,41 @@ class Counts:
         ``SNAPSHOT_EVERY`` seconds)."""
         with self._lock:
             now = time.monotonic()
-            if self._snapshot is not None and now < self._snapshot_at + self._reuse_for:
+            if self._snapshot is not None and now - self._snapshot_at < SNAPSHOT_EVERY:
                 return self._snapshot
-            cpu = time.thread_time()
             self._fold()
             self._snapshot = self._take(now)
             self._snapshot_at = now
-            cost = time.thread_time() - cpu
-            self._reuse_for = max(SNAPSHOT_EVERY, SNAPSHOT_COST_RATIO * cost)
             return self._snapshot
+
+    def _latest_live(self) -> list[Any]:
+        futures = self._client.futures
+        for _ in range(3):
+            try:  # the I/O thread may change the registry while it is read
+                return list(islice(reversed(futures.values()), LATEST))
+            except RuntimeError:
+                continue
+        return []
 
     def _take(self, now: float) -> dict[str, Any]:
         client = self._client
         stats = client.stats()
-        # One C-level copy: the I/O thread may change the registry meanwhile.
-        live = list(client.futures.values())
-        live_states = list(map(attrgetter("state"), live))
-        cells = self._cells + _cell_counts(map(attrgetter("fsm_history"), live))
+        taken = {key: self._cells.get(id(cell), 0) for key, cell in TRANSITION_TABLE.items()}
 
-        states = {
-            state.value: 0 if state in TERMINAL_STATES else live_states.count(state)
-            for state in _STATES
-        }
-        states[FutureState.DONE.value] = stats["completed"] + stats["failed"]
-        states[FutureState.CANCELLED.value] = sum(stats["cancelled"].values())
-
+        # A state holds the futures that entered it and have not left it.
+        held = dict.fromkeys(_STATES, 0)
+        held[FutureState.PENDING] = stats["submitted"]
         transitions = []
         stale = dict.fromkeys((s.value for s in _STATES), 0)
-        stale_recv = 0
+        stale_messages = 0
         for (source, trigger), cell in TRANSITION_TABLE.items():
-            key = (_TRIGGERS.index(trigger), _STATES.index(source), _STATES.index(cell.dest))
-            count = cells.get(key, 0)
-            if (source, trigger) in _STALE_CELLS:
+            count = taken[source, trigger]
+            if cell.effect is Effect.STALE:
                 stale[source.value] += count
-                stale_recv += count if trigger in _RECV else 0
+                stale_messages += count if trigger.value.startswith("recv_") else 0
                 continue
+            held[source] -= count if cell.dest is not source else 0
+            held[cell.dest] += count if cell.dest is not source else 0
             transitions.append(
                 {
                     "source": source.value,
@@ -247,24 +222,28 @@ class Counts:
                     "count": count,
                 }
             )
-        # Stale messages for a task the client no longer holds (ended and released, or
-        # unknown) are in stats() only; a live future's are in its history as well.
-        stale["released"] = max(0, stats["stale_messages"] - stale_recv)
+        states = {state.value: max(0, held[state]) for state in _STATES}
+        # The ended futures as stats() counts them (the futures' own count of how they
+        # ended; the cells into done and cancelled say the same, which a test checks).
+        states[FutureState.DONE.value] = stats["completed"] + stats["failed"]
+        states[FutureState.CANCELLED.value] = sum(stats["cancelled"].values())
+        # A stale message for a task the client no longer holds (ended and released,
+        # or unknown) reaches no future: it is in stats() only.
+        stale["released"] = max(0, stats["stale_messages"] - stale_messages)
 
-        outcomes = {
-            outcome.value: stats["cancelled"].get(outcome.value, 0) for outcome in CancelOutcome
-        }
+        outcomes = {o.value: stats["cancelled"].get(o.value, 0) for o in CancelOutcome}
         outcomes[CancelOutcome.FAILED.value] = sum(
-            t["count"] for t in transitions if t["outcome"] == CancelOutcome.FAILED.name
+            count
+            for (source, trigger), count in taken.items()
+            if TRANSITION_TABLE[source, trigger].outcome is CancelOutcome.FAILED
         )
 
-        ended = sum(stats["cancelled"].values()) + stats["completed"] + stats["failed"]
+        ended = states[FutureState.DONE.value] + states[FutureState.CANCELLED.value]
         self._rate.append((now, ended))
         first_time, first_ended = self._rate[0]
         rate = (ended - first_ended) / (now - first_time) if now > first_time else 0.0
 
-        latest_live = [_record(f, live=True).as_json() for f in reversed(live[-LATEST:])]
-        latest_ended = [r.as_json() for r in reversed(list(self._recent.values())[-LATEST:])]
+        latest_ended = [r.as_json() for r in islice(reversed(self._recent.values()), LATEST)]
         return {
             "engine": type(client.engine).__name__,
             "address": client.address,
@@ -274,6 +253,6 @@ class Counts:
             "stale": stale,
             "stats": stats,
             "tasks_per_second": rate,
-            "latest_live": latest_live,
+            "latest_live": [_record(f, live=True).as_json() for f in self._latest_live()],
             "latest_ended": latest_ended,
         }
