@@ -95,14 +95,18 @@ class FutureRecord:
         }
 
 
-def _record(future: Any, *, live: bool) -> FutureRecord:
-    error = None
-    if future.state is FutureState.DONE:
-        exception = future.exception(timeout=0)  # terminal: never waits
-        error = type(exception).__name__ if exception is not None else None
-    return FutureRecord(
-        future.task_id, future.state, future.cancel_outcome, future.fsm_history, error, live
-    )
+def _fields(future: Any) -> tuple[Any, ...]:
+    """A future's fields for its record (its exception, if any; never its result)."""
+    state = future.state
+    # exception(timeout=0) of a done future never waits.
+    exception = future.exception(timeout=0) if state is FutureState.DONE else None
+    return future.task_id, state, future.cancel_outcome, future.fsm_history, exception
+
+
+def _record(fields: tuple[Any, ...], *, live: bool) -> FutureRecord:
+    task_id, state, outcome, history, exception = fields
+    error = type(exception).__name__ if exception is not None else None
+    return FutureRecord(task_id, state, outcome, history, error, live)
 
 
 def _drain(queue: deque[Any]) -> list[Any]:
@@ -122,7 +126,7 @@ class Counts:
     def __init__(self, client: Any) -> None:
         self._client = client
         self._fired: deque[Any] = deque()  # table cells, as the futures take them
-        self._ended: deque[FutureRecord] = deque()  # records of futures that ended
+        self._ended: deque[tuple[Any, ...]] = deque()  # _fields of futures that ended
         self.future_class: type[TaskFuture] = type(
             "TaskFuture",
             (TaskFuture,),
@@ -142,8 +146,9 @@ class Counts:
         self._snapshot_at = 0.0
 
     def ended(self, future: Any) -> None:
-        """The client's ``release()`` hook: ``future`` is terminal. O(1), no lock."""
-        self._ended.append(_record(future, live=False))
+        """The client's ``release()`` hook: ``future`` is terminal. O(1), no lock: the
+        record is made later, by ``fold``, and only for the ``RECENT`` latest."""
+        self._ended.append(_fields(future))
 
     def fold(self) -> None:
         """Fold the cells taken and the futures ended since the last call."""
@@ -153,8 +158,8 @@ class Counts:
     def _fold(self) -> None:
         self._cells.update(map(id, _drain(self._fired)))
         recent = self._recent
-        for record in _drain(self._ended)[-RECENT:]:
-            recent[record.task_id] = record
+        for fields in _drain(self._ended)[-RECENT:]:
+            recent[fields[0]] = _record(fields, live=False)
         while len(recent) > RECENT:
             recent.popitem(last=False)
 
@@ -168,7 +173,7 @@ class Counts:
         """The record of a live future or of one of the ``RECENT`` latest ended."""
         future = self._client.futures.get(task_id)
         if future is not None:
-            return _record(future, live=future.state not in TERMINAL_STATES)
+            return _record(_fields(future), live=future.state not in TERMINAL_STATES)
         with self._lock:
             self._fold()
             return self._recent.get(task_id)
@@ -253,6 +258,6 @@ class Counts:
             "stale": stale,
             "stats": stats,
             "tasks_per_second": rate,
-            "latest_live": [_record(f, live=True).as_json() for f in self._latest_live()],
+            "latest_live": [_record(_fields(f), live=True).as_json() for f in self._latest_live()],
             "latest_ended": latest_ended,
         }
