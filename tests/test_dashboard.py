@@ -331,3 +331,27 @@ def test_the_counted_cells_are_the_cells_the_futures_took(walks: list[list[Trigg
     plain.sent()
     assert type(plain).__mro__[0] is TaskFuture and TaskFuture._on_fire is None
     assert sum(counts.cell_counts().values()) == sum(expected.values())
+
+
+def test_the_view_is_the_clients_own_on_dask_too() -> None:
+    # The view reads only the client's records, so another engine needs nothing more.
+    distributed = pytest.importorskip("distributed")
+    with distributed.LocalCluster(
+        n_workers=1, threads_per_worker=2, processes=False, dashboard_address=None
+    ) as cluster:
+        with Client(cluster.scheduler_address, engine="dask", dashboard=True) as client:
+            assert client.submit(tasks.add, 1, 2).result(DEADLINE) == 3
+            failing = client.submit(tasks.fail, "on dask")
+            assert isinstance(failing.exception(DEADLINE), ValueError)
+            slow = client.submit(tasks.sleep_then, 30)
+            assert slow.cancel(timeout=DEADLINE)
+            wait_until(lambda: not client.futures, "the client to release every future")
+            with urllib.request.urlopen(f"{client.dashboard_link}api/snapshot", timeout=5) as r:
+                snapshot = json.load(r)
+            assert snapshot["engine"] == "DaskEngine"
+            assert snapshot["states"] == expected_states(client)
+            assert snapshot["states"]["done"] == 2 and snapshot["states"]["cancelled"] == 1
+            assert snapshot["outcomes"] == {
+                **dict.fromkeys((o.value for o in CancelOutcome), 0),
+                **client.stats()["cancelled"],
+            }
