@@ -30,11 +30,13 @@ from futurefsm import demo as demo_module
 from futurefsm.client.future import TaskFuture
 from futurefsm.client.transport import InMemoryTransport
 from futurefsm.dashboard import Counts, parse_address
+from futurefsm.dashboard.svg import diagram_svg
 from futurefsm.demo import _wait_until as wait_until
 from futurefsm.fsm import (
     TRANSITION_TABLE,
     CancelOutcome,
     Effect,
+    FSMModel,
     FutureState,
     Trigger,
 )
@@ -355,3 +357,14 @@ def test_the_view_is_the_clients_own_on_dask_too() -> None:
                 **dict.fromkeys((o.value for o in CancelOutcome), 0),
                 **client.stats()["cancelled"],
             }
+
+
+def test_a_path_with_a_stale_step_marks_it_on_its_state() -> None:
+    model = FSMModel()
+    for trigger in (Trigger.SENT, Trigger.RECV_CONFIRM_NOT_FOUND, Trigger.RECV_RESULT):
+        model.fire(trigger)
+    svg = diagram_svg(path=model.history)
+    boxes = [part for part in svg.split('<g class="state') if ">running<" in part]
+    running = boxes[0].split("</g>")[0]
+    assert ">running<" in running and "stale (2)" in running
+    assert svg.count('class="badge taken"') == 2  # steps 1 and 3: the edges taken

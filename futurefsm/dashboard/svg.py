@@ -16,10 +16,11 @@ it (the live view), or the steps of one future's path (a future's page).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from functools import cache
 from html import escape
 
 from ..diagrams import edges
-from ..fsm import TERMINAL_STATES, FutureState, HistoryEntry, Trigger
+from ..fsm import TERMINAL_STATES, TRANSITION_TABLE, Effect, FutureState, HistoryEntry, Trigger
 
 __all__ = ["diagram_svg"]
 
@@ -28,6 +29,7 @@ _ROW, _TOP, _WIDTH = 118, 40, 760
 _LANE = 70
 
 
+@cache
 def _ranks() -> dict[FutureState, int]:
     rank = {FutureState.PENDING: 0}
     frontier = [FutureState.PENDING]
@@ -46,6 +48,7 @@ def _ranks() -> dict[FutureState, int]:
     return rank
 
 
+@cache
 def _positions() -> dict[FutureState, tuple[float, float]]:
     rank = _ranks()
     rows: dict[int, list[FutureState]] = {}
@@ -143,6 +146,11 @@ def diagram_svg(
             css.append("last" if state is last else "visited")
         attrs = f'class="{" ".join(css)}"'
         lines = [f'<text class="name" x="{x}" y="{y - 8}">{state.value}</text>']
+        stale_steps = [n for (s, _), numbers in steps.items() if s is state for n in numbers]
+        stale_steps = [n for n in stale_steps if _is_stale_step(path, n)]
+        if stale_steps:
+            numbers = ", ".join(map(str, sorted(stale_steps)))
+            lines.append(f'<text class="stale" x="{x}" y="{y + 16}">stale ({numbers})</text>')
         if state_counts is not None:
             count = state_counts.get(state.value, 0)
             attrs += f' data-state="{state.value}" data-count="{count}"'
@@ -163,6 +171,14 @@ def diagram_svg(
         '<defs><marker id="arrow" viewBox="0 0 10 10" refX="9" refY="5" markerWidth="7" '
         'markerHeight="7" orient="auto-start-reverse"><path d="M0,0 L10,5 L0,10 z"/></marker>'
         "</defs>" + "".join(out) + "".join(badges) + "</svg>"
+    )
+
+
+def _is_stale_step(path: Sequence[HistoryEntry] | None, number: int) -> bool:
+    """Whether step ``number`` (1-based) of ``path`` took a stale cell."""
+    entry = path[number - 1] if path else None
+    return (
+        entry is not None and TRANSITION_TABLE[entry.source, entry.trigger].effect is Effect.STALE
     )
 
 
