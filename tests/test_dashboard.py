@@ -30,6 +30,7 @@ from futurefsm import demo as demo_module
 from futurefsm.client.future import TaskFuture
 from futurefsm.client.transport import InMemoryTransport
 from futurefsm.dashboard import Counts, parse_address
+from futurefsm.dashboard.bench import CHROMIUM_FLAGS
 from futurefsm.dashboard.svg import diagram_svg
 from futurefsm.demo import _wait_until as wait_until
 from futurefsm.fsm import (
@@ -44,15 +45,6 @@ from futurefsm.scheduler_stub import Behaviour
 from futurefsm.scheduler_stub import sample_tasks as tasks
 
 DEADLINE = 15.0
-CHROMIUM_FLAGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 
 
 @pytest.fixture(scope="module")
