@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import json
+import logging
 import os
 import shutil
 import urllib.error
@@ -281,11 +282,16 @@ def test_a_client_that_cannot_serve_its_dashboard_is_not_left_open() -> None:
         assert first.submit(tasks.add, 1, 2).result(DEADLINE) == 3
 
 
-def test_no_dashboard_by_default_and_it_closes_with_the_client() -> None:
+def test_no_dashboard_by_default_and_it_closes_with_the_client(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     with Client(workers=1) as client:
         assert client.dashboard_link is None
-    with Client(workers=1, dashboard=True) as client:
+    with caplog.at_level(logging.INFO, logger="futurefsm.dashboard"):
+        client = Client(workers=1, dashboard=True)
+    with client:
         link = client.dashboard_link
+        assert link is not None and f"dashboard at {link}" in caplog.text
         with urllib.request.urlopen(link, timeout=DEADLINE) as answer:
             assert answer.status == 200
     with pytest.raises(urllib.error.URLError):

@@ -13,6 +13,7 @@ import ipaddress
 import json
 import logging
 import re
+import socket
 import threading
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -66,8 +67,6 @@ class _Server(ThreadingHTTPServer):
 
 
 class _IPv6Server(_Server):
-    import socket
-
     address_family = socket.AF_INET6
 
 
