@@ -120,6 +120,13 @@ def _parser() -> argparse.ArgumentParser:
 
     diagrams = command("diagrams", "generate the state diagrams and the docs' transition table")
     diagrams.add_argument("--out", default="diagrams", help="output directory")
+    diagrams.add_argument(
+        "--diff",
+        metavar="REV",
+        default=None,
+        help="instead, print what changed in TRANSITION_TABLE since git revision REV "
+        "(Mermaid and a list, as markdown); nothing is written",
+    )
 
     bench = command("bench", "run a benchmark and print ratios")
     bench.add_argument("which", choices=["fsm", "e2e", "engines"], help="which benchmark")
@@ -165,6 +172,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             secret_key=args.secret_key,
             server_key=args.server_key,
         )
+    if args.command == "diagrams" and args.diff is not None:
+        from .diagrams import diff_main
+
+        return diff_main(args.diff)
     if args.command == "diagrams":
         from .diagrams import main as diagrams_main
 

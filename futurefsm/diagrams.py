@@ -715,3 +715,206 @@ def main(out: Path | str = "diagrams") -> int:
             if update_readme(readme, texts["future.mmd"]):
                 print(f"updated the diagram in {readme}")
     return status
+
+
+# ---------------------------------------------------------------------------
+# Review of a table change: ``futurefsm diagrams --diff REV``
+# ---------------------------------------------------------------------------
+
+__all__ += [  # (added here, apart from the list above: the --diff section's names)
+    "TABLE_SOURCE",
+    "CellChange",
+    "diff_main",
+    "diff_mermaid",
+    "diff_text",
+    "plain_table",
+    "table_at_revision",
+    "table_diff",
+    "table_from_source",
+]
+
+TABLE_SOURCE = "futurefsm/fsm/table.py"
+"""Where ``TRANSITION_TABLE`` lives in the repository (read at a git revision)."""
+
+PlainCell = tuple[str, str, "str | None"]
+"""A cell as plain names: (destination state, effect, ``CancelOutcome`` name or None)."""
+PlainTable = dict[tuple[str, str], PlainCell]
+"""A transition table as plain names: (state, trigger) -> ``PlainCell``. Two revisions'
+tables have different Enum classes, so they are compared by name."""
+
+
+class CellChange(NamedTuple):
+    """One (state, trigger) cell that differs between two tables."""
+
+    kind: Literal["added", "removed", "retargeted", "outcome changed", "effect changed"]
+    state: str
+    trigger: str
+    old: PlainCell | None
+    new: PlainCell | None
+
+
+def plain_table(table: dict | None = None) -> PlainTable:
+    """``table`` (default: this ``TRANSITION_TABLE``; or another revision's, whose
+    states and triggers are other Enum classes) as plain names."""
+    table = TRANSITION_TABLE if table is None else table
+    return {
+        (state.value, trigger.value): (
+            cell.dest.value,
+            cell.effect.value,
+            cell.outcome.name if cell.outcome is not None else None,
+        )
+        for (state, trigger), cell in table.items()
+    }
+
+
+def table_from_source(source: str, origin: str = TABLE_SOURCE) -> PlainTable:
+    """The ``TRANSITION_TABLE`` that the module text ``source`` defines, as plain names.
+
+    The text is run as a module of its own (table.py imports only the standard
+    library); ``origin`` names it in errors.
+    """
+    import types
+
+    module = types.ModuleType(f"_futurefsm_table_{abs(hash(origin))}")
+    module.__file__ = origin
+    try:
+        exec(compile(source, origin, "exec"), module.__dict__)
+    except Exception as error:
+        raise ValueError(f"{origin}: cannot load it ({type(error).__name__}: {error})") from error
+    table = getattr(module, "TRANSITION_TABLE", None)
+    if not isinstance(table, dict):
+        raise ValueError(f"{origin}: defines no TRANSITION_TABLE dict")
+    return plain_table(table)
+
+
+def _git(repo: Path, *args: str) -> str:
+    done = subprocess.run(
+        ["git", "-C", str(repo), *args], capture_output=True, text=True, check=False
+    )
+    if done.returncode != 0:
+        raise ValueError(f"git {' '.join(args)} failed in {repo}: {done.stderr.strip()}")
+    return done.stdout
+
+
+def table_at_revision(rev: str, repo: Path | str = ".") -> PlainTable:
+    """The ``TRANSITION_TABLE`` of ``TABLE_SOURCE`` at git revision ``rev`` of ``repo``.
+
+    Raises ``ValueError`` naming the revision when git cannot show that file there.
+    """
+    source = _git(Path(repo), "show", f"{rev}:{TABLE_SOURCE}")
+    return table_from_source(source, f"{rev}:{TABLE_SOURCE}")
+
+
+def table_diff(old: PlainTable, new: PlainTable) -> list[CellChange]:
+    """Every cell that differs from ``old`` to ``new``: ``new``'s order, then cells
+    only ``old`` has, in its order. A changed destination is ``retargeted`` (whatever
+    else changed with it), then a changed outcome, then a changed effect."""
+    changes = []
+    for key, cell in new.items():
+        before = old.get(key)
+        if before == cell:
+            continue
+        if before is None:
+            kind = "added"
+        elif before[0] != cell[0]:
+            kind = "retargeted"
+        elif before[2] != cell[2]:
+            kind = "outcome changed"
+        else:
+            kind = "effect changed"
+        changes.append(CellChange(kind, key[0], key[1], before, cell))
+    changes += [
+        CellChange("removed", key[0], key[1], cell, None)
+        for key, cell in old.items()
+        if key not in new
+    ]
+    return changes
+
+
+def _plain_label(trigger: str, cell: PlainCell) -> str:
+    _, effect, outcome = cell
+    label = trigger + (f" [{outcome}]" if outcome else "")
+    if effect == "none":
+        return label
+    return f"{label} ({effect})" if effect == "stale" else f"{label} / {effect}"
+
+
+_DIFF_STYLES = {
+    "added": "stroke:#16a34a,stroke-width:3px",
+    "removed": "stroke:#dc2626,stroke-width:2px,stroke-dasharray:5 4",
+    "changed": "stroke:#d97706,stroke-width:3px",
+}
+
+
+def diff_mermaid(changes: Sequence[CellChange], title: str = "") -> str:
+    """The changed cells as a Mermaid flowchart: only the states they touch; a new
+    edge green (``+``), a removed one dashed red (``-``), a retargeted cell both (its
+    old edge ``was``, its new ``now``), a changed outcome or effect amber (``~``)."""
+    out = ["flowchart TB", f"%% {title or 'TRANSITION_TABLE: changed cells only'}"]
+    links: list[tuple[str, str, str, str]] = []  # source, dest, label, style
+    for change in changes:
+        old, new = change.old, change.new
+        if change.kind == "added" and new is not None:
+            links.append((change.state, new[0], "+ " + _plain_label(change.trigger, new), "added"))
+        elif change.kind == "removed" and old is not None:
+            links.append(
+                (change.state, old[0], "- " + _plain_label(change.trigger, old), "removed")
+            )
+        elif change.kind == "retargeted" and old is not None and new is not None:
+            was = "was: " + _plain_label(change.trigger, old)
+            links.append((change.state, old[0], was, "removed"))
+            links.append(
+                (change.state, new[0], "now: " + _plain_label(change.trigger, new), "added")
+            )
+        elif old is not None and new is not None:
+            before, after = (_plain_label("", cell).strip() or "-" for cell in (old, new))
+            label = f"~ {change.trigger}: {before} → {after}"
+            links.append((change.state, new[0], label, "changed"))
+    states = list(dict.fromkeys(s for link in links for s in link[:2]))
+    out += [f'    s_{state}(["{state}"])' for state in states]
+    for source, dest, label, style in links:
+        arrow = f'-. "{label}" .->' if style == "removed" else f'-- "{label}" -->'
+        out.append(f"    s_{source} {arrow} s_{dest}")
+    out += [f"    linkStyle {n} {_DIFF_STYLES[link[3]]}" for n, link in enumerate(links)]
+    return "\n".join(out) + "\n"
+
+
+def diff_text(changes: Sequence[CellChange]) -> str:
+    """The changed cells as a list, one line each: kind, cell, old -> new."""
+    if not changes:
+        return "no cell of TRANSITION_TABLE changed\n"
+
+    def show(cell: PlainCell | None) -> str:
+        if cell is None:
+            return "(no cell)"
+        dest, effect, outcome = cell
+        return f"{dest}" + (f" [{outcome}]" if outcome else "") + f" / {effect}"
+
+    return "".join(
+        f"- {c.kind}: ({c.state}, {c.trigger}): {show(c.old)} -> {show(c.new)}\n" for c in changes
+    )
+
+
+def diff_main(rev: str, repo: Path | str = ".") -> int:
+    """``futurefsm diagrams --diff REV``: print, as markdown a pull request can show, what
+    changed in ``TRANSITION_TABLE`` from ``rev`` to the working tree of the git
+    repository around ``repo``: a Mermaid diagram of the changed cells and their list.
+    Returns the exit status (2, with the reason on stderr, when git or the table fails).
+    """
+    try:
+        top = Path(_git(Path(repo), "rev-parse", "--show-toplevel").strip())
+        old = table_at_revision(rev, top)
+        current = top / TABLE_SOURCE
+        if not current.is_file():
+            raise ValueError(f"{current}: no such file in the working tree")
+        new = table_from_source(current.read_text(encoding="utf-8"), str(current))
+    except ValueError as error:
+        print(f"futurefsm diagrams --diff: {error}", file=sys.stderr)
+        return 2
+    changes = table_diff(old, new)
+    title = f"TRANSITION_TABLE: {rev} -> working tree"
+    print(f"## {title}\n")
+    if changes:
+        print(f"```mermaid\n{diff_mermaid(changes, title)}```\n")
+    print(diff_text(changes), end="")
+    return 0

@@ -96,6 +96,10 @@ class Client(cf.Executor):
     ZMTP heartbeats run by libzmq, so a busy scheduler is alive); a scheduler unheard
     for ``connection_timeout`` seconds, or not reached within it, is taken as lost and
     every unfinished future is resolved (``ConnectionLostError``).
+
+    ``dashboard=True`` serves a read-only live view of the futures on loopback at a
+    free port (an int: that port; ``"HOST:PORT"``: that address, the only way to bind
+    anything but loopback); ``dashboard_link`` is its URL (docs/dashboard.md).
     """
 
     def __init__(
@@ -109,6 +113,7 @@ class Client(cf.Executor):
         heartbeat_interval: float = 1.0,
         connection_timeout: float = 5.0,
         serializer: Serializer | None = None,
+        dashboard: bool | int | str | None = False,
         **engine_options: Any,
     ) -> None:
         for name, value in (
@@ -168,11 +173,28 @@ class Client(cf.Executor):
         self._deadlines = CancelDeadlines(
             self.futures.get, name=f"futurefsm-client-{id(self):x}-deadlines"
         )
+        self._dashboard: Any = None  # futurefsm.dashboard.Dashboard when asked for
+        # The dashboard's counting subclass while there is one (TaskFuture._on_fire).
+        self._future_class: type[TaskFuture] = TaskFuture
         self._engine.start(self)
+        if dashboard is not False and dashboard is not None:
+            from ..dashboard import Dashboard
+
+            try:
+                self._dashboard = Dashboard(self, dashboard)
+                self._future_class = self._dashboard.counts.future_class
+            except BaseException:
+                self.close()
+                raise
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"
         return f"<Client {self.address} {state} in_flight={len(self.futures)}>"
+
+    @property
+    def dashboard_link(self) -> str | None:
+        """The live view's URL (``Client(dashboard=True)``), or None without one."""
+        return self._dashboard.link if self._dashboard is not None else None
 
     @property
     def engine(self) -> Engine:
@@ -188,7 +210,7 @@ class Client(cf.Executor):
         cannot be serialized raises ``TypeError`` naming it, and nothing is sent.
         """
         prepared = self._engine.prepare(fn, args, kwargs)
-        future = TaskFuture(prepared.task_id, self)
+        future = self._future_class(prepared.task_id, self)
         with self._submit_lock:
             self._check_open()
             self._register(future)
@@ -260,7 +282,7 @@ class Client(cf.Executor):
                 raise KeyError(f"submit_graph: key {key!r} is not in the graph")
         group_id = os.urandom(16)
         prepared = self._engine.prepare_graph(graph, order, group_id)
-        members = [(TaskFuture(item.task_id, self, group_id), item) for item in prepared]
+        members = [(self._future_class(item.task_id, self, group_id), item) for item in prepared]
         with self._submit_lock:
             self._check_open()
             for future, _ in members:
@@ -325,6 +347,8 @@ class Client(cf.Executor):
             counter[key] += 1
             self.futures.pop(future.task_id, None)
         self._engine.forget(future)
+        if self._dashboard is not None:
+            self._dashboard.counts.ended(future)
 
     def on_io_thread(self) -> bool:
         """FutureTransport: True on a thread that delivers events (the engine's, or
@@ -410,6 +434,8 @@ class Client(cf.Executor):
             # Whatever the engine left unresolved is resolved now: nothing waits forever.
             self.connection_lost("client closed")
             self._deadlines.close()
+            if self._dashboard is not None:
+                self._dashboard.close()
             self._closed = True
 
     def __exit__(self, *exc_info: object) -> None:

@@ -135,6 +135,11 @@ class TaskFuture(_base.Future, _thread.RLock):
         "task_id",
     )
 
+    _on_fire: Callable[[Cell], object] | None = None
+    """Called with every cell a trigger takes, under the future's lock: a class
+    attribute, None here. The live view (futurefsm.dashboard) counts its client's
+    futures in a subclass that sets it; a future without one pays one lookup."""
+
     def __init__(
         self, task_id: bytes, transport: FutureTransport, group_id: bytes | None = None
     ) -> None:
@@ -200,6 +205,8 @@ class TaskFuture(_base.Future, _thread.RLock):
         with self:
             source = self.state
             cell = fire(self, trigger)
+            if self._on_fire is not None:
+                self._on_fire(cell)
             dest = cell.dest
             if dest is not source:
                 if cell.outcome is not None:
