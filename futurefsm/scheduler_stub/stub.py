@@ -115,14 +115,9 @@ from ..protocol import (
 from ..serializer import DEFAULT_SERIALIZER, Serializer
 from .behaviour import DEFAULT_BEHAVIOUR, Behaviour, BehaviourSource, OnCancel
 from .peers import PeerTracker
-from .records import (
-    DEPENDENCY_CANCELLED,
-    AfterFinish,
-    ClientBook,
-    TaskRecord,
-    TaskState,
-)
+from .records import DEPENDENCY_CANCELLED, AfterFinish, ClientBook, TaskRecord
 from .security import ClientKeys, CurveServer, SecretKey, check_bind
+from .task_table import HELD_STATES, TaskCell, TaskEffect, TaskEvent, TaskState, step
 from .workers import STATUSES, Inbox, ProcessPool, ThreadPool
 
 __all__ = ["LogRecord", "SchedulerStub"]
@@ -137,8 +132,10 @@ _ROUTER_BATCH = 1000
 """Messages read from the ROUTER in a row before the inbox gets a look."""
 
 # Enum members as module constants: a member read from its class costs a lookup.
-_QUEUED, _DONE, _CANCELLED = TaskState.QUEUED, TaskState.DONE, TaskState.CANCELLED
-_SEND_RESULT = AfterFinish.SEND_RESULT
+_QUEUED, _RUN, _SEND_RESULT = TaskState.QUEUED, TaskEffect.RUN, AfterFinish.SEND_RESULT
+_READY, _WORKER_TOOK = TaskEvent.READY, TaskEvent.WORKER_TOOK
+_RESULT, _RESULT_HELD = TaskEvent.RESULT, TaskEvent.RESULT_HELD
+_DEPENDENCY_CANCELLED = TaskEvent.DEPENDENCY_CANCELLED
 
 _TURNS_PER_FLUSH = 8
 _FLUSH_AFTER = 0.0005
@@ -302,12 +299,13 @@ class SchedulerStub:
             (b for b in (self._behaviour, DEFAULT_BEHAVIOUR) if b is not None and _plain(b)), None
         )
         """A Behaviour whose tasks' results go out as they come (no delay, drop or
-        duplicate): their records take the short way in ``_on_task_done``."""
+        duplicate): ``SEND_RESULT`` queues their results the short way."""
 
         # Owned by the I/O thread once it runs.
         self._clients: dict[bytes, ClientBook] = {}
         self._arrivals = 0
-        self._timers: list[tuple[float, int, TaskRecord]] = []
+        self._timers: list[tuple[float, int, TaskRecord, tuple[ResultStatus, Any]]] = []
+        """Held results: (due, sequence, record, (status, frame)), soonest first."""
         self._timer_seq = itertools.count()
         self._running = True
         self._loud_warnings = _LOUD_WARNINGS
@@ -318,8 +316,31 @@ class SchedulerStub:
         """Results and confirms per client, sent together once nothing else is ready
         (or after ``_TURNS_PER_FLUSH`` turns of the loop)."""
 
-        # Shared: the claim lock (see records.py); log and stats under the records lock.
-        self._claim_lock = threading.Lock()
+        self._followups: list[tuple[TaskRecord, TaskEvent, Any]] = []
+        """Events raised by effects for other tasks, fired by ``_fire`` (last first)."""
+        E = TaskEffect
+        self._effects: dict[TaskEffect, Callable[[TaskRecord, TaskEvent, Any], None]] = {
+            E.DISPATCH: self._dispatch,
+            E.RUN: self._no_effect,
+            E.SKIP: self._no_effect,
+            E.PASS_ON: self._pass_on,
+            E.SEND_RESULT: self._send_result_effect,
+            E.HOLD_RESULT: self._hold_result,
+            E.DROP: self._drop,
+            E.CONFIRM_CANCELED: self._confirm_canceled,
+            E.REFUSE_CANCEL: self._refuse_cancel,
+            E.ANSWER_NOT_FOUND: self._answer_not_found,
+            E.ANSWER_AS_SCRIPTED: self._answer_as_scripted,
+            E.KILL_WORKER: self._kill_worker,
+            E.STOP_WORKER: self._stop_worker,
+            E.DISCARD: self._discard,
+            E.IMPOSSIBLE: self._impossible,
+        }
+        """How each ``TaskEffect`` is carried out."""
+
+        # Shared: the claim lock with worker threads (records.py: only they claim from
+        # another thread); log and stats under the records lock.
+        self._claim_lock = threading.Lock() if threads else None
         self._records_lock = threading.Lock()
         self._log_messages = bool(log_messages)
         self._log: deque[LogRecord] = deque()
@@ -357,7 +378,13 @@ class SchedulerStub:
             else:
                 post = self._inbox.post
                 self._pool = ProcessPool(
-                    workers, self._serializer, self._claim, self._on_task_done, post, name
+                    workers,
+                    self._serializer,
+                    self._claim,
+                    self._on_task_done,
+                    post,
+                    name,
+                    self._gave_back,
                 )
         except BaseException:
             if self._authenticator is not None:
@@ -673,7 +700,7 @@ class SchedulerStub:
         behaviour = self._behaviour
         assert behaviour is not None
         received, start, count = 0, 0, len(frames)
-        arrived = self._arrived  # reading the ROUTER: tasks start after the batch
+        apply = self._apply  # READY raises no further events: no need for _fire
         try:
             while start < count:
                 position = start
@@ -703,11 +730,7 @@ class SchedulerStub:
                             waiting = book.waiting_for_unknown.pop(task_id, None)
                             if waiting:
                                 record.dependents = waiting
-                        record.state = _QUEUED  # _enqueue, inline
-                        if arrived is None:
-                            self._pool.submit(record)
-                        else:
-                            arrived.append(record)
+                        apply(record, _READY)
                     start = count
                 except Exception:
                     logger.exception("scheduler stub: internal error on a message of a Batch")
@@ -761,12 +784,12 @@ class SchedulerStub:
         record = TaskRecord.of(identity, task, behaviour, index)
         blocked_by = book.register(record, task.depends_on)
         if blocked_by is DEPENDENCY_CANCELLED:
-            self._cancel_record(record, confirms=1)
-        elif blocked_by is not None:
+            self._fire(record, _DEPENDENCY_CANCELLED, 1)
+        elif blocked_by is not None:  # it ends as its dependency did, without running
             failed = TaskResult(record.task_id, blocked_by.status, blocked_by.payload)
-            self._finish(record, failed.status, encode(failed))
+            self._fire(record, _result_event(record), (failed.status, encode(failed)))
         elif record.pending_deps is None:
-            self._enqueue(record)
+            self._fire(record, _READY)
 
     def _on_cancel(self, identity: bytes, cancel: TaskCancel) -> None:
         self._count("cancels_received")
@@ -776,18 +799,18 @@ class SchedulerStub:
         book = self._book(identity)
         record = book.live.get(cancel.task_id)
         if record is not None:
-            self._cancel_held(record, cancel.force)
+            self._fire_cancel(record, cancel.force)
             return
         members = book.group_members(cancel.task_id)
-        if members is None:
+        if members is None:  # not held: the table's cells of the other states say the same
             self._send_confirm(identity, cancel.task_id, ConfirmKind.NOT_FOUND)
             return
         # A group cancel: each held member is cancelled as if forced, and confirmed on
         # its own id. Members that finished get nothing; cancelling one member may have
         # cancelled its dependents already, hence the state check.
         for member in members:
-            if member.state not in (TaskState.DONE, TaskState.CANCELLED):
-                self._cancel_held(member, force=True)
+            if member.state in HELD_STATES:
+                self._fire_cancel(member, force=True)
 
     def _on_heartbeat(self, identity: bytes, heartbeat: Heartbeat) -> None:
         self._book(identity)
@@ -834,92 +857,57 @@ class SchedulerStub:
         self._forget(book)
         return True
 
-    # -- cancellation
+    # -- the task table: events fired, effects carried out
 
-    def _cancel_held(self, record: TaskRecord, force: bool) -> None:
-        """Answer a TaskCancel for a held task, as its Behaviour's ``on_cancel`` says."""
+    def _fire(self, record: TaskRecord, event: TaskEvent, arg: Any = None) -> None:
+        """Fire ``event`` on ``record`` and carry out its cell's effects, then those of
+        the events the effects raised for its dependents (``_followups``: the last
+        raised first), until none is left. ``arg``: the event's data (a result's
+        ``(status, frame)``, or how many confirms a cancel answer takes)."""
+        self._apply(record, event, arg)
+        followups = self._followups
+        while followups:
+            self._apply(*followups.pop())
+
+    def _apply(self, record: TaskRecord, event: TaskEvent, arg: Any = None) -> TaskCell:
+        """One transition (``task_table.step``) and its cell's effects, in order."""
+        lock = self._claim_lock
+        if lock is not None and record.state is _QUEUED:
+            # Worker threads claim queued tasks: a claim and any other move out of
+            # queued happen one at a time (the lock covers the state change only).
+            with lock:
+                cell = step(record, event)
+        else:
+            cell = step(record, event)
+        effects = self._effects
+        for effect in cell.effects:
+            effects[effect](record, event, arg)
+        return cell
+
+    def _fire_cancel(self, record: TaskRecord, force: bool) -> None:
+        """A TaskCancel reached a held task: the event its Behaviour makes of it."""
         mode = record.behaviour.on_cancel
-        if mode is OnCancel.CONFIRM or mode is OnCancel.DUPLICATE:
-            times = 2 if mode is OnCancel.DUPLICATE else 1
-            if self._unqueue(record):
-                self._cancel_record(record, confirms=times)
-            elif force:
-                confirm = partial(
-                    self._send_confirm, record.client, record.task_id, ConfirmKind.CANCELED, times
-                )
-                if self._stop_running(record, confirm):
-                    self._cancel_record(record, confirms=0)  # confirmed once it is gone
-                else:  # a thread, or a result being delayed: the result is discarded
-                    self._cancel_record(record, confirms=times)
-            else:
-                self._send_confirm(record.client, record.task_id, ConfirmKind.CANCEL_FAILED, times)
-        elif mode is OnCancel.RESULT_THEN_CONFIRM:
-            record.after_finish = AfterFinish.SEND_RESULT_THEN_CONFIRM
-            record.confirms_after_result += 1
-        elif mode is OnCancel.CONFIRM_THEN_RESULT:
-            self._send_confirm(record.client, record.task_id, ConfirmKind.CANCELED)
-        elif mode is OnCancel.CANCEL_FAILED:
-            self._send_confirm(record.client, record.task_id, ConfirmKind.CANCEL_FAILED)
-        elif mode is OnCancel.NOT_FOUND:
-            self._send_confirm(record.client, record.task_id, ConfirmKind.NOT_FOUND)
-        else:  # OnCancel.IGNORE
-            record.after_finish = AfterFinish.SUPPRESS_RESULT
-
-    def _unqueue(self, record: TaskRecord) -> bool:
-        """Take a task that has not started out of the way; False if it has started."""
-        if record.state is TaskState.WAITING:
-            return True
-        if record.state is TaskState.RUNNING:  # sent to a worker process, maybe not started
-            if self._pool.take_back(record):
-                record.state = TaskState.CANCELLED
-                return True
-            return False
-        if record.state is TaskState.QUEUED:
-            with self._claim_lock:
-                if record.state is TaskState.QUEUED:  # else a worker just claimed it
-                    record.state = TaskState.CANCELLED
-                    return True
-        return False
-
-    def _cancel_record(self, record: TaskRecord, confirms: int) -> None:
-        """Cancel a held task (its result, if it is running, is discarded) and confirm
-        ``canceled``; then its waiting dependents, transitively, each confirmed once
-        (they cannot run without it, whatever their own ``on_cancel``)."""
-        book = self._clients[record.client]
-        pending = [(record, confirms)]
-        while pending:
-            record, times = pending.pop()
-            # A worker may claim a queued task first: then it is running, and it is
-            # cancelled as running (its result discarded).
-            self._unqueue(record)
-            record.state = TaskState.CANCELLED
-            book.release(record)
-            self._send_confirm(record.client, record.task_id, ConfirmKind.CANCELED, times)
-            pending.extend((d, 1) for d in book.settle(record, DEPENDENCY_CANCELLED))
-
-    def _stop_running(self, record: TaskRecord, on_gone: Callable[[], None]) -> bool:
-        """Kill the worker process running ``record``; ``on_gone`` runs once it is gone.
-        False if it is not running on a process (a thread cannot be stopped)."""
-        if record.state is not TaskState.RUNNING or not self._pool.kill(record, on_gone):
-            return False
-        self._count("workers_killed")
-        return True
+        if mode is not OnCancel.CONFIRM and mode is not OnCancel.DUPLICATE:
+            self._fire(record, TaskEvent.CANCEL_SCRIPTED)
+            return
+        if record.state is TaskState.RUNNING and self._pool.take_back(record):
+            self._fire(record, TaskEvent.WORKER_GAVE_BACK)  # sent, not started: unstarted
+        times = 2 if mode is OnCancel.DUPLICATE else 1
+        self._fire(record, TaskEvent.CANCEL_FORCE if force else TaskEvent.CANCEL, times)
 
     def _forget(self, book: ClientBook) -> None:
-        """Drop every held task of a client without a word: queued ones never run,
-        running ones are stopped (worker processes) or their results discarded."""
-        with self._claim_lock:
-            running = [
-                r
-                for r in book.live.values()
-                if r.state is TaskState.RUNNING and not self._pool.take_back(r)
-            ]
-            for record in book.live.values():
-                record.state = TaskState.CANCELLED
-        for record in running:
-            if self._pool.kill(record, _nothing):
-                self._count("workers_killed")
+        """Drop every held task of a client without a word (``CLIENT_GONE``): queued ones
+        never run, running ones are stopped (worker processes) or their results
+        discarded."""
+        records = list(book.live.values())
         book.live.clear()
+        # Every task sent to a worker process but not started is taken back first, so
+        # killing the process of another does not hand it to a second process.
+        for record in records:
+            if record.state is TaskState.RUNNING and self._pool.take_back(record):
+                self._fire(record, TaskEvent.WORKER_GAVE_BACK)
+        for record in records:
+            self._fire(record, TaskEvent.CLIENT_GONE)
 
     def _disconnect_all_now(self) -> int:
         clients = list(self._clients.values())
@@ -932,22 +920,13 @@ class SchedulerStub:
             self._send(identity, Disconnect())
         return len(identities)
 
-    # -- running and finishing
-
-    def _enqueue(self, record: TaskRecord) -> None:
-        record.state = _QUEUED
-        if self._arrived is not None:  # reading the ROUTER: start after the batch
-            self._arrived.append(record)
-        else:
-            self._pool.submit(record)
-
     def _claim(self, record: TaskRecord) -> bool:
-        """Called by a worker before it runs ``record``."""
-        with self._claim_lock:
-            if record.state is not TaskState.QUEUED:
-                return False
-            record.state = TaskState.RUNNING
-            return True
+        """Called by a worker (thread, or the process pool) before it runs ``record``."""
+        return _RUN in self._apply(record, _WORKER_TOOK).effects
+
+    def _gave_back(self, record: TaskRecord) -> None:
+        """Called by the process pool for a record it takes back to queue it again."""
+        self._apply(record, TaskEvent.WORKER_GAVE_BACK)
 
     def _report(self, record: TaskRecord, status: int, frame: bytes | memoryview) -> None:
         """Called by a worker thread with a task's outcome: hand it to the I/O thread."""
@@ -956,75 +935,51 @@ class SchedulerStub:
     def _on_task_done(self, record: TaskRecord, status: int, frame: bytes | memoryview) -> None:
         """A worker finished ``record``: ``status`` (a ``STATUS_CODES`` byte) and the
         encoded ``TaskResult``."""
-        if record.state is _CANCELLED:
-            self._count("results_discarded")
-            return
-        if (
-            record.behaviour is self._plain_behaviour
-            and record.dependents is None
-            and record.group_id is None
-            and record.after_finish is _SEND_RESULT
-            and not self._log_messages
-        ):  # what most tasks are: _finish and _deliver, the short way
-            record.state = _DONE
-            identity = record.client
-            live = self._clients[identity].live
-            if live.get(record.task_id) is record:
-                del live[record.task_id]
-            box = self._outgoing.get(identity)
-            if box is None:
-                box = self._outgoing[identity] = _Outbox(False)
-            box.frames.append(frame)
-            return
-        self._finish(record, STATUSES[status], frame)
-
-    def _finish(self, record: TaskRecord, status: ResultStatus, frame: bytes | memoryview) -> None:
-        """A held task ended with ``status`` (``frame`` is its encoded result): release
-        its dependents (or fail them with the same status and payload, transitively),
-        then send or delay the result."""
-        book = self._clients[record.client]
-        pending = [(record, status, frame)]
-        while pending:
-            record, status, frame = pending.pop()
-            outcome = None
-            if record.group_id is not None or record.dependents is not None:  # a graph
-                outcome = decode(bytes(frame))
-                assert isinstance(outcome, TaskResult)
-            for dependent in book.settle(record, outcome):
-                assert outcome is not None
-                if status is ResultStatus.SUCCESS:
-                    last = dependent.dependency_done(record.task_id, outcome.payload)
-                    if last and dependent.state is TaskState.WAITING:
-                        self._enqueue(dependent)
-                else:
-                    failed = TaskResult(dependent.task_id, status, outcome.payload)
-                    pending.append((dependent, status, encode(failed)))
-            record.status, record.frame = status, frame
-            delay = record.behaviour.result_delay
-            if delay > 0:
-                record.state = TaskState.DELAYED
-                due = time.monotonic() + delay
-                heapq.heappush(self._timers, (due, next(self._timer_seq), record))
-            else:
-                self._deliver(record)
+        self._fire(record, _result_event(record), (STATUSES[status], frame))
 
     def _fire_due_timers(self) -> None:
         now = time.monotonic()
         while self._timers and self._timers[0][0] <= now:
-            record = heapq.heappop(self._timers)[2]
-            if record.state is TaskState.DELAYED:
-                self._guarded(self._deliver, record)
-            else:  # cancelled (or forgotten) during its delay
-                self._count("results_discarded")
+            _, _, record, result = heapq.heappop(self._timers)
+            self._guarded(self._fire, record, TaskEvent.HOLD_OVER, result)
 
-    def _deliver(self, record: TaskRecord) -> None:
-        """Send a finished task's result as its Behaviour and any TaskCancel say."""
-        record.state = TaskState.DONE
-        book = self._clients[record.client]
-        book.release(record)
-        frame, status = record.frame, record.status
-        record.frame = None
-        assert frame is not None and status is not None
+    # The effects (``TaskEffect``), each called as (record, event, arg).
+
+    def _dispatch(self, record: TaskRecord, event: TaskEvent, arg: Any) -> None:
+        if self._arrived is not None:  # reading the ROUTER: start after the batch
+            self._arrived.append(record)
+        else:
+            self._pool.submit(record)
+
+    def _no_effect(self, record: TaskRecord, event: TaskEvent, arg: Any) -> None:
+        """``RUN`` and ``SKIP``: the worker that asked (``_claim``) reads them."""
+
+    def _pass_on(self, record: TaskRecord, event: TaskEvent, arg: Any) -> None:
+        """Its dependents get its outcome ``arg`` (status, frame); a failure ends them
+        the same way, transitively, without running them."""
+        if record.dependents is None and record.group_id is None:
+            return  # not a graph member: what most tasks are
+        status, frame = arg
+        outcome = decode(bytes(frame))
+        assert isinstance(outcome, TaskResult)
+        followups = self._followups
+        for dependent in self._clients[record.client].settle(record, outcome):
+            if status is ResultStatus.SUCCESS:
+                if dependent.dependency_done(record.task_id, outcome.payload):
+                    followups.append((dependent, _READY, None))
+            else:
+                failed = encode(TaskResult(dependent.task_id, status, outcome.payload))
+                followups.append((dependent, _result_event(dependent), (status, failed)))
+
+    def _send_result_effect(self, record: TaskRecord, event: TaskEvent, arg: Any) -> None:
+        """No longer held; send its result ``arg`` as its Behaviour and any TaskCancel say."""
+        live = self._clients[record.client].live
+        if live.get(record.task_id) is record:
+            del live[record.task_id]
+        status, frame = arg
+        if record.behaviour is self._plain_behaviour and record.after_finish is _SEND_RESULT:
+            self._queue_out(record.client, frame, (record.task_id, status))  # most tasks
+            return
         if record.after_finish is AfterFinish.SUPPRESS_RESULT:
             self._count("results_discarded")
             return
@@ -1037,6 +992,58 @@ class SchedulerStub:
         if record.after_finish is AfterFinish.SEND_RESULT_THEN_CONFIRM:
             confirms = record.confirms_after_result
             self._send_confirm(record.client, record.task_id, ConfirmKind.CANCELED, confirms)
+
+    def _hold_result(self, record: TaskRecord, event: TaskEvent, arg: Any) -> None:
+        due = time.monotonic() + record.behaviour.result_delay
+        heapq.heappush(self._timers, (due, next(self._timer_seq), record, arg))
+
+    def _drop(self, record: TaskRecord, event: TaskEvent, arg: Any) -> None:
+        book = self._clients[record.client]
+        book.release(record)
+        waiting = book.settle(record, DEPENDENCY_CANCELLED)
+        self._followups.extend((dependent, _DEPENDENCY_CANCELLED, 1) for dependent in waiting)
+
+    def _confirm_canceled(self, record: TaskRecord, event: TaskEvent, arg: Any) -> None:
+        self._send_confirm(record.client, record.task_id, ConfirmKind.CANCELED, arg or 1)
+
+    def _refuse_cancel(self, record: TaskRecord, event: TaskEvent, arg: Any) -> None:
+        self._send_confirm(record.client, record.task_id, ConfirmKind.CANCEL_FAILED, arg or 1)
+
+    def _answer_not_found(self, record: TaskRecord, event: TaskEvent, arg: Any) -> None:
+        self._send_confirm(record.client, record.task_id, ConfirmKind.NOT_FOUND)
+
+    def _answer_as_scripted(self, record: TaskRecord, event: TaskEvent, arg: Any) -> None:
+        """Fault scripting: the TaskCancel is answered as ``on_cancel`` says."""
+        mode = record.behaviour.on_cancel
+        if mode is OnCancel.RESULT_THEN_CONFIRM:
+            record.after_finish = AfterFinish.SEND_RESULT_THEN_CONFIRM
+            record.confirms_after_result += 1
+        elif mode is OnCancel.CONFIRM_THEN_RESULT:
+            self._send_confirm(record.client, record.task_id, ConfirmKind.CANCELED)
+        elif mode is OnCancel.CANCEL_FAILED:
+            self._send_confirm(record.client, record.task_id, ConfirmKind.CANCEL_FAILED)
+        elif mode is OnCancel.NOT_FOUND:
+            self._send_confirm(record.client, record.task_id, ConfirmKind.NOT_FOUND)
+        else:  # OnCancel.IGNORE
+            record.after_finish = AfterFinish.SUPPRESS_RESULT
+
+    def _kill_worker(self, record: TaskRecord, event: TaskEvent, arg: Any) -> None:
+        gone = partial(self._fire, record, TaskEvent.WORKER_GONE, arg)
+        if self._pool.kill(record, gone):
+            self._count("workers_killed")
+        else:  # a thread, or it finished meanwhile: its result is discarded when it comes
+            self._apply(record, TaskEvent.KILL_REFUSED, arg)
+
+    def _stop_worker(self, record: TaskRecord, event: TaskEvent, arg: Any) -> None:
+        if not self._pool.take_back(record) and self._pool.kill(record, _nothing):
+            self._count("workers_killed")
+
+    def _discard(self, record: TaskRecord, event: TaskEvent, arg: Any) -> None:
+        self._count("results_discarded")
+
+    def _impossible(self, record: TaskRecord, event: TaskEvent, arg: Any) -> None:
+        logger.error("scheduler stub: %s on %r: impossible, says the task table", event, record)
+        self._count("internal_errors")
 
     # -- helpers
 
@@ -1282,6 +1289,11 @@ def _plain(behaviour: Behaviour) -> bool:
     return (
         behaviour.result_delay <= 0 and not behaviour.drop_result and not behaviour.duplicate_result
     )
+
+
+def _result_event(record: TaskRecord) -> TaskEvent:
+    """The event of ``record``'s result: held if its Behaviour delays results."""
+    return _RESULT_HELD if record.behaviour.result_delay > 0 else _RESULT
 
 
 def _nothing() -> None:
