@@ -15,6 +15,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from futurefsm.scheduler_stub import SchedulerStub
+from futurefsm.scheduler_stub.behaviour import DEFAULT_BEHAVIOUR
+from futurefsm.scheduler_stub.records import TaskRecord
 from futurefsm.scheduler_stub.task_table import (
     HELD_STATES,
     INITIAL_STATE,
@@ -24,7 +27,6 @@ from futurefsm.scheduler_stub.task_table import (
     TaskEffect,
     TaskEvent,
     TaskState,
-    step,
 )
 
 S, V, E = TaskState, TaskEvent, TaskEffect
@@ -34,10 +36,17 @@ CANCELS = (V.CANCEL, V.CANCEL_FORCE, V.CANCEL_SCRIPTED)
 
 
 class Task:
-    """The least a task needs for ``step``: a state."""
+    """A task as the table sees it: a state, moved by ``step`` (as the scheduler's
+    ``_apply`` moves a ``TaskRecord``, without carrying out the effects)."""
 
     def __init__(self) -> None:
         self.state = INITIAL_STATE
+
+
+def step(task: Task, event: TaskEvent) -> TaskCell:
+    cell = TASK_TABLE[task.state, event]
+    task.state = cell.state
+    return cell
 
 
 def run(events: list[TaskEvent]) -> list[tuple[TaskState, TaskEvent, TaskCell]]:
@@ -65,11 +74,40 @@ def test_every_state_event_pair_has_exactly_one_cell() -> None:
 
 
 @pytest.mark.parametrize(("state", "event"), ALL_PAIRS, ids=lambda x: str(x))
-def test_step_moves_to_the_cell_and_returns_it(state: TaskState, event: TaskEvent) -> None:
-    task = Task()
-    task.state = state
-    assert step(task, event) is TASK_TABLE[state, event]
-    assert task.state is TASK_TABLE[state, event].state
+def test_the_scheduler_moves_a_task_as_its_cell_says(state: TaskState, event: TaskEvent) -> None:
+    # SchedulerStub._apply on a record in `state`, with every effect recorded instead
+    # of carried out: the state it sets, the effects it runs and their order.
+    stub = SchedulerStub.__new__(SchedulerStub)  # no socket, no thread: the table only
+    stub._claim_lock = None
+    done: list[TaskEffect] = []
+    stub._transitions = {
+        key: (cell.state, tuple(_recorder(done, e) for e in cell.effects), cell)
+        for key, cell in TASK_TABLE.items()
+    }
+    record = TaskRecord(b"client", b"t" * 16, b"", b"", None, DEFAULT_BEHAVIOUR, 0)
+    assert record.state is INITIAL_STATE
+    record.state = state
+    cell = stub._apply(record, event)
+    assert cell is TASK_TABLE[state, event]
+    assert record.state is cell.state
+    assert tuple(done) == cell.effects
+
+
+def _recorder(done: list[TaskEffect], effect: TaskEffect):
+    return lambda record, event, arg: done.append(effect)
+
+
+def test_the_scheduler_carries_out_every_effect_but_the_claims() -> None:
+    # _apply's own table: every effect has its method, but run and skip (the worker
+    # that asked reads them from the cell).
+    with SchedulerStub(threads=True, workers=1) as stub:
+        for key, cell in TASK_TABLE.items():
+            state, effects, same = stub._transitions[key]
+            assert state is cell.state and same is cell
+            wanted = [e for e in cell.effects if e not in (E.RUN, E.SKIP)]
+            assert len(effects) == len(wanted), key
+            for method, effect in zip(effects, wanted, strict=True):
+                assert method == stub._effect_methods()[effect], (key, effect)
 
 
 def test_nothing_leaves_a_terminal_state() -> None:
@@ -169,9 +207,9 @@ def _state_assignments() -> list[str]:
     return found
 
 
-def test_only_step_sets_a_task_state() -> None:
+def test_only_the_scheduler_s_apply_sets_a_task_state() -> None:
     # (The record's constructor sets the table's INITIAL_STATE.)
-    assert sorted(_state_assignments()) == ["records.py:__init__", "task_table.py:step"]
+    assert sorted(_state_assignments()) == ["records.py:__init__", "stub.py:_apply"]
 
 
 # --- the promises, over event sequences -----------------------------------------------

@@ -6,7 +6,8 @@ Its parts, one module each:
 - ``stub.py``: ``SchedulerStub``, the ROUTER server (poll loop, peers, outbound
   batching), which fires task events and carries out the table's effects;
 - ``task_table.py``: a task's lifecycle, one literal (state, event) -> (next state,
-  effects) table, sans-I/O; ``step`` is the only code that sets a task's state;
+  effects) table, sans-I/O; ``SchedulerStub._apply`` is the only code that sets a
+  task's state;
 - ``records.py``: a task's data and how a client's graphs hang together;
 - ``workers.py``, ``processes.py``, ``running.py``: the worker pool (processes, or
   threads) and what runs a task;

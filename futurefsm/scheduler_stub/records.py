@@ -9,10 +9,11 @@ happens. Worker processes are dispatched by the I/O thread itself, which claims 
 them.
 
 A task's state moves only through the task table (``task_table.py``: one literal
-(state, event) -> (next state, effects) table, and ``step``, the only code that sets
-``TaskRecord.state``); the records here hold what the table does not: a task's data and
-how its graph hangs together. A task is *held* (and can be cancelled) while its state is
-one of ``HELD_STATES``; afterwards a ``TaskCancel`` for it is answered ``not_found``.
+(state, event) -> (next state, effects) table, applied by ``SchedulerStub._apply``,
+the only code that sets ``TaskRecord.state``); the records here hold what the table
+does not: a task's data and how its graph hangs together. A task is *held* (and can
+be cancelled) while its state is one of ``HELD_STATES``; afterwards a ``TaskCancel``
+for it is answered ``not_found``.
 
 Graphs: a task's ``depends_on`` names tasks of the same client (the same graph, as the
 protocol says). Dependencies may arrive before or after their dependents: a dependent
@@ -117,7 +118,7 @@ class TaskRecord:
         self.index = index
         """The Task's arrival index across the stub."""
         self.state = INITIAL_STATE
-        """Read anywhere; set only by ``task_table.step``."""
+        """Read anywhere; set only by ``SchedulerStub._apply`` (``task_table.py``)."""
         self.after_finish = _SEND_RESULT
         self.confirms_after_result = 0
         self.pending_deps: set[bytes] | None = None

@@ -1,5 +1,5 @@
 """``SchedulerStub``: a real ZeroMQ scheduler that runs tasks on worker processes
-(or threads) (docs/scheduler.md).
+(or threads) (docs/scheduler.md); "stub" for its fault scripting (``Behaviour``).
 
 Theory of operation
 -------------------
@@ -15,6 +15,14 @@ Threads: one I/O thread owns the ROUTER socket and every piece of task bookkeepi
 - worker threads (``threads=True``): they take queued tasks from a queue, run them, and
   post their results to the ``Inbox``. Only the move of a queued task to running (by a
   worker) or to cancelled (by the I/O thread) is shared, under one small claim lock.
+
+Tasks: a task's state moves only through the task table (``task_table.py``). The I/O
+code turns what happens (a message, a worker's answer, a process gone, a client gone, a
+timer) into a ``TaskEvent`` and fires it (``_fire``): ``_apply``, the only code that
+sets a task's state, moves it as ``TASK_TABLE`` says and carries out the cell's
+effects (each a method below "The effects"); then the events those raised for
+dependents. Nothing else decides a task's state. Counters and the message log live in
+``observe.py``.
 
 Other threads reach the I/O thread through the ``Inbox`` (a deque plus an inproc
 PUSH/PULL wake-up) that it drains; the public methods that change things
@@ -80,11 +88,9 @@ import math
 import re
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
 from functools import partial
-from typing import Any, Literal
+from typing import Any
 
 import msgpack
 import zmq
@@ -114,10 +120,11 @@ from ..protocol import (
 )
 from ..serializer import DEFAULT_SERIALIZER, Serializer
 from .behaviour import DEFAULT_BEHAVIOUR, Behaviour, BehaviourSource, OnCancel
+from .observe import LogRecord, Observations
 from .peers import PeerTracker
 from .records import DEPENDENCY_CANCELLED, AfterFinish, ClientBook, TaskRecord
 from .security import ClientKeys, CurveServer, SecretKey, check_bind
-from .task_table import HELD_STATES, TaskCell, TaskEffect, TaskEvent, TaskState, step
+from .task_table import HELD_STATES, TASK_TABLE, TaskCell, TaskEffect, TaskEvent, TaskState
 from .workers import STATUSES, Inbox, ProcessPool, ThreadPool
 
 __all__ = ["LogRecord", "SchedulerStub"]
@@ -157,62 +164,6 @@ _MAX_POLL_MS = 60_000
 _POLLOUT, _POLLIN_OR_ERR = int(zmq.POLLOUT), int(zmq.POLLIN | zmq.POLLERR)
 _NOBLOCK = int(zmq.NOBLOCK)  # plain ints: pyzmq's flag enums cost time per call
 _NOBLOCK_SNDMORE = int(zmq.NOBLOCK | zmq.SNDMORE)
-
-_STAT_NAMES = (
-    "tasks_received",
-    "results_sent",
-    "confirms_sent",
-    "protocol_errors",
-    "unroutable",
-    "heartbeats_answered",
-    "heartbeats_ignored",
-    "cancels_received",
-    "disconnects_received",
-    "disconnects_sent",
-    "results_discarded",
-    "results_dropped",
-    "internal_errors",
-    "clients_dropped",
-    "workers_killed",
-    "clients_gone",
-)
-
-_LOG_RECORD_BYTES = 200
-"""What one log record costs, roughly, beside its ids (for the ``log_bytes`` bound)."""
-
-
-@dataclass(frozen=True, slots=True)
-class LogRecord:
-    """One message the stub received ("in") or handed to its socket ("out")."""
-
-    direction: Literal["in", "out"]
-    client: bytes
-    """The client's ROUTER identity."""
-    message: Message
-    """The message without its payload bytes: a Task's ``function`` and ``args`` and a
-    TaskResult's ``payload`` are ``b""``."""
-    size: int
-    """The length of its frame, in bytes."""
-    time: float
-    """``time.monotonic()`` when it was received or sent."""
-
-    def cost(self) -> int:
-        """Roughly the bytes this record keeps alive."""
-        message = self.message
-        ids = 16 * len(getattr(message, "depends_on", ()))
-        return _LOG_RECORD_BYTES + len(self.client) + ids
-
-
-def _without_payload(message: Message) -> Message:
-    """``message`` with its payload bytes emptied, for the log."""
-    kind = type(message)
-    if kind is Task:
-        assert isinstance(message, Task)
-        return Task(message.task_id, b"", b"", message.group_id, message.depends_on)
-    if kind is TaskResult:
-        assert isinstance(message, TaskResult)
-        return TaskResult(message.task_id, message.status, b"")
-    return message
 
 
 def _bind_endpoint(address: str) -> str:
@@ -318,34 +269,18 @@ class SchedulerStub:
 
         self._followups: list[tuple[TaskRecord, TaskEvent, Any]] = []
         """Events raised by effects for other tasks, fired by ``_fire`` (last first)."""
-        E = TaskEffect
-        self._effects: dict[TaskEffect, Callable[[TaskRecord, TaskEvent, Any], None]] = {
-            E.DISPATCH: self._dispatch,
-            E.RUN: self._no_effect,
-            E.SKIP: self._no_effect,
-            E.PASS_ON: self._pass_on,
-            E.SEND_RESULT: self._send_result_effect,
-            E.HOLD_RESULT: self._hold_result,
-            E.DROP: self._drop,
-            E.CONFIRM_CANCELED: self._confirm_canceled,
-            E.REFUSE_CANCEL: self._refuse_cancel,
-            E.ANSWER_NOT_FOUND: self._answer_not_found,
-            E.ANSWER_AS_SCRIPTED: self._answer_as_scripted,
-            E.KILL_WORKER: self._kill_worker,
-            E.STOP_WORKER: self._stop_worker,
-            E.DISCARD: self._discard,
-            E.IMPOSSIBLE: self._impossible,
+        effects = self._effect_methods()
+        self._transitions = {
+            key: (cell.state, tuple(effects[e] for e in cell.effects if e in effects), cell)
+            for key, cell in TASK_TABLE.items()
         }
-        """How each ``TaskEffect`` is carried out."""
+        """``TASK_TABLE`` with each cell's effects as the methods that carry them out."""
 
         # Shared: the claim lock with worker threads (records.py: only they claim from
-        # another thread); log and stats under the records lock.
+        # another thread). Counters and the log: observe.py, under their own lock.
         self._claim_lock = threading.Lock() if threads else None
-        self._records_lock = threading.Lock()
-        self._log_messages = bool(log_messages)
-        self._log: deque[LogRecord] = deque()
-        self._log_limit, self._log_bytes, self._log_cost = log_limit, log_bytes, 0
-        self._stats = dict.fromkeys(_STAT_NAMES, 0)
+        self._observed = Observations(log_messages, log_limit, log_bytes)
+        self._log_messages = self._observed.logging
         self._lifecycle_lock = threading.Lock()
         self._stopped = False
 
@@ -410,8 +345,7 @@ class SchedulerStub:
     def log(self) -> list[LogRecord]:
         """A snapshot of the messages in and out, oldest first (thread-safe); empty
         unless the stub was made with ``log_messages=True``."""
-        with self._records_lock:
-            return list(self._log)
+        return self._observed.log_snapshot()
 
     @property
     def arriving(self) -> Task | None:
@@ -429,8 +363,7 @@ class SchedulerStub:
         known), connections (accepted), clients_gone (connections that closed),
         handshakes_refused (a key not listed, a wrong server key) and handshakes_failed
         (ended without detail: the client closed it, or used no keys with a keyed stub)."""
-        with self._records_lock:
-            stats = dict(self._stats)
+        stats = self._observed.stats_snapshot()
         stats["clients"] = len(self._clients)
         stats["connections"] = self._peers.connections
         stats["handshakes_refused"] = self._peers.handshakes_refused
@@ -738,8 +671,7 @@ class SchedulerStub:
                     start = position + 1
         finally:
             if received:
-                with self._records_lock:
-                    self._stats["tasks_received"] += received
+                self._observed.count("tasks_received", received)
 
     def _on_batch_item(self, identity: bytes, index: int, frame: bytes) -> None:
         """One message of a Batch that is not a plain Task."""
@@ -750,7 +682,7 @@ class SchedulerStub:
         self._guarded(self._on_message, identity, message, len(frame))
 
     def _on_message(self, identity: bytes, message: Message, size: int) -> None:
-        self._note("in", identity, message, size)
+        self._observed.note("in", identity, message, size)
         kind = type(message)
         if kind is Task:
             self._on_task(identity, message)
@@ -823,8 +755,7 @@ class SchedulerStub:
         """The counters ``futurefsm status`` shows (no task book for the asker)."""
         states = [r.state for book in self._clients.values() for r in book.live.values()]
         waiting = (TaskState.WAITING, TaskState.QUEUED)
-        with self._records_lock:
-            stats = dict(self._stats)
+        stats = self._observed.stats_snapshot()
         return Status(
             seq,
             clients=len(self._clients),
@@ -870,18 +801,23 @@ class SchedulerStub:
             self._apply(*followups.pop())
 
     def _apply(self, record: TaskRecord, event: TaskEvent, arg: Any = None) -> TaskCell:
-        """One transition (``task_table.step``) and its cell's effects, in order."""
+        """Fire ``event`` on ``record``: move it as ``TASK_TABLE`` says, then carry out
+        the cell's effects, in order; returns the cell. The only code that sets a task's
+        state (``tests/test_scheduler_table.py`` checks)."""
+        # Worker threads claim queued tasks on their own threads: a claim and any other
+        # move out of queued happen one at a time (the lock covers the state change).
         lock = self._claim_lock
-        if lock is not None and record.state is _QUEUED:
-            # Worker threads claim queued tasks: a claim and any other move out of
-            # queued happen one at a time (the lock covers the state change only).
-            with lock:
-                cell = step(record, event)
-        else:
-            cell = step(record, event)
-        effects = self._effects
-        for effect in cell.effects:
-            effects[effect](record, event, arg)
+        locked = lock is not None and record.state is _QUEUED
+        if locked:
+            lock.acquire()  # type: ignore[union-attr]
+        try:
+            state, effects, cell = self._transitions[record.state, event]
+            record.state = state
+        finally:
+            if locked:
+                lock.release()  # type: ignore[union-attr]
+        for effect in effects:
+            effect(record, event, arg)
         return cell
 
     def _fire_cancel(self, record: TaskRecord, force: bool) -> None:
@@ -934,8 +870,12 @@ class SchedulerStub:
 
     def _on_task_done(self, record: TaskRecord, status: int, frame: bytes | memoryview) -> None:
         """A worker finished ``record``: ``status`` (a ``STATUS_CODES`` byte) and the
-        encoded ``TaskResult``."""
-        self._fire(record, _result_event(record), (STATUSES[status], frame))
+        encoded ``TaskResult``. (``_fire``, unrolled: this runs once per task.)"""
+        event = _RESULT_HELD if record.behaviour.result_delay > 0 else _RESULT
+        self._apply(record, event, (STATUSES[status], frame))
+        followups = self._followups
+        while followups:
+            self._apply(*followups.pop())
 
     def _fire_due_timers(self) -> None:
         now = time.monotonic()
@@ -945,14 +885,31 @@ class SchedulerStub:
 
     # The effects (``TaskEffect``), each called as (record, event, arg).
 
+    def _effect_methods(self) -> dict[TaskEffect, Callable[[TaskRecord, TaskEvent, Any], None]]:
+        """The method that carries out each ``TaskEffect``; all but RUN and SKIP, which
+        the worker that asked (``_claim``) reads from the cell."""
+        E = TaskEffect
+        return {
+            E.DISPATCH: self._dispatch,
+            E.PASS_ON: self._pass_on,
+            E.SEND_RESULT: self._send_result_effect,
+            E.HOLD_RESULT: self._hold_result,
+            E.DROP: self._drop,
+            E.CONFIRM_CANCELED: self._confirm_canceled,
+            E.REFUSE_CANCEL: self._refuse_cancel,
+            E.ANSWER_NOT_FOUND: self._answer_not_found,
+            E.ANSWER_AS_SCRIPTED: self._answer_as_scripted,
+            E.KILL_WORKER: self._kill_worker,
+            E.STOP_WORKER: self._stop_worker,
+            E.DISCARD: self._discard,
+            E.IMPOSSIBLE: self._impossible,
+        }
+
     def _dispatch(self, record: TaskRecord, event: TaskEvent, arg: Any) -> None:
         if self._arrived is not None:  # reading the ROUTER: start after the batch
             self._arrived.append(record)
         else:
             self._pool.submit(record)
-
-    def _no_effect(self, record: TaskRecord, event: TaskEvent, arg: Any) -> None:
-        """``RUN`` and ``SKIP``: the worker that asked (``_claim``) reads them."""
 
     def _pass_on(self, record: TaskRecord, event: TaskEvent, arg: Any) -> None:
         """Its dependents get its outcome ``arg`` (status, frame); a failure ends them
@@ -977,8 +934,15 @@ class SchedulerStub:
         if live.get(record.task_id) is record:
             del live[record.task_id]
         status, frame = arg
-        if record.behaviour is self._plain_behaviour and record.after_finish is _SEND_RESULT:
-            self._queue_out(record.client, frame, (record.task_id, status))  # most tasks
+        if (
+            record.behaviour is self._plain_behaviour
+            and record.after_finish is _SEND_RESULT
+            and not self._log_messages
+        ):  # what most tasks are: _queue_out, the short way
+            box = self._outgoing.get(record.client)
+            if box is None:
+                box = self._outgoing[record.client] = _Outbox(False)
+            box.frames.append(frame)
             return
         if record.after_finish is AfterFinish.SUPPRESS_RESULT:
             self._count("results_discarded")
@@ -1100,7 +1064,7 @@ class SchedulerStub:
         box.frames.append(frame)
         if box.logged is not None:
             # Logged now, in the order they were produced; taken back if unsent.
-            box.logged.append(self._note("out", identity, what, len(frame)))
+            box.logged.append(self._observed.note("out", identity, what, len(frame)))
 
     def _send(
         self,
@@ -1115,10 +1079,10 @@ class SchedulerStub:
         stat = _OUT_STATS.get(type(message))
         # Logged and counted before the send: a peer that has the reply must find it in
         # the log and the stats already. Taken back if the send fails.
-        logged = self._note("out", identity, message, len(frame)) if self._log_messages else None
+        observed = self._observed
+        logged = observed.note("out", identity, message, len(frame)) if observed.logging else None
         if stat is not None:
-            with self._records_lock:
-                self._stats[stat] += 1
+            observed.count(stat)
         box = self._outgoing.pop(identity, None)
         if box is not None:
             self._flush_to(identity, box)
@@ -1128,12 +1092,10 @@ class SchedulerStub:
             self._router.send(identity, _NOBLOCK_SNDMORE)
             self._router.send(frame, _NOBLOCK)
         except zmq.ZMQError as exc:
-            with self._records_lock:
+            with observed.lock:
                 if stat is not None:
-                    self._stats[stat] -= 1
-                if logged is not None and self._log and self._log[-1] is logged:
-                    self._log.pop()
-                    self._log_cost -= logged.cost()
+                    observed.stats[stat] -= 1
+                observed.unlog([logged])
             # EHOSTUNREACH: the peer is gone (ROUTER_MANDATORY). EAGAIN cannot happen with
             # no high water mark, but is accounted for the same way if it does.
             self._count("unroutable")
@@ -1156,10 +1118,11 @@ class SchedulerStub:
     def _flush_to(self, identity: bytes, box: _Outbox) -> None:
         frames, confirms = box.frames, len(box.confirms)
         # Counted before the send: a peer that has them must find them in the stats.
-        with self._records_lock:
-            self._stats["results_sent"] += len(frames) - confirms
+        observed = self._observed
+        with observed.lock:
+            observed.stats["results_sent"] += len(frames) - confirms
             if confirms:
-                self._stats["confirms_sent"] += confirms
+                observed.stats["confirms_sent"] += confirms
         router = self._router
         start, count = 0, len(frames)
         while start < count:
@@ -1188,19 +1151,13 @@ class SchedulerStub:
         counts and log records."""
         unsent = len(box.frames) - start
         confirms = sum(1 for position in box.confirms if position >= start)
-        with self._records_lock:
-            self._stats["results_sent"] -= unsent - confirms
-            self._stats["confirms_sent"] -= confirms
-            for logged in (box.logged or [])[start:]:
-                if logged is None:
-                    continue
-                try:
-                    self._log.remove(logged)
-                except ValueError:  # already gone from a bounded log
-                    continue
-                self._log_cost -= logged.cost()
+        observed = self._observed
+        with observed.lock:
+            observed.stats["results_sent"] -= unsent - confirms
+            observed.stats["confirms_sent"] -= confirms
+            observed.unlog((box.logged or [])[start:])
             # EHOSTUNREACH: the peer is gone (ROUTER_MANDATORY).
-            self._stats["unroutable"] += unsent
+            observed.stats["unroutable"] += unsent
         first = "TaskCancelConfirm" if start in box.confirms else "TaskResult"
         self._warn(
             "scheduler stub: could not send %d messages (the first a %s) to client %r: %s",
@@ -1210,36 +1167,8 @@ class SchedulerStub:
             exc.strerror,
         )
 
-    def _note(
-        self,
-        direction: Literal["in", "out"],
-        identity: bytes,
-        what: Message | tuple[bytes, ResultStatus],
-        size: int,
-    ) -> LogRecord | None:
-        """Count an inbound Task; log the message if the log is on (and return its
-        record). ``what`` is a message, or a result's id and status."""
-        if direction == "in" and type(what) is Task:
-            with self._records_lock:
-                self._stats["tasks_received"] += 1
-        if not self._log_messages:
-            return None
-        if isinstance(what, tuple):
-            message: Message = TaskResult(what[0], what[1], b"")
-        else:
-            message = _without_payload(what)
-        record = LogRecord(direction, identity, message, size, time.monotonic())
-        cost = record.cost()
-        with self._records_lock:
-            self._log.append(record)
-            self._log_cost += cost
-            while len(self._log) > self._log_limit or self._log_cost > self._log_bytes:
-                self._log_cost -= self._log.popleft().cost()
-        return record
-
     def _count(self, stat: str) -> None:
-        with self._records_lock:
-            self._stats[stat] += 1
+        self._observed.count(stat)
 
     def _protocol_error(self, identity: bytes, what: str) -> None:
         self._count("protocol_errors")

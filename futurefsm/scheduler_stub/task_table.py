@@ -15,10 +15,12 @@ never produces in a state is one too, with ``IMPOSSIBLE`` (logged and counted as
 internal error, never fatal). Nothing leaves ``done`` or ``cancelled``.
 
 This module is sans-I/O, like ``futurefsm/fsm/table.py``, and modelled on Dask's
-``distributed/worker_state_machine.py``: transitions are pure, they return what must
-happen, and the scheduler (``stub.py``) does it. ``step`` is the only code that changes
-a task's state. The diagrams (``diagrams/task.*``) and the table in docs/scheduler.md
-are generated from ``TASK_TABLE``.
+``distributed/worker_state_machine.py``: a transition is pure data, it says what must
+happen, and the scheduler does it. One method applies transitions,
+``SchedulerStub._apply`` (``stub.py``): it is the only code that changes a task's state
+(beside ``INITIAL_STATE``, given at construction), and it carries out the effects. The
+diagrams (``diagrams/task.*``) and the table in docs/scheduler.md are generated from
+``TASK_TABLE``.
 
 *Held* tasks (``HELD_STATES``) are the ones a ``TaskCancel`` can still reach: from
 arrival until the result is sent. A ``TaskCancel`` for any other id is answered
@@ -34,7 +36,7 @@ what ``SEND_RESULT`` puts on the wire.
 from __future__ import annotations
 
 from enum import Enum
-from typing import NamedTuple, Protocol
+from typing import NamedTuple
 
 __all__ = [
     "HELD_STATES",
@@ -45,7 +47,6 @@ __all__ = [
     "TaskEffect",
     "TaskEvent",
     "TaskState",
-    "step",
 ]
 
 
@@ -283,17 +284,3 @@ TASK_TABLE: dict[tuple[TaskState, TaskEvent], TaskCell] = {
     (_S.CANCELLED, _V.WORKER_GONE): _C(_S.CANCELLED, _IMPOSSIBLE),
     (_S.CANCELLED, _V.CLIENT_GONE): _C(_S.CANCELLED, _NOTHING),
 }
-
-
-class HasTaskState(Protocol):
-    """Anything with a task's ``state`` (a ``TaskRecord``)."""
-
-    state: TaskState
-
-
-def step(task: HasTaskState, event: TaskEvent) -> TaskCell:
-    """Fire ``event`` on ``task``: set its next state and return the cell, whose effects
-    the caller carries out. The only code that changes a task's state."""
-    cell = TASK_TABLE[task.state, event]
-    task.state = cell.state
-    return cell
