@@ -209,7 +209,7 @@ def _state_assignments() -> list[str]:
 
 def test_only_the_scheduler_s_apply_sets_a_task_state() -> None:
     # (The record's constructor sets the table's INITIAL_STATE.)
-    assert sorted(_state_assignments()) == ["records.py:__init__", "stub.py:_apply"]
+    assert sorted(_state_assignments()) == ["records.py:__init__", "tasks.py:_apply"]
 
 
 # --- the promises, over event sequences -----------------------------------------------

@@ -3,8 +3,9 @@ scripting that makes it a stub for tests.
 
 Its parts, one module each:
 
-- ``stub.py``: ``SchedulerStub``, the ROUTER server (poll loop, peers, outbound
-  batching), which fires task events and carries out the table's effects;
+- ``stub.py``: ``SchedulerStub``, the ROUTER server (poll loop, lifecycle), built
+  from ``tasks.py`` (task handling: fires task events, carries out the table's
+  effects) and ``outbound.py`` (sending, batching answers);
 - ``task_table.py``: a task's lifecycle, one literal (state, event) -> (next state,
   effects) table, sans-I/O; ``SchedulerStub._apply`` is the only code that sets a
   task's state;
@@ -13,6 +14,7 @@ Its parts, one module each:
   threads) and what runs a task;
 - ``behaviour.py``: the fault scripting, ``Behaviour`` (late, lost, duplicated
   results; every way a cancel can be answered; silence) -- the only "stub" part;
+- ``observe.py``: counters (``stats()``, ``futurefsm status``) and the message log;
 - ``peers.py``, ``security.py``: client liveness, CurveZMQ;
 - ``sample_tasks.py``: importable task functions and the gates that let a test decide
   when a task finishes.

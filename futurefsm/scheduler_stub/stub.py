@@ -18,11 +18,13 @@ Threads: one I/O thread owns the ROUTER socket and every piece of task bookkeepi
 
 Tasks: a task's state moves only through the task table (``task_table.py``). The I/O
 code turns what happens (a message, a worker's answer, a process gone, a client gone, a
-timer) into a ``TaskEvent`` and fires it (``_fire``): ``_apply``, the only code that
-sets a task's state, moves it as ``TASK_TABLE`` says and carries out the cell's
-effects (each a method below "The effects"); then the events those raised for
-dependents. Nothing else decides a task's state. Counters and the message log live in
-``observe.py``.
+timer) into a ``TaskEvent`` and fires it (``tasks.py``, ``TaskEvents``): ``_apply``,
+the only code that sets a task's state, moves it as ``TASK_TABLE`` says and carries out
+the cell's effects, then the events those raised for dependents. Nothing else decides
+a task's state. The server's parts, one module each: this one (the ROUTER, its poll
+loop, peers, lifecycle), ``tasks.py`` (task handling), ``outbound.py`` (sending and
+batching answers), ``workers.py`` (the pool), ``observe.py`` (counters, message log),
+``behaviour.py`` (fault scripting).
 
 Other threads reach the I/O thread through the ``Inbox`` (a deque plus an inproc
 PUSH/PULL wake-up) that it drains; the public methods that change things
@@ -81,8 +83,6 @@ the listed client keys; without keys, the stub binds only to this host unless to
 
 from __future__ import annotations
 
-import heapq
-import itertools
 import logging
 import math
 import re
@@ -92,40 +92,34 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any
 
-import msgpack
 import zmq
 
 from ..protocol import (
-    MAX_FRAME_BYTES,
-    PROTOCOL_VERSION,
     Batch,
-    ConfirmKind,
     Disconnect,
     Heartbeat,
     HeartbeatEcho,
     Message,
     ProtocolError,
-    ResultStatus,
     Status,
     StatusRequest,
     Task,
     TaskCancel,
-    TaskCancelConfirm,
-    TaskResult,
     decode,
     decode_batch_item,
-    encode,
     plain_task,
     unbatch,
 )
 from ..serializer import DEFAULT_SERIALIZER, Serializer
-from .behaviour import DEFAULT_BEHAVIOUR, Behaviour, BehaviourSource, OnCancel
+from .behaviour import DEFAULT_BEHAVIOUR, Behaviour, BehaviourSource
 from .observe import LogRecord, Observations
+from .outbound import _Outbox
 from .peers import PeerTracker
-from .records import DEPENDENCY_CANCELLED, AfterFinish, ClientBook, TaskRecord
+from .records import ClientBook, TaskRecord
 from .security import ClientKeys, CurveServer, SecretKey, check_bind
-from .task_table import HELD_STATES, TASK_TABLE, TaskCell, TaskEffect, TaskEvent, TaskState
-from .workers import STATUSES, Inbox, ProcessPool, ThreadPool
+from .task_table import TaskEvent, TaskState
+from .tasks import TaskEvents
+from .workers import Inbox, ProcessPool, ThreadPool
 
 __all__ = ["LogRecord", "SchedulerStub"]
 
@@ -139,10 +133,7 @@ _ROUTER_BATCH = 1000
 """Messages read from the ROUTER in a row before the inbox gets a look."""
 
 # Enum members as module constants: a member read from its class costs a lookup.
-_QUEUED, _RUN, _SEND_RESULT = TaskState.QUEUED, TaskEffect.RUN, AfterFinish.SEND_RESULT
-_READY, _WORKER_TOOK = TaskEvent.READY, TaskEvent.WORKER_TOOK
-_RESULT, _RESULT_HELD = TaskEvent.RESULT, TaskEvent.RESULT_HELD
-_DEPENDENCY_CANCELLED = TaskEvent.DEPENDENCY_CANCELLED
+_QUEUED, _READY = TaskState.QUEUED, TaskEvent.READY
 
 _TURNS_PER_FLUSH = 8
 _FLUSH_AFTER = 0.0005
@@ -162,8 +153,7 @@ _MAX_POLL_MS = 60_000
 """Longest single poll: a huge ``result_delay`` must not overflow zmq's timeout."""
 
 _POLLOUT, _POLLIN_OR_ERR = int(zmq.POLLOUT), int(zmq.POLLIN | zmq.POLLERR)
-_NOBLOCK = int(zmq.NOBLOCK)  # plain ints: pyzmq's flag enums cost time per call
-_NOBLOCK_SNDMORE = int(zmq.NOBLOCK | zmq.SNDMORE)
+_NOBLOCK = int(zmq.NOBLOCK)  # a plain int: pyzmq's flag enums cost time per call
 
 
 def _bind_endpoint(address: str) -> str:
@@ -178,7 +168,7 @@ def _connectable(endpoint: str) -> str:
     return re.sub(r"^tcp://\[::\]:", "tcp://[::1]:", endpoint)
 
 
-class SchedulerStub:
+class SchedulerStub(TaskEvents):
     """A ZeroMQ ROUTER scheduler that unpickles and runs tasks on worker processes.
 
     ``address``: where to bind; ``tcp://HOST:0`` picks a free port. ``workers``: how
@@ -255,9 +245,6 @@ class SchedulerStub:
         # Owned by the I/O thread once it runs.
         self._clients: dict[bytes, ClientBook] = {}
         self._arrivals = 0
-        self._timers: list[tuple[float, int, TaskRecord, tuple[ResultStatus, Any]]] = []
-        """Held results: (due, sequence, record, (status, frame)), soonest first."""
-        self._timer_seq = itertools.count()
         self._running = True
         self._loud_warnings = _LOUD_WARNINGS
         self._arriving: Task | None = None
@@ -267,18 +254,7 @@ class SchedulerStub:
         """Results and confirms per client, sent together once nothing else is ready
         (or after ``_TURNS_PER_FLUSH`` turns of the loop)."""
 
-        self._followups: list[tuple[TaskRecord, TaskEvent, Any]] = []
-        """Events raised by effects for other tasks, fired by ``_fire`` (last first)."""
-        effects = self._effect_methods()
-        self._transitions = {
-            key: (cell.state, tuple(effects[e] for e in cell.effects if e in effects), cell)
-            for key, cell in TASK_TABLE.items()
-        }
-        """``TASK_TABLE`` with each cell's effects as the methods that carry them out."""
-
-        # Shared: the claim lock with worker threads (records.py: only they claim from
-        # another thread). Counters and the log: observe.py, under their own lock.
-        self._claim_lock = threading.Lock() if threads else None
+        self._init_task_events(threads)
         self._observed = Observations(log_messages, log_limit, log_bytes)
         self._log_messages = self._observed.logging
         self._lifecycle_lock = threading.Lock()
@@ -697,53 +673,6 @@ class SchedulerStub:
         else:
             self._protocol_error(identity, f"a scheduler does not accept {kind.__name__}")
 
-    # -- inbound messages
-
-    def _on_task(self, identity: bytes, task: Task) -> None:
-        index = self._arrivals
-        self._arrivals += 1
-        self._arriving = task
-        try:
-            behaviour = self._behaviour_for(index)
-        finally:
-            self._arriving = None
-        if self._behaviour_fn is not None:
-            self._answer_heartbeats = behaviour.answer_heartbeats
-        book = self._book(identity)
-        if book.knows(task.task_id):
-            self._protocol_error(identity, f"task id {task.task_id.hex()} is already in use")
-            return
-        record = TaskRecord.of(identity, task, behaviour, index)
-        blocked_by = book.register(record, task.depends_on)
-        if blocked_by is DEPENDENCY_CANCELLED:
-            self._fire(record, _DEPENDENCY_CANCELLED, 1)
-        elif blocked_by is not None:  # it ends as its dependency did, without running
-            failed = TaskResult(record.task_id, blocked_by.status, blocked_by.payload)
-            self._fire(record, _result_event(record), (failed.status, encode(failed)))
-        elif record.pending_deps is None:
-            self._fire(record, _READY)
-
-    def _on_cancel(self, identity: bytes, cancel: TaskCancel) -> None:
-        self._count("cancels_received")
-        if logger.isEnabledFor(logging.INFO):  # `futurefsm scheduler -v`
-            force = " (force)" if cancel.force else ""
-            logger.info("cancel%s of %s from %s", force, cancel.task_id.hex(), identity.hex())
-        book = self._book(identity)
-        record = book.live.get(cancel.task_id)
-        if record is not None:
-            self._fire_cancel(record, cancel.force)
-            return
-        members = book.group_members(cancel.task_id)
-        if members is None:  # not held: the table's cells of the other states say the same
-            self._send_confirm(identity, cancel.task_id, ConfirmKind.NOT_FOUND)
-            return
-        # A group cancel: each held member is cancelled as if forced, and confirmed on
-        # its own id. Members that finished get nothing; cancelling one member may have
-        # cancelled its dependents already, hence the state check.
-        for member in members:
-            if member.state in HELD_STATES:
-                self._fire_cancel(member, force=True)
-
     def _on_heartbeat(self, identity: bytes, heartbeat: Heartbeat) -> None:
         self._book(identity)
         if self._answer_heartbeats:
@@ -788,63 +717,6 @@ class SchedulerStub:
         self._forget(book)
         return True
 
-    # -- the task table: events fired, effects carried out
-
-    def _fire(self, record: TaskRecord, event: TaskEvent, arg: Any = None) -> None:
-        """Fire ``event`` on ``record`` and carry out its cell's effects, then those of
-        the events the effects raised for its dependents (``_followups``: the last
-        raised first), until none is left. ``arg``: the event's data (a result's
-        ``(status, frame)``, or how many confirms a cancel answer takes)."""
-        self._apply(record, event, arg)
-        followups = self._followups
-        while followups:
-            self._apply(*followups.pop())
-
-    def _apply(self, record: TaskRecord, event: TaskEvent, arg: Any = None) -> TaskCell:
-        """Fire ``event`` on ``record``: move it as ``TASK_TABLE`` says, then carry out
-        the cell's effects, in order; returns the cell. The only code that sets a task's
-        state (``tests/test_scheduler_table.py`` checks)."""
-        # Worker threads claim queued tasks on their own threads: a claim and any other
-        # move out of queued happen one at a time (the lock covers the state change).
-        lock = self._claim_lock
-        locked = lock is not None and record.state is _QUEUED
-        if locked:
-            lock.acquire()  # type: ignore[union-attr]
-        try:
-            state, effects, cell = self._transitions[record.state, event]
-            record.state = state
-        finally:
-            if locked:
-                lock.release()  # type: ignore[union-attr]
-        for effect in effects:
-            effect(record, event, arg)
-        return cell
-
-    def _fire_cancel(self, record: TaskRecord, force: bool) -> None:
-        """A TaskCancel reached a held task: the event its Behaviour makes of it."""
-        mode = record.behaviour.on_cancel
-        if mode is not OnCancel.CONFIRM and mode is not OnCancel.DUPLICATE:
-            self._fire(record, TaskEvent.CANCEL_SCRIPTED)
-            return
-        if record.state is TaskState.RUNNING and self._pool.take_back(record):
-            self._fire(record, TaskEvent.WORKER_GAVE_BACK)  # sent, not started: unstarted
-        times = 2 if mode is OnCancel.DUPLICATE else 1
-        self._fire(record, TaskEvent.CANCEL_FORCE if force else TaskEvent.CANCEL, times)
-
-    def _forget(self, book: ClientBook) -> None:
-        """Drop every held task of a client without a word (``CLIENT_GONE``): queued ones
-        never run, running ones are stopped (worker processes) or their results
-        discarded."""
-        records = list(book.live.values())
-        book.live.clear()
-        # Every task sent to a worker process but not started is taken back first, so
-        # killing the process of another does not hand it to a second process.
-        for record in records:
-            if record.state is TaskState.RUNNING and self._pool.take_back(record):
-                self._fire(record, TaskEvent.WORKER_GAVE_BACK)
-        for record in records:
-            self._fire(record, TaskEvent.CLIENT_GONE)
-
     def _disconnect_all_now(self) -> int:
         clients = list(self._clients.values())
         self._clients.clear()
@@ -855,159 +727,6 @@ class SchedulerStub:
         for identity in identities:
             self._send(identity, Disconnect())
         return len(identities)
-
-    def _claim(self, record: TaskRecord) -> bool:
-        """Called by a worker (thread, or the process pool) before it runs ``record``."""
-        return _RUN in self._apply(record, _WORKER_TOOK).effects
-
-    def _gave_back(self, record: TaskRecord) -> None:
-        """Called by the process pool for a record it takes back to queue it again."""
-        self._apply(record, TaskEvent.WORKER_GAVE_BACK)
-
-    def _report(self, record: TaskRecord, status: int, frame: bytes | memoryview) -> None:
-        """Called by a worker thread with a task's outcome: hand it to the I/O thread."""
-        self._inbox.post(partial(self._on_task_done, record, status, frame))
-
-    def _on_task_done(self, record: TaskRecord, status: int, frame: bytes | memoryview) -> None:
-        """A worker finished ``record``: ``status`` (a ``STATUS_CODES`` byte) and the
-        encoded ``TaskResult``. (``_fire``, unrolled: this runs once per task.)"""
-        event = _RESULT_HELD if record.behaviour.result_delay > 0 else _RESULT
-        self._apply(record, event, (STATUSES[status], frame))
-        followups = self._followups
-        while followups:
-            self._apply(*followups.pop())
-
-    def _fire_due_timers(self) -> None:
-        now = time.monotonic()
-        while self._timers and self._timers[0][0] <= now:
-            _, _, record, result = heapq.heappop(self._timers)
-            self._guarded(self._fire, record, TaskEvent.HOLD_OVER, result)
-
-    # The effects (``TaskEffect``), each called as (record, event, arg).
-
-    def _effect_methods(self) -> dict[TaskEffect, Callable[[TaskRecord, TaskEvent, Any], None]]:
-        """The method that carries out each ``TaskEffect``; all but RUN and SKIP, which
-        the worker that asked (``_claim``) reads from the cell."""
-        E = TaskEffect
-        return {
-            E.DISPATCH: self._dispatch,
-            E.PASS_ON: self._pass_on,
-            E.SEND_RESULT: self._send_result_effect,
-            E.HOLD_RESULT: self._hold_result,
-            E.DROP: self._drop,
-            E.CONFIRM_CANCELED: self._confirm_canceled,
-            E.REFUSE_CANCEL: self._refuse_cancel,
-            E.ANSWER_NOT_FOUND: self._answer_not_found,
-            E.ANSWER_AS_SCRIPTED: self._answer_as_scripted,
-            E.KILL_WORKER: self._kill_worker,
-            E.STOP_WORKER: self._stop_worker,
-            E.DISCARD: self._discard,
-            E.IMPOSSIBLE: self._impossible,
-        }
-
-    def _dispatch(self, record: TaskRecord, event: TaskEvent, arg: Any) -> None:
-        if self._arrived is not None:  # reading the ROUTER: start after the batch
-            self._arrived.append(record)
-        else:
-            self._pool.submit(record)
-
-    def _pass_on(self, record: TaskRecord, event: TaskEvent, arg: Any) -> None:
-        """Its dependents get its outcome ``arg`` (status, frame); a failure ends them
-        the same way, transitively, without running them."""
-        if record.dependents is None and record.group_id is None:
-            return  # not a graph member: what most tasks are
-        status, frame = arg
-        outcome = decode(bytes(frame))
-        assert isinstance(outcome, TaskResult)
-        followups = self._followups
-        for dependent in self._clients[record.client].settle(record, outcome):
-            if status is ResultStatus.SUCCESS:
-                if dependent.dependency_done(record.task_id, outcome.payload):
-                    followups.append((dependent, _READY, None))
-            else:
-                failed = encode(TaskResult(dependent.task_id, status, outcome.payload))
-                followups.append((dependent, _result_event(dependent), (status, failed)))
-
-    def _send_result_effect(self, record: TaskRecord, event: TaskEvent, arg: Any) -> None:
-        """No longer held; send its result ``arg`` as its Behaviour and any TaskCancel say."""
-        live = self._clients[record.client].live
-        if live.get(record.task_id) is record:
-            del live[record.task_id]
-        status, frame = arg
-        if (
-            record.behaviour is self._plain_behaviour
-            and record.after_finish is _SEND_RESULT
-            and not self._log_messages
-        ):  # what most tasks are: _queue_out, the short way
-            box = self._outgoing.get(record.client)
-            if box is None:
-                box = self._outgoing[record.client] = _Outbox(False)
-            box.frames.append(frame)
-            return
-        if record.after_finish is AfterFinish.SUPPRESS_RESULT:
-            self._count("results_discarded")
-            return
-        behaviour = record.behaviour
-        if behaviour.drop_result:
-            self._count("results_dropped")
-        else:
-            for _ in range(2 if behaviour.duplicate_result else 1):
-                self._send_result(record.client, record.task_id, status, frame)
-        if record.after_finish is AfterFinish.SEND_RESULT_THEN_CONFIRM:
-            confirms = record.confirms_after_result
-            self._send_confirm(record.client, record.task_id, ConfirmKind.CANCELED, confirms)
-
-    def _hold_result(self, record: TaskRecord, event: TaskEvent, arg: Any) -> None:
-        due = time.monotonic() + record.behaviour.result_delay
-        heapq.heappush(self._timers, (due, next(self._timer_seq), record, arg))
-
-    def _drop(self, record: TaskRecord, event: TaskEvent, arg: Any) -> None:
-        book = self._clients[record.client]
-        book.release(record)
-        waiting = book.settle(record, DEPENDENCY_CANCELLED)
-        self._followups.extend((dependent, _DEPENDENCY_CANCELLED, 1) for dependent in waiting)
-
-    def _confirm_canceled(self, record: TaskRecord, event: TaskEvent, arg: Any) -> None:
-        self._send_confirm(record.client, record.task_id, ConfirmKind.CANCELED, arg or 1)
-
-    def _refuse_cancel(self, record: TaskRecord, event: TaskEvent, arg: Any) -> None:
-        self._send_confirm(record.client, record.task_id, ConfirmKind.CANCEL_FAILED, arg or 1)
-
-    def _answer_not_found(self, record: TaskRecord, event: TaskEvent, arg: Any) -> None:
-        self._send_confirm(record.client, record.task_id, ConfirmKind.NOT_FOUND)
-
-    def _answer_as_scripted(self, record: TaskRecord, event: TaskEvent, arg: Any) -> None:
-        """Fault scripting: the TaskCancel is answered as ``on_cancel`` says."""
-        mode = record.behaviour.on_cancel
-        if mode is OnCancel.RESULT_THEN_CONFIRM:
-            record.after_finish = AfterFinish.SEND_RESULT_THEN_CONFIRM
-            record.confirms_after_result += 1
-        elif mode is OnCancel.CONFIRM_THEN_RESULT:
-            self._send_confirm(record.client, record.task_id, ConfirmKind.CANCELED)
-        elif mode is OnCancel.CANCEL_FAILED:
-            self._send_confirm(record.client, record.task_id, ConfirmKind.CANCEL_FAILED)
-        elif mode is OnCancel.NOT_FOUND:
-            self._send_confirm(record.client, record.task_id, ConfirmKind.NOT_FOUND)
-        else:  # OnCancel.IGNORE
-            record.after_finish = AfterFinish.SUPPRESS_RESULT
-
-    def _kill_worker(self, record: TaskRecord, event: TaskEvent, arg: Any) -> None:
-        gone = partial(self._fire, record, TaskEvent.WORKER_GONE, arg)
-        if self._pool.kill(record, gone):
-            self._count("workers_killed")
-        else:  # a thread, or it finished meanwhile: its result is discarded when it comes
-            self._apply(record, TaskEvent.KILL_REFUSED, arg)
-
-    def _stop_worker(self, record: TaskRecord, event: TaskEvent, arg: Any) -> None:
-        if not self._pool.take_back(record) and self._pool.kill(record, _nothing):
-            self._count("workers_killed")
-
-    def _discard(self, record: TaskRecord, event: TaskEvent, arg: Any) -> None:
-        self._count("results_discarded")
-
-    def _impossible(self, record: TaskRecord, event: TaskEvent, arg: Any) -> None:
-        logger.error("scheduler stub: %s on %r: impossible, says the task table", event, record)
-        self._count("internal_errors")
 
     # -- helpers
 
@@ -1030,142 +749,6 @@ class SchedulerStub:
             self._count("internal_errors")
             return DEFAULT_BEHAVIOUR
         return behaviour
-
-    def _send_confirm(
-        self, identity: bytes, task_id: bytes, kind: ConfirmKind, times: int = 1
-    ) -> None:
-        """Queue ``times`` TaskCancelConfirms (``_queue_out``)."""
-        confirm = TaskCancelConfirm(task_id, kind)
-        if logger.isEnabledFor(logging.INFO):
-            logger.info("cancel of %s: %s, to client %s", task_id.hex(), kind.value, identity.hex())
-        frame = encode(confirm)
-        for _ in range(times):
-            self._queue_out(identity, frame, confirm)
-
-    def _send_result(
-        self, identity: bytes, task_id: bytes, status: ResultStatus, frame: bytes | memoryview
-    ) -> None:
-        """Queue an encoded TaskResult (no message object is built unless it is logged)."""
-        self._queue_out(identity, frame, (task_id, status))
-
-    def _queue_out(
-        self,
-        identity: bytes,
-        frame: bytes | memoryview,
-        what: TaskCancelConfirm | tuple[bytes, ResultStatus],
-    ) -> None:
-        """Results and confirms wait until nothing else is ready (``_run``) and go out
-        together (``_flush_outgoing``: one Batch frame for a client's lot), counted then."""
-        box = self._outgoing.get(identity)
-        if box is None:
-            box = self._outgoing[identity] = _Outbox(self._log_messages)
-        if type(what) is TaskCancelConfirm:
-            box.confirms.append(len(box.frames))
-        box.frames.append(frame)
-        if box.logged is not None:
-            # Logged now, in the order they were produced; taken back if unsent.
-            box.logged.append(self._observed.note("out", identity, what, len(frame)))
-
-    def _send(
-        self,
-        identity: bytes,
-        message: Message,
-        *,
-        quiet: bool = False,
-    ) -> None:
-        """Send ``message`` at once, after what waits for the same client, so a client
-        gets every message in the order it was sent here (no warning if ``quiet``)."""
-        frame = encode(message)
-        stat = _OUT_STATS.get(type(message))
-        # Logged and counted before the send: a peer that has the reply must find it in
-        # the log and the stats already. Taken back if the send fails.
-        observed = self._observed
-        logged = observed.note("out", identity, message, len(frame)) if observed.logging else None
-        if stat is not None:
-            observed.count(stat)
-        box = self._outgoing.pop(identity, None)
-        if box is not None:
-            self._flush_to(identity, box)
-        try:
-            # Two sends with plain int flags: cheaper than send_multipart, and with
-            # ROUTER_MANDATORY an unroutable identity fails on the first, sending nothing.
-            self._router.send(identity, _NOBLOCK_SNDMORE)
-            self._router.send(frame, _NOBLOCK)
-        except zmq.ZMQError as exc:
-            with observed.lock:
-                if stat is not None:
-                    observed.stats[stat] -= 1
-                observed.unlog([logged])
-            # EHOSTUNREACH: the peer is gone (ROUTER_MANDATORY). EAGAIN cannot happen with
-            # no high water mark, but is accounted for the same way if it does.
-            self._count("unroutable")
-            if quiet:
-                return
-            self._warn(
-                "scheduler stub: could not send %s to client %r: %s",
-                type(message).__name__,
-                identity,
-                exc.strerror,
-            )
-
-    def _flush_outgoing(self) -> None:
-        """Send the results and confirms that wait, each client's in as few frames as
-        it takes (``Batch``es under ``MAX_FRAME_BYTES``), in order."""
-        outgoing, self._outgoing = self._outgoing, {}
-        for identity, box in outgoing.items():
-            self._flush_to(identity, box)
-
-    def _flush_to(self, identity: bytes, box: _Outbox) -> None:
-        frames, confirms = box.frames, len(box.confirms)
-        # Counted before the send: a peer that has them must find them in the stats.
-        observed = self._observed
-        with observed.lock:
-            observed.stats["results_sent"] += len(frames) - confirms
-            if confirms:
-                observed.stats["confirms_sent"] += confirms
-        router = self._router
-        start, count = 0, len(frames)
-        while start < count:
-            end, size = start, _BATCH_OVERHEAD
-            while end < count and (
-                end == start or size + len(frames[end]) + _BATCH_OVERHEAD <= MAX_FRAME_BYTES
-            ):
-                size += len(frames[end]) + _BATCH_OVERHEAD
-                end += 1
-            if end - start == 1:
-                frame = frames[start]
-            elif end - start == count:
-                frame = msgpack.packb((PROTOCOL_VERSION, Batch.TYPE_CODE, frames))
-            else:
-                frame = msgpack.packb((PROTOCOL_VERSION, Batch.TYPE_CODE, frames[start:end]))
-            try:
-                router.send(identity, _NOBLOCK_SNDMORE)
-                router.send(frame, _NOBLOCK)
-            except zmq.ZMQError as exc:
-                self._unsent(identity, box, start, exc)
-                return
-            start = end
-
-    def _unsent(self, identity: bytes, box: _Outbox, start: int, exc: zmq.ZMQError) -> None:
-        """``box``'s messages from ``start`` on could not be sent: take back their
-        counts and log records."""
-        unsent = len(box.frames) - start
-        confirms = sum(1 for position in box.confirms if position >= start)
-        observed = self._observed
-        with observed.lock:
-            observed.stats["results_sent"] -= unsent - confirms
-            observed.stats["confirms_sent"] -= confirms
-            observed.unlog((box.logged or [])[start:])
-            # EHOSTUNREACH: the peer is gone (ROUTER_MANDATORY).
-            observed.stats["unroutable"] += unsent
-        first = "TaskCancelConfirm" if start in box.confirms else "TaskResult"
-        self._warn(
-            "scheduler stub: could not send %d messages (the first a %s) to client %r: %s",
-            unsent,
-            first,
-            identity,
-            exc.strerror,
-        )
 
     def _count(self, stat: str) -> None:
         self._observed.count(stat)
@@ -1195,43 +778,8 @@ class SchedulerStub:
             logger.debug(message, *args)
 
 
-class _Outbox:
-    """The results and confirms waiting to go to one client, in order."""
-
-    __slots__ = ("confirms", "frames", "logged")
-
-    def __init__(self, log: bool) -> None:
-        self.frames: list[bytes | memoryview] = []
-        """Their encoded frames."""
-        self.confirms: list[int] = []
-        """Where in ``frames`` the TaskCancelConfirms are (the others are results)."""
-        self.logged: list[LogRecord | None] | None = [] if log else None
-        """With the log on: their log records, as ``frames``."""
-
-
-_BATCH_OVERHEAD = 16
-"""A Batch's envelope, and a bin header per frame (at most 5 bytes): for its size."""
-
-
 def _plain(behaviour: Behaviour) -> bool:
     """True if a task of ``behaviour`` sends its result once, as soon as it has it."""
     return (
         behaviour.result_delay <= 0 and not behaviour.drop_result and not behaviour.duplicate_result
     )
-
-
-def _result_event(record: TaskRecord) -> TaskEvent:
-    """The event of ``record``'s result: held if its Behaviour delays results."""
-    return _RESULT_HELD if record.behaviour.result_delay > 0 else _RESULT
-
-
-def _nothing() -> None:
-    """A callback with nothing to do."""
-
-
-_OUT_STATS: dict[type[Any], str] = {
-    TaskResult: "results_sent",
-    TaskCancelConfirm: "confirms_sent",
-    HeartbeatEcho: "heartbeats_answered",
-    Disconnect: "disconnects_sent",
-}

@@ -17,7 +17,7 @@ internal error, never fatal). Nothing leaves ``done`` or ``cancelled``.
 This module is sans-I/O, like ``futurefsm/fsm/table.py``, and modelled on Dask's
 ``distributed/worker_state_machine.py``: a transition is pure data, it says what must
 happen, and the scheduler does it. One method applies transitions,
-``SchedulerStub._apply`` (``stub.py``): it is the only code that changes a task's state
+``SchedulerStub._apply`` (``tasks.py``): it is the only code that changes a task's state
 (beside ``INITIAL_STATE``, given at construction), and it carries out the effects. The
 diagrams (``diagrams/task.*``) and the table in docs/scheduler.md are generated from
 ``TASK_TABLE``.
