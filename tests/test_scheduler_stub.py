@@ -8,6 +8,7 @@ every wait has a deadline, and "nothing arrives" is checked with a short bounded
 from __future__ import annotations
 
 import json
+import logging
 import math
 import operator
 import os
@@ -185,6 +186,33 @@ def context() -> Iterator[zmq.Context[Any]]:
     ctx: zmq.Context[Any] = zmq.Context()
     yield ctx
     ctx.destroy(linger=0)
+
+
+class _Impossible(logging.Handler):
+    """Keeps what the scheduler logs when an event hits a cell its task table calls
+    impossible (``TaskEffect.IMPOSSIBLE``)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.seen: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if "impossible, says the task table" in message:
+            self.seen.append(message)
+
+
+@pytest.fixture(autouse=True)
+def no_impossible_event() -> Iterator[None]:
+    """Every test here also checks the task table's impossible cells: none is hit."""
+    handler = _Impossible()
+    logger = logging.getLogger("futurefsm.scheduler_stub")
+    logger.addHandler(handler)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+    assert not handler.seen, handler.seen
 
 
 @pytest.fixture

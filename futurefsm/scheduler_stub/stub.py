@@ -500,8 +500,8 @@ class SchedulerStub(TaskEvents):
         self._running = False
         clients = list(self._clients.values())
         self._clients.clear()
+        self._forget(*clients)
         for book in clients:
-            self._forget(book)
             if notify:  # a client that is gone already is expected here: no warning
                 self._send(book.identity, Disconnect(), quiet=True)
         self._timers.clear()
@@ -720,8 +720,7 @@ class SchedulerStub(TaskEvents):
     def _disconnect_all_now(self) -> int:
         clients = list(self._clients.values())
         self._clients.clear()
-        for book in clients:
-            self._forget(book)
+        self._forget(*clients)
         # Every connected client, also one that has sent nothing but its probe yet.
         identities = {book.identity for book in clients} | self._peers.connected()
         for identity in identities:

@@ -187,17 +187,21 @@ class TaskEvents(Outbound):
         times = 2 if mode is OnCancel.DUPLICATE else 1
         self._fire(record, TaskEvent.CANCEL_FORCE if force else TaskEvent.CANCEL, times)
 
-    def _forget(self, book: ClientBook) -> None:
-        """Drop every held task of a client without a word (``CLIENT_GONE``): queued ones
-        never run, running ones are stopped (worker processes) or their results
-        discarded."""
-        records = list(book.live.values())
-        book.live.clear()
+    def _forget(self, *books: ClientBook) -> None:
+        """Drop every held task of these clients without a word (``CLIENT_GONE``):
+        queued ones never run, running ones are stopped (worker processes) or their
+        results discarded."""
+        records = [record for book in books for record in book.live.values()]
+        for book in books:
+            book.live.clear()
         # Every task sent to a worker process but not started is taken back first, so
         # killing the process of another does not hand it to a second process.
         for record in records:
             if record.state is TaskState.RUNNING and self._pool.take_back(record):
                 self._fire(record, TaskEvent.WORKER_GAVE_BACK)
+        # Then the running ones last: killing a process lets the spare take queued
+        # tasks at once, and these clients' must be cancelled by then.
+        records.sort(key=_is_running)
         for record in records:
             self._fire(record, TaskEvent.CLIENT_GONE)
 
@@ -358,6 +362,10 @@ class TaskEvents(Outbound):
 def _result_event(record: TaskRecord) -> TaskEvent:
     """The event of ``record``'s result: held if its Behaviour delays results."""
     return _RESULT_HELD if record.behaviour.result_delay > 0 else _RESULT
+
+
+def _is_running(record: TaskRecord) -> bool:
+    return record.state is TaskState.RUNNING
 
 
 def _nothing() -> None:
