@@ -139,8 +139,9 @@ class TaskEvents(Outbound):
             return
         # A group cancel: each held member is cancelled as if forced, and confirmed on
         # its own id. Members that finished get nothing; cancelling one member may have
-        # cancelled its dependents already, hence the state check.
-        for member in members:
+        # cancelled its dependents already, hence the state check. The running ones
+        # last, as in _forget: a kill must not hand a queued member to the spare.
+        for member in sorted(members, key=_is_running):
             if member.state in HELD_STATES:
                 self._fire_cancel(member, force=True)
 
