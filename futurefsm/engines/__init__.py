@@ -203,9 +203,13 @@ class Engine(ABC):
 
     @abstractmethod
     def start(self, client: EngineClient) -> None:
-        """Connect and start delivering to ``client``. A scheduler that does not answer
-        within ``client.connection_timeout`` raises ``ConnectionError`` naming the
-        address, within ``connection_timeout`` + 1 s (nothing is left running)."""
+        """Connect and start delivering to ``client``.
+
+        An address where nothing answers is a ``ConnectionError`` naming the address
+        within ``client.connection_timeout`` + 1 s: raised here (nothing left
+        running), or, by an engine that connects lazily and keeps reconnecting, by
+        every future submitted meanwhile (``deliver_connection_lost(why, task_ids)``
+        with ``why`` naming the address: a ``ConnectionLostError``)."""
 
     @abstractmethod
     def prepare(

@@ -18,6 +18,7 @@ the never-raise guard, remote tracebacks, and nested graph tasks.
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import logging
 import threading
@@ -36,6 +37,7 @@ __all__ = [
     "WakeQueue",
     "attach_remote_traceback",
     "flatten_nested",
+    "in_event_loop",
 ]
 
 T = TypeVar("T")
@@ -46,6 +48,15 @@ _LOUD_PROTOCOL_ERRORS = 10  # warnings before protocol errors drop to debug leve
 class MalformedMessage(ValueError):
     """Raised by an engine's handler for a message that breaks its protocol; the
     ``NeverRaise`` guard counts it in ``stats()["protocol_errors"]``."""
+
+
+def in_event_loop() -> bool:
+    """True in a running asyncio event loop (which a wait must never block)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
 
 
 # ---------------------------------------------------------------------- queues
