@@ -8,12 +8,12 @@ of Dask's ``Future`` bookkeeping:
 
 - ``submit``: ``prepare`` builds and serializes the ``update-graph`` message in the
   user's thread, as ``distributed.Client.submit`` does; the engine's thread (the Dask
-  client's event loop) fires ``future.sent()`` and writes it to the stream.
+  client's event loop) asks ``client.sending(task_id)`` and writes it to the stream.
 - inbound: the engine adds its handlers to the client's ``_stream_handlers``.
   ``key-in-memory`` queues the key for a batched ``gather`` (one request in flight at
   a time; when busy, keys arriving meanwhile make the next batch), then
-  ``recv_result``;
-  ``task-erred`` becomes ``recv_result(exception=...)`` with the remote traceback
+  ``deliver_result``;
+  ``task-erred`` becomes ``deliver_result(exception=...)`` with the remote traceback
   attached (``KilledWorker``: ``WorkerDiedError``); Dask's own messages for keys that
   are not the engine's go to Dask's handlers unchanged.
 - cancel: Dask's own cancel is not confirmed, so the engine ships a small
@@ -22,9 +22,10 @@ of Dask's ``Future`` bookkeeping:
   per key, after the scheduler processed the cancel: ``canceled``, ``not_found``,
   ``cancel_failed`` (another client wants it, or ``force=False`` and a worker
   thread runs it), or ``result`` (it was already in memory or erred: the result,
-  earlier on the stream, won). A ``result`` answer to a
-  future still cancelling delivers that result first, so the table's
-  ``cancel_requested`` + ``recv_result`` cell says ``RESULT_RACED``.
+  earlier on the stream, won). A ``result`` answer (or a ``key-in-memory``) for a
+  key whose own future asked to cancel (the engine's record: ``_cancelling``)
+  delivers that result without fetching it, so the table's ``cancel_requested`` +
+  ``recv_result`` cell says ``RESULT_RACED``.
 - a terminal future's key is released (``client-releases-keys``) in batches.
 - liveness: every ``heartbeat_interval`` the engine pings the plugin on the stream;
   nothing heard for ``connection_timeout``, or the Dask client reconnecting (it then

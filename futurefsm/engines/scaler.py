@@ -14,26 +14,33 @@ the three calls through which Scaler's agent resolves futures (the
 table's triggers:
 
 ==========================================  ==========================================
-Scaler (agent thread)                       futurefsm trigger (delivery thread)
+Scaler (agent thread)                       delivery (delivery thread)
 ==========================================  ==========================================
-TaskResult success                          ``recv_result(value)``
-TaskResult failed                           ``recv_result(exception)``: the task's own,
-                                            its remote traceback as ``__cause__``;
-                                            Scaler's ``ProcessorDiedError`` (the
-                                            task's process died) -> WorkerDiedError
-TaskResult failedWorkerDied                 ``recv_result(WorkerDiedError)``
-TaskCancelConfirm canceled                  ``recv_cancel_confirm("canceled")``
-TaskCancelConfirm cancelNotFound            ``recv_cancel_confirm("not_found")``
-TaskCancelConfirm cancelFailed              ``recv_cancel_confirm("cancel_failed")``
-the agent stops (scheduler gone, silent     ``client.connection_lost(why)``
+TaskResult success                          ``deliver_result(task_id, value)``
+TaskResult failed                           ``deliver_result(task_id, exception=e)``:
+                                            the task's own, its remote traceback as
+                                            ``__cause__``; Scaler's
+                                            ``ProcessorDiedError`` (the task's process
+                                            died) -> WorkerDiedError
+TaskResult failedWorkerDied                 ``deliver_result(exception=WorkerDied...)``
+TaskCancelConfirm canceled                  ``deliver_cancel_answer("canceled")``
+TaskCancelConfirm cancelNotFound            ``deliver_cancel_answer("not_found")``
+TaskCancelConfirm cancelFailed              ``deliver_cancel_answer("cancel_failed")``
+the agent stops (scheduler gone, silent     ``deliver_connection_lost(why)``
 for ``connection_timeout``, closed, crash)
 ==========================================  ==========================================
+
+Where the mapping depends on what was asked, the engine keeps its own record of what
+it sent (never the future's state): a result for a task whose non-forced cancel is
+unanswered first delivers ``cancel_failed`` (Scaler's scheduler absorbs refusals); a
+``cancelNotFound`` for a graph member whose own future did not ask to cancel is the
+graph's cancel (``canceled``).
 
 Threads. Scaler's agent thread runs an asyncio loop that also answers heartbeats, so
 nothing slow may run on it: the hooks only start the fetch of a result's object
 (pipelined on the agent's loop, many in flight at once, nothing blocks) and queue
 events. One delivery thread per engine drains that queue in batches: it deserializes
-values and fires the triggers, so done-callbacks run there (``on_io_thread``), never on
+values and makes the deliveries, so done-callbacks run there (``on_io_thread``), never on
 Scaler's loop; a callback may submit or cancel freely.
 
 Values are fetched as soon as the TaskResult arrives (ScalerFuture fetches on the
