@@ -168,7 +168,8 @@ class EngineClient(Protocol):
     def deliver_cancel_answer(self, task_id: bytes, answer: CancelAnswer) -> None:
         """The scheduler answered a cancel of the task. An answer nobody asked for
         (``"canceled"`` for a graph member cancelled with its graph, or by another
-        client) is delivered as it is: the table knows what it means."""
+        client) is delivered as it is: the table knows what it means. Any other
+        ``answer`` raises ``ProtocolError`` (the ``NeverRaise`` guard counts it)."""
         ...
 
     def deliver_connection_lost(self, why: str, task_ids: Sequence[bytes] | None = None) -> None:
