@@ -51,11 +51,11 @@ Checking another implementation
 from __future__ import annotations
 
 from .actions import DEFAULT_ACTIONS, Action, Move, RaceHarness, Unsupported, same_result
+from .at_rest import RestReport, check_at_rest, format_history
 from .budget import examples
-from .contract import Born, Contract
+from .contract import STDLIB_STATE, Born, Contract
 from .explorer import EXPLORED_STEPS, ExplorationReport, Violation, explore, run_sequence
 from .harness import (
-    STDLIB_STATE,
     CountingWaiter,
     FutureHarness,
     FutureSnapshot,
@@ -65,7 +65,7 @@ from .harness import (
     TaskFutureRaceHarness,
     TaskFutureUnderTest,
 )
-from .invariants import InvariantViolation, describe_future, format_history
+from .invariants import InvariantViolation, describe_future
 from .kit import (
     BLOCK_TIMEOUT,
     Finding,
@@ -123,6 +123,7 @@ __all__ = [
     "RaceReport",
     "Resolution",
     "ResolutionKind",
+    "RestReport",
     "ResultValue",
     "Step",
     "TaskError",
@@ -132,6 +133,7 @@ __all__ = [
     "Unsupported",
     "Violation",
     "assert_race_free",
+    "check_at_rest",
     "check_future",
     "describe_future",
     "examples",
