@@ -83,6 +83,12 @@ class StdlibHarness(RaceHarness):
             return True
         return False
 
+    def close(self) -> None:
+        """Fail every future still live: a result() waiting on one returns."""
+        for future in self.futures:
+            if not future.done():
+                future.set_exception(RuntimeError("the harness is closed"))
+
 
 class NaiveStdlibHarness(StdlibHarness):
     """Cancels with the stdlib's ``cancel()`` alone: the future is done and cancelled,
@@ -139,7 +145,7 @@ def test_a_cancel_that_does_not_notify_waiters_is_found() -> None:
 def test_different_semantics_fail_only_the_contract_layer() -> None:
     """futurefsm's table ignores a result before ``sent``; the stdlib future takes it.
     That is a disagreement with the table, not a bug: only contract findings."""
-    report = check_future(StdlibHarness, **QUICK)  # the default contract: futurefsm's
+    report = check_future(StdlibHarness, contract=Contract.futurefsm(), **QUICK)
     assert report.findings
     assert {f.invariant.layer for f in report.findings} == {"contract"}
     assert "contract_done" in report.invariants
@@ -149,7 +155,9 @@ def test_the_search_keeps_going_past_a_violation() -> None:
     """Every sequence starting with a result breaks futurefsm's table at step 1; the
     replaced result behind it (step 2) is still found, and each violation is
     reported once."""
-    report = check_future(ResultReplacingHarness, futures=1, depth=3, random_runs=0)
+    report = check_future(
+        ResultReplacingHarness, contract=Contract.futurefsm(), futures=1, depth=3, random_runs=0
+    )
     first = min(f.steps for f in report.findings if f.invariant.layer == "contract")
     replaced = [f for f in report.findings if f.invariant.name == "one_terminal_state"]
     assert first == 1
@@ -308,11 +316,22 @@ class DuckHarness:
         pass
 
 
-def test_a_duck_typed_harness_with_unknown_states() -> None:
-    report = check_future(DuckHarness, contract=STDLIB_CONTRACT, depth=2, random_runs=10)
+def test_a_duck_typed_harness_gets_the_universal_layer_without_a_contract() -> None:
+    report = check_future(DuckHarness, depth=2, random_runs=10)
+    assert report.contract is None
     assert report.findings == [], str(report)
-    assert "'stdlib:FINISHED'" in report.unknown_states
     assert {"result_failed", "confirm_canceled", "disconnect"} <= report.unsupported
+
+
+def test_a_harness_whose_states_the_contract_does_not_know_is_an_error() -> None:
+    with pytest.raises(ValueError, match="state 'stdlib:PENDING' for f0, which the contract"):
+        check_future(DuckHarness, contract=STDLIB_CONTRACT, depth=2, random_runs=10)
+
+
+def test_leaving_out_the_contract_checks_futurefsms_own_futures_by_their_table() -> None:
+    assert check_future(StdlibHarness, depth=1, random_runs=0).contract is None
+    report = check_future(lambda: TaskFutureRaceHarness(born="sent"), depth=1, random_runs=0)
+    assert report.contract == Contract.futurefsm(born="sent")
 
 
 class WrappingHarness(StdlibHarness):
@@ -428,4 +447,4 @@ def test_assert_race_free_is_the_pytest_form() -> None:
 
 def test_an_unsupported_step_ends_the_sequence_without_a_finding() -> None:
     moves = [Move(ACTIONS["sent"], 0), Move(ACTIONS["confirm_canceled"], 0)]
-    assert run_moves(DuckHarness, moves, contract=STDLIB_CONTRACT) == []
+    assert run_moves(DuckHarness, moves, contract=None) == []

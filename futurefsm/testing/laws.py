@@ -56,6 +56,12 @@ UNIVERSAL: tuple[Invariant, ...] = (
         "cancelled() True implies done() True",
     ),
     Invariant(
+        "cancelled_tells_the_ending",
+        "universal",
+        "cancelled(), even one that waited for a cancel's answer, returns True exactly "
+        "when the future ended cancelled, and False while it is not done",
+    ),
+    Invariant(
         "result_raises_cancelled_iff_cancelled",
         "universal",
         "result() raises CancelledError exactly when cancelled() is True; it times out "
