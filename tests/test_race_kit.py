@@ -20,6 +20,7 @@ from futurefsm.testing import (
     DEFAULT_ACTIONS,
     INVARIANTS,
     UNIVERSAL,
+    WAIT_AND_RACE_ACTIONS,
     Action,
     Contract,
     Move,
@@ -448,3 +449,38 @@ def test_assert_race_free_is_the_pytest_form() -> None:
 def test_an_unsupported_step_ends_the_sequence_without_a_finding() -> None:
     moves = [Move(ACTIONS["sent"], 0), Move(ACTIONS["confirm_canceled"], 0)]
     assert run_moves(DuckHarness, moves, contract=None) == []
+
+
+# ---------------------------------------------------------------------------
+# wait() in its three modes, as_completed, calls released together
+# ---------------------------------------------------------------------------
+
+WIDE = (*DEFAULT_ACTIONS, *WAIT_AND_RACE_ACTIONS)
+
+
+def test_taskfuture_keeps_its_promises_to_waits_and_races() -> None:
+    report = check_future(
+        TaskFutureRaceHarness, actions=WIDE, depth=1, random_runs=40, max_steps=6, progress=None
+    )
+    assert report.findings == [], str(report)
+    assert report.sequences_run > 40
+
+
+def test_a_wait_that_a_cancel_never_wakes_is_found() -> None:
+    # The stdlib's bare cancel() does not notify wait()'s waiter: wait(ALL_COMPLETED)
+    # sleeps on although every future is done.
+    wait_all = next(a for a in WIDE if a.name == "wait_all_completed")
+    moves = [Move(wait_all), Move(ACTIONS["cancel"], 0), Move(ACTIONS["cancel"], 1)]
+    assert "no_call_blocks_forever" in run_moves(
+        NaiveStdlibHarness, moves, contract=None, actions=WIDE
+    )
+    assert "no_call_blocks_forever" not in run_moves(
+        StdlibHarness, moves, contract=None, actions=WIDE
+    )
+
+
+def test_racing_calls_are_released_together_and_judged() -> None:
+    race = next(a for a in WIDE if a.name == "cancel_result_race")
+    moves = [Move(ACTIONS["sent"], 0), Move(race, 0), Move(ACTIONS["confirm_canceled"], 0)]
+    assert str(moves[1]) == "race(f0: cancel, result, cancelled)"
+    assert run_moves(TaskFutureRaceHarness, moves, actions=WIDE) == []

@@ -50,7 +50,15 @@ Checking another implementation
 
 from __future__ import annotations
 
-from .actions import DEFAULT_ACTIONS, Action, Move, RaceHarness, Unsupported, same_result
+from .actions import (
+    DEFAULT_ACTIONS,
+    WAIT_AND_RACE_ACTIONS,
+    Action,
+    Move,
+    RaceHarness,
+    Unsupported,
+    same_result,
+)
 from .at_rest import RestReport, check_at_rest, format_history
 from .budget import examples
 from .contract import STDLIB_STATE, Born, Contract
@@ -101,6 +109,7 @@ __all__ = [
     "RESULT_STEPS",
     "STDLIB_STATE",
     "UNIVERSAL",
+    "WAIT_AND_RACE_ACTIONS",
     "Action",
     "Born",
     "CallbackKind",

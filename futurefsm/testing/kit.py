@@ -140,8 +140,8 @@ class RaceReport:
             f"race kit on {self.harness} ({self.futures} future"
             f"{'s' if self.futures != 1 else ''}, {contract}): "
             f"{self.sequences_run:,} sequences (breadth-first to depth {self.depth}, then "
-            f"random), {self.states_reached:,} states, {len(self.findings)} distinct "
-            f"violations, {self.seconds:.1f} s"
+            f"random), {self.states_reached:,} states, {len(self.findings)} finding"
+            f"{'s' if len(self.findings) != 1 else ''}, {self.seconds:.1f} s"
             + (f"; unsupported: {sorted(self.unsupported)}" if self.unsupported else "")
             + (
                 f"; harness.close() blocked {self.close_blocked} times"
@@ -502,6 +502,61 @@ class _Run:
         else:
             self.calls.append(call)
 
+    def _race(self, future: Any, calls: Sequence[str]) -> Callable[[], list[tuple[str, Any]]]:
+        """The body of a race: ``calls`` on threads of their own, released together by
+        a barrier; it waits (parked) until every one has returned."""
+        harness, kit = self.harness, self.kit
+        named: dict[str, Callable[[], Any]] = {
+            "cancel": lambda: _cancel(harness, future),
+            "cancelled": future.cancelled,
+            "result": lambda: future.result(LONG),
+        }
+
+        def race() -> list[tuple[str, Any]]:
+            barrier = threading.Barrier(len(calls))
+            outcomes: list[tuple[str, Any] | None] = [None] * len(calls)
+            ended = threading.Condition()
+
+            passed = [0]
+
+            def one(number: int, name: str) -> None:
+                barrier.wait()
+                with ended:
+                    passed[0] += 1
+                try:
+                    outcome: tuple[str, Any] = ("value", named[name]())
+                except BaseException as error:
+                    outcome = ("raised", error)
+                with ended:
+                    outcomes[number] = outcome
+                    ended.notify_all()
+
+            threads = [
+                threading.Thread(target=one, args=(n, c), name=f"racekit-race-{c}", daemon=True)
+                for n, c in enumerate(calls)
+            ]
+            for thread in threads:
+                thread.start()
+            # Each call is past the barrier (where it waits too), then returns or
+            # parks, before the race parks: what is read next does not depend on
+            # scheduling more than the race itself does. (Polled: the race must not
+            # look parked to the kit before its calls are.)
+            while passed[0] < len(calls):
+                time.sleep(0.0002)
+            for number, thread in enumerate(threads):
+                _wait(
+                    lambda n=number: outcomes[n] is not None,
+                    thread,
+                    kit.block_timeout,
+                    parked_ok=True,
+                )
+            with ended:
+                while any(o is None for o in outcomes):
+                    ended.wait()
+            return [o for o in outcomes if o is not None]
+
+        return race
+
     def _judge_returned(self, call: _UserCall) -> None:
         assert call.outcome is not None
         kind, value = call.outcome
@@ -551,6 +606,25 @@ class _Run:
             elif action.kind == "result":
                 assert fut is not None
                 self._user(label, lambda: future.result(LONG), (fut.index,), "result")
+            elif action.kind in ("wait", "as_completed"):
+                every = [f.future for f in self.futs]
+                indices = tuple(range(len(self.futs)))
+                if action.kind == "wait":
+                    mode = getattr(cf, action.return_when)
+                    self._user(
+                        label, lambda: cf.wait(every, LONG, mode), indices, action.return_when
+                    )
+                else:
+                    self._user(
+                        label, lambda: list(cf.as_completed(every, LONG)), indices, "as_completed"
+                    )
+            elif action.kind == "race":
+                assert fut is not None
+                race = self._race(future, action.calls)
+                # A race with a result() in it waits for the end; one of cancels and
+                # cancelled() for the answer.
+                kind = "race_result" if "result" in action.calls else "race"
+                self._user(label, race, (fut.index,), kind)
             else:
                 assert fut is not None
                 other = move.other
@@ -828,7 +902,15 @@ class _Run:
         if all(observed[i].done for i in call.futures):
             names = ", ".join(f"f{i}" for i in call.futures)
             return f"{names} {'is' if len(call.futures) == 1 else 'are'} done"
-        if call.kind in ("cancel", "cancelled"):
+        done = [i for i in call.futures if observed[i].done]
+        if call.kind == "FIRST_COMPLETED" and done:
+            return f"f{done[0]} is done (FIRST_COMPLETED)"
+        failed = [
+            i for i in done if not observed[i].cancelled and observed[i].result[0] == "raised"
+        ]
+        if call.kind == "FIRST_EXCEPTION" and failed:
+            return f"f{failed[0]} raised (FIRST_EXCEPTION)"
+        if call.kind in ("cancel", "cancelled", "race"):
             now = _state_name(observed[call.futures[0]])
             if call.parked_in is None:
                 call.parked_in = now
@@ -851,6 +933,8 @@ class _Run:
                     self._judge_result(call, observed[call.futures[0]])
                 elif call.kind == "cancelled":
                     self._judge_cancelled(call, observed[call.futures[0]])
+                else:
+                    self._judge_collective(call, observed)
                 continue
             if resolved is not None:
                 self.blocked = True
@@ -864,6 +948,46 @@ class _Run:
                 continue
             still.append(call)
         self.calls = still
+
+    def _judge_collective(self, call: _UserCall, observed: list[_Obs]) -> None:
+        """What ``wait``, ``as_completed`` and a race returned."""
+        if call.outcome is None or call.outcome[0] != "value":
+            return
+        value = call.outcome[1]
+        futures = [f.future for f in self.futs]
+        if call.kind in ("FIRST_COMPLETED", "FIRST_EXCEPTION", "ALL_COMPLETED"):
+            done, not_done = value
+            early = [f"f{futures.index(f)}" for f in done if not f.done()]
+            if early or (call.kind == "ALL_COMPLETED" and not_done):
+                self.violate(
+                    "waiters_notified_once",
+                    (call.kind,),
+                    f"{call.label} returned with {early or 'futures'} in its done set not "
+                    f"done, not_done {len(not_done)}",
+                    call.futures[0],
+                )
+        elif call.kind == "as_completed":
+            if sorted(map(id, value)) != sorted(map(id, futures)) or not all(
+                f.done() for f in value
+            ):
+                self.violate(
+                    "waiters_notified_once",
+                    ("as_completed",),
+                    f"{call.label} yielded {len(value)} futures for {len(futures)}, "
+                    "not each done future once",
+                    call.futures[0],
+                )
+        elif isinstance(value, list):  # a race: judge each call as its own
+            index = call.futures[0]
+            names = call.label.split(": ", 1)[1].rstrip(")").split(", ")
+            for name, outcome in zip(names, value, strict=False):
+                one = _UserCall(f"{name}(f{index}) in {call.label}", call.thread, (index,), name)
+                one.outcome = outcome
+                if name == "result":
+                    self._judge_result(one, observed[index])
+                elif name == "cancelled" and outcome == ("value", True):
+                    # (False may be right: it may have run before the cancel did.)
+                    self._judge_cancelled(one, observed[index])
 
     def _judge_cancelled(self, call: _UserCall, obs: _Obs) -> None:
         assert call.outcome is not None
