@@ -22,8 +22,6 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from .steps import ResultValue, TaskError
-
 __all__ = [
     "DEFAULT_ACTIONS",
     "WAIT_AND_RACE_ACTIONS",
@@ -35,6 +33,24 @@ __all__ = [
     "Unsupported",
     "same_result",
 ]
+
+
+@dataclass(frozen=True)
+class ResultValue:
+    """The value of a successful result number ``n``: equal iff ``n`` is equal."""
+
+    n: int
+
+
+class TaskError(Exception):
+    """The exception a failed task number ``n`` raised."""
+
+    def __init__(self, n: int) -> None:
+        super().__init__(f"task error #{n}")
+        self.n = n
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (TaskError, (self.n,))
 
 
 class Unsupported(Exception):

@@ -33,7 +33,7 @@ from .contract import Contract
 from .kit import DEFAULT_CONTRACT, Finding, RaceFound
 from .laws import INVARIANTS
 
-__all__ = ["RestReport", "check_at_rest", "format_history"]
+__all__ = ["RestReport", "check_at_rest", "check_history", "format_history"]
 
 
 @dataclass
@@ -211,8 +211,33 @@ def _contract(
         )
 
 
-def _history(broken: Any, contract: Contract, history: Sequence[Any], state: str) -> None:
-    previous = contract.initial
+def check_history(
+    history: Sequence[Any],
+    state: Any,
+    *,
+    contract: Contract | None = None,
+    start: Any = None,
+) -> list[str]:
+    """What is wrong with ``history`` (``(time, trigger, source, dest)`` entries) as a
+    path of ``contract``'s table (futurefsm's by default) from ``start`` (its initial
+    state by default) to ``state``, entering a terminal state once: a message per
+    problem, none if it is a legal path."""
+    contract = contract or Contract.futurefsm()
+    problems: list[str] = []
+    _history(
+        lambda _, message: problems.append(message),
+        contract,
+        history,
+        Contract.name_of(state),
+        None if start is None else Contract.name_of(start),
+    )
+    return problems
+
+
+def _history(
+    broken: Any, contract: Contract, history: Sequence[Any], state: str, start: str | None = None
+) -> None:
+    previous = contract.initial if start is None else start
     entered = 0
     for number, (_, trigger, source, dest) in enumerate(history, start=1):
         trigger, source, dest = (Contract.name_of(x) for x in (trigger, source, dest))
@@ -233,8 +258,13 @@ def _history(broken: Any, contract: Contract, history: Sequence[Any], state: str
         previous = dest
     if previous != state:
         broken("contract_history", f"the history ends in {previous}, the future is in {state}")
-    elif entered != (state in contract.terminal):
+    elif entered != (state in contract.terminal and _starts_live(contract, start)):
         broken("contract_history", f"the history enters a terminal state {entered} times")
+
+
+def _starts_live(contract: Contract, start: str | None) -> bool:
+    """True unless the path starts in a terminal state (then it enters none)."""
+    return start is None or start not in contract.terminal
 
 
 def _describe(

@@ -42,19 +42,27 @@ import threading
 import time
 import traceback
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import _base
 from dataclasses import dataclass, field
 from typing import Any
 
-from .actions import DEFAULT_ACTIONS, Action, Move, RaceHarness, Unsupported, same_result
+from .actions import (
+    DEFAULT_ACTIONS,
+    Action,
+    Move,
+    RaceHarness,
+    ResultValue,
+    TaskError,
+    Unsupported,
+    same_result,
+)
 from .contract import Contract
-from .harness import CountingWaiter
 from .laws import INVARIANTS, Invariant
-from .steps import ResultValue, TaskError
-from .threads import is_parked
 
 __all__ = [
     "BLOCK_TIMEOUT",
     "DEFAULT_CONTRACT",
+    "CountingWaiter",
     "Finding",
     "RaceFound",
     "RaceReport",
@@ -78,6 +86,59 @@ _PROGRESS_AFTER = 5.0
 """Seconds a search runs before it reports progress (then every ``_PROGRESS_EVERY``)."""
 _PROGRESS_EVERY = 5.0
 _STACK_FRAMES = 8
+
+
+_PARKED_CODE = threading.Condition.wait.__code__
+
+
+def is_parked(thread: threading.Thread) -> bool:
+    """True if ``thread`` is inside ``threading.Condition.wait`` (waiting to be woken)."""
+    frame = sys._current_frames().get(thread.ident or -1)
+    return frame is not None and frame.f_code is _PARKED_CODE
+
+
+class CountingWaiter(_base._Waiter):
+    """A concurrent.futures waiter (what ``wait``/``as_completed`` install) that counts
+    every notification, to check that waiters are notified exactly once."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.results = 0
+        self.exceptions = 0
+        self.cancellations = 0
+        self._lock = threading.Lock()
+
+    def add_result(self, future: cf.Future[Any]) -> None:
+        """Count a result notification."""
+        with self._lock:
+            self.results += 1
+        super().add_result(future)
+
+    def add_exception(self, future: cf.Future[Any]) -> None:
+        """Count an exception notification."""
+        with self._lock:
+            self.exceptions += 1
+        super().add_exception(future)
+
+    def add_cancelled(self, future: cf.Future[Any]) -> None:
+        """Count a cancellation notification."""
+        with self._lock:
+            self.cancellations += 1
+        super().add_cancelled(future)
+
+    @property
+    def total(self) -> int:
+        """Notifications of any kind so far."""
+        return self.results + self.exceptions + self.cancellations
+
+    @classmethod
+    def install(cls, future: cf.Future[Any]) -> CountingWaiter:
+        """Install a new counting waiter on ``future`` as ``concurrent.futures.wait`` does
+        (under the future's condition), and return it."""
+        waiter = cls()
+        with future._condition:
+            future._waiters.append(waiter)
+        return waiter
 
 
 class _CallbackError(Exception):
@@ -181,7 +242,18 @@ def _parked(thread: threading.Thread) -> bool:
     frame = _frame_of(thread)
     waiter = None if frame is None else frame.f_locals.get("waiter")
     locked = getattr(waiter, "locked", None)
-    return locked is None or bool(locked())
+    if locked is not None and not locked():
+        return False
+    # Thread.start() waits in Condition.wait until the new thread runs (long, on a
+    # loaded machine): a call starting a thread is busy, not waiting to be woken.
+    while frame is not None:
+        if frame.f_code is _THREAD_START:
+            return False
+        frame = frame.f_back
+    return True
+
+
+_THREAD_START = threading.Thread.start.__code__
 
 
 def _frame_of(thread: threading.Thread) -> Any:
@@ -543,13 +615,18 @@ class _Run:
             # look parked to the kit before its calls are.)
             while passed[0] < len(calls):
                 time.sleep(0.0002)
+            # (_wait gives up on a thread that waits long for the GIL on a loaded
+            # machine, as it would on a blocked one: ask again, within bounds.)
+            until = time.monotonic() + 50 * kit.block_timeout
             for number, thread in enumerate(threads):
-                _wait(
+                while not _wait(
                     lambda n=number: outcomes[n] is not None,
                     thread,
                     kit.block_timeout,
                     parked_ok=True,
-                )
+                ):
+                    if time.monotonic() > until:
+                        break
             with ended:
                 while any(o is None for o in outcomes):
                     ended.wait()
