@@ -181,7 +181,7 @@ class PreparedRay:
 
 def _split_address(address: str) -> tuple[str, int]:
     host, sep, port = address.rpartition(":")
-    if not sep or not host or not port.isdigit():
+    if "://" in address or not sep or not host or not port.isdigit():
         raise ValueError(
             f"Ray address {address!r}: expected host:port, the GCS address that "
             "`ray start --head` prints (a ray:// Ray Client address is not supported)"
@@ -335,7 +335,7 @@ class RayEngine(Engine):
         """Connect (``ray.init``, or the connection there is) and start the threads."""
         self._client = client
         self._guard.count = client.count
-        if self._wanted is not None and not ray.is_initialized():
+        if self._wanted is not None:
             host, port = _split_address(self._wanted)
             deadline = time.monotonic() + client.connection_timeout
             while not _gcs_answers(host, port, max(0.05, deadline - time.monotonic())):
