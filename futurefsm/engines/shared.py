@@ -12,6 +12,8 @@ the never-raise guard, remote tracebacks, and nested graph tasks.
   error, and the thread goes on.
 - ``attach_remote_traceback``: a task's exception as ``result()`` raises it: the remote
   frames once, as the ``RemoteTraceback`` text of its ``__cause__``.
+- ``connect_within``: an engine's own connect call held to ``connection_timeout``
+  (``ConnectionError`` naming the address), for engines that retry for longer.
 - ``flatten_nested``: a graph node's nested tasks folded into one call
   (``NestedCall``), for a scheduler that cannot evaluate nested tasks itself.
 """
@@ -21,7 +23,9 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import socket
 import threading
+import time
 import traceback
 from collections.abc import Callable
 from types import TracebackType
@@ -36,6 +40,7 @@ __all__ = [
     "NeverRaise",
     "WakeQueue",
     "attach_remote_traceback",
+    "connect_within",
     "flatten_nested",
     "in_event_loop",
 ]
@@ -43,6 +48,7 @@ __all__ = [
 T = TypeVar("T")
 
 _LOUD_PROTOCOL_ERRORS = 10  # warnings before protocol errors drop to debug level
+_PROBE_INTERVAL = 0.05  # seconds between TCP probes of an address that refuses
 
 
 class MalformedMessage(ValueError):
@@ -86,14 +92,19 @@ class WakeQueue(Generic[T]):
         """Queue ``item`` and wake the consumer unless a wake-up is pending."""
         self._items.append(item)
         if not self._pending:
-            self._pending = True
-            self._wake()
+            self.wake()
 
     def wake(self) -> None:
-        """Wake the consumer (unless a wake-up is pending) without queueing anything."""
+        """Wake the consumer (unless a wake-up is pending) without queueing anything.
+        If ``wake`` raises (the consumer is gone), the error goes to the caller and
+        the next post tries again."""
         if not self._pending:
             self._pending = True
-            self._wake()
+            try:
+                self._wake()
+            except BaseException:
+                self._pending = False
+                raise
 
     def take(self) -> list[T]:
         """Everything queued, oldest first (the consumer only)."""
@@ -154,6 +165,89 @@ class DeliveryThread(Generic[T]):
                     return
                 with guard:
                     deliver(item)
+
+
+# ---------------------------------------------------------------------- connecting
+
+
+def _tcp_endpoint(address: str) -> tuple[str, int] | None:
+    scheme, _, rest = address.partition("://")
+    if scheme != "tcp" or not rest:
+        return None
+    host, _, port = rest.rpartition(":")
+    try:
+        return host.strip("[]"), int(port)
+    except ValueError:
+        return None
+
+
+def connect_within(
+    connect: Callable[[], T],
+    address: str,
+    timeout: float,
+    *,
+    what: str = "the scheduler",
+    dispose: Callable[[T], object] | None = None,
+) -> T:
+    """``connect()``'s result, or ``ConnectionError`` naming ``address`` within
+    ``timeout`` seconds (plus a moment).
+
+    A ``tcp://host:port`` address is first probed with plain TCP connects (every
+    50 ms while refused: a scheduler may still be starting), so a port where nothing
+    listens fails at the deadline without the engine's own, longer, retries.
+    ``connect`` then runs in a helper thread; if it has not returned by the deadline,
+    the caller gets the error and a late result is handed to ``dispose`` (an engine
+    whose connect retries for a minute leaves nothing behind once it gives up).
+    ``TypeError`` and ``ValueError`` (a bad option) pass through as they are.
+    """
+    deadline = time.monotonic() + timeout
+    endpoint = _tcp_endpoint(address)
+    while endpoint is not None:  # until something listens, or the deadline
+        left = deadline - time.monotonic()
+        try:
+            socket.create_connection(endpoint, timeout=max(0.001, left)).close()
+            break
+        except OSError as error:
+            if left <= 0 or time.monotonic() + _PROBE_INTERVAL >= deadline:
+                raise ConnectionError(
+                    f"cannot connect to {what} at {address}: nothing answered within "
+                    f"{timeout:g} s ({error})"
+                ) from error
+            time.sleep(_PROBE_INTERVAL)
+    outcome: list[tuple[bool, Any]] = []
+    lock = threading.Lock()  # outcome and gave_up: the caller takes it or dispose does
+    done = threading.Event()
+    gave_up: list[bool] = []
+
+    def run() -> None:
+        try:
+            result: tuple[bool, Any] = (True, connect())
+        except BaseException as error:
+            result = (False, error)
+        with lock:
+            outcome.append(result)
+            late = bool(gave_up)
+        done.set()
+        if late and result[0] and dispose is not None:
+            try:
+                dispose(result[1])
+            except Exception:
+                logging.getLogger(__name__).debug("disposing a late connection", exc_info=True)
+
+    threading.Thread(target=run, name=f"futurefsm-connect {address}", daemon=True).start()
+    done.wait(max(0.0, deadline - time.monotonic()))
+    with lock:
+        if not outcome:
+            gave_up.append(True)
+            raise ConnectionError(f"cannot connect to {what} at {address} within {timeout:g} s")
+    ok, value = outcome[0]
+    if ok:
+        return value  # type: ignore[no-any-return]
+    if isinstance(value, (TypeError, ValueError)):
+        raise value
+    raise ConnectionError(
+        f"cannot connect to {what} at {address}: {type(value).__name__} {value}".rstrip()
+    ) from value
 
 
 # ---------------------------------------------------------------------- never raise
