@@ -180,6 +180,8 @@ class PreparedRay:
 
 
 def _split_address(address: str) -> tuple[str, int]:
+    if address.startswith("tcp://"):  # the form the other engines take
+        address = address[len("tcp://") :]
     host, sep, port = address.rpartition(":")
     if "://" in address or not sep or not host or not port.isdigit():
         raise ValueError(
