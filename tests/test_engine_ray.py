@@ -422,3 +422,13 @@ def test_a_future_never_waits_for_a_ref_whose_cancel_ray_ignores(
         assert client.cancel([future], force=False) == [True]
         assert future.cancel_outcome is CancelOutcome.TIMED_OUT
         assert future.state is FutureState.CANCELLED
+
+
+def test_the_bench_measures_futurefsm_against_rays_own_api(ray_cluster: LocalRayCluster) -> None:
+    from futurefsm.bench import engines_ray
+
+    figures = engines_ray.measure(tasks=50, rounds=2, cancels=1, address=ray_cluster.address)
+
+    assert len(figures["ray_times"]) == len(figures["futurefsm_times"]) == 2
+    assert figures["ratio"] > 0 and figures["ratio_of_medians"] > 0
+    assert figures["ray_cancel_ms"] > 0 and figures["futurefsm_cancel_ms"] > 0
