@@ -17,6 +17,7 @@ import concurrent.futures as cf
 import json
 import operator
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -355,44 +356,64 @@ def test_a_port_where_no_cluster_answers_is_a_connection_error_in_time(
 
 _DRIVER = textwrap.dedent(
     """
-    import json, os, sys, time
-    from futurefsm.engines.ray_cluster import LocalRayCluster, use_loopback
+    import json, os, signal, tempfile, time
+    from futurefsm.engines.ray_cluster import use_loopback
     use_loopback()
     import ray
-    from futurefsm import Client, ConnectionLostError
+    from futurefsm import Client
+
+    def descendants(root):
+        children = {}
+        for entry in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                with open(f"/proc/{entry}/stat") as stat:
+                    parent = int(stat.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            children.setdefault(parent, []).append(int(entry))
+        found, todo = [], [root]
+        while todo:
+            for child in children.get(todo.pop(), []):
+                found.append(child)
+                todo.append(child)
+        return found
+
     report = {}
-
-    # 1. No address: a new local Ray, stopped at close.
-    with Client(engine="ray", workers=1, object_store_memory=80_000_000) as client:
-        report["local"] = client.submit(pow, 3, 3).result(120)
-        report["local_address"] = client.engine.address
-    report["after_local_initialized"] = ray.is_initialized()
-
-    # 2. The cluster killed under the driver: ConnectionLostError in time, and the
-    # process lives on (Ray ends a driver whose GCS stays away for 60 s).
-    with LocalRayCluster(cpus=1) as cluster:
-        client = Client(cluster.address, engine="ray", connection_timeout=3.0,
-                        heartbeat_interval=0.2)
-        future = client.submit(time.sleep, 300)
-        deadline = time.monotonic() + 60
-        while future.state != "running" and time.monotonic() < deadline:
-            time.sleep(0.01)
-        time.sleep(1.0)  # the task reaches its worker
-        killed = time.monotonic()
-        cluster.kill()
-        error = future.exception(60)
-        report["lost_type"] = type(error).__name__
-        report["lost_after"] = time.monotonic() - killed
-        report["lost_initialized"] = ray.is_initialized()
-        late = client.submit(pow, 2, 2)
-        report["late_type"] = type(late.exception(10)).__name__
-        client.close()
+    # No address: a new local Ray (its processes are this driver's descendants).
+    temp = tempfile.mkdtemp(prefix="ffray")  # short: Ray's unix sockets live under it
+    client = Client(engine="ray", workers=1, object_store_memory=80_000_000,
+                    connection_timeout=3.0, heartbeat_interval=0.2, _temp_dir=temp)
+    report["local"] = client.submit(pow, 3, 3).result(120)
+    report["local_address"] = client.engine.address
+    future = client.submit(time.sleep, 300)
+    time.sleep(1.0)  # the task reaches its worker
+    # The cluster killed under the driver: ConnectionLostError in time, and the
+    # process lives on (Ray itself ends a driver whose GCS stays away for 60 s).
+    killed = time.monotonic()
+    for pid in descendants(os.getpid()):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+    error = future.exception(60)
+    report["lost_type"] = type(error).__name__
+    report["lost_after"] = time.monotonic() - killed
+    late = client.submit(pow, 2, 2)
+    report["late_type"] = type(late.exception(10)).__name__
+    deadline = time.monotonic() + 30
+    while ray.is_initialized() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    report["initialized_after_loss"] = ray.is_initialized()
+    client.close()
+    report["temp"] = temp
     print("REPORT " + json.dumps(report), flush=True)
     """
 )
 
 
-def test_own_driver_local_ray_and_a_cluster_killed_under_the_driver(tmp_path: Path) -> None:
+def test_a_local_ray_of_its_own_and_that_cluster_killed_under_the_driver(
+    tmp_path: Path,
+) -> None:
     script = tmp_path / "driver.py"
     script.write_text(_DRIVER)
     done = subprocess.run(
@@ -401,13 +422,14 @@ def test_own_driver_local_ray_and_a_cluster_killed_under_the_driver(tmp_path: Pa
     lines = [line for line in done.stdout.splitlines() if line.startswith("REPORT ")]
     assert done.returncode == 0 and lines, done.stdout[-3000:] + done.stderr[-3000:]
     report = json.loads(lines[-1][len("REPORT ") :])
+    shutil.rmtree(report["temp"], ignore_errors=True)  # Ray's logs, once its driver ended
 
     assert report["local"] == 27
-    assert report["local_address"].startswith("127.0.0.1:")
-    assert report["after_local_initialized"] is False  # the engine's own Ray was shut down
+    assert report["local_address"].startswith("127.0.0.1:")  # loopback, not the interface
     assert report["lost_type"] == ConnectionLostError.__name__
     assert report["lost_after"] < 3.0 + 1.0 + SLACK
     assert report["late_type"] == ConnectionLostError.__name__
+    assert report["initialized_after_loss"] is False  # the engine let its own Ray go
 
 
 def test_a_future_never_waits_for_a_ref_whose_cancel_ray_ignores(
