@@ -318,6 +318,7 @@ class RayEngine(Engine):
         self._prefix = os.urandom(8)
         self._counter = itertools.count()
         self._remotes: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+        self._remotes_lock = threading.Lock()
         self._fetcher = threading.Thread(
             target=self._fetch, name="futurefsm-ray-fetch", daemon=True
         )
@@ -372,8 +373,13 @@ class RayEngine(Engine):
         if self._fetcher.ident is not None and self._fetcher is not threading.current_thread():
             self._fetcher.join()
         self._delivery.stop()
-        if self._connected:
-            self._connected = False
+        self._release()
+
+    def _release(self) -> None:
+        """Let go of the Ray connection, once (close, or the cluster lost)."""
+        with self._lock:
+            connected, self._connected = self._connected, False
+        if connected:
             _Connection.release()
 
     def on_io_thread(self) -> bool:
@@ -389,9 +395,10 @@ class RayEngine(Engine):
         """The Ray function for ``fn`` and whether ``fn`` must go as an argument."""
         if not isinstance(fn, types.FunctionType):
             return _remote_call, True
-        remote = self._remotes.get(fn)
-        if remote is None:
-            remote = self._remotes[fn] = ray.remote(**_REMOTE_OPTIONS)(fn)
+        with self._remotes_lock:  # (a WeakKeyDictionary is not thread-safe)
+            remote = self._remotes.get(fn)
+            if remote is None:
+                remote = self._remotes[fn] = ray.remote(**_REMOTE_OPTIONS)(fn)
         return remote, False
 
     @staticmethod
@@ -625,9 +632,7 @@ class RayEngine(Engine):
     def _let_go(self) -> None:
         if self._fetcher.ident is not None and self._fetcher is not threading.current_thread():
             self._fetcher.join()
-        if self._connected:
-            self._connected = False
-            _Connection.release()
+        self._release()
 
 
 # ---------------------------------------------------------------------- mapping
