@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import ast
 import subprocess
 import sys
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -89,3 +91,42 @@ def test_importing_futurefsm_imports_no_engine_dependency():
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
     )
     assert out.stdout.strip() == ""
+
+
+# What an engine may not touch: a future's state, triggers or private parts, the
+# client's registry or private parts. (It maps messages to the client's deliveries.)
+_FUTURE_AND_CLIENT_PARTS = {
+    "state",
+    "sent",
+    "recv_result",
+    "recv_cancel_confirm",
+    "connection_lost",
+    "cancel_timed_out",
+    "_request_cancel",
+    "_transport",
+    "cancel_outcome",
+    "group_id",
+    "futures",
+    "stale",
+}
+
+
+@pytest.mark.parametrize("name", sorted(ENGINES))
+def test_no_engine_module_reads_a_future_or_the_client_beyond_the_seam(name: str) -> None:
+    module_name = ENGINES[name].partition(":")[0]
+    path = Path(__file__).resolve().parents[1] / (module_name.replace(".", "/") + ".py")
+    tree = ast.parse(path.read_text())
+    imported = {
+        node.module or ""
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ImportFrom) and node.level > 0
+    }
+    assert not {module for module in imported if module.startswith(("client", "fsm"))}, (
+        f"{path.name} imports the client or the FSM: {sorted(imported)}"
+    )
+    touched = {
+        node.attr
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Attribute) and node.attr in _FUTURE_AND_CLIENT_PARTS
+    }
+    assert not touched, f"{path.name} touches {sorted(touched)}"

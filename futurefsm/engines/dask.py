@@ -70,9 +70,10 @@ from distributed.protocol.serialize import Serialized, ToPickle
 from distributed.scheduler import KilledWorker
 
 from ..errors import DaskPluginError, TaskFailedError, WorkerDiedError
+from ..protocol import ProtocolError
 from . import Engine, EngineClient, GraphNode, KeyRef
 from . import dask_plugin as _plugin
-from .shared import MalformedMessage, NeverRaise, WakeQueue, attach_remote_traceback, connect_within
+from .shared import NeverRaise, WakeQueue, attach_remote_traceback, connect_within
 
 __all__ = ["SUPPORTED_DISTRIBUTED", "DaskEngine", "DaskPluginError", "PreparedDask"]
 
@@ -202,7 +203,7 @@ class DaskEngine(Engine):
         self._owned = _owned  # what close() closes: our own client (and cluster)
         self._register_plugin = register_plugin
         self._client: EngineClient | None = None
-        self._guard = NeverRaise(LOGGER, "Dask engine", malformed=(MalformedMessage, ValueError))
+        self._guard = NeverRaise(LOGGER, "Dask engine", malformed=(ProtocolError, ValueError))
         # What this engine sent: the keys of its live tasks, each graph's keys, and
         # the keys whose own future asked to cancel (their result lost the race).
         self._ours: set[str] = set()
@@ -679,7 +680,7 @@ class DaskEngine(Engine):
     def _on_cancel_answer(self, answers: Any = None, **_: Any) -> None:
         """The plugin's answer to a ``futurefsm-cancel``, per key."""
         if not isinstance(answers, dict):
-            self._guard.protocol_error(MalformedMessage(f"malformed cancel answer {answers!r}"))
+            self._guard.protocol_error(ProtocolError(f"malformed cancel answer {answers!r}"))
             return
         self._last_heard = time.monotonic()
         others = {}

@@ -171,7 +171,7 @@ class FutureFSMEngine(Engine):
         self._outbox: WakeQueue[tuple[Any, ...]] = WakeQueue(self._wake)
         self._outbox_drained = threading.Event()  # see _hand_off
         self._outbox_drained.set()
-        self._guard = NeverRaise(LOGGER, "client I/O thread", malformed=(ProtocolError,))
+        self._guard = NeverRaise(LOGGER, "client I/O thread")
         self._closed = False
         self._close_lock = threading.Lock()
         self._io_thread: threading.Thread | None = None

@@ -83,10 +83,10 @@ from scaler.utility.identifiers import ObjectID, TaskID
 from scaler.utility.serialization import deserialize_failure
 
 from ..errors import TaskFailedError, WorkerDiedError
+from ..protocol import ProtocolError
 from . import Engine, EngineClient, GraphNode, KeyRef
 from .shared import (
     DeliveryThread,
-    MalformedMessage,
     NeverRaise,
     attach_remote_traceback,
     connect_within,
@@ -644,7 +644,7 @@ class ScalerEngine(Engine):
                 return
             kind = _CONFIRM_KINDS.get(confirm.cancelConfirmType)
             if kind is None:
-                raise MalformedMessage(f"unknown cancel confirm type {confirm.cancelConfirmType!r}")
+                raise ProtocolError(f"unknown cancel confirm type {confirm.cancelConfirmType!r}")
             if self._is_umbrella(task_id):
                 if kind == "not_found":
                     self._graph_cancel_not_found(task_id)

@@ -32,10 +32,10 @@ from types import TracebackType
 from typing import Any, Generic, TypeVar
 
 from ..errors import RemoteTraceback
+from ..protocol import ProtocolError
 
 __all__ = [
     "DeliveryThread",
-    "MalformedMessage",
     "NestedCall",
     "NeverRaise",
     "WakeQueue",
@@ -49,11 +49,6 @@ T = TypeVar("T")
 
 _LOUD_PROTOCOL_ERRORS = 10  # warnings before protocol errors drop to debug level
 _PROBE_INTERVAL = 0.05  # seconds between TCP probes of an address that refuses
-
-
-class MalformedMessage(ValueError):
-    """Raised by an engine's handler for a message that breaks its protocol; the
-    ``NeverRaise`` guard counts it in ``stats()["protocol_errors"]``."""
 
 
 def in_event_loop() -> bool:
@@ -256,7 +251,7 @@ def connect_within(
 class NeverRaise:
     """``with guard:`` around handling one message on a delivering thread.
 
-    A ``MalformedMessage`` (or one of ``malformed``) is counted in
+    A ``ProtocolError`` (or one of ``malformed``) is counted in
     ``protocol_errors`` and warned about (the first ten; then debug level); any other
     ``Exception`` is logged with its traceback and counted in ``io_errors``. Both are
     swallowed: the thread goes on with the next message. ``count`` is set when the
@@ -269,7 +264,7 @@ class NeverRaise:
         self,
         logger: logging.Logger,
         what: str,
-        malformed: tuple[type[BaseException], ...] = (MalformedMessage,),
+        malformed: tuple[type[BaseException], ...] = (ProtocolError,),
     ) -> None:
         self._logger = logger
         self._what = what
