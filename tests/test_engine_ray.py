@@ -21,6 +21,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -454,3 +455,36 @@ def test_the_bench_measures_futurefsm_against_rays_own_api(ray_cluster: LocalRay
     assert len(figures["ray_times"]) == len(figures["futurefsm_times"]) == 2
     assert figures["ratio"] > 0 and figures["ratio_of_medians"] > 0
     assert figures["ray_cancel_ms"] > 0 and figures["futurefsm_cancel_ms"] > 0
+
+
+def test_results_ready_together_are_fetched_with_one_ray_get(
+    client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The fetcher is held before its next wait until every task has finished; then
+    # all of them are ready at once and must come in one ray.get, not one per future.
+    engine = client.engine
+    assert isinstance(engine, RayEngine)
+    real_wait, real_get = ray.wait, ray.get
+    all_done = threading.Event()
+    fetcher_gets: list[int] = []
+
+    def held_wait(*args: Any, **kwargs: Any) -> Any:
+        if threading.current_thread().name == "futurefsm-ray-fetch":
+            assert all_done.wait(SLACK)
+        return real_wait(*args, **kwargs)
+
+    def counted_get(refs: Any, *args: Any, **kwargs: Any) -> Any:
+        if threading.current_thread().name == "futurefsm-ray-fetch":
+            fetcher_gets.append(len(refs) if isinstance(refs, list) else 1)
+        return real_get(refs, *args, **kwargs)
+
+    monkeypatch.setattr(ray, "wait", held_wait)
+    monkeypatch.setattr(ray, "get", counted_get)
+    futures = [client.submit(operator.add, n, 1) for n in range(40)]
+    refs = list(engine._refs.values())
+    assert len(refs) == 40
+    assert len(real_wait(refs, num_returns=40, timeout=SLACK)[0]) == 40
+    all_done.set()
+
+    assert [future.result(SLACK) for future in futures] == [n + 1 for n in range(40)]
+    assert fetcher_gets == [40]

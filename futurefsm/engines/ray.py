@@ -539,18 +539,26 @@ class RayEngine(Engine):
                 if not waiting and not self._incoming:
                     self._wake.wait()
                     continue
-                incoming, self._incoming = self._incoming, []
-            for ref, task_id in incoming:
-                waiting.append(ref)
-                owner[ref] = task_id
+            waiting += self._take_incoming(owner)
             with self._guard:
                 ready, rest = ray.wait(waiting, num_returns=1, timeout=WAIT_SLICE)
                 if not ready:
                     continue
+                # What was submitted during the wait may be ready too: one batch.
+                rest += self._take_incoming(owner)
                 if rest:
-                    ready, rest = ray.wait(waiting, num_returns=len(waiting), timeout=0)
+                    more, rest = ray.wait(rest, num_returns=len(rest), timeout=0)
+                    ready += more
                 waiting = rest
                 self._fetched([(owner.pop(ref), ref) for ref in ready])
+
+    def _take_incoming(self, owner: dict[Any, bytes]) -> list[Any]:
+        """The refs submitted since the last take (their owners recorded)."""
+        with self._lock:
+            incoming, self._incoming = self._incoming, []
+        for ref, task_id in incoming:
+            owner[ref] = task_id
+        return [ref for ref, _ in incoming]
 
     def _fetched(self, ready: list[tuple[bytes, Any]]) -> None:
         """Turn ready refs into deliveries (one ``ray.get`` for the batch when it can)."""
