@@ -303,6 +303,19 @@ def test_a_crashed_worker_is_a_worker_died_error_and_the_task_is_not_rerun(
     assert Path(gate + ".runs").read_text() == "run\n", "Ray retried the crashed task"
 
 
+def test_max_retries_lets_ray_rerun_a_task_whose_worker_died(
+    ray_cluster: LocalRayCluster, gates: Gates
+) -> None:
+    with Client(ray_cluster.address, engine="ray", max_retries=1) as client:
+        gate = gates.new()
+        error = client.submit(crash, gate).exception(SLACK)
+
+    assert isinstance(error, WorkerDiedError), repr(error)
+    assert Path(gate + ".runs").read_text() == "run\nrun\n"  # once, then once more
+    with pytest.raises(ValueError, match="max_retries"):
+        RayEngine("127.0.0.1:1", max_retries=-1)
+
+
 def test_a_remote_exception_is_the_tasks_own_with_its_remote_traceback(client: Client) -> None:
     error = client.submit(raise_value_error, "no such thing").exception(SLACK)
 

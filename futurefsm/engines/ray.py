@@ -37,8 +37,9 @@ and returns) ends with the task's value: ``RESULT_RACED``.
   function, cached; builtins and other callables through ``_call``, since
   ``ray.remote`` refuses them) and checks that the call pickles; ``send`` calls
   ``client.sending`` and ``.remote()`` under the engine's lock, so a cancel never
-  finds a sent task without its ref. Tasks run with ``max_retries=0``: a crashed
-  worker is a ``WorkerDiedError``, not a silent re-run.
+  finds a sent task without its ref. Tasks run with ``max_retries=0`` unless the
+  engine is given another count: a crashed worker is a ``WorkerDiedError``, not a
+  silent re-run (Ray's own default re-runs a task up to 3 times).
 - results: one fetcher thread ``ray.wait`` s on every outstanding ref at once and
   fetches whatever is ready with one ``ray.get`` per batch; refs submitted during a
   wait join the next one (at most ``WAIT_SLICE`` later). Deliveries run on a
@@ -155,9 +156,8 @@ def _graph_call(fn: Callable[..., Any], template: tuple[Any, ...], *values: Any)
     return fn(*_fill(template, values))
 
 
-_REMOTE_OPTIONS = {"max_retries": 0}
-_remote_call = ray.remote(**_REMOTE_OPTIONS)(_call)
-_remote_graph_call = ray.remote(**_REMOTE_OPTIONS)(_graph_call)
+_remote_call = ray.remote(_call)
+_remote_graph_call = ray.remote(_graph_call)
 
 
 # ---------------------------------------------------------------------- prepared
@@ -275,7 +275,10 @@ class RayEngine(Engine):
     GCS is at ``host:port`` (``ray start --head --port P``), with ``ray.init``;
     ``Client(engine="ray")`` starts a local Ray on loopback (``workers`` CPUs) and
     stops it at close; if this process is already connected (``ray.init`` called
-    before), the engine uses that connection and leaves it open. Other keyword
+    before), the engine uses that connection and leaves it open.
+
+    ``max_retries``: how often Ray re-runs a task whose worker died (default 0: the
+    future fails with ``WorkerDiedError``; Ray's own default is 3). Other keyword
     options go to ``ray.init`` (``runtime_env``, ``namespace``, ...).
 
     A loopback address needs ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` in the
@@ -284,7 +287,12 @@ class RayEngine(Engine):
     """
 
     def __init__(
-        self, address: str | None = None, *, workers: int | None = None, **init: Any
+        self,
+        address: str | None = None,
+        *,
+        workers: int | None = None,
+        max_retries: int = 0,
+        **init: Any,
     ) -> None:
         if address is not None:
             host, _ = _split_address(address)
@@ -295,6 +303,8 @@ class RayEngine(Engine):
                     "imported), or give the address `ray start` printed; otherwise Ray "
                     "swaps 127.0.0.1 for this machine's interface address"
                 )
+        if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
+            raise ValueError(f"max_retries: expected a count >= 0, got {max_retries!r}")
         if "serializer" in init:
             raise ValueError("the Ray engine serializes with Ray's own serializer: no serializer")
         self._wanted = address
@@ -319,6 +329,9 @@ class RayEngine(Engine):
         self._counter = itertools.count()
         self._remotes: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
         self._remotes_lock = threading.Lock()
+        self._options = {"max_retries": max_retries}
+        self._call = _remote_call.options(**self._options)
+        self._graph_call = _remote_graph_call.options(**self._options)
         self._fetcher = threading.Thread(
             target=self._fetch, name="futurefsm-ray-fetch", daemon=True
         )
@@ -394,11 +407,11 @@ class RayEngine(Engine):
     def _remote(self, fn: Callable[..., Any]) -> tuple[Any, bool]:
         """The Ray function for ``fn`` and whether ``fn`` must go as an argument."""
         if not isinstance(fn, types.FunctionType):
-            return _remote_call, True
+            return self._call, True
         with self._remotes_lock:  # (a WeakKeyDictionary is not thread-safe)
             remote = self._remotes.get(fn)
             if remote is None:
-                remote = self._remotes[fn] = ray.remote(**_REMOTE_OPTIONS)(fn)
+                remote = self._remotes[fn] = ray.remote(**self._options)(fn)
         return remote, False
 
     @staticmethod
@@ -434,7 +447,7 @@ class RayEngine(Engine):
             dependencies = tuple(positions[key] for key in node.dependencies)
             prepared.append(
                 PreparedRay(
-                    self._task_id(), _remote_graph_call, (function, template), {}, dependencies
+                    self._task_id(), self._graph_call, (function, template), {}, dependencies
                 )
             )
         return prepared
