@@ -233,9 +233,8 @@ class _Connection:
                 options = dict(init)
                 options.setdefault("include_dashboard", False)
                 if address is None:
-                    # A new local Ray on loopback (ray.init() alone would join a cluster
-                    # `ray start` left behind, and bind every interface).
-                    options.setdefault("_node_ip_address", "127.0.0.1")
+                    # A new local Ray, as ray.init() starts one (ray.init() alone would
+                    # join a cluster that `ray start` left running instead).
                     if workers is not None:
                         options["num_cpus"] = workers
                     ray.init(address="local", **options)
@@ -273,9 +272,11 @@ class RayEngine(Engine):
 
     ``Client("host:port", engine="ray")`` connects this process to the cluster whose
     GCS is at ``host:port`` (``ray start --head --port P``), with ``ray.init``;
-    ``Client(engine="ray")`` starts a local Ray on loopback (``workers`` CPUs) and
-    stops it at close; if this process is already connected (``ray.init`` called
-    before), the engine uses that connection and leaves it open.
+    ``Client(engine="ray")`` starts a new local Ray as ``ray.init()`` does (``workers``
+    CPUs; on 127.0.0.1 only if ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` was set before
+    ``ray`` was imported, else on the machine's interfaces) and stops it at close.
+    If this process is already connected (``ray.init`` called before), the engine
+    uses that connection and leaves it open.
 
     ``max_retries``: how often Ray re-runs a task whose worker died (default 0: the
     future fails with ``WorkerDiedError``; Ray's own default is 3). Other keyword
