@@ -168,6 +168,11 @@ def client(ray_cluster: LocalRayCluster, gates: Gates) -> Iterator[Client]:
         gates.close()
         ffsm.close()
         assert ffsm.stats()["io_errors"] == 0
+        engine = ffsm.engine
+        assert isinstance(engine, RayEngine)
+        # Every future was forgotten: the engine keeps nothing of it.
+        records = ("_refs", "_forced", "_groups", "_group_of", "_group_left")
+        assert {name: len(getattr(engine, name)) for name in records} == dict.fromkeys(records, 0)
 
 
 def _gone(pid: int) -> bool:

@@ -321,6 +321,7 @@ class RayEngine(Engine):
         self._forced: dict[bytes, bool] = {}  # task id -> force of the cancel we sent
         self._groups: dict[bytes, list[bytes]] = {}  # group id -> member task ids
         self._group_of: dict[bytes, bytes] = {}
+        self._group_left: dict[bytes, int] = {}  # group id -> members not yet forgotten
         self._incoming: list[tuple[Any, bytes]] = []  # (ref, task id) not yet waited on
         self._wake = threading.Condition(self._lock)
         self._lost: str | None = None
@@ -482,16 +483,21 @@ class RayEngine(Engine):
             if not client.sending_graph(task_ids):
                 return
             self._groups[group_id] = task_ids
+            self._group_left[group_id] = len(task_ids)
             for task_id in task_ids:
                 self._group_of[task_id] = group_id
             refs: list[Any] = []
             for item in prepared:
                 inputs = [refs[position] for position in item.dependencies]
-                try:
-                    ref = item.remote.remote(*item.args, *inputs)
-                except Exception as error:
-                    self._delivery.post(("result", item.task_id, _submit_failed(error)))
-                    ref = None
+                ref = None
+                if any(input_ref is None for input_ref in inputs):  # an input Ray refused
+                    failed = TaskFailedError("an input of this graph task was refused by Ray")
+                    self._delivery.post(("result", item.task_id, failed))
+                else:
+                    try:
+                        ref = item.remote.remote(*item.args, *inputs)
+                    except Exception as error:
+                        self._delivery.post(("result", item.task_id, _submit_failed(error)))
                 refs.append(ref)
                 if ref is not None:
                     self._track(item.task_id, ref)
@@ -536,9 +542,9 @@ class RayEngine(Engine):
             self._forced.pop(task_id, None)
             group_id = self._group_of.pop(task_id, None)
             if group_id is not None:
-                members = self._groups.get(group_id)
-                if members is not None and not any(m in self._group_of for m in members):
-                    del self._groups[group_id]
+                self._group_left[group_id] -= 1
+                if not self._group_left[group_id]:  # its last member
+                    del self._group_left[group_id], self._groups[group_id]
 
     # ------------------------------------------------------------------ fetching
 
