@@ -13,6 +13,7 @@ import pytest
 from futurefsm import Client
 from futurefsm.engines import ENGINES, Engine, get_engine
 from futurefsm.engines.futurefsm import FutureFSMEngine
+from futurefsm.protocol import ProtocolError
 
 
 def test_the_default_engine_is_our_own_scheduler():
@@ -130,3 +131,16 @@ def test_no_engine_module_reads_a_future_or_the_client_beyond_the_seam(name: str
         if isinstance(node, ast.Attribute) and node.attr in _FUTURE_AND_CLIENT_PARTS
     }
     assert not touched, f"{path.name} touches {sorted(touched)}"
+
+
+def test_deliveries_for_unknown_tasks_are_stale_and_a_bad_answer_is_a_protocol_error():
+    with Client(workers=1) as client:
+        client.deliver_result(bytes(16), "value")
+        client.deliver_cancel_answer(bytes(16), "canceled")
+        client.deliver_connection_lost("gone", [bytes(16)])  # nothing live: nothing counted
+        with pytest.raises(ProtocolError, match="maybe"):
+            client.deliver_cancel_answer(bytes(16), "maybe")  # type: ignore[arg-type]
+        assert not client.sending(bytes(16))  # an unknown task is never sent
+        stats = client.stats()
+    assert stats["stale_messages"] == 2
+    assert stats["connection_lost"] == 0

@@ -27,6 +27,7 @@ from typing import Any
 
 from ..engines import CancelAnswer, Engine, get_engine
 from ..fsm import CancelOutcome, Effect, FutureState
+from ..protocol import ProtocolError
 from ..serializer import Serializer
 from .deadlines import CancelDeadlines
 from .future import TaskFuture
@@ -378,11 +379,11 @@ class Client(cf.Executor):
 
     def deliver_cancel_answer(self, task_id: bytes, answer: CancelAnswer) -> None:
         """EngineClient: a cancel was answered (``recv_confirm_*``); stale if unknown.
-        ``ValueError`` for an answer that is not one of the three."""
+        ``ProtocolError`` for an answer that is not one of the three."""
+        if answer not in _CANCEL_ANSWERS:
+            raise ProtocolError(f"unknown cancel answer {answer!r} for task {task_id.hex()}")
         future = self.futures.get(task_id)
         if future is None:
-            if answer not in _CANCEL_ANSWERS:
-                raise ValueError(f"unknown cancel answer {answer!r}")
             self._stale(answer, task_id)
         elif future.recv_cancel_confirm(answer).effect is Effect.STALE:
             self._stale(answer, task_id)

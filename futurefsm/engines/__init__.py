@@ -34,8 +34,8 @@ referenced by ``KeyRef``); an engine maps the nodes to its own graph form in
 ``prepare_graph``.
 
 Threads. The client calls ``prepare``/``prepare_graph`` in the submitting thread,
-``send``/``send_graph``/``send_cancel`` from any thread (under the client's submit
-lock for ``send*``: never block there), and the engine delivers from threads of its
+``send``/``send_graph``/``send_cancel`` from any thread (the first two under the
+client's submit lock: never block there), and the engine delivers from threads of its
 own (``on_io_thread`` says which). An engine never raises on a thread that delivers:
 a malformed message is counted (``count("protocol_errors")``), a failure to handle one
 is logged and counted (``count("io_errors")``); ``futurefsm.engines.shared`` has the
@@ -43,8 +43,10 @@ guard, the inbound queue and the remote-traceback shaping every engine needs.
 
 Writing a new engine: subclass ``Engine`` in a module of its own (import the
 engine's heavy dependency there only), add it to ``ENGINES`` (or to the
-``futurefsm.engines`` entry-point group from another package), and add its cluster
-fixture and name to ``tests/test_conformance.py``: that suite is what every engine owes.
+``futurefsm.engines`` entry-point group from another package), and add one entry to
+``CLUSTERS`` in ``tests/test_conformance.py`` (how to start its local cluster): that
+suite is what every engine owes. ``tests/test_engines.py`` checks that an engine
+module imports neither the client nor the FSM and touches no future.
 
 Engines are named in ``ENGINES``; ``get_engine(name)`` imports one on demand, so
 ``import futurefsm`` imports no engine's heavy dependency.
@@ -169,7 +171,8 @@ class EngineClient(Protocol):
     def deliver_cancel_answer(self, task_id: bytes, answer: CancelAnswer) -> None:
         """The scheduler answered a cancel of the task. An answer nobody asked for
         (``"canceled"`` for a graph member cancelled with its graph, or by another
-        client) is delivered as it is: the table knows what it means."""
+        client) is delivered as it is: the table knows what it means. Any other
+        ``answer`` raises ``ProtocolError`` (the ``NeverRaise`` guard counts it)."""
         ...
 
     def deliver_connection_lost(self, why: str, task_ids: Sequence[bytes] | None = None) -> None:

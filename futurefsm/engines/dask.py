@@ -203,7 +203,7 @@ class DaskEngine(Engine):
         self._owned = _owned  # what close() closes: our own client (and cluster)
         self._register_plugin = register_plugin
         self._client: EngineClient | None = None
-        self._guard = NeverRaise(LOGGER, "Dask engine", malformed=(ProtocolError, ValueError))
+        self._guard = NeverRaise(LOGGER, "Dask engine")
         # What this engine sent: the keys of its live tasks, each graph's keys, and
         # the keys whose own future asked to cancel (their result lost the race).
         self._ours: set[str] = set()
