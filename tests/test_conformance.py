@@ -149,6 +149,15 @@ def dask_cluster() -> Iterator[Cluster]:
 
 @contextlib.contextmanager
 def ray_cluster() -> Iterator[Cluster]:
+    """Ray on loopback (``LocalRayCluster``: ``ray start --head``, 2 CPUs).
+
+    Where Ray cannot do what this suite asks (docs/engine-ray.md): ``force=False``
+    is Ray's interrupt, which Ray cannot refuse (a running task ends cancelled, not
+    ``cancel_failed``); Ray allows one cluster per process, so a second cluster
+    killed under this one's driver is tests/test_engine_ray.py's (in a subprocess);
+    and Ray's forced cancel of a task as it ends can kill the worker's next task
+    (``WorkerDiedError`` for a task nobody cancelled; reproduced with Ray alone).
+    """
     from futurefsm.engines.ray_cluster import LocalRayCluster, use_loopback
 
     use_loopback()  # before ray is imported: the cluster and the driver stay on 127.0.0.1

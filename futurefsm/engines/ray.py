@@ -418,8 +418,10 @@ class RayEngine(Engine):
 
     @staticmethod
     def _check_pickles(what: str, value: Any) -> None:
+        """``TypeError`` naming ``what`` if ``value`` does not pickle. Large buffers
+        (NumPy arrays...) go out of band, uncopied, as Ray's own serializer sends them."""
         try:
-            ray.cloudpickle.dumps(value)
+            ray.cloudpickle.dumps(value, protocol=5, buffer_callback=lambda _: None)
         except Exception as error:
             raise TypeError(f"cannot serialize {what} for Ray: {error}") from error
 
