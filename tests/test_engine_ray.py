@@ -218,7 +218,7 @@ def test_unforced_cancel_of_a_task_in_a_c_call_waits_for_it_and_is_confirmed(
     client: Client, gates: Gates
 ) -> None:
     gate = gates.new()
-    future = client.submit(sleep_in_c, gate, 1.0)
+    future = client.submit(sleep_in_c, gate, 3.0)  # long enough for the cancel to get there first
     gates.started(gate)
 
     assert client.cancel([future], force=False) == [True]
