@@ -15,6 +15,7 @@ if ``ray`` was already imported without it. It does not import ray.
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import signal
@@ -23,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 
@@ -53,6 +55,22 @@ def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
+
+
+def _end_with_parent() -> Callable[[], object] | None:
+    """For ``ray start``'s process, to run before exec: SIGTERM it when its parent dies
+    (Linux ``prctl(PR_SET_PDEATHSIG)``; ``ray start --block`` then stops the cluster),
+    so a killed test run leaves no cluster behind. None where there is no prctl.
+
+    Resolved here, in the parent: the child, forked from a process that may run
+    threads (a Ray driver's), only makes the one foreign call, importing nothing."""
+    try:
+        import ctypes
+
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    return functools.partial(prctl, 1, int(signal.SIGTERM))  # 1: PR_SET_PDEATHSIG
 
 
 def _ray_command() -> str:
@@ -101,7 +119,12 @@ class LocalRayCluster:
         env = dict(os.environ, **{LOOPBACK_ENV: "0", AUTH_ENV: os.environ[AUTH_ENV]})
         with open(log_path, "wb") as log:
             self._process = subprocess.Popen(
-                command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+                command,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=_end_with_parent(),
             )
         deadline = time.monotonic() + self.start_timeout
         try:
