@@ -45,7 +45,6 @@ from hypothesis import strategies as st
 from futurefsm import Client, ConnectionLostError
 from futurefsm.errors import RemoteTraceback
 from futurefsm.fsm import TERMINAL_STATES, TRANSITION_TABLE, CancelOutcome, FutureState
-from futurefsm.testing.budget import examples
 
 # Workers need not import this module: its task functions travel by value.
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -592,7 +591,8 @@ def _check_history(future: Any) -> None:
     assert state is future.state and state in TERMINAL_STATES, history
 
 
-@settings(max_examples=examples(0.05, minimum=3), deadline=None)
+# A twentieth of the profile's examples (5 in CI): real clusters are slow.
+@settings(max_examples=max(3, settings.default.max_examples // 20), deadline=None)
 @given(plans=_PLANS, graph=st.booleans())
 def test_race_generated_cancel_timings_against_real_tasks(
     client: Client, cluster: Cluster, plans: list[Any], graph: bool
