@@ -37,9 +37,9 @@ and returns) ends with the task's value: ``RESULT_RACED``.
   function, cached; builtins and other callables through ``_call``, since
   ``ray.remote`` refuses them) and checks that the call pickles; ``send`` calls
   ``client.sending`` and ``.remote()`` under the engine's lock, so a cancel never
-  finds a sent task without its ref. Tasks run with ``max_retries=0`` unless the
-  engine is given another count: a crashed worker is a ``WorkerDiedError``, not a
-  silent re-run (Ray's own default re-runs a task up to 3 times).
+  finds a sent task without its ref. Tasks run with ``max_retries=1`` (the engine's
+  option): Ray re-runs once a task whose worker died, since Ray's own forced cancel
+  can kill the worker's *next* task; a second death is a ``WorkerDiedError``.
 - results: one fetcher thread ``ray.wait`` s on every outstanding ref at once and
   fetches whatever is ready with one ``ray.get`` per batch; refs submitted during a
   wait join the next one (at most ``WAIT_SLICE`` later). Deliveries run on a
@@ -278,8 +278,9 @@ class RayEngine(Engine):
     If this process is already connected (``ray.init`` called before), the engine
     uses that connection and leaves it open.
 
-    ``max_retries``: how often Ray re-runs a task whose worker died (default 0: the
-    future fails with ``WorkerDiedError``; Ray's own default is 3). Other keyword
+    ``max_retries``: how often Ray re-runs a task whose worker died before the future
+    fails with ``WorkerDiedError`` (default 1: a forced cancel in Ray can kill the
+    worker's next task; Ray's own default is 3; 0: never run twice). Other keyword
     options go to ``ray.init`` (``runtime_env``, ``namespace``, ...).
 
     A loopback address needs ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` in the
@@ -292,7 +293,7 @@ class RayEngine(Engine):
         address: str | None = None,
         *,
         workers: int | None = None,
-        max_retries: int = 0,
+        max_retries: int = 1,
         **init: Any,
     ) -> None:
         if address is not None:
