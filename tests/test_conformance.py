@@ -153,9 +153,9 @@ def ray_cluster() -> Iterator[Cluster]:
     Where Ray cannot do what this suite asks (docs/engine-ray.md): ``force=False``
     is Ray's interrupt, which Ray cannot refuse (a running task ends cancelled, not
     ``cancel_failed``); Ray allows one cluster per process, so a second cluster
-    killed under this one's driver is tests/test_engine_ray.py's (in a subprocess);
-    and Ray's forced cancel of a task as it ends can kill the worker's next task
-    (``WorkerDiedError`` for a task nobody cancelled; reproduced with Ray alone).
+    killed under this one's driver is tests/test_engine_ray.py's (in a subprocess).
+    (Ray's forced cancel of a task as it ends can kill the worker's next task; the
+    engine's ``max_retries=1`` has Ray re-run it, so the race suite sees its value.)
     """
     from futurefsm.engines.ray_cluster import LocalRayCluster, use_loopback
 
