@@ -25,9 +25,9 @@ def test_the_default_engine_is_our_own_scheduler():
 
 def test_an_unknown_engine_is_an_error_listing_the_known_ones():
     with pytest.raises(ValueError) as error:
-        get_engine("ray")
+        get_engine("spark")
     message = str(error.value)
-    assert "'ray'" in message
+    assert "'spark'" in message
     for name in ENGINES:
         assert name in message
     with pytest.raises(ValueError, match="known engines"):

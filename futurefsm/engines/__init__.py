@@ -76,6 +76,7 @@ ENGINES: dict[str, str] = {
     "futurefsm": "futurefsm.engines.futurefsm:FutureFSMEngine",
     "scaler": "futurefsm.engines.scaler:ScalerEngine",
     "dask": "futurefsm.engines.dask:DaskEngine",
+    "ray": "futurefsm.engines.ray:RayEngine",
 }
 """Known engine names -> ``module:Class``."""
 
