@@ -128,7 +128,11 @@ def cluster() -> Iterator[Any]:
     # No retries after a worker died, so one killed worker is enough for KilledWorker.
     with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
         local = distributed.LocalCluster(
-            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+            n_workers=2,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address="127.0.0.1:0",
+            worker_dashboard_address="127.0.0.1:0",
         )
     try:
         yield local
@@ -546,7 +550,12 @@ def test_two_clients_on_one_dask_client_each_get_their_own_answers(
 @pytest.mark.filterwarnings("ignore:Port .* is already in use")
 def test_a_scheduler_without_the_plugin_is_a_clear_error_not_a_dropped_connection() -> None:
     with (
-        distributed.LocalCluster(n_workers=0, processes=False, dashboard_address=None) as bare,
+        distributed.LocalCluster(
+            n_workers=0,
+            processes=False,
+            dashboard_address="127.0.0.1:0",
+            worker_dashboard_address="127.0.0.1:0",
+        ) as bare,
         distributed.Client(bare, set_as_default=False) as dask_client,
     ):
         with pytest.raises(DaskPluginError, match=r"preload futurefsm\.engines\.dask_plugin"):

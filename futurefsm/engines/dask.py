@@ -252,7 +252,10 @@ class DaskEngine(Engine):
         owned: list[Any] = []
         if address is None:
             cluster = distributed.LocalCluster(
-                n_workers=workers or 2, threads_per_worker=1, dashboard_address=None
+                n_workers=workers or 2,
+                threads_per_worker=1,
+                dashboard_address="127.0.0.1:0",
+                worker_dashboard_address="127.0.0.1:0",
             )
             owned.append(cluster)
             address = cluster.scheduler_address
