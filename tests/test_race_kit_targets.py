@@ -152,7 +152,7 @@ def test_dask_futures_of_one_key_share_their_ending(dask_example: Any) -> None:
     try:
         first, second = harness.create(), harness.create()
         assert first.key == second.key and first is not second
-        harness.cancel(first)
+        first.cancel()
         assert second.cancelled()
     finally:
         harness.close()
