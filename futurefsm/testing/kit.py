@@ -1729,10 +1729,9 @@ def check_future(
                 progress(f"race kit: found {finding.invariant.name} in {finding.steps} steps")
 
     handlers = []
-    for name in loggers:
+    for logger in _loggers_under(loggers):
         # Captured, not printed: the logger's own handlers (Dask's StreamHandler on
-        # "distributed") are set aside for the search too.
-        logger = logging.getLogger(name)
+        # "distributed" and some of its children) are set aside for the search too.
         handlers.append((logger, logger.propagate, logger.handlers))
         logger.handlers = [kit.capture]
         logger.propagate = False
@@ -1789,6 +1788,18 @@ def check_future(
     report.close_blocked = kit.close_blocked
     report.seconds = time.monotonic() - started
     return report
+
+
+def _loggers_under(names: Iterable[str]) -> list[logging.Logger]:
+    """The loggers ``names``, and those below them that have handlers of their own or
+    do not propagate (their records would not reach a parent's capture)."""
+    names = tuple(names)
+    found = {name: logging.getLogger(name) for name in names}
+    for name, logger in list(logging.root.manager.loggerDict.items()):
+        if isinstance(logger, logging.Logger) and name.startswith(tuple(f"{n}." for n in names)):
+            if logger.handlers or not logger.propagate:
+                found[name] = logger
+    return list(found.values())
 
 
 def _shrink(
