@@ -185,7 +185,9 @@ class TimingOutHarness(ExecutorHarness):
 
 def test_k4_a_done_futures_timing_out_read_is_one_finding() -> None:
     """Dask: the TimeoutError was taken for the ending, and one bug became several."""
-    report = check_future(TimingOutHarness, contract=None, depth=3, random_runs=0, progress=None)
+    report = check_future(
+        TimingOutHarness, contract=None, futures=1, depth=3, random_runs=0, progress=None
+    )
     (finding,) = report.findings
     assert finding.invariant.name == "result_raises_cancelled_iff_cancelled"
     assert "done() is True" in finding.message and "TimeoutError" in finding.message
