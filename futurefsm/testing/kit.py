@@ -11,7 +11,11 @@ futures). Each sequence runs on a fresh harness: deliveries on one delivering th
 (the kit's, standing in for the client's I/O thread), user calls each on a thread of
 their own. A user call that blocks (``cancel()`` waiting for its answer, ``result()``)
 is started and left parked in ``Condition.wait``; it must return once its future is
-done. A call that neither finishes nor parks within ``block_timeout`` seconds (and
+done. Parked means waiting for one of the sequence's futures (on its condition, or in
+its ``result()``); a wait on anything else is the library's own thread at work
+(Dask's ``sync()``), waited for up to ``block_timeout`` before it counts as parked.
+The futures are read once every done-callback that started has returned or parked.
+A call that neither finishes nor parks within ``block_timeout`` seconds (and
 whose stack stops moving) is a blocked call, reported with its stack.
 
 After every move the kit reads every future (``done()``, ``cancelled()``,
@@ -1654,7 +1658,9 @@ def check_future(
     sequence up to this length is run (pruned on observable state); then
     ``random_runs`` random ones of up to ``max_steps``, started from ``seed``.
     ``block_timeout``: seconds before a call that has not returned or parked is
-    examined as blocked. ``time_limit``: stop the random phase after this many
+    examined as blocked (and how long a call waiting on something that is not one
+    of the futures' is taken for the library at work, before it counts as parked).
+    ``time_limit``: stop the random phase after this many
     seconds. ``prune=False`` extends every sequence, not only those reaching a new
     observable state (for a future whose hidden flags the
     harness's ``state()`` does not show). Log records of ``loggers`` are captured
