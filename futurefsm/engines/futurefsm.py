@@ -88,6 +88,7 @@ LOGGER = logging.getLogger("futurefsm.client")
 _NOBLOCK = int(zmq.NOBLOCK)  # a plain int: pyzmq's flag enums cost time per call
 _OUTBOX_HANDOFF = 512  # queued items at which a submitter lets the I/O thread in
 _HAND_OFF_WAIT = 0.005  # seconds a submitter waits for that, at most
+_FIRST_HAND_OVER_WAIT = 0.5  # seconds an idle client's first submit waits to be sent
 _MAX_INBOUND_BATCH = 1000  # messages handled per poll before the outbox gets a turn
 _LOUD_PROTOCOL_ERRORS = 10  # warnings before protocol errors drop to debug level
 _CLOSE_LINGER_MS = 50  # how long a closing client lets its Disconnect go out
@@ -171,6 +172,8 @@ class FutureFSMEngine(Engine):
         self._outbox: collections.deque[tuple[Any, ...]] = collections.deque()
         self._outbox_drained = threading.Event()  # see _hand_off
         self._outbox_drained.set()
+        self._all_sent = threading.Event()  # see send(); set by the I/O thread
+        self._handshake = threading.Event()  # a connection came up (once is enough)
         self._wake_pending = False
         self._closed = False
         self._close_lock = threading.Lock()
@@ -235,6 +238,12 @@ class FutureFSMEngine(Engine):
             target=self._run, name=f"futurefsm-client-{id(self):x}-io", daemon=True
         )
         self._io_thread.start()
+        if self._stub is not None:
+            # The embedded scheduler is in this process: be connected to it, and have
+            # a worker of it up, before Client() returns, as a stdlib executor has its
+            # workers when it is made (the first submit is handed over: send()).
+            self._handshake.wait(client.connection_timeout)
+            self._stub.wait_for_worker(client.connection_timeout)
 
     def prepare(
         self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -290,8 +299,22 @@ class FutureFSMEngine(Engine):
         return prepared
 
     def send(self, future: TaskFuture, prepared: PreparedTask) -> None:  # type: ignore[override]
-        """Queue the Task for the I/O thread."""
+        """Queue the Task for the I/O thread.
+
+        The first task of an idle client (no other future live) over an up connection
+        is handed over before this returns, as a stdlib executor hands it to a worker:
+        without that, a thread submitting in a loop keeps the GIL from the I/O thread
+        for a switch interval (5 ms), and a ``shutdown(cancel_futures=True)`` in that
+        time cancelled every task unsent. Only when idle: waiting on every submit
+        would make the submitter and the I/O thread take turns per task."""
+        client = self._client
+        idle = self._up and client is not None and len(client.futures) <= 1
+        if not idle or self.on_io_thread() or _in_event_loop():
+            self._post(("task", future, prepared.frame))
+            return
+        self._all_sent.clear()
         self._post(("task", future, prepared.frame))
+        self._all_sent.wait(_FIRST_HAND_OVER_WAIT)
 
     def send_graph(self, group_id: bytes, members: list[tuple[TaskFuture, PreparedTask]]) -> None:  # type: ignore[override]
         """One outbox item: the I/O thread sends the graph whole or not at all."""
@@ -372,6 +395,8 @@ class FutureFSMEngine(Engine):
                 running = self._drain_outbox()
                 if self._held:
                     self._flush_held(poller)
+                if not self._held and not self._all_sent.is_set():
+                    self._all_sent.set()  # wakes an idle client's first submit (send())
                 if self._socket in events and events[self._socket] & zmq.POLLIN:
                     self._drain_socket()
                 self._check_no_connection()
@@ -410,6 +435,7 @@ class FutureFSMEngine(Engine):
             kind = int(event["event"])
             if kind == zmq.EVENT_HANDSHAKE_SUCCEEDED:
                 self._up = True
+                self._handshake.set()
                 self._writable = False
                 self._handshake_failure = ""
                 LOGGER.info("connected to the scheduler at %s", self.address)
