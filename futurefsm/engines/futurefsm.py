@@ -49,13 +49,14 @@ from collections.abc import Callable, Hashable, Mapping
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import zmq
-import zmq.auth
 from zmq.utils.monitor import recv_monitor_message
 
+from ..addresses import check_address
 from ..client.future import _in_event_loop
 from ..client.graph import as_task, dependencies, dependency_refs
 from ..errors import TaskFailedError, WorkerDiedError
 from ..fsm import Effect, FutureState
+from ..keys import load_public_key, load_secret_key
 from ..protocol import (
     Batch,
     Disconnect,
@@ -74,7 +75,6 @@ from ..protocol import (
     new_task_id,
     plain_result,
 )
-from ..scheduler_stub.security import load_secret_key
 from ..serializer import DEFAULT_SERIALIZER, DumpedFunctions, Serializer, decode_failure
 from . import Engine, EngineClient
 
@@ -150,7 +150,7 @@ class FutureFSMEngine(Engine):
         self._curve: tuple[bytes, bytes, bytes] | None = None  # public, secret, server's
         if secret_key is not None:
             assert server_key is not None
-            self._curve = (*load_secret_key(secret_key), _load_public_key(server_key))
+            self._curve = (*load_secret_key(secret_key), load_public_key(server_key))
         # A module-level function is pickled once, not once per task.
         self._functions = DumpedFunctions(self._serializer)
         self._stub: Any = None
@@ -196,7 +196,7 @@ class FutureFSMEngine(Engine):
     @classmethod
     def from_address(cls, address: str | None, **options: Any) -> FutureFSMEngine:
         """``Client(address)``: our own scheduler at ``address`` (None: embedded)."""
-        return cls(address, **options)
+        return cls(None if address is None else check_address(address), **options)
 
     def __repr__(self) -> str:
         return f"<FutureFSMEngine {self.address}>"
@@ -766,14 +766,3 @@ class FutureFSMEngine(Engine):
             LOGGER.warning(message, *args)
         else:
             LOGGER.debug(message, *args)
-
-
-def _load_public_key(key: str | os.PathLike[str] | bytes) -> bytes:
-    """The scheduler's public Z85 key, from a ``.key`` file or the bytes themselves."""
-    if isinstance(key, bytes):
-        return key
-    try:
-        public, _ = zmq.auth.load_certificate(key)
-    except (OSError, ValueError) as error:
-        raise ValueError(f"server_key {os.fspath(key)!r}: cannot read it: {error}") from error
-    return public
