@@ -193,6 +193,11 @@ class DaskEngine(Engine):
     while results keep coming they share one gather, sent when none came for 5 ms or
     the batch is this many seconds old (one request per result costs the scheduler
     and the workers far more than Dask's own client).
+
+    ``interrupt``: a forced cancel (``cancel()``, ``force=True``) of a task a worker
+    thread is running also raises ``TaskInterrupted`` in that thread, so its slot frees
+    (a call blocked in C runs on until it returns to Python; docs/engine-dask.md).
+    Default False: Dask's own release, the thread runs the task to its end.
     """
 
     def __init__(
@@ -201,6 +206,7 @@ class DaskEngine(Engine):
         *,
         register_plugin: bool = True,
         fetch_interval: float = 0.1,
+        interrupt: bool = False,
         _owned: tuple[Any, ...] = (),
     ) -> None:
         if not isinstance(dask_client, distributed.Client):
@@ -210,6 +216,7 @@ class DaskEngine(Engine):
         self._dask = dask_client
         self._owned = _owned  # what close() closes: our own client (and cluster)
         self._register_plugin = register_plugin
+        self._interrupt = interrupt  # force cancels interrupt the running thread (plugin)
         self.address = str(dask_client.scheduler.address)
         self._client: EngineClient | None = None
         self._ours: dict[str, TaskFuture] = {}
@@ -250,7 +257,7 @@ class DaskEngine(Engine):
             raise ValueError("serializer: Dask serializes tasks itself; leave it unset")
         engine_options = {
             name: options.pop(name)
-            for name in ("register_plugin", "fetch_interval")
+            for name in ("register_plugin", "fetch_interval", "interrupt")
             if name in options
         }
         workers = options.pop("workers", None)
@@ -581,7 +588,8 @@ class DaskEngine(Engine):
             for keys, force in ((cancel_keys, True), (gentle_keys, False)):
                 if keys:
                     message = {"op": _plugin.CANCEL_OP, "keys": list(dict.fromkeys(keys))}
-                    self._dask_send({**message, "force": force})
+                    interrupt = force and self._interrupt
+                    self._dask_send({**message, "force": force, "interrupt": interrupt})
         if self._releases:
             keys = []
             while self._releases:
