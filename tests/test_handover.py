@@ -15,12 +15,13 @@ import time
 from futurefsm import CancelOutcome, Client, FutureState
 
 
-def test_an_idle_client_sends_the_first_task_before_submit_returns() -> None:
+def test_an_idle_client_sends_its_first_task_before_the_next_submit() -> None:
     with Client(workers=1) as client:
         for _ in range(3):  # right after Client(), and each time it is idle again
-            future = client.submit(abs, -1)
-            assert future.state is not FutureState.PENDING  # sent (or even done)
-            assert future.result(timeout=30) == 1
+            first = client.submit(abs, -1)
+            second = client.submit(abs, -2)
+            assert first.state is not FutureState.PENDING  # sent (or even done)
+            assert (first.result(timeout=30), second.result(timeout=30)) == (1, 2)
 
 
 def test_shutdown_cancel_futures_after_a_burst_leaves_the_first_task_sent() -> None:

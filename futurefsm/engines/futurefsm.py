@@ -88,7 +88,7 @@ LOGGER = logging.getLogger("futurefsm.client")
 _NOBLOCK = int(zmq.NOBLOCK)  # a plain int: pyzmq's flag enums cost time per call
 _OUTBOX_HANDOFF = 512  # queued items at which a submitter lets the I/O thread in
 _HAND_OFF_WAIT = 0.005  # seconds a submitter waits for that, at most
-_FIRST_HAND_OVER_WAIT = 0.5  # seconds an idle client's first submit waits to be sent
+_FIRST_HAND_OVER_WAIT = 0.5  # seconds the next submit waits for an idle client's first
 _MAX_INBOUND_BATCH = 1000  # messages handled per poll before the outbox gets a turn
 _LOUD_PROTOCOL_ERRORS = 10  # warnings before protocol errors drop to debug level
 _CLOSE_LINGER_MS = 50  # how long a closing client lets its Disconnect go out
@@ -173,6 +173,7 @@ class FutureFSMEngine(Engine):
         self._outbox_drained = threading.Event()  # see _hand_off
         self._outbox_drained.set()
         self._all_sent = threading.Event()  # see send(); set by the I/O thread
+        self._all_sent.set()
         self._handshake = threading.Event()  # a connection came up (once is enough)
         self._wake_pending = False
         self._closed = False
@@ -249,11 +250,25 @@ class FutureFSMEngine(Engine):
         self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> PreparedTask:
         """Serialize the call and encode its Task (in the submitting thread)."""
+        if not self._all_sent.is_set():
+            self._hand_over_first()
         if len(self._outbox) >= _OUTBOX_HANDOFF:
             self._hand_off()
         function, arguments = self._serialize_call(fn, args, kwargs)
         task_id = new_task_id()
         return PreparedTask(task_id, encode_task(task_id, function, arguments))
+
+    def _hand_over_first(self) -> None:
+        """Wait until the task that found the client idle has been sent (see send()).
+
+        Here, before the client takes its submit lock, not in send() under it: a
+        done-callback that submits on the I/O thread needs that lock, and the I/O
+        thread is what sends. Waited for once: a busy I/O thread (a slow callback)
+        must not slow every submit down."""
+        if self.on_io_thread() or _in_event_loop():
+            return
+        self._all_sent.wait(_FIRST_HAND_OVER_WAIT)
+        self._all_sent.set()
 
     def _hand_off(self) -> None:
         """Let the I/O thread take the outbox before queueing more.
@@ -302,19 +317,16 @@ class FutureFSMEngine(Engine):
         """Queue the Task for the I/O thread.
 
         The first task of an idle client (no other future live) over an up connection
-        is handed over before this returns, as a stdlib executor hands it to a worker:
-        without that, a thread submitting in a loop keeps the GIL from the I/O thread
-        for a switch interval (5 ms), and a ``shutdown(cancel_futures=True)`` in that
-        time cancelled every task unsent. Only when idle: waiting on every submit
-        would make the submitter and the I/O thread take turns per task."""
+        is handed over before the next submit goes on (``_hand_over_first``), as a
+        stdlib executor hands it to a worker: without that, a thread submitting in a
+        loop keeps the GIL from the I/O thread for a switch interval (5 ms), and a
+        ``shutdown(cancel_futures=True)`` in that time cancelled every task unsent.
+        Only when idle: waiting on every submit would make the submitter and the I/O
+        thread take turns per task."""
         client = self._client
-        idle = self._up and client is not None and len(client.futures) <= 1
-        if not idle or self.on_io_thread() or _in_event_loop():
-            self._post(("task", future, prepared.frame))
-            return
-        self._all_sent.clear()
+        if self._up and client is not None and len(client.futures) <= 1:
+            self._all_sent.clear()  # the I/O thread sets it once the task is out
         self._post(("task", future, prepared.frame))
-        self._all_sent.wait(_FIRST_HAND_OVER_WAIT)
 
     def send_graph(self, group_id: bytes, members: list[tuple[TaskFuture, PreparedTask]]) -> None:  # type: ignore[override]
         """One outbox item: the I/O thread sends the graph whole or not at all."""
@@ -396,7 +408,7 @@ class FutureFSMEngine(Engine):
                 if self._held:
                     self._flush_held(poller)
                 if not self._held and not self._all_sent.is_set():
-                    self._all_sent.set()  # wakes an idle client's first submit (send())
+                    self._all_sent.set()  # wakes the submit after an idle one (send())
                 if self._socket in events and events[self._socket] & zmq.POLLIN:
                     self._drain_socket()
                 self._check_no_connection()
