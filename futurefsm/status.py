@@ -20,14 +20,11 @@ import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from .addresses import check_address
+from .errors import HandshakeRefused
 from .keys import load_public_key, load_secret_key
 from .protocol import ProtocolError, Status, StatusRequest, decode, encode
 
 __all__ = ["HandshakeRefused", "main", "query_status"]
-
-
-class HandshakeRefused(ConnectionError):
-    """The scheduler took the connection but turned the ZMTP handshake down."""
 
 
 _MONITORED = int(

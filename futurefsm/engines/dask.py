@@ -195,7 +195,7 @@ class DaskEngine(Engine):
     and the workers far more than Dask's own client).
 
     ``interrupt``: a forced cancel (``cancel()``, ``force=True``) of a task a worker
-    thread is running also raises ``TaskInterrupted`` in that thread, so its slot frees
+    thread is running also raises an exception in that thread, so its slot frees
     (a call blocked in C runs on until it returns to Python; docs/engine-dask.md).
     Default False: Dask's own release, the thread runs the task to its end.
     """

@@ -33,11 +33,11 @@ Interrupting a thread
 ---------------------
 ``FutureFSMInterruptPlugin``, a ``WorkerPlugin`` the scheduler plugin installs on
 every worker, adds the worker RPC ``futurefsm_interrupt(keys)``: for each key a worker
-thread is executing, it raises ``TaskInterrupted`` in that thread with
-``PyThreadState_SetAsyncExc``. Python delivers such an exception only between
+thread is executing, it raises ``FutureFSMInterruptPlugin.TaskInterrupted`` in that
+thread with ``PyThreadState_SetAsyncExc``. Python delivers such an exception only between
 bytecodes: a thread blocked in C (``time.sleep``, a lock, socket or file I/O, a NumPy
 or other extension call) runs on until that call returns to Python, and only then
-stops; a task that catches ``Exception`` (or ``TaskInterrupted``) can swallow it. The
+stops; a task that catches ``Exception`` can swallow it. The
 task's key was released first, so the scheduler ignores its failure and the client
 sees the cancel it was told of. The exception is raised only while the thread's stack
 is inside the task's own call (checked under the worker's ``active_threads_lock``),
@@ -74,7 +74,6 @@ __all__ = [
     "RPC_OP",
     "FutureFSMCancelPlugin",
     "FutureFSMInterruptPlugin",
-    "TaskInterrupted",
     "classify",
     "dask_setup",
 ]
@@ -251,15 +250,15 @@ class FutureFSMCancelPlugin(SchedulerPlugin):
                 LOGGER.debug("futurefsm cancel plugin: cannot answer a ping", exc_info=True)
 
 
-class TaskInterrupted(Exception):
-    """Raised in a worker thread whose task futurefsm cancelled with ``interrupt``."""
-
-
 class FutureFSMInterruptPlugin(WorkerPlugin):
     """Adds ``futurefsm_interrupt(keys)`` to a worker (see "Interrupting a thread")."""
 
     name = WORKER_PLUGIN_NAME
     idempotent = True
+
+    class TaskInterrupted(Exception):
+        """Raised in a worker thread whose task futurefsm cancelled with ``interrupt``
+        (nested: a task may catch it; the client never sees it)."""
 
     def setup(self, worker: Any) -> None:
         """Add the RPC handler."""
@@ -267,7 +266,8 @@ class FutureFSMInterruptPlugin(WorkerPlugin):
         worker.handlers[INTERRUPT_OP] = self.interrupt
 
     def interrupt(self, keys: list[Any] = ()) -> list[Any]:
-        """Raise ``TaskInterrupted`` in the threads running ``keys``; the keys done."""
+        """Raise ``TaskInterrupted`` in the threads running ``keys``; the keys it was
+        raised for."""
         wanted = set(keys)
         done: list[Any] = []
         worker = self.worker
@@ -277,7 +277,7 @@ class FutureFSMInterruptPlugin(WorkerPlugin):
                 if key not in wanted or not _inside_task_call(frames.get(ident)):
                     continue
                 set_async = ctypes.pythonapi.PyThreadState_SetAsyncExc
-                if set_async(ctypes.c_ulong(ident), ctypes.py_object(TaskInterrupted)) == 1:
+                if set_async(ctypes.c_ulong(ident), ctypes.py_object(self.TaskInterrupted)) == 1:
                     done.append(key)
         if done:
             LOGGER.info("futurefsm: interrupted the threads running %s", done)
