@@ -12,6 +12,7 @@ __all__ = [
     "ConnectionLostError",
     "DaskPluginError",
     "FutureFSMError",
+    "HandshakeRefused",
     "RemoteTraceback",
     "TaskFailedError",
     "WorkerDiedError",
@@ -24,6 +25,11 @@ class FutureFSMError(Exception):
 
 class ConnectionLostError(FutureFSMError, ConnectionError):
     """The scheduler went silent or away before the task finished."""
+
+
+class HandshakeRefused(FutureFSMError, ConnectionError):
+    """A scheduler took the connection but turned the handshake down (CurveZMQ keys
+    missing, not admitted, or not expected): ``futurefsm status`` raises it."""
 
 
 class DaskPluginError(FutureFSMError, RuntimeError):

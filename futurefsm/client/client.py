@@ -31,6 +31,7 @@ from ..protocol import ProtocolError
 from ..serializer import Serializer
 from .deadlines import CancelDeadlines
 from .future import TaskFuture
+from .gather import Errors, gather
 from .graph import parse_graph
 
 __all__ = ["Client"]
@@ -294,7 +295,18 @@ class Client(cf.Executor):
                 self._register(future)
             self._engine.send_graph(group_id, prepared)
         futures = {node.key: future for node, future in zip(nodes, members, strict=True)}
+        for key, future in futures.items():
+            future.graph_key = key
         return {key: futures[key] for key in wanted}
+
+    def gather(
+        self, futures: Any, errors: Errors = "raise", *, timeout: float | None = None
+    ) -> Any:
+        """Dask's ``Client.gather``: ``futures`` (a future, or lists, tuples and dicts
+        of them, nested) with each future replaced by its value. ``errors``: "raise"
+        a failed or cancelled future's exception, "skip" it, or "return" it in the
+        value's place. See ``futurefsm.client.gather``."""
+        return gather(futures, errors, timeout=timeout)
 
     # ------------------------------------------------------------------ cancelling
 

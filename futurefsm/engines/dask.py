@@ -69,6 +69,7 @@ from distributed.protocol import serialize, to_serialize
 from distributed.protocol.serialize import Serialized, ToPickle
 from distributed.scheduler import KilledWorker
 
+from ..addresses import check_url
 from ..errors import DaskPluginError, TaskFailedError, WorkerDiedError
 from ..protocol import ProtocolError
 from . import Engine, EngineClient, GraphNode, KeyRef
@@ -83,6 +84,7 @@ SUPPORTED_DISTRIBUTED = ">=2026.8.0,<2026.9"
 """The ``distributed`` releases whose private attributes this engine was checked on
 (the ``dask`` extra pins the same range)."""
 
+_DASK_SCHEMES = ("tcp", "tls", "ws", "wss", "inproc", "ucx")  # distributed.comm's
 _SPAN = {"collections": [{"type": "Future"}]}
 _FETCH_QUIET = 0.005
 """Seconds without a new result after which a busy engine gathers its batch."""
@@ -179,6 +181,11 @@ class DaskEngine(Engine):
     while results keep coming they share one gather, sent when none came for 5 ms or
     the batch is this many seconds old (one request per result costs the scheduler
     and the workers far more than Dask's own client).
+
+    ``interrupt``: a forced cancel (``cancel()``, ``force=True``) of a task a worker
+    thread is running also raises an exception in that thread, so its slot frees
+    (a call blocked in C runs on until it returns to Python; docs/engine-dask.md).
+    Default False: Dask's own release, the thread runs the task to its end.
     """
 
     def __init__(
@@ -187,6 +194,7 @@ class DaskEngine(Engine):
         *,
         register_plugin: bool = True,
         fetch_interval: float = 0.1,
+        interrupt: bool = False,
         _connect: tuple[str, dict[str, Any]] | None = None,
         _owned: tuple[Any, ...] = (),
     ) -> None:
@@ -202,6 +210,7 @@ class DaskEngine(Engine):
         self._connect = _connect
         self._owned = _owned  # what close() closes: our own client (and cluster)
         self._register_plugin = register_plugin
+        self._interrupt = interrupt  # force cancels interrupt the running thread (plugin)
         self._client: EngineClient | None = None
         self._guard = NeverRaise(LOGGER, "Dask engine")
         # What this engine sent: the keys of its live tasks, each graph's keys, and
@@ -245,7 +254,7 @@ class DaskEngine(Engine):
             raise ValueError("serializer: Dask serializes tasks itself; leave it unset")
         engine_options = {
             name: options.pop(name)
-            for name in ("register_plugin", "fetch_interval")
+            for name in ("register_plugin", "fetch_interval", "interrupt")
             if name in options
         }
         workers = options.pop("workers", None)
@@ -261,6 +270,14 @@ class DaskEngine(Engine):
             address = cluster.scheduler_address
         elif workers is not None:
             raise ValueError("workers: only meaningful without an address (a LocalCluster)")
+        else:
+            check_url(
+                address,
+                _DASK_SCHEMES,
+                host_schemes=("tcp", "tls", "ws", "wss"),
+                example="tcp://127.0.0.1:8786",
+                bare="tcp",
+            )
         options.setdefault("set_as_default", False)
         return cls(None, **engine_options, _connect=(address, options), _owned=tuple(owned))
 
@@ -573,7 +590,8 @@ class DaskEngine(Engine):
             for keys, force in ((cancel_keys, True), (gentle_keys, False)):
                 if keys:
                     message = {"op": _plugin.CANCEL_OP, "keys": list(dict.fromkeys(keys))}
-                    self._dask_send({**message, "force": force})
+                    interrupt = force and self._interrupt
+                    self._dask_send({**message, "force": force, "interrupt": interrupt})
         if self._releases:
             keys = []
             while self._releases:

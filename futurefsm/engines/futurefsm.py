@@ -49,10 +49,11 @@ from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import zmq
-import zmq.auth
 from zmq.utils.monitor import recv_monitor_message
 
+from ..addresses import check_address
 from ..errors import TaskFailedError, WorkerDiedError
+from ..keys import load_public_key, load_secret_key
 from ..protocol import (
     Batch,
     Disconnect,
@@ -71,7 +72,6 @@ from ..protocol import (
     new_task_id,
     plain_result,
 )
-from ..scheduler_stub.security import load_secret_key
 from ..serializer import (
     DEFAULT_SERIALIZER,
     DependencyRef,
@@ -89,6 +89,7 @@ LOGGER = logging.getLogger("futurefsm.client")
 _NOBLOCK = int(zmq.NOBLOCK)  # a plain int: pyzmq's flag enums cost time per call
 _OUTBOX_HANDOFF = 512  # queued items at which a submitter lets the I/O thread in
 _HAND_OFF_WAIT = 0.005  # seconds a submitter waits for that, at most
+_FIRST_HAND_OVER_WAIT = 0.5  # seconds the next submit waits for an idle client's first
 _MAX_INBOUND_BATCH = 1000  # messages handled per poll before the outbox gets a turn
 _CLOSE_LINGER_MS = 50  # how long a closing client lets its Disconnect go out
 _MONITOR_EVENTS = int(
@@ -149,7 +150,7 @@ class FutureFSMEngine(Engine):
         self._curve: tuple[bytes, bytes, bytes] | None = None  # public, secret, server's
         if secret_key is not None:
             assert server_key is not None
-            self._curve = (*load_secret_key(secret_key), _load_public_key(server_key))
+            self._curve = (*load_secret_key(secret_key), load_public_key(server_key))
         # A module-level function is pickled once, not once per task.
         self._functions = DumpedFunctions(self._serializer)
         self._stub: Any = None
@@ -172,6 +173,12 @@ class FutureFSMEngine(Engine):
         self._outbox_drained = threading.Event()  # see _hand_off
         self._outbox_drained.set()
         self._guard = NeverRaise(LOGGER, "client I/O thread")
+        self._all_sent = threading.Event()  # see send(); set by the I/O thread
+        self._all_sent.set()
+        self._handshake = threading.Event()  # a connection came up (once is enough)
+        # Tasks sent and not yet forgotten (forget()): 0 means the client is idle.
+        self._live = 0
+        self._live_lock = threading.Lock()
         self._closed = False
         self._close_lock = threading.Lock()
         self._io_thread: threading.Thread | None = None
@@ -192,7 +199,7 @@ class FutureFSMEngine(Engine):
     @classmethod
     def from_address(cls, address: str | None, **options: Any) -> FutureFSMEngine:
         """``Client(address)``: our own scheduler at ``address`` (None: embedded)."""
-        return cls(address, **options)
+        return cls(None if address is None else check_address(address), **options)
 
     def __repr__(self) -> str:
         return f"<FutureFSMEngine {self.address}>"
@@ -235,16 +242,36 @@ class FutureFSMEngine(Engine):
             target=self._run, name=f"futurefsm-client-{id(self):x}-io", daemon=True
         )
         self._io_thread.start()
+        if self._stub is not None:
+            # The embedded scheduler is in this process: be connected to it, and have
+            # a worker of it up, before Client() returns, as a stdlib executor has its
+            # workers when it is made (the first submit is handed over: send()).
+            self._handshake.wait(client.connection_timeout)
+            self._stub.wait_for_worker(client.connection_timeout)
 
     def prepare(
         self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> PreparedTask:
         """Serialize the call and encode its Task (in the submitting thread)."""
+        if not self._all_sent.is_set():
+            self._hand_over_first()
         if len(self._outbox) >= _OUTBOX_HANDOFF:
             self._hand_off()
         function, arguments = self._serialize_call(fn, args, kwargs)
         task_id = new_task_id()
         return PreparedTask(task_id, encode_task(task_id, function, arguments))
+
+    def _hand_over_first(self) -> None:
+        """Wait until the task that found the client idle has been sent (see send()).
+
+        Here, before the client takes its submit lock, not in send() under it: a
+        done-callback that submits on the I/O thread needs that lock, and the I/O
+        thread is what sends. Waited for once: a busy I/O thread (a slow callback)
+        must not slow every submit down."""
+        if self.on_io_thread() or in_event_loop():
+            return
+        self._all_sent.wait(_FIRST_HAND_OVER_WAIT)
+        self._all_sent.set()
 
     def _hand_off(self) -> None:
         """Let the I/O thread take the outbox before queueing more.
@@ -294,17 +321,37 @@ class FutureFSMEngine(Engine):
         return prepared
 
     def send(self, prepared: PreparedTask) -> None:  # type: ignore[override]
-        """Queue the Task for the I/O thread."""
+        """Queue the Task for the I/O thread.
+
+        The first task of an idle client (no task of this engine live) over an up
+        connection is handed over before the next submit goes on
+        (``_hand_over_first``), as a stdlib executor hands it to a worker: without
+        that, a thread submitting in a loop keeps the GIL from the I/O thread for a
+        switch interval (5 ms), and a ``shutdown(cancel_futures=True)`` in that time
+        cancelled every task unsent. Only when idle: waiting on every submit would
+        make the submitter and the I/O thread take turns per task."""
+        with self._live_lock:
+            idle = self._live == 0
+            self._live += 1
+        if idle and self._up:
+            self._all_sent.clear()  # the I/O thread sets it once the task is out
         self._outbox.post(("task", prepared))
 
     def send_graph(self, group_id: bytes, prepared: list[PreparedTask]) -> None:  # type: ignore[override]
         """One outbox item: the I/O thread sends the graph whole or not at all."""
+        with self._live_lock:
+            self._live += len(prepared)
         self._outbox.post(("graph", group_id, prepared))
 
     def send_cancel(self, task_id: bytes, group_id: bytes | None, force: bool = True) -> None:
         """Queue one TaskCancel (the group's id for a graph member)."""
         target = task_id if group_id is None else group_id
         self._outbox.post(("cancel", encode(TaskCancel(target, force))))
+
+    def forget(self, task_id: bytes) -> None:
+        """The task's future is terminal: one task fewer live (see send())."""
+        with self._live_lock:
+            self._live -= 1
 
     def close(self) -> None:
         """Say Disconnect, stop the I/O thread, and stop the embedded scheduler."""
@@ -371,6 +418,8 @@ class FutureFSMEngine(Engine):
                 running = self._drain_outbox()
                 if self._held:
                     self._flush_held(poller)
+                if not self._held and not self._all_sent.is_set():
+                    self._all_sent.set()  # wakes the submit after an idle one (send())
                 if self._socket in events and events[self._socket] & zmq.POLLIN:
                     self._drain_socket()
                 self._check_no_connection()
@@ -409,6 +458,7 @@ class FutureFSMEngine(Engine):
             kind = int(event["event"])
             if kind == zmq.EVENT_HANDSHAKE_SUCCEEDED:
                 self._up = True
+                self._handshake.set()
                 self._writable = False
                 self._handshake_failure = ""
                 LOGGER.info("connected to the scheduler at %s", self.address)
@@ -661,14 +711,3 @@ class FutureFSMEngine(Engine):
         except Exception:
             reason = "no reason given"
         return None, WorkerDiedError(f"the worker running task {task_id.hex()} died: {reason}")
-
-
-def _load_public_key(key: str | os.PathLike[str] | bytes) -> bytes:
-    """The scheduler's public Z85 key, from a ``.key`` file or the bytes themselves."""
-    if isinstance(key, bytes):
-        return key
-    try:
-        public, _ = zmq.auth.load_certificate(key)
-    except (OSError, ValueError) as error:
-        raise ValueError(f"server_key {os.fspath(key)!r}: cannot read it: {error}") from error
-    return public

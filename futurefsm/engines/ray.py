@@ -91,6 +91,7 @@ from ray.exceptions import (
     WorkerCrashedError,
 )
 
+from ..addresses import check_host_port
 from ..errors import TaskFailedError, WorkerDiedError
 from . import Engine, EngineClient, GraphNode, KeyRef
 from .shared import DeliveryThread, NeverRaise, attach_remote_traceback, flatten_nested
@@ -346,6 +347,10 @@ class RayEngine(Engine):
     @classmethod
     def from_address(cls, address: str | None, **options: Any) -> RayEngine:
         """The engine for the Ray cluster at ``address`` (``host:port``), or a local Ray."""
+        if address is not None:
+            host, port = _split_address(address)
+            endpoint = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+            check_host_port(address, endpoint, example="127.0.0.1:6379")
         return cls(address, **options)
 
     # ------------------------------------------------------------------ lifecycle

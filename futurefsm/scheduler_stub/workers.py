@@ -177,6 +177,9 @@ class ThreadPool:
         ]
         for thread in self._threads:
             thread.start()
+        self.worker_up = threading.Event()
+        """Set once a worker can take a task (at once for threads)."""
+        self.worker_up.set()
 
     def attach(self, poller: zmq.Poller) -> None:
         """Nothing to poll: threads report through the inbox."""
@@ -384,6 +387,8 @@ class ProcessPool:
         """Workers with unanswered tasks, not killed: at most ``count``."""
         self._by_fd: dict[int, _Worker] = {}
         self._starting = 0
+        self.worker_up = threading.Event()
+        """Set once a worker process can take a task (or none could start)."""
         # Shared with the starter thread, under the lock.
         self._lock = threading.Lock()
         self._arrived: list[_Worker | BaseException] = []
@@ -745,11 +750,13 @@ class ProcessPool:
             self._by_fd[item.fd] = item
             self._poller.register(item.fd, zmq.POLLIN)
             self._idle.append(item)
+            self.worker_up.set()
         self._pump()
 
     def _start_failed(self, error: BaseException) -> None:
         """No worker could start: fail what waits for one, rather than wait forever."""
         logger.error("scheduler stub: could not start a worker process: %s", error)
+        self.worker_up.set()  # nobody waits for a worker that will not come
         if self._by_fd or self._starting:
             return  # others may serve the queue
         reason = f"no worker process could be started: {error}"
