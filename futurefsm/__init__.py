@@ -20,6 +20,7 @@ from .client import Client, TaskFuture
 from .errors import (
     ConnectionLostError,
     DaskPluginError,
+    DependencyGone,
     FutureFSMError,
     HandshakeRefused,
     RemoteTraceback,
@@ -40,6 +41,7 @@ __all__ = [
     "Client",
     "ConnectionLostError",
     "DaskPluginError",
+    "DependencyGone",
     "FutureFSMError",
     "FutureState",
     "HandshakeRefused",

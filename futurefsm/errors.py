@@ -11,6 +11,7 @@ from __future__ import annotations
 __all__ = [
     "ConnectionLostError",
     "DaskPluginError",
+    "DependencyGone",
     "FutureFSMError",
     "HandshakeRefused",
     "RemoteTraceback",
@@ -63,3 +64,9 @@ class RemoteTraceback(Exception):
 
     def __str__(self) -> str:
         return self.tb
+
+
+class DependencyGone(FutureFSMError):
+    """The scheduler's answer to a Task whose ``depends_on`` names a task it no longer
+    holds (it finished before this Task arrived). The client's engine sends the Task
+    again with that task's result, which it kept; a future never ends with it."""

@@ -148,6 +148,8 @@ def _fill(item: Any, values: tuple[Any, ...]) -> Any:
         return [_fill(element, values) for element in item]
     if isinstance(item, tuple):
         return tuple(_fill(element, values) for element in item)
+    if type(item) is dict:
+        return {key: _fill(element, values) for key, element in item.items()}
     return item
 
 
@@ -157,8 +159,17 @@ def _graph_call(fn: Callable[..., Any], template: tuple[Any, ...], *values: Any)
     return fn(*_fill(template, values))
 
 
+def _dependent_call(fn: Callable[..., Any], template: tuple[Any, ...], *values: Any) -> Any:
+    """On the worker: ``fn(*args, **kwargs)`` of the template ``(args, kwargs)`` with
+    each ``_Dependency`` replaced by the value of that upstream task (Ray resolved its
+    ref, passed at the top level: a ref nested in a list would arrive unresolved)."""
+    args, kwargs = _fill(template, values)
+    return fn(*args, **kwargs)
+
+
 _remote_call = ray.remote(_call)
 _remote_graph_call = ray.remote(_graph_call)
+_remote_dependent_call = ray.remote(_dependent_call)
 
 
 # ---------------------------------------------------------------------- prepared
@@ -175,6 +186,9 @@ class PreparedRay:
     dependencies: tuple[int, ...] = ()
     """For a graph node: the positions (in the graph's list) of the nodes whose refs
     are appended to ``args``."""
+    upstream: tuple[Any, ...] = ()
+    """For a dependent (``prepare_dependent``): the upstream tasks' refs, appended to
+    ``args``."""
 
 
 # ---------------------------------------------------------------------- connection
@@ -320,6 +334,8 @@ class RayEngine(Engine):
         # One lock for the engine's records; never held while delivering.
         self._lock = threading.Lock()
         self._refs: dict[bytes, Any] = {}  # task id -> ObjectRef, until it is ready
+        # task id -> ObjectRef until forget(): what a dependent submitted later names.
+        self._upstream_refs: dict[bytes, Any] = {}
         self._forced: dict[bytes, bool] = {}  # task id -> force of the cancel we sent
         self._groups: dict[bytes, list[bytes]] = {}  # group id -> member task ids
         self._group_of: dict[bytes, bytes] = {}
@@ -336,6 +352,7 @@ class RayEngine(Engine):
         self._options = {"max_retries": max_retries}
         self._call = _remote_call.options(**self._options)
         self._graph_call = _remote_graph_call.options(**self._options)
+        self._dependent_call = _remote_dependent_call.options(**self._options)
         self._fetcher = threading.Thread(
             target=self._fetch, name="futurefsm-ray-fetch", daemon=True
         )
@@ -462,6 +479,29 @@ class RayEngine(Engine):
             )
         return prepared
 
+    def prepare_dependent(
+        self,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        upstream: Sequence[bytes],
+    ) -> PreparedRay | None:
+        """A task taking the upstream tasks' ``ObjectRef`` s: Ray resolves them on the
+        worker, fails it with an upstream's error, and cancels it with an upstream
+        (``TaskCancelledError``); ``ray.cancel`` of it leaves its inputs alone."""
+        if not callable(fn):
+            raise TypeError(f"expected a callable, got {fn!r}")
+        with self._lock:
+            refs = [self._upstream_refs.get(task_id) for task_id in upstream]
+        if any(ref is None for ref in refs):
+            return None  # an upstream's future ended: the client puts its value in
+        slots = {task_id: index for index, task_id in enumerate(upstream)}
+        template = _template((args, kwargs), slots)
+        self._check_pickles(f"the arguments of {_name(fn)}", (fn, template))
+        return PreparedRay(
+            self._task_id(), self._dependent_call, (fn, template), {}, upstream=tuple(refs)
+        )
+
     def send(self, prepared: PreparedRay) -> None:
         """Submit the task to Ray (``.remote()``), once the client says it may go."""
         client = self._client
@@ -473,7 +513,7 @@ class RayEngine(Engine):
             if not client.sending(prepared.task_id):
                 return
             try:
-                ref = prepared.remote.remote(*prepared.args, **prepared.kwargs)
+                ref = prepared.remote.remote(*prepared.args, *prepared.upstream, **prepared.kwargs)
             except Exception as error:
                 self._delivery.post(("result", prepared.task_id, _submit_failed(error)))
                 return
@@ -513,6 +553,7 @@ class RayEngine(Engine):
     def _track(self, task_id: bytes, ref: Any) -> None:
         """Record a submitted task's ref and hand it to the fetcher (lock held)."""
         self._refs[task_id] = ref
+        self._upstream_refs[task_id] = ref
         self._incoming.append((ref, task_id))
         if len(self._incoming) == 1:
             self._wake.notify()
@@ -547,6 +588,7 @@ class RayEngine(Engine):
         """The task's future is terminal: drop its records."""
         with self._lock:
             self._refs.pop(task_id, None)
+            self._upstream_refs.pop(task_id, None)
             self._forced.pop(task_id, None)
             group_id = self._group_of.pop(task_id, None)
             if group_id is not None:
@@ -686,6 +728,8 @@ def _template(args: Any, slots: dict[Any, int]) -> Any:
         return [_template(element, slots) for element in args]
     if isinstance(args, tuple):
         return tuple(_template(element, slots) for element in args)
+    if type(args) is dict:
+        return {key: _template(element, slots) for key, element in args.items()}
     return args
 
 

@@ -24,6 +24,7 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any
 
+from ..errors import DependencyGone
 from ..protocol import (
     ConfirmKind,
     ResultStatus,
@@ -33,9 +34,16 @@ from ..protocol import (
     decode,
     encode,
 )
+from ..serializer import encode_failure
 from .behaviour import Behaviour, OnCancel
 from .outbound import Outbound, _Outbox
-from .records import DEPENDENCY_CANCELLED, AfterFinish, ClientBook, TaskRecord
+from .records import (
+    DEPENDENCY_CANCELLED,
+    DEPENDENCY_GONE,
+    AfterFinish,
+    ClientBook,
+    TaskRecord,
+)
 from .task_table import HELD_STATES, TASK_TABLE, TaskCell, TaskEffect, TaskEvent, TaskState
 from .workers import STATUSES, Inbox, ProcessPool, ThreadPool
 
@@ -66,6 +74,7 @@ class TaskEvents(Outbound):
     _answer_heartbeats: bool
     _behaviour_fn: Callable[[int], Behaviour] | None
     _plain_behaviour: Behaviour | None
+    _serializer: Any
 
     def _init_task_events(self, threads: bool) -> None:
         """The task handling's own state (called by the constructor)."""
@@ -117,6 +126,13 @@ class TaskEvents(Outbound):
         blocked_by = book.register(record, task.depends_on)
         if blocked_by is DEPENDENCY_CANCELLED:
             self._fire(record, _DEPENDENCY_CANCELLED, 1)
+        elif blocked_by is DEPENDENCY_GONE:  # its client sends it again (DependencyGone)
+            gone = DependencyGone(
+                f"task {record.task_id.hex()} names a task that ended before it arrived"
+            )
+            payload = encode_failure(gone, "", self._serializer)
+            failed = TaskResult(record.task_id, ResultStatus.FAILED, payload)
+            self._fire(record, _result_event(record), (failed.status, encode(failed)))
         elif blocked_by is not None:  # it ends as its dependency did, without running
             failed = TaskResult(record.task_id, blocked_by.status, blocked_by.payload)
             self._fire(record, _result_event(record), (failed.status, encode(failed)))
