@@ -166,7 +166,7 @@ def dask_cluster() -> Iterator[Cluster]:
     try:
         with distributed.Client(local, set_as_default=False) as probe:
             probe.wait_for_workers(2, timeout=60)
-        yield Cluster("dask", local.scheduler_address, futures_as_arguments=False)
+        yield Cluster("dask", local.scheduler_address)
     finally:
         local.close()
 

@@ -81,7 +81,7 @@ from ..serializer import (
     substitute_dependencies,
 )
 from . import Engine, EngineClient, GraphNode, KeyRef
-from .shared import NeverRaise, WakeQueue, flatten_nested, in_event_loop
+from .shared import NeverRaise, WakeQueue, flatten_nested, in_event_loop, replace_key_refs
 
 __all__ = ["FutureFSMEngine", "PreparedDependent", "PreparedTask"]
 
@@ -366,17 +366,8 @@ class FutureFSMEngine(Engine):
             for task_id in ids:  # keep their outcomes while this one needs them
                 self._holds[task_id] = self._holds.get(task_id, 0) + 1
         try:
-
-            def refs(item: Any) -> Any:
-                if type(item) is KeyRef:
-                    return DependencyRef(item.key)
-                if type(item) is tuple or type(item) is list:
-                    return type(item)(refs(element) for element in item)
-                if type(item) is dict:
-                    return {key: refs(element) for key, element in item.items()}
-                return item
-
-            function, arguments = self._serialize_call(fn, refs(args), refs(kwargs))
+            call = replace_key_refs((args, kwargs), lambda ref: DependencyRef(ref.key))
+            function, arguments = self._serialize_call(fn, *call)
         except BaseException:
             self._release_holds(ids)
             raise
