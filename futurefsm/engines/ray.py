@@ -159,10 +159,21 @@ def _graph_call(fn: Callable[..., Any], template: tuple[Any, ...], *values: Any)
     return fn(*_fill(template, values))
 
 
-def _dependent_call(fn: Callable[..., Any], template: tuple[Any, ...], *values: Any) -> Any:
+def _dependent_call(fn: Callable[..., Any], template: tuple[Any, ...], refs: list[Any]) -> Any:
     """On the worker: ``fn(*args, **kwargs)`` of the template ``(args, kwargs)`` with
-    each ``_Dependency`` replaced by the value of that upstream task (Ray resolved its
-    ref, passed at the top level: a ref nested in a list would arrive unresolved)."""
+    each ``_Dependency`` replaced by the value of that upstream task.
+
+    The refs come nested in a list, so Ray does not resolve them before the task is
+    scheduled: ``ray.cancel`` of a task whose arguments Ray is still resolving aborts
+    the driver (Ray 2.60: "Check failed: submitted_task_ref_count > 0" in
+    ReferenceCounter). The task waits in ``ray.get`` instead (Ray lends its CPU out
+    meanwhile); an upstream's error is raised as it is (its cause), so the dependent
+    fails with it, or ends cancelled with a cancelled upstream."""
+    try:
+        values = tuple(ray.get(refs))
+    except RayTaskError as error:
+        cause = error.cause
+        raise (cause if isinstance(cause, BaseException) else error) from None
     args, kwargs = _fill(template, values)
     return fn(*args, **kwargs)
 
@@ -187,8 +198,8 @@ class PreparedRay:
     """For a graph node: the positions (in the graph's list) of the nodes whose refs
     are appended to ``args``."""
     upstream: tuple[Any, ...] = ()
-    """For a dependent (``prepare_dependent``): the upstream tasks' refs, appended to
-    ``args``."""
+    """For a dependent (``prepare_dependent``): ``(refs,)``, the upstream tasks' refs
+    in a list (unresolved by Ray: ``_dependent_call``), appended to ``args``."""
 
 
 # ---------------------------------------------------------------------- connection
@@ -486,9 +497,10 @@ class RayEngine(Engine):
         kwargs: dict[str, Any],
         upstream: Sequence[bytes],
     ) -> PreparedRay | None:
-        """A task taking the upstream tasks' ``ObjectRef`` s: Ray resolves them on the
-        worker, fails it with an upstream's error, and cancels it with an upstream
-        (``TaskCancelledError``); ``ray.cancel`` of it leaves its inputs alone."""
+        """A task taking the upstream tasks' ``ObjectRef`` s, which it gets on the
+        worker (``_dependent_call``): it fails with an upstream's error, ends cancelled
+        with a cancelled upstream (``TaskCancelledError``), and ``ray.cancel`` of it
+        leaves its inputs alone."""
         if not callable(fn):
             raise TypeError(f"expected a callable, got {fn!r}")
         with self._lock:
@@ -499,7 +511,7 @@ class RayEngine(Engine):
         template = _template((args, kwargs), slots)
         self._check_pickles(f"the arguments of {_name(fn)}", (fn, template))
         return PreparedRay(
-            self._task_id(), self._dependent_call, (fn, template), {}, upstream=tuple(refs)
+            self._task_id(), self._dependent_call, (fn, template), {}, upstream=(refs,)
         )
 
     def send(self, prepared: PreparedRay) -> None:
