@@ -103,6 +103,9 @@ class TaskEvents(Outbound):
     def _protocol_error(self, identity: bytes, what: str) -> None:
         raise NotImplementedError
 
+    def _start_arrived(self, arrived: list[TaskRecord]) -> None:
+        raise NotImplementedError
+
     def _guarded(self, handler: Callable[..., None], *args: Any) -> None:
         raise NotImplementedError
 
@@ -141,6 +144,12 @@ class TaskEvents(Outbound):
 
     def _on_cancel(self, identity: bytes, cancel: TaskCancel) -> None:
         self._count("cancels_received")
+        if self._arrived:
+            # Tasks read before this cancel in the same read go to the workers first,
+            # as they would have had the cancel come in a later read: what a cancel
+            # finds must not depend on how many messages one read took in.
+            arrived, self._arrived = self._arrived, []
+            self._start_arrived(arrived)
         if logger.isEnabledFor(logging.INFO):  # `futurefsm scheduler -v`
             force = " (force)" if cancel.force else ""
             logger.info("cancel%s of %s from %s", force, cancel.task_id.hex(), identity.hex())
@@ -199,8 +208,10 @@ class TaskEvents(Outbound):
         if mode is not OnCancel.CONFIRM and mode is not OnCancel.DUPLICATE:
             self._fire(record, TaskEvent.CANCEL_SCRIPTED)
             return
-        if record.state is TaskState.RUNNING and self._pool.take_back(record):
-            self._fire(record, TaskEvent.WORKER_GAVE_BACK)  # sent, not started: unstarted
+        # Sent, not started: unstarted again (a non-forced cancel leaves the next task
+        # of an idle worker to start: ProcessPool.take_back).
+        if record.state is TaskState.RUNNING and self._pool.take_back(record, next_to_run=force):
+            self._fire(record, TaskEvent.WORKER_GAVE_BACK)
         times = 2 if mode is OnCancel.DUPLICATE else 1
         self._fire(record, TaskEvent.CANCEL_FORCE if force else TaskEvent.CANCEL, times)
 
