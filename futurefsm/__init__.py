@@ -3,15 +3,26 @@
 Every future is a model of one shared ``transitions`` machine built from the
 transition table in ``futurefsm.fsm``; ``TaskFuture`` makes it a real
 ``concurrent.futures.Future``; cancellation is confirmed by the scheduler.
+``futurefsm.wait`` and ``futurefsm.as_completed`` are ``concurrent.futures``' own
+(they work on these futures; Dask's ``distributed.wait`` does not).
 """
 
-from concurrent.futures import CancelledError
+from concurrent.futures import (
+    ALL_COMPLETED,
+    FIRST_COMPLETED,
+    FIRST_EXCEPTION,
+    CancelledError,
+    as_completed,
+    wait,
+)
 
 from .client import Client, TaskFuture
 from .errors import (
     ConnectionLostError,
     DaskPluginError,
+    DependencyGone,
     FutureFSMError,
+    HandshakeRefused,
     RemoteTraceback,
     TaskFailedError,
     WorkerDiedError,
@@ -22,13 +33,18 @@ from .protocol import ProtocolError
 __version__ = "0.1.0"
 
 __all__ = [
+    "ALL_COMPLETED",
+    "FIRST_COMPLETED",
+    "FIRST_EXCEPTION",
     "CancelOutcome",
     "CancelledError",
     "Client",
     "ConnectionLostError",
     "DaskPluginError",
+    "DependencyGone",
     "FutureFSMError",
     "FutureState",
+    "HandshakeRefused",
     "ProtocolError",
     "RemoteTraceback",
     "TaskFailedError",
@@ -36,4 +52,6 @@ __all__ = [
     "Trigger",
     "WorkerDiedError",
     "__version__",
+    "as_completed",
+    "wait",
 ]

@@ -110,6 +110,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     keygen.add_argument("directory", metavar="DIR", help="where to write the key files")
     keygen.add_argument("--name", required=True, help="the keypair's name (file stem)")
+    keygen.add_argument(
+        "--public-to",
+        default=None,
+        metavar="CLIENT_KEYS_DIR",
+        help="also copy the public key there: the scheduler's --client-keys directory "
+        "(never the keypair's own DIR: a trusted directory holds public keys only)",
+    )
 
     status = command(
         "status",
@@ -170,9 +177,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             insecure=args.insecure,
         )
     if args.command == "keygen":
-        from .scheduler_stub.security import keygen_main
+        from .keys import keygen_main
 
-        return keygen_main(args.directory, args.name)
+        return keygen_main(args.directory, args.name, args.public_to)
     if args.command == "status":
         from .status import main as status_main
 

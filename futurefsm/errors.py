@@ -11,7 +11,9 @@ from __future__ import annotations
 __all__ = [
     "ConnectionLostError",
     "DaskPluginError",
+    "DependencyGone",
     "FutureFSMError",
+    "HandshakeRefused",
     "RemoteTraceback",
     "TaskFailedError",
     "WorkerDiedError",
@@ -24,6 +26,11 @@ class FutureFSMError(Exception):
 
 class ConnectionLostError(FutureFSMError, ConnectionError):
     """The scheduler went silent or away before the task finished."""
+
+
+class HandshakeRefused(FutureFSMError, ConnectionError):
+    """A scheduler took the connection but turned the handshake down (CurveZMQ keys
+    missing, not admitted, or not expected): ``futurefsm status`` raises it."""
 
 
 class DaskPluginError(FutureFSMError, RuntimeError):
@@ -57,3 +64,9 @@ class RemoteTraceback(Exception):
 
     def __str__(self) -> str:
         return self.tb
+
+
+class DependencyGone(FutureFSMError):
+    """The scheduler's answer to a Task whose ``depends_on`` names a task it no longer
+    holds (it finished before this Task arrived). The client's engine sends the Task
+    again with that task's result, which it kept; a future never ends with it."""

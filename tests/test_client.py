@@ -592,3 +592,31 @@ def test_garbage_and_stale_messages_never_kill_the_io_thread():
     finally:
         client.close()
         router.close()
+
+
+def test_a_dependent_crossing_its_upstreams_result_is_sent_again_with_it():
+    """The scheduler sends the upstream's result before the dependent's Task reaches
+    it (forced here: the I/O thread sends the dependent only once that result left):
+    the scheduler answers DependencyGone, and the engine sends the Task again with
+    the result it kept. Before, the dependent waited forever."""
+    from futurefsm.engines.futurefsm import FutureFSMEngine
+
+    stub = SchedulerStub(workers=1)
+
+    class CrossingEngine(FutureFSMEngine):
+        def _send_dependent(self, prepared):  # on the I/O thread
+            wait_until(lambda: stub.stats()["results_sent"] == 1, what="the upstream result out")
+            super()._send_dependent(prepared)
+
+    client = Client(engine=CrossingEngine(stub.address), cancel_timeout=DEADLINE)
+    try:
+        upstream = client.submit(tasks.gate_wait, "crossing", 20)
+        assert tasks.wait_started("crossing", DEADLINE)
+        dependent = client.submit(tasks.add, upstream, 1)
+        tasks.open_gate("crossing")
+        assert dependent.result(DEADLINE) == 21
+        assert stub.stats()["tasks_received"] == 3  # upstream, dependent, dependent again
+        assert dependent.history[-1].trigger.value == "recv_result", dependent.history
+    finally:
+        client.close()
+        stub.stop()

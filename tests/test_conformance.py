@@ -81,6 +81,16 @@ def release(path: str) -> None:
     Path(path + ".release").touch()
 
 
+def held_boom(path: str, message: str) -> None:
+    """``hold(path)``, then raise ``ValueError(message)``."""
+    hold(path)
+    raise ValueError(message)
+
+
+def echo(*args: Any, **kwargs: Any) -> Any:
+    return args, kwargs
+
+
 def work(seconds: float, fails: bool, value: int) -> int:
     time.sleep(seconds)
     if fails:
@@ -107,6 +117,10 @@ class Cluster:
     second_cluster: bool = True
     """A second cluster can run beside this one in the same process (Ray: one per
     process; its lost-cluster test runs in a subprocess, in test_engine_ray.py)."""
+    futures_as_arguments: bool = True
+    """``submit(f, future)`` runs with the future's value as a dependency on the
+    engine's scheduler; False: it raises ``TypeError`` naming ``submit_graph``
+    (docs/engines.md says which engines)."""
 
     def client(self, **settings: Any) -> Client:
         """A new ``Client`` of this cluster."""
@@ -133,7 +147,7 @@ def scaler_cluster() -> Iterator[Cluster]:
         # Once its scheduler answers: one still booting on a loaded runner can take
         # longer than a short connection_timeout (Scaler's own client waits 60 s).
         scaler.Client(combo.get_address()).disconnect()
-        yield Cluster("scaler", combo.get_address(), running_cancel=3.0)
+        yield Cluster("scaler", combo.get_address(), running_cancel=3.0, futures_as_arguments=False)
     finally:
         combo.shutdown()
 
@@ -446,6 +460,106 @@ def test_cancelling_one_member_cancels_the_whole_graph(
     for key in "ab":
         wait_for(futures[key].done, f"member {key} to end", cluster.running_cancel + SLACK)
         assert futures[key].cancelled(), (key, futures[key].history)
+
+
+# ---------------------------------------------------------------------- futures as arguments
+
+
+def _needs_futures_as_arguments(cluster: Cluster, client: Client) -> None:
+    """Skip-free: an engine that cannot do it must say so, naming submit_graph."""
+    if cluster.futures_as_arguments:
+        return
+    upstream = client.submit(add, 1, 2)
+    with pytest.raises(TypeError, match="submit_graph"):
+        client.submit(add, upstream, 1)
+    with pytest.raises(TypeError, match="submit_graph"):
+        list(client.map(add, [upstream], [1]))
+    assert upstream.result(SLACK) == 3
+    pytest.xfail(f"{cluster.engine}: futures as arguments raise TypeError (docs/engines.md)")
+
+
+def running_upstream(
+    client: Client, gates: Callable[[], str], fn: Callable[..., Any], value: Any
+) -> tuple[Any, str]:
+    """``client.submit(fn, path, value)`` with a new gate, once it runs."""
+    path = gates()
+    upstream = client.submit(fn, path, value)
+    wait_for(lambda: started(path), "the upstream to start")
+    return upstream, path
+
+
+def test_a_future_argument_is_its_value_where_the_task_runs(
+    cluster: Cluster, client: Client, gates: Callable[[], str]
+) -> None:
+    _needs_futures_as_arguments(cluster, client)
+    upstream, path = running_upstream(client, gates, hold, 3)
+    # Submitted while the upstream runs: a dependency on the scheduler.
+    dependent = client.submit(add, upstream, 10)
+    nested = client.submit(echo, [upstream, (upstream, 1)], key={"deep": [upstream]})
+    mapped = client.map(add, [upstream, upstream], [1, 2])
+    sent(dependent, nested)
+    assert not dependent.done()
+    release(path)
+    assert dependent.result(SLACK) == 13
+    assert nested.result(SLACK) == (([3, (3, 1)],), {"key": {"deep": [3]}})
+    assert list(mapped) == [4, 5]
+    # An upstream that already finished: its value goes in its place.
+    assert client.submit(add, upstream, upstream).result(SLACK) == 6
+
+
+def test_an_upstream_failure_fails_its_dependents_with_that_error(
+    cluster: Cluster, client: Client, gates: Callable[[], str]
+) -> None:
+    _needs_futures_as_arguments(cluster, client)
+    upstream, path = running_upstream(client, gates, held_boom, "root")
+    dependents = [client.submit(add, upstream, 1), client.submit(echo, [upstream])]
+    sent(*dependents)
+    release(path)
+    for future in (upstream, *dependents):
+        error = future.exception(SLACK)
+        assert isinstance(error, ValueError) and str(error) == "root", future.history
+    late = client.submit(add, upstream, 1)  # submitted after it failed
+    assert isinstance(late.exception(SLACK), ValueError)
+
+
+def test_an_upstream_cancel_cancels_its_dependents(
+    cluster: Cluster, client: Client, gates: Callable[[], str]
+) -> None:
+    _needs_futures_as_arguments(cluster, client)
+    upstream, _ = running_upstream(client, gates, hold, 1)
+    dependents = [client.submit(add, upstream, 1), client.submit(echo, {"x": upstream})]
+    sent(*dependents)
+    assert upstream.cancel(timeout=cluster.running_cancel + SLACK) is True
+    for future in dependents:
+        wait_for(future.done, "a dependent to end", cluster.running_cancel + SLACK)
+        assert future.cancelled(), future.history
+    late = client.submit(add, upstream, 1)  # submitted after it was cancelled
+    assert late.cancelled()
+
+
+def test_a_dependents_cancel_leaves_a_shared_upstream_running(
+    cluster: Cluster, client: Client, gates: Callable[[], str]
+) -> None:
+    _needs_futures_as_arguments(cluster, client)
+    upstream, path = running_upstream(client, gates, hold, 5)
+    first, second = client.submit(add, upstream, 1), client.submit(add, upstream, 2)
+    sent(first, second)
+    assert first.cancel() is True
+    assert first.cancel_outcome is CancelOutcome.CONFIRMED
+    assert not upstream.done() and not second.done()
+    release(path)
+    assert upstream.result(SLACK) == 5
+    assert second.result(SLACK) == 7
+
+
+def test_a_future_of_another_client_is_refused(cluster: Cluster, client: Client) -> None:
+    if not cluster.second_cluster:
+        pytest.skip("one client per process here (Ray: one driver)")
+    with cluster.client() as other:
+        foreign = other.submit(add, 1, 1)
+        with pytest.raises(ValueError, match="belongs to another client"):
+            client.submit(add, foreign, 1)
+        assert foreign.result(SLACK) == 2
 
 
 # ---------------------------------------------------------------------- the Executor API

@@ -86,17 +86,6 @@ class ClientShutdownTest(ClientMixin, _shutdown.ExecutorShutdownTest, _util.Base
     test_interpreter_shutdown = _not_for_client(_SPAWNS_STDLIB_EXECUTOR)
     test_submit_after_interpreter_shutdown = _not_for_client(_SPAWNS_STDLIB_EXECUTOR)
     test_hang_gh83386 = _not_for_client(_SPAWNS_STDLIB_EXECUTOR)
-    # Passes about 5 runs in 6: when the submitting thread finishes its loop before
-    # the client's I/O thread sends a single Task, every future is still pending and
-    # is cancelled locally (BEFORE_SEND), which is right, but the test's last assert
-    # wants at least one started. That is a thread-timing bet a remote executor cannot
-    # make; test_client.py checks the same contract with gates, deterministically.
-    test_cancel_futures = _not_for_client(
-        "asserts that some of 50 tasks submitted in a tight loop have started before "
-        "shutdown(cancel_futures=True): for a remote executor that depends on thread "
-        "timing (tasks not yet sent are cancelled locally); see tests/test_client.py::"
-        "test_shutdown_cancel_futures_cancels_only_what_has_not_started"
-    )
 
 
 def setUpModule() -> None:

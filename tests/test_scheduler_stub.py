@@ -27,7 +27,7 @@ import msgpack
 import pytest
 import zmq
 
-from futurefsm.errors import RemoteTraceback
+from futurefsm.errors import DependencyGone, RemoteTraceback
 from futurefsm.protocol import (
     PROTOCOL_VERSION,
     Batch,
@@ -649,6 +649,28 @@ def test_dependent_arriving_after_its_dependency_finished_gets_its_value(make_st
     b = peer.submit(add, DependencyRef(a), 1, group_id=group, depends_on=(a,))
     result = peer.recv()
     assert result.task_id == b and result_value(result) == 6
+
+
+def test_a_task_in_no_graph_naming_an_ended_task_is_answered_dependency_gone(make_stub, connect):
+    # A future passed as an argument: the client sent the upstream first, so one the
+    # scheduler no longer holds has ended. Before, the dependent waited for it forever.
+    stub = make_stub()
+    peer = connect(stub)
+    a = peer.submit(echo, 5)
+    assert peer.recv().task_id == a
+    b = peer.submit(add, DependencyRef(a), 1, depends_on=(a,))
+    result = peer.recv_result(b)
+    assert result.status is ResultStatus.FAILED
+    assert isinstance(decode_failure(result.payload, DEFAULT_SERIALIZER), DependencyGone)
+    # A held upstream: the dependent waits for it and gets its value.
+    gate = unique("plain-upstream")
+    c = peer.submit(gate_wait, gate, 7)
+    d = peer.submit(add, DependencyRef(c), 1, depends_on=(c,))
+    assert wait_started(gate, WAIT)
+    peer.assert_silent()
+    open_gate(gate)
+    results = {r.task_id: result_value(r) for r in peer.recv_many(2)}
+    assert results == {c: 7, d: 8}
 
 
 def test_failed_dependency_fails_its_dependents_transitively(make_stub, connect):

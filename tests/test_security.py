@@ -48,13 +48,13 @@ def keys(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """A scheduler keypair, an allowed client (alice) and a stranger (mallory)."""
     root = tmp_path_factory.mktemp("keys")
     keygen(root / "server", "scheduler")
-    keygen(root / "clients", "alice")
+    keygen(root / "alice", "alice", public_to=root / "clients")
     keygen(root / "strangers", "mallory")
     return {
         "server_public": root / "server" / "scheduler.key",
         "server_secret": root / "server" / "scheduler.key_secret",
         "clients": root / "clients",
-        "alice": root / "clients" / "alice.key_secret",
+        "alice": root / "alice" / "alice.key_secret",
         "mallory": root / "strangers" / "mallory.key_secret",
     }
 
@@ -293,7 +293,8 @@ def test_the_command_refuses_an_open_bind_and_prints_the_bound_address(keys, tmp
     hint = subprocess.run(
         [*base, "--address", "127.0.0.1:1"], capture_output=True, text=True, timeout=30
     )
-    assert hint.returncode == 1 and "did you mean tcp://127.0.0.1:1?" in hint.stderr
+    # A bad address is bad input (2), checked before binding, the hint shared with Client.
+    assert hint.returncode == 2 and "did you mean tcp://127.0.0.1:1?" in hint.stderr
 
     # Port 0: the scheduler binds a free port and prints it (a port picked here first
     # could be taken by another process before the scheduler binds it).
@@ -333,7 +334,7 @@ def test_keys_are_checked_when_given(keys):
 
 
 def test_status_asks_a_keyed_scheduler_with_keys(secured, keys):
-    from futurefsm.status import query_status
+    from futurefsm.status import HandshakeRefused, query_status
 
     status = query_status(
         secured.address,
@@ -342,5 +343,7 @@ def test_status_asks_a_keyed_scheduler_with_keys(secured, keys):
         server_key=str(keys["server_public"]),
     )
     assert status.protocol_errors == 0
-    with pytest.raises(TimeoutError):  # refused in the handshake: it can only time out
-        query_status(secured.address, timeout=1.0)
+    # Without keys: told apart from a dead scheduler (the handshake was refused), and
+    # at once, not at the timeout.
+    with pytest.raises(HandshakeRefused, match="serves CurveZMQ; pass --secret-key"):
+        query_status(secured.address, timeout=60.0)

@@ -156,3 +156,22 @@ def test_futurefsm_status_without_an_answer_or_a_scheme(capsys: pytest.CaptureFi
     assert cli_main(["status", "127.0.0.1:5555"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "did you mean tcp://127.0.0.1:5555?" in err
+
+
+def test_futurefsm_status_tells_a_keyed_scheduler_from_a_dead_one(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # Both used to print "no answer ... within 5 s" and return 1.
+    secret, client_public = zmq.curve_keypair(), zmq.curve_keypair()[0]
+    with SchedulerStub(workers=1, secret_key=secret, client_keys=[client_public]) as stub:
+        keyed = stub.address
+        assert cli_main(["status", keyed, "--timeout", "60"]) == 3  # at once, not at 60 s
+        err = capsys.readouterr().err
+        assert "refused the handshake: it serves CurveZMQ; pass --secret-key" in err
+    context: zmq.Context[Any] = zmq.Context()
+    probe = context.socket(zmq.ROUTER)
+    port = probe.bind_to_random_port("tcp://127.0.0.1")
+    probe.close(linger=0)  # nothing listens there now
+    context.term()
+    assert cli_main(["status", f"tcp://127.0.0.1:{port}", "--timeout", "0.5"]) == 1
+    assert "nothing accepted a connection there" in capsys.readouterr().err

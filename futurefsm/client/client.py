@@ -30,7 +30,9 @@ from ..fsm import CancelOutcome, Effect, FutureState
 from ..protocol import ProtocolError
 from ..serializer import Serializer
 from .deadlines import CancelDeadlines
+from .dependencies import as_key_ref, find_futures, replace_futures
 from .future import TaskFuture
+from .gather import Errors, gather
 from .graph import parse_graph
 
 __all__ = ["Client"]
@@ -39,6 +41,12 @@ LOGGER = logging.getLogger("futurefsm.client")
 
 
 _CANCEL_ANSWERS = ("canceled", "not_found", "cancel_failed")
+_UPSTREAM_POLL = 0.01  # seconds between looks at an upstream being delivered (submit)
+
+
+def _succeeded(future: TaskFuture) -> bool:
+    """A done future that has a value (not cancelled, not failed)."""
+    return not future.cancelled() and future.exception(timeout=0) is None
 
 
 def _worker_count(workers: int | None, max_workers: int | None) -> int | None:
@@ -155,6 +163,8 @@ class Client(cf.Executor):
 
         self.futures: dict[bytes, TaskFuture] = {}
         """Live (not yet terminal) futures by task id. Read it; do not change it."""
+        self._local: set[bytes] = set()
+        """Futures the engine never saw (``_end_like``): not the engine's to forget."""
         self._shutdown = False
         # Held while checking _shutdown and registering a future, and while setting
         # _shutdown: no future can be registered after close() took its snapshot.
@@ -213,13 +223,85 @@ class Client(cf.Executor):
 
         The function and its arguments are serialized here, at once: something that
         cannot be serialized raises ``TypeError`` naming it, and nothing is sent.
+
+        A ``TaskFuture`` of this client among the arguments (also inside lists, tuples
+        and dict values) stands for its value where the task runs, as on Dask, Ray and
+        Scaler: the task depends on it (``futurefsm.client.dependencies``). If it fails
+        or is cancelled, this task ends the same way without running; cancelling this
+        task leaves it alone. An engine that cannot express the dependency raises
+        ``TypeError`` naming ``submit_graph`` (docs/engines.md).
         """
+        upstream: dict[bytes, TaskFuture] = {}
+        find_futures((args, kwargs), upstream)
+        if upstream:
+            return self._submit_dependent(fn, args, kwargs, upstream)
         prepared = self._engine.prepare(fn, args, kwargs)
         future = self._future_class(prepared.task_id, self)
         with self._submit_lock:
             self._check_open()
             self._register(future)
             self._engine.send(prepared)
+        return future
+
+    def _submit_dependent(
+        self,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        upstream: dict[bytes, TaskFuture],
+    ) -> TaskFuture:
+        """``submit`` of a call with futures among its arguments (see ``submit``)."""
+        for future in upstream.values():
+            if future._transport is not self:
+                raise ValueError(
+                    f"submit: the argument {future!r} belongs to another client; pass "
+                    "futures of this client, or their values (future.result())"
+                )
+        while True:
+            # A terminal upstream needs no dependency: its value goes in its place, or
+            # (failed, cancelled) this task ends the same way without being sent.
+            ended = next((f for f in upstream.values() if f.done() and not _succeeded(f)), None)
+            if ended is not None:
+                return self._end_like(ended)
+            live = {task_id for task_id, f in upstream.items() if not f.done()}
+            call_args, call_kwargs = replace_futures(
+                (args, kwargs),
+                lambda f, live=live: as_key_ref(f) if f.task_id in live else f.result(timeout=0),
+            )
+            engine = self._engine
+            prepared = engine.prepare_dependent(fn, call_args, call_kwargs, sorted(live))
+            if prepared is not None:
+                break
+            # An upstream ended meanwhile and the engine kept nothing of it: its future
+            # is terminal, or about to be (being delivered); the next round puts its
+            # value in its place.
+            pending = [upstream[task_id] for task_id in live]
+            cf.wait(pending, timeout=_UPSTREAM_POLL, return_when=cf.FIRST_COMPLETED)
+        future = self._future_class(prepared.task_id, self)
+        try:
+            with self._submit_lock:
+                self._check_open()
+                self._register(future)
+                self._engine.send(prepared)
+        except BaseException:
+            if future.task_id not in self.futures:
+                engine.forget(prepared.task_id)  # let the engine drop its holds
+            raise
+        return future
+
+    def _end_like(self, upstream: TaskFuture) -> TaskFuture:
+        """A dependent of a failed or cancelled ``upstream`` that was terminal when it
+        was submitted: a future that ends the same way, never sent (``local``)."""
+        future = self._future_class(os.urandom(16), self)
+        with self._submit_lock:
+            self._check_open()
+            self._register(future)
+            self._local.add(future.task_id)
+        if upstream.cancelled():
+            future._request_cancel(time.monotonic())  # pending: cancelled at once
+        else:
+            future.sent()
+            self.deliver_result(future.task_id, exception=upstream.exception(timeout=0))
         return future
 
     def _check_open(self) -> None:
@@ -294,7 +376,18 @@ class Client(cf.Executor):
                 self._register(future)
             self._engine.send_graph(group_id, prepared)
         futures = {node.key: future for node, future in zip(nodes, members, strict=True)}
+        for key, future in futures.items():
+            future.graph_key = key
         return {key: futures[key] for key in wanted}
+
+    def gather(
+        self, futures: Any, errors: Errors = "raise", *, timeout: float | None = None
+    ) -> Any:
+        """Dask's ``Client.gather``: ``futures`` (a future, or lists, tuples and dicts
+        of them, nested) with each future replaced by its value. ``errors``: "raise"
+        a failed or cancelled future's exception, "skip" it, or "return" it in the
+        value's place. See ``futurefsm.client.gather``."""
+        return gather(futures, errors, timeout=timeout)
 
     # ------------------------------------------------------------------ cancelling
 
@@ -351,7 +444,10 @@ class Client(cf.Executor):
         with self._stats_lock:
             counter[key] += 1
             self.futures.pop(future.task_id, None)
-        self._engine.forget(future.task_id)
+        if self._local and future.task_id in self._local:
+            self._local.discard(future.task_id)
+        else:
+            self._engine.forget(future.task_id)
         if self._dashboard is not None:
             self._dashboard.counts.ended(future)
 

@@ -38,7 +38,7 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Hashable
 from concurrent.futures import _base
 from typing import Any
 
@@ -123,6 +123,7 @@ class TaskFuture(_base.Future, _thread.RLock):
         "_waiter_list",
         "cancel_outcome",
         "fsm_history",
+        "graph_key",
         "group_id",
         "state",
         "task_id",
@@ -146,6 +147,8 @@ class TaskFuture(_base.Future, _thread.RLock):
         self.task_id = task_id
         self.group_id = group_id
         """The graph this task belongs to (cancelled as a whole), or None."""
+        self.graph_key: Hashable | None = None
+        """Its key in the graph given to ``submit_graph``, or None."""
         self.state = FutureState.PENDING
         self.fsm_history = b""  # packed: futurefsm.fsm.history_of reads it
         self.cancel_outcome: CancelOutcome | None = None
@@ -298,6 +301,13 @@ class TaskFuture(_base.Future, _thread.RLock):
         return self._fire(Trigger.CONNECTION_LOST, result=why)
 
     # ------------------------------------------------------------------ user API
+
+    @property
+    def key(self) -> Hashable:
+        """Dask's name for what identifies a future: its key in the graph given to
+        ``submit_graph``, else its task id as hex text (``task_id.hex()``)."""
+        key = self.graph_key
+        return self.task_id.hex() if key is None else key
 
     @property
     def history(self) -> list[HistoryEntry]:

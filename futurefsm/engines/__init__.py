@@ -29,6 +29,11 @@ Sending is two-step so that a future cancelled before its task left is never sen
 right before handing a task over, the engine calls ``client.sending(task_id)`` (or
 ``client.sending_graph(task_ids)`` for a graph) and sends only if that returned True.
 
+A future passed as an argument (``client.submit(g, future)``) reaches the engine as a
+``KeyRef(task_id)`` in the arguments of ``prepare_dependent``: a dependency on a task
+already submitted, which the engine maps to its scheduler's own form (or refuses,
+naming ``submit_graph``).
+
 Graphs are parsed once, by the client, into ``GraphNode`` s (dependency order, keys
 referenced by ``KeyRef``); an engine maps the nodes to its own graph form in
 ``prepare_graph``.
@@ -227,6 +232,31 @@ class Engine(ABC):
         """One ``Prepared`` per node, in the same order (dependencies first). The graph
         is one group: a cancel of any member (``send_cancel`` with this ``group_id``)
         cancels all of it. ``TypeError`` naming what cannot be serialized."""
+
+    def prepare_dependent(
+        self,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        upstream: Sequence[bytes],
+    ) -> Prepared | None:
+        """As ``prepare``, for a call whose arguments hold ``KeyRef(task_id)`` for the
+        result of tasks already submitted (``upstream``: their ids, each live when the
+        client looked): the task must run with those results in their places, on the
+        workers, without them coming back through the client. An upstream's failure
+        must end it with that error, an upstream's cancel cancel it (an unasked
+        ``canceled`` answer), and its own cancel must leave the upstream alone.
+
+        None: an upstream's future ended meanwhile and the engine can no longer refer
+        to it (the client puts that future's value in its place and asks again). Sent
+        with ``send``. The default: ``TypeError`` naming ``submit_graph``, for an engine
+        whose scheduler cannot do it."""
+        raise TypeError(
+            f"{type(self).__name__}: a future as an argument of submit() needs a "
+            "dependency this engine's scheduler cannot express; put both calls in one "
+            "graph with client.submit_graph({'a': (f, x), 'b': (g, 'a')}), or pass "
+            "future.result()"
+        )
 
     @abstractmethod
     def send(self, prepared: Prepared) -> None:

@@ -62,18 +62,25 @@ import cloudpickle
 import dask
 import distributed
 from dask._expr import LLGExpr
-from dask._task_spec import Task, convert_legacy_graph, parse_input
+from dask._task_spec import Alias, Task, convert_legacy_graph, parse_input
 from dask.utils import funcname
 from distributed.core import clean_exception
 from distributed.protocol import serialize, to_serialize
 from distributed.protocol.serialize import Serialized, ToPickle
 from distributed.scheduler import KilledWorker
 
+from ..addresses import check_url
 from ..errors import DaskPluginError, TaskFailedError, WorkerDiedError
 from ..protocol import ProtocolError
 from . import Engine, EngineClient, GraphNode, KeyRef
 from . import dask_plugin as _plugin
-from .shared import NeverRaise, WakeQueue, attach_remote_traceback, connect_within
+from .shared import (
+    NeverRaise,
+    WakeQueue,
+    attach_remote_traceback,
+    connect_within,
+    replace_key_refs,
+)
 
 __all__ = ["SUPPORTED_DISTRIBUTED", "DaskEngine", "DaskPluginError", "PreparedDask"]
 
@@ -83,6 +90,7 @@ SUPPORTED_DISTRIBUTED = ">=2026.8.0,<2026.9"
 """The ``distributed`` releases whose private attributes this engine was checked on
 (the ``dask`` extra pins the same range)."""
 
+_DASK_SCHEMES = ("tcp", "tls", "ws", "wss", "inproc", "ucx")  # distributed.comm's
 _SPAN = {"collections": [{"type": "Future"}]}
 _FETCH_QUIET = 0.005
 """Seconds without a new result after which a busy engine gathers its batch."""
@@ -179,6 +187,11 @@ class DaskEngine(Engine):
     while results keep coming they share one gather, sent when none came for 5 ms or
     the batch is this many seconds old (one request per result costs the scheduler
     and the workers far more than Dask's own client).
+
+    ``interrupt``: a forced cancel (``cancel()``, ``force=True``) of a task a worker
+    thread is running also raises an exception in that thread, so its slot frees
+    (a call blocked in C runs on until it returns to Python; docs/engine-dask.md).
+    Default False: Dask's own release, the thread runs the task to its end.
     """
 
     def __init__(
@@ -187,6 +200,7 @@ class DaskEngine(Engine):
         *,
         register_plugin: bool = True,
         fetch_interval: float = 0.1,
+        interrupt: bool = False,
         _connect: tuple[str, dict[str, Any]] | None = None,
         _owned: tuple[Any, ...] = (),
     ) -> None:
@@ -202,6 +216,7 @@ class DaskEngine(Engine):
         self._connect = _connect
         self._owned = _owned  # what close() closes: our own client (and cluster)
         self._register_plugin = register_plugin
+        self._interrupt = interrupt  # force cancels interrupt the running thread (plugin)
         self._client: EngineClient | None = None
         self._guard = NeverRaise(LOGGER, "Dask engine")
         # What this engine sent: the keys of its live tasks, each graph's keys, and
@@ -210,6 +225,15 @@ class DaskEngine(Engine):
         self._groups: dict[bytes, list[str]] = {}
         self._group_of: dict[str, bytes] = {}
         self._cancelling: set[str] = set()
+        # Futures as arguments (prepare_dependent), under _close_lock: keys handed to
+        # send() and not forgotten, dependents' holds on their upstream keys, the
+        # upstream keys whose release waits for their last dependent, and each
+        # dependent's upstream keys. Plugin cancels not answered yet: _asked.
+        self._known: set[str] = set()
+        self._holds: dict[str, int] = {}
+        self._deferred: set[str] = set()
+        self._upstream_of: dict[str, tuple[str, ...]] = {}
+        self._asked: set[str] = set()
         self._key_prefix = uuid.uuid4().hex[:24]
         self._key_counter = itertools.count()
         self._outbox: WakeQueue[tuple[Any, ...] | None] = WakeQueue(self._wake)
@@ -245,7 +269,7 @@ class DaskEngine(Engine):
             raise ValueError("serializer: Dask serializes tasks itself; leave it unset")
         engine_options = {
             name: options.pop(name)
-            for name in ("register_plugin", "fetch_interval")
+            for name in ("register_plugin", "fetch_interval", "interrupt")
             if name in options
         }
         workers = options.pop("workers", None)
@@ -261,6 +285,14 @@ class DaskEngine(Engine):
             address = cluster.scheduler_address
         elif workers is not None:
             raise ValueError("workers: only meaningful without an address (a LocalCluster)")
+        else:
+            check_url(
+                address,
+                _DASK_SCHEMES,
+                host_schemes=("tcp", "tls", "ws", "wss"),
+                example="tcp://127.0.0.1:8786",
+                bare="tcp",
+            )
         options.setdefault("set_as_default", False)
         return cls(None, **engine_options, _connect=(address, options), _owned=tuple(owned))
 
@@ -405,13 +437,63 @@ class DaskEngine(Engine):
         message = _update_graph(dsk, dask_keys, "the graph for submit_graph()")
         return [PreparedDask(dask_key.encode(), dask_key, message) for dask_key in dask_keys]
 
+    def prepare_dependent(
+        self,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        upstream: Sequence[bytes],
+    ) -> PreparedDask | None:
+        """A task whose arguments alias the upstream keys, as ``distributed.Client``
+        submits a future argument: Dask runs it with their values, errs it with an
+        upstream's error, and cancels it with an upstream (``stimulus_cancel`` takes
+        the dependents along). An upstream key stays held until its last dependent
+        is forgotten, so it is on the scheduler when the dependent's graph arrives."""
+        if not callable(fn):
+            raise TypeError(f"submit() needs a callable, got {fn!r}")
+        keys = tuple(task_id.decode() for task_id in upstream)
+        with self._close_lock:
+            if not all(key in self._known for key in keys):
+                return None
+            for key in keys:
+                self._holds[key] = self._holds.get(key, 0) + 1
+
+        try:
+            call = replace_key_refs((args, kwargs), lambda ref: Alias(ref.key.decode()))
+            prepared = self.prepare(fn, *call)
+        except BaseException:
+            with self._close_lock:
+                self._drop_holds(keys)
+            raise
+        with self._close_lock:
+            self._upstream_of[prepared.key] = keys
+        return prepared
+
+    def _drop_holds(self, keys: Sequence[str]) -> None:
+        """One dependent fewer holds each key (``_close_lock`` held); a forgotten one
+        whose last dependent this was is released now."""
+        for key in keys:
+            left = self._holds[key] - 1
+            if left:
+                self._holds[key] = left
+                continue
+            del self._holds[key]
+            if key in self._deferred:
+                self._deferred.discard(key)
+                if not self._unhooked:
+                    self._releases.append(key)
+
     def send(self, prepared: PreparedDask) -> None:  # type: ignore[override]
         """Queue the task for the engine's thread."""
+        with self._close_lock:
+            self._known.add(prepared.key)
         self._outbox.post(("task", prepared))
 
     def send_graph(self, group_id: bytes, prepared: list[PreparedDask]) -> None:  # type: ignore[override]
         """Queue the graph: sent whole (one ``update-graph``) or not at all."""
         keys = [item.key for item in prepared]
+        with self._close_lock:
+            self._known.update(keys)
         self._groups[group_id] = keys
         for key in keys:
             self._group_of[key] = group_id
@@ -442,11 +524,18 @@ class DaskEngine(Engine):
         # Not _closed: close() sets it before _unhook (on the loop) releases what is
         # held, and a key forgotten in between would be released by neither.
         with self._close_lock:
+            self._known.discard(key)
             ours = key in self._ours
             self._ours.discard(key)
-            release = ours and not self._unhooked
-            if release:
+            waiting = len(self._releases)
+            if ours and key in self._holds:
+                self._deferred.add(key)  # a dependent still needs it on the scheduler
+            elif ours and not self._unhooked:
                 self._releases.append(key)
+            upstream = self._upstream_of.pop(key, None)
+            if upstream is not None:
+                self._drop_holds(upstream)
+            release = len(self._releases) > waiting
         if ours:
             self._to_fetch.pop(key, None)
         if release:
@@ -509,7 +598,7 @@ class DaskEngine(Engine):
         self._drain()
         with self._close_lock:
             self._unhooked = True
-            keys = list(self._ours)
+            keys = [*self._ours, *self._deferred]
             while self._releases:  # forgotten since the drain
                 keys.append(self._releases.popleft())
         if keys and self._dask.status == "running":
@@ -573,7 +662,9 @@ class DaskEngine(Engine):
             for keys, force in ((cancel_keys, True), (gentle_keys, False)):
                 if keys:
                     message = {"op": _plugin.CANCEL_OP, "keys": list(dict.fromkeys(keys))}
-                    self._dask_send({**message, "force": force})
+                    self._asked.update(message["keys"])
+                    interrupt = force and self._interrupt
+                    self._dask_send({**message, "force": force, "interrupt": interrupt})
         if self._releases:
             keys = []
             while self._releases:
@@ -672,8 +763,9 @@ class DaskEngine(Engine):
             if not self._is_ours(key):
                 others.append(key)
                 continue
-            if ours_answered:
-                continue
+            if ours_answered and key in self._asked:
+                continue  # the plugin's answer, just after, is this key's
+            # (A dependent Dask cancelled with an upstream we cancelled is unasked.)
             with self._guard:
                 self._to_fetch.pop(key, None)
                 self._deliver_answer(key, "canceled")
@@ -688,6 +780,7 @@ class DaskEngine(Engine):
         self._last_heard = time.monotonic()
         others = {}
         for key, kind in answers.items():
+            self._asked.discard(key)
             if not self._is_ours(key):
                 others[key] = kind
                 continue

@@ -23,7 +23,25 @@ order the client sent them (after the ``update-graph`` that created the keys):
     ``task-erred`` went to the client earlier on this same stream, so the client has
     the result before this answer: the result won the race.
 
+  With ``interrupt`` (and ``force``), a key released while a worker thread runs it
+  is then interrupted on that worker (``futurefsm_interrupt``, see below), so the
+  thread's slot frees for the next task instead of running the task to its end.
+
 - ``futurefsm-ping``: answered with ``futurefsm-pong`` on the same stream (liveness).
+
+Interrupting a thread
+---------------------
+``FutureFSMInterruptPlugin``, a ``WorkerPlugin`` the scheduler plugin installs on
+every worker, adds the worker RPC ``futurefsm_interrupt(keys)``: for each key a worker
+thread is executing, it raises ``FutureFSMInterruptPlugin.TaskInterrupted`` in that
+thread with ``PyThreadState_SetAsyncExc``. Python delivers such an exception only between
+bytecodes: a thread blocked in C (``time.sleep``, a lock, socket or file I/O, a NumPy
+or other extension call) runs on until that call returns to Python, and only then
+stops; a task that catches ``Exception`` can swallow it. The
+task's key was released first, so the scheduler ignores its failure and the client
+sees the cancel it was told of. The exception is raised only while the thread's stack
+is inside the task's own call (checked under the worker's ``active_threads_lock``),
+never in Dask's bookkeeping around it.
 
 It also adds one RPC, ``futurefsm_cancel_plugin``, which returns ``PROTOCOL``: the
 client checks that the plugin is there before it sends any of these operations (an
@@ -37,21 +55,25 @@ value (``cloudpickle.register_pickle_by_value``), so the scheduler needs only
 
 from __future__ import annotations
 
+import ctypes
 import logging
+import sys
 from typing import Any
 
-from distributed.diagnostics.plugin import SchedulerPlugin
+from distributed.diagnostics.plugin import SchedulerPlugin, WorkerPlugin
 
 __all__ = [
     "CANCEL_ANSWER_OP",
     "CANCEL_OP",
     "CANCEL_REASON",
+    "INTERRUPT_OP",
     "PING_OP",
     "PLUGIN_NAME",
     "PONG_OP",
     "PROTOCOL",
     "RPC_OP",
     "FutureFSMCancelPlugin",
+    "FutureFSMInterruptPlugin",
     "classify",
     "dask_setup",
 ]
@@ -66,6 +88,8 @@ CANCEL_ANSWER_OP = "futurefsm-cancel-answer"
 PING_OP = "futurefsm-ping"
 PONG_OP = "futurefsm-pong"
 RPC_OP = "futurefsm_cancel_plugin"
+INTERRUPT_OP = "futurefsm_interrupt"
+WORKER_PLUGIN_NAME = "futurefsm-interrupt"
 CANCEL_REASON = "futurefsm-cancel"
 """The ``reason`` of the ``cancelled-keys`` that ``stimulus_cancel`` reports for the
 plugin's cancels (the plugin's own answer follows it)."""
@@ -112,11 +136,23 @@ class FutureFSMCancelPlugin(SchedulerPlugin):
         self.scheduler: Any = None
 
     async def start(self, scheduler: Any) -> None:
-        """Add the stream operations and the presence RPC to ``scheduler``."""
+        """Add the stream operations and the presence RPC to ``scheduler``, and the
+        interrupt plugin to its workers (present and future)."""
         self.scheduler = scheduler
         scheduler.stream_handlers[CANCEL_OP] = self.handle_cancel
         scheduler.stream_handlers[PING_OP] = self.handle_ping
         scheduler.handlers[RPC_OP] = self.handle_rpc
+        try:
+            from distributed.protocol.pickle import dumps
+
+            await scheduler.register_worker_plugin(
+                None,
+                dumps(FutureFSMInterruptPlugin()),
+                name=WORKER_PLUGIN_NAME,
+                idempotent=True,
+            )
+        except Exception:
+            LOGGER.exception("futurefsm cancel plugin: cannot install the interrupt plugin")
 
     async def close(self) -> None:
         """Remove what ``start`` added."""
@@ -134,7 +170,7 @@ class FutureFSMCancelPlugin(SchedulerPlugin):
         return {"protocol": PROTOCOL}
 
     async def handle_cancel(
-        self, client: str, keys: list[Any], force: bool = True, **_: Any
+        self, client: str, keys: list[Any], force: bool = True, interrupt: bool = False, **_: Any
     ) -> None:
         """Classify, release what can be released, answer on the client's stream.
 
@@ -151,11 +187,14 @@ class FutureFSMCancelPlugin(SchedulerPlugin):
         executing: set[Any] = set()
         if not force:
             executing = await self._executing(keys)
+        running_on: dict[str, list[Any]] = {}
         try:
             answers = {
                 key: classify(scheduler, client, key, bool(force), executing) for key in keys
             }
             cancel = [key for key, kind in answers.items() if kind == "canceled"]
+            if force and interrupt:
+                running_on = self._by_worker(cancel)
             if cancel:
                 scheduler.stimulus_cancel(
                     cancel, client, force=False, reason=CANCEL_REASON, msg=None
@@ -170,15 +209,27 @@ class FutureFSMCancelPlugin(SchedulerPlugin):
             comm.send({"op": CANCEL_ANSWER_OP, "answers": answers})
         except Exception:
             LOGGER.exception("futurefsm cancel plugin: cannot answer client %s", client)
+        # After the release and the answer: the thread's failure then concerns a key
+        # the scheduler no longer runs, and is ignored.
+        for address, worker_keys in running_on.items():
+            try:
+                await scheduler.rpc(address).futurefsm_interrupt(keys=worker_keys)
+            except Exception:
+                LOGGER.warning("futurefsm cancel plugin: cannot interrupt on %s", address)
+
+    def _by_worker(self, keys: list[Any]) -> dict[str, list[Any]]:
+        """``keys`` being processed, by the address of the worker processing them."""
+        by_worker: dict[str, list[Any]] = {}
+        for key in keys:
+            ts = self.scheduler.tasks.get(key)
+            if ts is not None and ts.state == "processing" and ts.processing_on is not None:
+                by_worker.setdefault(ts.processing_on.address, []).append(key)
+        return by_worker
 
     async def _executing(self, keys: list[Any]) -> set[Any]:
         """Which of ``keys`` a worker thread is running now (never raises)."""
         scheduler = self.scheduler
-        by_worker: dict[str, list[Any]] = {}
-        for key in keys:
-            ts = scheduler.tasks.get(key)
-            if ts is not None and ts.state == "processing" and ts.processing_on is not None:
-                by_worker.setdefault(ts.processing_on.address, []).append(key)
+        by_worker = self._by_worker(keys)
         executing: set[Any] = set()
         for address, worker_keys in by_worker.items():
             try:
@@ -197,6 +248,51 @@ class FutureFSMCancelPlugin(SchedulerPlugin):
                 comm.send({"op": PONG_OP})
             except Exception:
                 LOGGER.debug("futurefsm cancel plugin: cannot answer a ping", exc_info=True)
+
+
+class FutureFSMInterruptPlugin(WorkerPlugin):
+    """Adds ``futurefsm_interrupt(keys)`` to a worker (see "Interrupting a thread")."""
+
+    name = WORKER_PLUGIN_NAME
+    idempotent = True
+
+    class TaskInterrupted(Exception):
+        """Raised in a worker thread whose task futurefsm cancelled with ``interrupt``
+        (nested: a task may catch it; the client never sees it)."""
+
+    def setup(self, worker: Any) -> None:
+        """Add the RPC handler."""
+        self.worker = worker
+        worker.handlers[INTERRUPT_OP] = self.interrupt
+
+    def interrupt(self, keys: list[Any] = ()) -> list[Any]:
+        """Raise ``TaskInterrupted`` in the threads running ``keys``; the keys it was
+        raised for."""
+        wanted = set(keys)
+        done: list[Any] = []
+        worker = self.worker
+        with worker.active_threads_lock:  # the thread cannot leave its task meanwhile
+            frames = sys._current_frames()
+            for ident, key in list(worker.active_threads.items()):
+                if key not in wanted or not _inside_task_call(frames.get(ident)):
+                    continue
+                set_async = ctypes.pythonapi.PyThreadState_SetAsyncExc
+                if set_async(ctypes.c_ulong(ident), ctypes.py_object(self.TaskInterrupted)) == 1:
+                    done.append(key)
+        if done:
+            LOGGER.info("futurefsm: interrupted the threads running %s", done)
+        return done
+
+
+def _inside_task_call(frame: Any) -> bool:
+    """True if ``frame``'s stack is in a call made by Dask's ``_run_task_simple`` (the
+    task itself), not in ``_run_task_simple`` or around it."""
+    innermost = frame
+    while frame is not None:
+        if frame.f_code.co_name == "_run_task_simple":
+            return frame is not innermost
+        frame = frame.f_back
+    return False
 
 
 async def dask_setup(scheduler: Any) -> None:

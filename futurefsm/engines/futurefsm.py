@@ -49,10 +49,11 @@ from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import zmq
-import zmq.auth
 from zmq.utils.monitor import recv_monitor_message
 
-from ..errors import TaskFailedError, WorkerDiedError
+from ..addresses import check_address
+from ..errors import DependencyGone, TaskFailedError, WorkerDiedError
+from ..keys import load_public_key, load_secret_key
 from ..protocol import (
     Batch,
     Disconnect,
@@ -71,24 +72,25 @@ from ..protocol import (
     new_task_id,
     plain_result,
 )
-from ..scheduler_stub.security import load_secret_key
 from ..serializer import (
     DEFAULT_SERIALIZER,
     DependencyRef,
     DumpedFunctions,
     Serializer,
     decode_failure,
+    substitute_dependencies,
 )
 from . import Engine, EngineClient, GraphNode, KeyRef
-from .shared import NeverRaise, WakeQueue, flatten_nested, in_event_loop
+from .shared import NeverRaise, WakeQueue, flatten_nested, in_event_loop, replace_key_refs
 
-__all__ = ["FutureFSMEngine", "PreparedTask"]
+__all__ = ["FutureFSMEngine", "PreparedDependent", "PreparedTask"]
 
 LOGGER = logging.getLogger("futurefsm.client")
 
 _NOBLOCK = int(zmq.NOBLOCK)  # a plain int: pyzmq's flag enums cost time per call
 _OUTBOX_HANDOFF = 512  # queued items at which a submitter lets the I/O thread in
 _HAND_OFF_WAIT = 0.005  # seconds a submitter waits for that, at most
+_FIRST_HAND_OVER_WAIT = 0.5  # seconds the next submit waits for an idle client's first
 _MAX_INBOUND_BATCH = 1000  # messages handled per poll before the outbox gets a turn
 _CLOSE_LINGER_MS = 50  # how long a closing client lets its Disconnect go out
 _MONITOR_EVENTS = int(
@@ -113,6 +115,24 @@ class PreparedTask(NamedTuple):
 
     task_id: bytes
     frame: bytes
+
+
+class PreparedDependent(NamedTuple):
+    """A dependent's Task (``prepare_dependent``), with what ``_resolve`` needs to
+    send it again with upstream results in place."""
+
+    task_id: bytes
+    frame: bytes
+    function: bytes
+    arguments: bytes
+    upstream: tuple[bytes, ...]
+
+
+_CANCELLED = "cancelled"
+"""The kept outcome of an upstream that ended without a result."""
+
+_Outcome = tuple[ResultStatus, bytes] | str
+"""What a dependent needs of an ended upstream: its TaskResult's fields, or cancelled."""
 
 
 class FutureFSMEngine(Engine):
@@ -149,7 +169,7 @@ class FutureFSMEngine(Engine):
         self._curve: tuple[bytes, bytes, bytes] | None = None  # public, secret, server's
         if secret_key is not None:
             assert server_key is not None
-            self._curve = (*load_secret_key(secret_key), _load_public_key(server_key))
+            self._curve = (*load_secret_key(secret_key), load_public_key(server_key))
         # A module-level function is pickled once, not once per task.
         self._functions = DumpedFunctions(self._serializer)
         self._stub: Any = None
@@ -172,6 +192,16 @@ class FutureFSMEngine(Engine):
         self._outbox_drained = threading.Event()  # see _hand_off
         self._outbox_drained.set()
         self._guard = NeverRaise(LOGGER, "client I/O thread")
+        self._all_sent = threading.Event()  # see send(); set by the I/O thread
+        self._all_sent.set()
+        self._handshake = threading.Event()  # a connection came up (once is enough)
+        # Under _live_lock: tasks sent and not yet forgotten (forget(); none: the
+        # client is idle), and what dependents need (see prepare_dependent).
+        self._live: set[bytes] = set()
+        self._live_lock = threading.Lock()
+        self._holds: dict[bytes, int] = {}  # upstream id -> dependents not forgotten
+        self._kept: dict[bytes, _Outcome] = {}  # forgotten upstreams' outcomes, held
+        self._dependents: dict[bytes, PreparedDependent] = {}
         self._closed = False
         self._close_lock = threading.Lock()
         self._io_thread: threading.Thread | None = None
@@ -192,7 +222,7 @@ class FutureFSMEngine(Engine):
     @classmethod
     def from_address(cls, address: str | None, **options: Any) -> FutureFSMEngine:
         """``Client(address)``: our own scheduler at ``address`` (None: embedded)."""
-        return cls(address, **options)
+        return cls(None if address is None else check_address(address), **options)
 
     def __repr__(self) -> str:
         return f"<FutureFSMEngine {self.address}>"
@@ -235,16 +265,36 @@ class FutureFSMEngine(Engine):
             target=self._run, name=f"futurefsm-client-{id(self):x}-io", daemon=True
         )
         self._io_thread.start()
+        if self._stub is not None:
+            # The embedded scheduler is in this process: be connected to it, and have
+            # a worker of it up, before Client() returns, as a stdlib executor has its
+            # workers when it is made (the first submit is handed over: send()).
+            self._handshake.wait(client.connection_timeout)
+            self._stub.wait_for_worker(client.connection_timeout)
 
     def prepare(
         self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> PreparedTask:
         """Serialize the call and encode its Task (in the submitting thread)."""
+        if not self._all_sent.is_set():
+            self._hand_over_first()
         if len(self._outbox) >= _OUTBOX_HANDOFF:
             self._hand_off()
         function, arguments = self._serialize_call(fn, args, kwargs)
         task_id = new_task_id()
         return PreparedTask(task_id, encode_task(task_id, function, arguments))
+
+    def _hand_over_first(self) -> None:
+        """Wait until the task that found the client idle has been sent (see send()).
+
+        Here, before the client takes its submit lock, not in send() under it: a
+        done-callback that submits on the I/O thread needs that lock, and the I/O
+        thread is what sends. Waited for once: a busy I/O thread (a slow callback)
+        must not slow every submit down."""
+        if self.on_io_thread() or in_event_loop():
+            return
+        self._all_sent.wait(_FIRST_HAND_OVER_WAIT)
+        self._all_sent.set()
 
     def _hand_off(self) -> None:
         """Let the I/O thread take the outbox before queueing more.
@@ -293,18 +343,97 @@ class FutureFSMEngine(Engine):
             prepared.append(PreparedTask(task_id, frame))
         return prepared
 
+    def prepare_dependent(
+        self,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        upstream: Sequence[bytes],
+    ) -> PreparedDependent | None:
+        """A Task whose ``depends_on`` names the upstream tasks: the scheduler runs it
+        once they succeeded, with their results in place of the ``DependencyRef`` s
+        (on the worker), fails it with an upstream's failure and cancels it with an
+        upstream (an unasked ``canceled``); its own cancel leaves them alone.
+
+        An upstream whose result the scheduler sent before this Task reached it is no
+        longer there: the scheduler fails the Task with ``DependencyGone`` and the
+        I/O thread sends it again with that result, which it kept for it
+        (``_resolve``). None if an upstream is already forgotten (its future ended)."""
+        ids = tuple(upstream)
+        with self._live_lock:
+            if not all(task_id in self._live for task_id in ids):
+                return None
+            for task_id in ids:  # keep their outcomes while this one needs them
+                self._holds[task_id] = self._holds.get(task_id, 0) + 1
+        try:
+            call = replace_key_refs((args, kwargs), lambda ref: DependencyRef(ref.key))
+            function, arguments = self._serialize_call(fn, *call)
+        except BaseException:
+            self._release_holds(ids)
+            raise
+        task_id = new_task_id()
+        frame = encode(Task(task_id, function, arguments, None, ids))
+        dependent = PreparedDependent(task_id, frame, function, arguments, ids)
+        with self._live_lock:
+            self._dependents[task_id] = dependent
+        return dependent
+
+    def _release_holds(self, ids: Sequence[bytes]) -> None:
+        with self._live_lock:
+            self._drop_holds(ids)
+
+    def _drop_holds(self, ids: Sequence[bytes]) -> None:
+        """One dependent fewer needs each of ``ids`` (``_live_lock`` held)."""
+        holds = self._holds
+        for upstream in ids:
+            left = holds[upstream] - 1
+            if left:
+                holds[upstream] = left
+            else:
+                del holds[upstream]
+                self._kept.pop(upstream, None)
+
     def send(self, prepared: PreparedTask) -> None:  # type: ignore[override]
-        """Queue the Task for the I/O thread."""
-        self._outbox.post(("task", prepared))
+        """Queue the Task for the I/O thread.
+
+        The first task of an idle client (no task of this engine live) over an up
+        connection is handed over before the next submit goes on
+        (``_hand_over_first``), as a stdlib executor hands it to a worker: without
+        that, a thread submitting in a loop keeps the GIL from the I/O thread for a
+        switch interval (5 ms), and a ``shutdown(cancel_futures=True)`` in that time
+        cancelled every task unsent. Only when idle: waiting on every submit would
+        make the submitter and the I/O thread take turns per task."""
+        with self._live_lock:
+            idle = not self._live
+            self._live.add(prepared.task_id)
+        if idle and self._up:
+            self._all_sent.clear()  # the I/O thread sets it once the task is out
+        if type(prepared) is PreparedDependent:
+            self._outbox.post(("dependent", prepared))
+        else:
+            self._outbox.post(("task", prepared))
 
     def send_graph(self, group_id: bytes, prepared: list[PreparedTask]) -> None:  # type: ignore[override]
         """One outbox item: the I/O thread sends the graph whole or not at all."""
+        with self._live_lock:
+            self._live.update(item.task_id for item in prepared)
         self._outbox.post(("graph", group_id, prepared))
 
     def send_cancel(self, task_id: bytes, group_id: bytes | None, force: bool = True) -> None:
         """Queue one TaskCancel (the group's id for a graph member)."""
         target = task_id if group_id is None else group_id
         self._outbox.post(("cancel", encode(TaskCancel(target, force))))
+
+    def forget(self, task_id: bytes) -> None:
+        """The task's future is terminal: one task fewer live (see send())."""
+        with self._live_lock:
+            if task_id in self._live:
+                self._live.discard(task_id)
+                if task_id in self._holds:  # ended without a result: it was cancelled
+                    self._kept.setdefault(task_id, _CANCELLED)
+            dependent = self._dependents.pop(task_id, None)
+            if dependent is not None:
+                self._drop_holds(dependent.upstream)
 
     def close(self) -> None:
         """Say Disconnect, stop the I/O thread, and stop the embedded scheduler."""
@@ -371,6 +500,8 @@ class FutureFSMEngine(Engine):
                 running = self._drain_outbox()
                 if self._held:
                     self._flush_held(poller)
+                if not self._held and not self._all_sent.is_set():
+                    self._all_sent.set()  # wakes the submit after an idle one (send())
                 if self._socket in events and events[self._socket] & zmq.POLLIN:
                     self._drain_socket()
                 self._check_no_connection()
@@ -409,6 +540,7 @@ class FutureFSMEngine(Engine):
             kind = int(event["event"])
             if kind == zmq.EVENT_HANDSHAKE_SUCCEEDED:
                 self._up = True
+                self._handshake.set()
                 self._writable = False
                 self._handshake_failure = ""
                 LOGGER.info("connected to the scheduler at %s", self.address)
@@ -526,6 +658,8 @@ class FutureFSMEngine(Engine):
                     self._send_batched(tasks)
                 if kind == "graph":
                     self._send_graph(item[2])
+                elif kind == "dependent":
+                    self._send_dependent(item[1])
                 elif kind == "cancel":
                     self._send(item[1])
         if tasks:
@@ -586,6 +720,72 @@ class FutureFSMEngine(Engine):
             for prepared in members:
                 self._send(prepared.frame)
 
+    def _send_dependent(self, prepared: PreparedDependent) -> None:
+        """Send a dependent's Task, with the result of any upstream that ended
+        meanwhile in its place (``_resolve``)."""
+        client = self._client
+        assert client is not None
+        if client.sending(prepared.task_id):
+            frame = self._resolve(prepared)
+            if frame is not None:
+                self._send(frame)
+
+    def _resolve(self, prepared: PreparedDependent) -> bytes | None:
+        """The dependent's Task, with the kept outcome of each upstream that ended
+        in place of its ``DependencyRef`` (and out of ``depends_on``); None if an
+        upstream failed or was cancelled: then this one is delivered so, here."""
+        client = self._client
+        assert client is not None
+        task_id = prepared.task_id
+        with self._live_lock:
+            ended = {u: self._kept[u] for u in prepared.upstream if u in self._kept}
+        if not ended:
+            return prepared.frame
+        values = {}
+        for upstream, outcome in ended.items():
+            if outcome is _CANCELLED:
+                client.deliver_cancel_answer(task_id, "canceled")
+                return None
+            status, payload = outcome
+            value, error = self._unpack_result(upstream, status, payload)
+            if error is not None:
+                client.deliver_result(task_id, exception=error)
+                return None
+            values[upstream] = value
+        serializer = self._serializer
+        try:
+            call = substitute_dependencies(serializer.loads(prepared.arguments), values)
+            arguments = serializer.dumps(call)
+        except Exception as error:  # the upstream's value does not serialize back
+            failed = TaskFailedError(f"cannot pass an upstream's result on: {error!r}")
+            client.deliver_result(task_id, exception=failed)
+            return None
+        depends_on = tuple(u for u in prepared.upstream if u not in ended)
+        return encode(Task(task_id, prepared.function, arguments, None, depends_on))
+
+    def _on_result(self, task_id: bytes, status: ResultStatus, payload: bytes) -> None:
+        """One TaskResult: kept for the dependents that hold it, then delivered; a
+        dependent's ``DependencyGone`` is not delivered but sent again (``_resolve``)."""
+        client = self._client
+        assert client is not None
+        with self._live_lock:
+            if task_id in self._live:
+                self._live.discard(task_id)
+                if task_id in self._holds:
+                    self._kept[task_id] = (status, payload)
+            dependent = self._dependents.get(task_id)
+        value, error = self._unpack_result(task_id, status, payload)
+        if dependent is not None and type(error) is DependencyGone:
+            # An upstream's result left the scheduler before this Task reached it; that
+            # result came first on this connection, and is kept: send it again.
+            with self._live_lock:
+                self._live.add(task_id)
+            frame = self._resolve(dependent)
+            if frame is not None:
+                self._send(frame)
+            return
+        client.deliver_result(task_id, value, error)
+
     def _send(self, frame: bytes) -> None:
         # Only over a connection that is up (IMMEDIATE), with no high water mark: this
         # never blocks. If the connection closed a moment ago the frame is dropped
@@ -598,7 +798,7 @@ class FutureFSMEngine(Engine):
 
     def _drain_socket(self) -> None:
         socket, guard = self._socket, self._guard
-        deliver_result = self._client.deliver_result  # type: ignore[union-attr]
+        on_result = self._on_result
         for _ in range(_MAX_INBOUND_BATCH):
             try:
                 frames = socket.recv_multipart(zmq.NOBLOCK, copy=True)
@@ -618,7 +818,7 @@ class FutureFSMEngine(Engine):
                     fields = plain_result(frame)
                     with guard:
                         if fields is not None:
-                            deliver_result(fields[0], *self._unpack_result(*fields))
+                            on_result(*fields)
                         else:
                             self._on_message(decode_batch_item(index, frame))
             else:
@@ -630,9 +830,7 @@ class FutureFSMEngine(Engine):
         client = self._client
         assert client is not None
         if type(message) is TaskResult:
-            task_id = message.task_id
-            unpacked = self._unpack_result(task_id, message.status, message.payload)
-            client.deliver_result(task_id, *unpacked)
+            self._on_result(message.task_id, message.status, message.payload)
         elif isinstance(message, TaskCancelConfirm):
             client.deliver_cancel_answer(message.task_id, message.kind.value)
         elif isinstance(message, Disconnect):
@@ -661,14 +859,3 @@ class FutureFSMEngine(Engine):
         except Exception:
             reason = "no reason given"
         return None, WorkerDiedError(f"the worker running task {task_id.hex()} died: {reason}")
-
-
-def _load_public_key(key: str | os.PathLike[str] | bytes) -> bytes:
-    """The scheduler's public Z85 key, from a ``.key`` file or the bytes themselves."""
-    if isinstance(key, bytes):
-        return key
-    try:
-        public, _ = zmq.auth.load_certificate(key)
-    except (OSError, ValueError) as error:
-        raise ValueError(f"server_key {os.fspath(key)!r}: cannot read it: {error}") from error
-    return public

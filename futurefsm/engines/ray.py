@@ -91,6 +91,7 @@ from ray.exceptions import (
     WorkerCrashedError,
 )
 
+from ..addresses import check_host_port
 from ..errors import TaskFailedError, WorkerDiedError
 from . import Engine, EngineClient, GraphNode, KeyRef
 from .shared import DeliveryThread, NeverRaise, attach_remote_traceback, flatten_nested
@@ -147,6 +148,8 @@ def _fill(item: Any, values: tuple[Any, ...]) -> Any:
         return [_fill(element, values) for element in item]
     if isinstance(item, tuple):
         return tuple(_fill(element, values) for element in item)
+    if type(item) is dict:
+        return {key: _fill(element, values) for key, element in item.items()}
     return item
 
 
@@ -156,8 +159,28 @@ def _graph_call(fn: Callable[..., Any], template: tuple[Any, ...], *values: Any)
     return fn(*_fill(template, values))
 
 
+def _dependent_call(fn: Callable[..., Any], template: tuple[Any, ...], refs: list[Any]) -> Any:
+    """On the worker: ``fn(*args, **kwargs)`` of the template ``(args, kwargs)`` with
+    each ``_Dependency`` replaced by the value of that upstream task.
+
+    The refs come nested in a list, so Ray does not resolve them before the task is
+    scheduled: ``ray.cancel`` of a task whose arguments Ray is still resolving aborts
+    the driver (Ray 2.60: "Check failed: submitted_task_ref_count > 0" in
+    ReferenceCounter). The task waits in ``ray.get`` instead (Ray lends its CPU out
+    meanwhile); an upstream's error is raised as it is (its cause), so the dependent
+    fails with it, or ends cancelled with a cancelled upstream."""
+    try:
+        values = tuple(ray.get(refs))
+    except RayTaskError as error:
+        cause = error.cause
+        raise (cause if isinstance(cause, BaseException) else error) from None
+    args, kwargs = _fill(template, values)
+    return fn(*args, **kwargs)
+
+
 _remote_call = ray.remote(_call)
 _remote_graph_call = ray.remote(_graph_call)
+_remote_dependent_call = ray.remote(_dependent_call)
 
 
 # ---------------------------------------------------------------------- prepared
@@ -174,6 +197,9 @@ class PreparedRay:
     dependencies: tuple[int, ...] = ()
     """For a graph node: the positions (in the graph's list) of the nodes whose refs
     are appended to ``args``."""
+    upstream: tuple[Any, ...] = ()
+    """For a dependent (``prepare_dependent``): ``(refs,)``, the upstream tasks' refs
+    in a list (unresolved by Ray: ``_dependent_call``), appended to ``args``."""
 
 
 # ---------------------------------------------------------------------- connection
@@ -319,6 +345,8 @@ class RayEngine(Engine):
         # One lock for the engine's records; never held while delivering.
         self._lock = threading.Lock()
         self._refs: dict[bytes, Any] = {}  # task id -> ObjectRef, until it is ready
+        # task id -> ObjectRef until forget(): what a dependent submitted later names.
+        self._upstream_refs: dict[bytes, Any] = {}
         self._forced: dict[bytes, bool] = {}  # task id -> force of the cancel we sent
         self._groups: dict[bytes, list[bytes]] = {}  # group id -> member task ids
         self._group_of: dict[bytes, bytes] = {}
@@ -335,6 +363,7 @@ class RayEngine(Engine):
         self._options = {"max_retries": max_retries}
         self._call = _remote_call.options(**self._options)
         self._graph_call = _remote_graph_call.options(**self._options)
+        self._dependent_call = _remote_dependent_call.options(**self._options)
         self._fetcher = threading.Thread(
             target=self._fetch, name="futurefsm-ray-fetch", daemon=True
         )
@@ -346,6 +375,10 @@ class RayEngine(Engine):
     @classmethod
     def from_address(cls, address: str | None, **options: Any) -> RayEngine:
         """The engine for the Ray cluster at ``address`` (``host:port``), or a local Ray."""
+        if address is not None:
+            host, port = _split_address(address)
+            endpoint = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+            check_host_port(address, endpoint, example="127.0.0.1:6379")
         return cls(address, **options)
 
     # ------------------------------------------------------------------ lifecycle
@@ -457,6 +490,30 @@ class RayEngine(Engine):
             )
         return prepared
 
+    def prepare_dependent(
+        self,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        upstream: Sequence[bytes],
+    ) -> PreparedRay | None:
+        """A task taking the upstream tasks' ``ObjectRef`` s, which it gets on the
+        worker (``_dependent_call``): it fails with an upstream's error, ends cancelled
+        with a cancelled upstream (``TaskCancelledError``), and ``ray.cancel`` of it
+        leaves its inputs alone."""
+        if not callable(fn):
+            raise TypeError(f"expected a callable, got {fn!r}")
+        with self._lock:
+            refs = [self._upstream_refs.get(task_id) for task_id in upstream]
+        if any(ref is None for ref in refs):
+            return None  # an upstream's future ended: the client puts its value in
+        slots = {task_id: index for index, task_id in enumerate(upstream)}
+        template = _template((args, kwargs), slots)
+        self._check_pickles(f"the arguments of {_name(fn)}", (fn, template))
+        return PreparedRay(
+            self._task_id(), self._dependent_call, (fn, template), {}, upstream=(refs,)
+        )
+
     def send(self, prepared: PreparedRay) -> None:
         """Submit the task to Ray (``.remote()``), once the client says it may go."""
         client = self._client
@@ -468,7 +525,7 @@ class RayEngine(Engine):
             if not client.sending(prepared.task_id):
                 return
             try:
-                ref = prepared.remote.remote(*prepared.args, **prepared.kwargs)
+                ref = prepared.remote.remote(*prepared.args, *prepared.upstream, **prepared.kwargs)
             except Exception as error:
                 self._delivery.post(("result", prepared.task_id, _submit_failed(error)))
                 return
@@ -508,6 +565,7 @@ class RayEngine(Engine):
     def _track(self, task_id: bytes, ref: Any) -> None:
         """Record a submitted task's ref and hand it to the fetcher (lock held)."""
         self._refs[task_id] = ref
+        self._upstream_refs[task_id] = ref
         self._incoming.append((ref, task_id))
         if len(self._incoming) == 1:
             self._wake.notify()
@@ -542,6 +600,7 @@ class RayEngine(Engine):
         """The task's future is terminal: drop its records."""
         with self._lock:
             self._refs.pop(task_id, None)
+            self._upstream_refs.pop(task_id, None)
             self._forced.pop(task_id, None)
             group_id = self._group_of.pop(task_id, None)
             if group_id is not None:
@@ -681,6 +740,8 @@ def _template(args: Any, slots: dict[Any, int]) -> Any:
         return [_template(element, slots) for element in args]
     if isinstance(args, tuple):
         return tuple(_template(element, slots) for element in args)
+    if type(args) is dict:
+        return {key: _template(element, slots) for key, element in args.items()}
     return args
 
 

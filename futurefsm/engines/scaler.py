@@ -82,6 +82,7 @@ from scaler.utility import exceptions as scaler_errors
 from scaler.utility.identifiers import ObjectID, TaskID
 from scaler.utility.serialization import deserialize_failure
 
+from ..addresses import check_address
 from ..errors import TaskFailedError, WorkerDiedError
 from ..protocol import ProtocolError
 from . import Engine, EngineClient, GraphNode, KeyRef
@@ -271,6 +272,7 @@ class ScalerEngine(Engine):
                 f"serializer: engine='scaler' takes a scaler Serializer (serialize/deserialize), "
                 f"got {serializer!r}"
             )
+        check_address(address)  # Scaler's addresses are ZeroMQ's (tcp://HOST:PORT)
         engine = cls(None, **options)
         engine.address = address
         return engine

@@ -33,6 +33,7 @@ from typing import Any, Generic, TypeVar
 
 from ..errors import RemoteTraceback
 from ..protocol import ProtocolError
+from . import KeyRef
 
 __all__ = [
     "DeliveryThread",
@@ -43,12 +44,26 @@ __all__ = [
     "connect_within",
     "flatten_nested",
     "in_event_loop",
+    "replace_key_refs",
 ]
 
 T = TypeVar("T")
 
 _LOUD_PROTOCOL_ERRORS = 10  # warnings before protocol errors drop to debug level
 _PROBE_INTERVAL = 0.05  # seconds between TCP probes of an address that refuses
+
+
+def replace_key_refs(obj: Any, replace: Callable[[Any], Any]) -> Any:
+    """``obj`` with every ``KeyRef`` replaced by ``replace(ref)``, walking tuples, lists
+    and dict values (the arguments of ``Engine.prepare_dependent``)."""
+    kind = type(obj)
+    if kind is tuple or kind is list:
+        return kind(replace_key_refs(item, replace) for item in obj)
+    if kind is dict:
+        return {key: replace_key_refs(item, replace) for key, item in obj.items()}
+    if kind is KeyRef:
+        return replace(obj)
+    return obj
 
 
 def in_event_loop() -> bool:

@@ -15,6 +15,8 @@ from typing import Any
 
 import zmq
 
+from ..addresses import check_address
+from ..keys import KEYGEN_HINT, load_client_keys, load_secret_key
 from .behaviour import Behaviour
 from .stub import SchedulerStub
 
@@ -51,6 +53,12 @@ def main(
     except (OSError, ValueError) as exc:
         print(f"futurefsm scheduler: bad --behaviour file: {exc}", file=sys.stderr)
         return 2
+    try:
+        check_address(address, "--address", bind=True)
+        keys = _load_keys(secret_key, client_keys)
+    except ValueError as exc:
+        print(f"futurefsm scheduler: {exc}", file=sys.stderr)
+        return 2
     stop_requested = threading.Event()
     previous = _install_stop_handlers(stop_requested)
     try:
@@ -61,8 +69,8 @@ def main(
                 threads=threads,
                 behaviour=behaviour,
                 log_messages=log_messages,
-                secret_key=secret_key,
-                client_keys=client_keys,
+                secret_key=keys[0],
+                client_keys=keys[1],
                 insecure=insecure,
             )
         except ValueError as exc:
@@ -70,7 +78,7 @@ def main(
             return 2
         except zmq.ZMQError as exc:
             print(
-                f"futurefsm scheduler: cannot bind {address}: {exc}{_hint(address)}",
+                f"futurefsm scheduler: cannot bind {address}: {exc}",
                 file=sys.stderr,
             )
             return 1
@@ -111,8 +119,22 @@ def _install_stop_handlers(stop_requested: threading.Event) -> dict[int, Any]:
     return previous
 
 
-def _hint(address: str) -> str:
-    """A hint for an address ZeroMQ could not bind, or ""."""
-    if "://" not in address:
-        return f" (a ZeroMQ address names its transport: did you mean tcp://{address}?)"
-    return ""
+def _load_keys(
+    secret_key: str | None, client_keys: str | None
+) -> tuple[tuple[bytes, bytes] | None, frozenset[bytes] | None]:
+    """Read the key options, naming them as typed (``--client-keys``) in errors."""
+    if secret_key is None and client_keys is None:
+        return None, None
+    if secret_key is None:
+        raise ValueError(
+            "--client-keys needs --secret-key (the scheduler's NAME.key_secret): " + KEYGEN_HINT
+        )
+    if client_keys is None:
+        raise ValueError(
+            "--secret-key needs --client-keys (the directory of the public keys of the "
+            "clients allowed to connect): " + KEYGEN_HINT
+        )
+    return (
+        load_secret_key(secret_key, "--secret-key"),
+        load_client_keys(client_keys, "--client-keys"),
+    )

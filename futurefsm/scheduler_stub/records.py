@@ -17,7 +17,10 @@ for it is answered ``not_found``.
 
 Graphs: a task's ``depends_on`` names tasks of the same client (the same graph, as the
 protocol says). Dependencies may arrive before or after their dependents: a dependent
-whose dependency id is not known yet waits for a task with that id to arrive. The
+whose dependency id is not known yet waits for a task with that id to arrive. A task
+in no graph (``group_id`` None: a future passed as an argument) names tasks its client
+sent before it, on the same ordered connection: one not held has ended, and the task
+is answered ``DependencyGone`` at once (its client sends it again with that result). The
 outcome of finished graph members (a task with a ``group_id``) is kept for dependents
 that arrive later, for the ``MAX_RETAINED_GROUPS`` most recent groups of the client;
 a dependent of an older, forgotten group member waits until it is cancelled.
@@ -35,6 +38,7 @@ from .task_table import INITIAL_STATE, TaskState
 
 __all__ = [
     "DEPENDENCY_CANCELLED",
+    "DEPENDENCY_GONE",
     "MAX_RETAINED_GROUPS",
     "AfterFinish",
     "ClientBook",
@@ -59,13 +63,20 @@ class AfterFinish(Enum):
 
 
 class DependencyCancelled(Enum):
-    """The outcome retained for a graph member that was cancelled (one value)."""
+    """The outcome retained for a graph member that was cancelled, or (``GONE``) what
+    ``register`` says of a dependency no longer held."""
 
     CANCELLED = "cancelled"
+    GONE = "gone"
 
 
 DEPENDENCY_CANCELLED = DependencyCancelled.CANCELLED
 """What ``ClientBook.register`` returns, and ``settled`` holds, for a cancelled member."""
+
+DEPENDENCY_GONE = DependencyCancelled.GONE
+"""What ``ClientBook.register`` returns for a task in no graph whose dependency is not
+held: a task in no graph names tasks sent before it (a future passed as an argument),
+so that one ended and was released before this one arrived (``DependencyGone``)."""
 
 Outcome: TypeAlias = TaskResult | DependencyCancelled
 """How a task ended, as far as its dependents care: its result, or cancelled."""
@@ -215,6 +226,9 @@ class ClientBook:
                 continue
             if dep in self.live:
                 self.live[dep].add_dependent(record)
+            elif record.group_id is None:
+                record.pending_deps = None
+                return DEPENDENCY_GONE
             else:
                 self.waiting_for_unknown.setdefault(dep, []).append(record)
             if record.pending_deps is None:

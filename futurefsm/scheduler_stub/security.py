@@ -9,29 +9,34 @@ connect can run code as the scheduler's user. Two rules follow (docs/trust-model
 - A stub without keys binds only to this host (loopback, ``ipc://``, ``inproc://``)
   unless the caller says ``insecure=True``.
 
-Keys are pyzmq certificate files (``zmq.auth.create_certificates``): ``NAME.key``
-holds the public key, ``NAME.key_secret`` both keys. In memory a key is its 40-byte
-Z85 text, as ``zmq.curve_keypair()`` returns it.
+Keys are made and read in ``futurefsm.keys`` (shared with the client); the names
+below that it defines are re-exported here for code that imported them from here.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import logging
-import os
 import socket
-import sys
 import threading
-from collections.abc import Iterable
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, TypeAlias
+from typing import Any
 from urllib.parse import urlsplit
 
 import zmq
-import zmq.auth
+
+from ..keys import (
+    KEYGEN_HINT,
+    ClientKeys,
+    SecretKey,
+    keygen,
+    keygen_main,
+    load_client_keys,
+    load_secret_key,
+)
 
 __all__ = [
+    "KEYGEN_HINT",
     "ClientKeys",
     "CurveServer",
     "SecretKey",
@@ -44,99 +49,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger("futurefsm.scheduler_stub")
-
-SecretKey: TypeAlias = "str | os.PathLike[str] | tuple[bytes, bytes]"
-"""A secret-key file (``NAME.key_secret``) or an in-memory ``(public, secret)`` pair."""
-
-ClientKeys: TypeAlias = "str | os.PathLike[str] | Iterable[bytes]"
-"""A directory of public-key files (``*.key``) or in-memory public keys (Z85 bytes)."""
-
-KEYGEN_HINT = (
-    "make keys with `futurefsm keygen KEYS --name scheduler` and one "
-    "`futurefsm keygen CLIENTS --name NAME` per client, then run "
-    "`futurefsm scheduler --secret-key KEYS/scheduler.key_secret --client-keys CLIENTS` "
-    "(clients pass secret_key=THEIR.key_secret, server_key=KEYS/scheduler.key); "
-    "or pass --insecure if everyone who can reach the port may run code as this user"
-)
-
-
-def keygen(directory: str | os.PathLike[str], name: str) -> tuple[Path, Path]:
-    """Write a new keypair, ``DIR/NAME.key`` (public) and ``DIR/NAME.key_secret``
-    (both keys, readable by its owner only), with ``zmq.auth.create_certificates``.
-
-    ``FileExistsError`` rather than overwrite a key; ``ValueError`` for a bad name.
-    """
-    if not name or name != Path(name).name or name.startswith("."):
-        raise ValueError(f"--name: expected a plain file stem, got {name!r}")
-    directory = Path(directory)
-    public, secret = directory / f"{name}.key", directory / f"{name}.key_secret"
-    for path in (public, secret):
-        if path.exists():
-            raise FileExistsError(f"{path} exists; not overwriting a key")
-    directory.mkdir(parents=True, exist_ok=True)
-    old_umask = os.umask(0o077)  # the secret file is never readable by others, even briefly
-    try:
-        written_public, written_secret = zmq.auth.create_certificates(directory, name)
-    finally:
-        os.umask(old_umask)
-    Path(written_public).chmod(0o644)
-    Path(written_secret).chmod(0o600)
-    return Path(written_public), Path(written_secret)
-
-
-def keygen_main(directory: str, name: str) -> int:
-    """``futurefsm keygen DIR --name NAME``: 0 when written, 1 if it cannot be."""
-    try:
-        public, secret = keygen(directory, name)
-    except (OSError, ValueError) as exc:
-        print(f"futurefsm keygen: {exc}", file=sys.stderr)
-        return 1
-    print(f"wrote {public} (public: give it to the other side)")
-    print(f"wrote {secret} (secret: keep it here, readable only by you)")
-    return 0
-
-
-def load_secret_key(key: SecretKey) -> tuple[bytes, bytes]:
-    """``(public, secret)`` Z85 keys from a ``.key_secret`` file or a pair in memory."""
-    if isinstance(key, tuple):
-        public, secret = key
-    else:
-        try:
-            public, secret = zmq.auth.load_certificate(key)
-        except (OSError, ValueError) as exc:
-            raise ValueError(f"secret key {os.fspath(key)!r}: cannot read it: {exc}") from exc
-        if secret is None:
-            raise ValueError(
-                f"secret key {os.fspath(key)!r} holds only a public key "
-                "(pass the NAME.key_secret file that `futurefsm keygen` wrote)"
-            )
-    _check_z85_key(public, "public key")
-    _check_z85_key(secret, "secret key")
-    return public, secret
-
-
-def load_client_keys(keys: ClientKeys) -> frozenset[bytes]:
-    """The public keys (Z85) of the clients allowed in, from a directory or an iterable."""
-    if isinstance(keys, (str, os.PathLike)):
-        directory = Path(keys)
-        if not directory.is_dir():
-            raise ValueError(f"client keys: {os.fspath(keys)!r} is not a directory")
-        loaded = frozenset(zmq.auth.load_certificates(directory))
-        if not loaded:
-            raise ValueError(
-                f"client keys: no public key (*.key) in {os.fspath(keys)!r}; "
-                "make one with `futurefsm keygen DIR --name NAME`"
-            )
-        return loaded
-    loaded = frozenset(keys)
-    for key in loaded:
-        _check_z85_key(key, "client key")
-    return loaded
-
-
-def _check_z85_key(key: object, what: str) -> None:
-    if not isinstance(key, bytes) or len(key) != 40:
-        raise ValueError(f"{what}: expected 40 bytes of Z85 text, got {key!r:.60}")
 
 
 def is_local(address: str) -> bool:

@@ -346,6 +346,11 @@ class SchedulerStub(TaskEvents):
         stats["handshakes_failed"] = self._peers.handshakes_failed
         return stats
 
+    def wait_for_worker(self, timeout: float) -> bool:
+        """Wait until a worker can take a task (processes start in the background);
+        False if none is up within ``timeout`` seconds."""
+        return self._pool.worker_up.wait(timeout)
+
     @property
     def answer_heartbeats(self) -> bool:
         """Whether heartbeats are answered now.

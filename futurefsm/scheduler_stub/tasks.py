@@ -24,6 +24,7 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any
 
+from ..errors import DependencyGone
 from ..protocol import (
     ConfirmKind,
     ResultStatus,
@@ -33,9 +34,16 @@ from ..protocol import (
     decode,
     encode,
 )
+from ..serializer import encode_failure
 from .behaviour import Behaviour, OnCancel
 from .outbound import Outbound, _Outbox
-from .records import DEPENDENCY_CANCELLED, AfterFinish, ClientBook, TaskRecord
+from .records import (
+    DEPENDENCY_CANCELLED,
+    DEPENDENCY_GONE,
+    AfterFinish,
+    ClientBook,
+    TaskRecord,
+)
 from .task_table import HELD_STATES, TASK_TABLE, TaskCell, TaskEffect, TaskEvent, TaskState
 from .workers import STATUSES, Inbox, ProcessPool, ThreadPool
 
@@ -66,6 +74,7 @@ class TaskEvents(Outbound):
     _answer_heartbeats: bool
     _behaviour_fn: Callable[[int], Behaviour] | None
     _plain_behaviour: Behaviour | None
+    _serializer: Any
 
     def _init_task_events(self, threads: bool) -> None:
         """The task handling's own state (called by the constructor)."""
@@ -94,6 +103,9 @@ class TaskEvents(Outbound):
     def _protocol_error(self, identity: bytes, what: str) -> None:
         raise NotImplementedError
 
+    def _start_arrived(self, arrived: list[TaskRecord]) -> None:
+        raise NotImplementedError
+
     def _guarded(self, handler: Callable[..., None], *args: Any) -> None:
         raise NotImplementedError
 
@@ -117,6 +129,13 @@ class TaskEvents(Outbound):
         blocked_by = book.register(record, task.depends_on)
         if blocked_by is DEPENDENCY_CANCELLED:
             self._fire(record, _DEPENDENCY_CANCELLED, 1)
+        elif blocked_by is DEPENDENCY_GONE:  # its client sends it again (DependencyGone)
+            gone = DependencyGone(
+                f"task {record.task_id.hex()} names a task that ended before it arrived"
+            )
+            payload = encode_failure(gone, "", self._serializer)
+            failed = TaskResult(record.task_id, ResultStatus.FAILED, payload)
+            self._fire(record, _result_event(record), (failed.status, encode(failed)))
         elif blocked_by is not None:  # it ends as its dependency did, without running
             failed = TaskResult(record.task_id, blocked_by.status, blocked_by.payload)
             self._fire(record, _result_event(record), (failed.status, encode(failed)))
@@ -125,6 +144,12 @@ class TaskEvents(Outbound):
 
     def _on_cancel(self, identity: bytes, cancel: TaskCancel) -> None:
         self._count("cancels_received")
+        if self._arrived:
+            # Tasks read before this cancel in the same read go to the workers first,
+            # as they would have had the cancel come in a later read: what a cancel
+            # finds must not depend on how many messages one read took in.
+            arrived, self._arrived = self._arrived, []
+            self._start_arrived(arrived)
         if logger.isEnabledFor(logging.INFO):  # `futurefsm scheduler -v`
             force = " (force)" if cancel.force else ""
             logger.info("cancel%s of %s from %s", force, cancel.task_id.hex(), identity.hex())
@@ -183,8 +208,10 @@ class TaskEvents(Outbound):
         if mode is not OnCancel.CONFIRM and mode is not OnCancel.DUPLICATE:
             self._fire(record, TaskEvent.CANCEL_SCRIPTED)
             return
-        if record.state is TaskState.RUNNING and self._pool.take_back(record):
-            self._fire(record, TaskEvent.WORKER_GAVE_BACK)  # sent, not started: unstarted
+        # Sent, not started: unstarted again (a non-forced cancel leaves the next task
+        # of an idle worker to start: ProcessPool.take_back).
+        if record.state is TaskState.RUNNING and self._pool.take_back(record, next_to_run=force):
+            self._fire(record, TaskEvent.WORKER_GAVE_BACK)
         times = 2 if mode is OnCancel.DUPLICATE else 1
         self._fire(record, TaskEvent.CANCEL_FORCE if force else TaskEvent.CANCEL, times)
 

@@ -177,6 +177,9 @@ class ThreadPool:
         ]
         for thread in self._threads:
             thread.start()
+        self.worker_up = threading.Event()
+        """Set once a worker can take a task (at once for threads)."""
+        self.worker_up.set()
 
     def attach(self, poller: zmq.Poller) -> None:
         """Nothing to poll: threads report through the inbox."""
@@ -196,7 +199,7 @@ class ThreadPool:
         for record in records:
             self._queue.put(record)
 
-    def take_back(self, record: TaskRecord) -> bool:
+    def take_back(self, record: TaskRecord, *, next_to_run: bool = True) -> bool:
         """A claimed record is running: False (a queued one is the stub's to cancel)."""
         return False
 
@@ -384,6 +387,8 @@ class ProcessPool:
         """Workers with unanswered tasks, not killed: at most ``count``."""
         self._by_fd: dict[int, _Worker] = {}
         self._starting = 0
+        self.worker_up = threading.Event()
+        """Set once a worker process can take a task (or none could start)."""
         # Shared with the starter thread, under the lock.
         self._lock = threading.Lock()
         self._arrived: list[_Worker | BaseException] = []
@@ -411,18 +416,32 @@ class ProcessPool:
             self._replenish()
         self._pump()
 
-    def take_back(self, record: TaskRecord) -> bool:
+    def take_back(self, record: TaskRecord, *, next_to_run: bool = True) -> bool:
         """Take ``record`` back from the worker it was sent to, if that worker has not
-        started it (it will skip it); False if it started (or was never sent)."""
+        started it (it will skip it); False if it started (or was never sent).
+
+        ``next_to_run=False``: also False if the worker runs nothing and ``record`` is
+        the next task it starts: a worker with nothing ahead of it is starting it (only
+        waking up takes time), as a stdlib executor counts a call handed to its call
+        queue as running. So whether a non-forced cancel finds it started depends on
+        what the scheduler did, not on how soon the OS ran the worker's process."""
         entry = record.worker
         if not isinstance(entry, _Entry) or entry.record is not record:
             return False
         slots = entry.worker.slots
         slots.lock()
         try:
-            if slots.memory[entry.slot] != QUEUED:
+            memory = slots.memory
+            if memory[entry.slot] != QUEUED:
                 return False
-            slots.memory[entry.slot] = TAKEN
+            if not next_to_run:
+                head = next(
+                    (e for e in entry.worker.entries if memory[e.slot] in (QUEUED, STARTED)),
+                    None,
+                )
+                if head is entry:
+                    return False
+            memory[entry.slot] = TAKEN
         finally:
             slots.unlock()
         entry.record = record.worker = None
@@ -745,11 +764,13 @@ class ProcessPool:
             self._by_fd[item.fd] = item
             self._poller.register(item.fd, zmq.POLLIN)
             self._idle.append(item)
+            self.worker_up.set()
         self._pump()
 
     def _start_failed(self, error: BaseException) -> None:
         """No worker could start: fail what waits for one, rather than wait forever."""
         logger.error("scheduler stub: could not start a worker process: %s", error)
+        self.worker_up.set()  # nobody waits for a worker that will not come
         if self._by_fd or self._starting:
             return  # others may serve the queue
         reason = f"no worker process could be started: {error}"
