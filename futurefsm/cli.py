@@ -59,7 +59,13 @@ def _parser() -> argparse.ArgumentParser:
         "without it the path is printed as text and nothing is written",
     )
 
-    scheduler = command("scheduler", "run a scheduler stub")
+    scheduler = command(
+        "scheduler",
+        "run futurefsm's scheduler: a real ZeroMQ server that runs tasks on worker "
+        "processes, stops a force-cancelled running task by killing its process, drops "
+        "the work of clients that go away and, with keys, admits only listed CurveZMQ "
+        "clients",
+    )
     scheduler.add_argument(
         "--address", default="tcp://127.0.0.1:5555", help="ZeroMQ address to bind"
     )
@@ -75,7 +81,11 @@ def _parser() -> argparse.ArgumentParser:
         help="keep a bounded log of the messages in and out (sizes, no payloads)",
     )
     scheduler.add_argument(
-        "--behaviour", default=None, metavar="FILE.json", help="Behaviour to apply to every task"
+        "--behaviour",
+        default=None,
+        metavar="FILE.json",
+        help="fault scripting, for tests: a Behaviour (late, lost, duplicated results, "
+        "scripted cancel answers) applied to every task",
     )
     scheduler.add_argument(
         "--secret-key",

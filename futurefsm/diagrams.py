@@ -39,12 +39,16 @@ Mermaid text is simple enough to write directly. This module is never imported b
 
 from __future__ import annotations
 
+import ast
+import inspect
+import itertools
 import re
 import shutil
 import subprocess
 import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
 from typing import Literal, NamedTuple
 
@@ -57,13 +61,22 @@ from .fsm.table import (
     FutureState,
     Trigger,
 )
+from .scheduler_stub import task_table
+from .scheduler_stub.task_table import HELD_STATES as TASK_HELD_STATES
+from .scheduler_stub.task_table import INITIAL_STATE as INITIAL_TASK_STATE
+from .scheduler_stub.task_table import TASK_TABLE, TaskEffect, TaskEvent, TaskState
+from .scheduler_stub.task_table import TERMINAL_STATES as TASK_TERMINAL_STATES
 
 __all__ = [
+    "DOCS_SCHEDULER",
     "DOCS_TRANSITIONS",
     "EFFECT_LABELS",
     "README_END",
     "README_START",
     "STATE_MEANINGS",
+    "TASK_DOCS_END",
+    "TASK_DOCS_START",
+    "TASK_FILES",
     "TRIGGER_SOURCES",
     "Edge",
     "HistoryLike",
@@ -76,9 +89,17 @@ __all__ = [
     "mermaid",
     "path_diagram",
     "stale_triggers",
+    "task_docs_block",
+    "task_dot",
+    "task_generate",
+    "task_member_docs",
+    "task_mermaid",
+    "task_table_markdown",
     "transitions_markdown",
     "update_readme",
+    "update_task_docs",
     "write_path_diagram",
+    "write_task_files",
 ]
 
 README_START = "<!-- futurefsm:diagram:start -->"
@@ -690,23 +711,14 @@ def main(out: Path | str = "diagrams") -> int:
             file=sys.stderr,
         )
     else:
-        svg = target / "future.svg"
-        done = subprocess.run(
-            [dot_program, "-Tsvg", "-o", str(svg), str(target / "future.dot")],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        if done.returncode == 0:
-            print(f"wrote {svg}")
-        else:
-            print(f"dot failed on {target / 'future.dot'}:\n{done.stderr}", file=sys.stderr)
-            status = 1
+        status = _render_svg(dot_program, target / "future.dot")
 
     docs = target.resolve().parent / "docs"
     if target.resolve().name == "diagrams" and docs.is_dir():
         _write_if_changed(docs / DOCS_TRANSITIONS, docs_transitions_markdown())
         print(f"wrote {docs / DOCS_TRANSITIONS}")
+
+    status = max(status, write_task_files(target))
 
     readme = target.resolve().parent / "README.md"
     if target.resolve().name == "diagrams" and readme.is_file():
@@ -917,4 +929,243 @@ def diff_main(rev: str, repo: Path | str = ".") -> int:
     if changes:
         print(f"```mermaid\n{diff_mermaid(changes, title)}```\n")
     print(diff_text(changes), end="")
+# The scheduler's task machine (futurefsm/scheduler_stub/task_table.py)
+# ---------------------------------------------------------------------------
+
+TASK_FILES = ("task.mmd", "task.dot", "task-table.md")
+"""The files ``main`` writes for the scheduler's task table (and task.svg with Graphviz)."""
+
+DOCS_SCHEDULER = "scheduler.md"
+TASK_DOCS_START = "<!-- futurefsm:task-table:start -->"
+"""Marks the generated task machine in docs/scheduler.md (``update_task_docs``)."""
+TASK_DOCS_END = "<!-- futurefsm:task-table:end -->"
+
+# Cells drawn as edges: every change of state, and the self-loops that answer a cancel
+# (the others, results discarded and not_found answers of ended tasks, the table has).
+_TASK_LOOPS_DRAWN = frozenset({TaskEffect.REFUSE_CANCEL, TaskEffect.ANSWER_AS_SCRIPTED})
+
+
+def task_member_docs(enum: type[Enum]) -> dict[str, str]:
+    """The docstring under each member of an Enum in ``task_table.py``, by member name,
+    first sentence only (read from the source: Python keeps no member docstrings)."""
+    tree = ast.parse(inspect.getsource(task_table))
+    docs: dict[str, str] = {}
+    for node in tree.body:
+        if not (isinstance(node, ast.ClassDef) and node.name == enum.__name__):
+            continue
+        body = node.body
+        for statement, following in itertools.pairwise(body):
+            if (
+                isinstance(statement, ast.Assign)
+                and isinstance(statement.targets[0], ast.Name)
+                and isinstance(following, ast.Expr)
+                and isinstance(following.value, ast.Constant)
+                and isinstance(following.value.value, str)
+            ):
+                text = " ".join(following.value.value.split())
+                docs[statement.targets[0].id] = text
+    return docs
+
+
+def _task_effects_text(effects: Sequence[TaskEffect]) -> str:
+    return ", ".join(e.value for e in effects)
+
+
+def _task_edges() -> list[tuple[TaskState, TaskState, list[str]]]:
+    """(source, dest, label lines) for the drawn cells, in table order, merged by pair."""
+    merged: dict[tuple[TaskState, TaskState], list[str]] = {}
+    for state in TaskState:
+        for event in TaskEvent:
+            cell = TASK_TABLE[state, event]
+            if cell.state is state and not _TASK_LOOPS_DRAWN.intersection(cell.effects):
+                continue
+            line = event.value
+            if cell.effects:
+                line += f" / {_task_effects_text(cell.effects)}"
+            merged.setdefault((state, cell.state), []).append(line)
+    return [(source, dest, lines) for (source, dest), lines in merged.items()]
+
+
+def _task_undrawn(state: TaskState) -> int:
+    """How many of ``state``'s cells are not drawn (self-loops with nothing to answer)."""
+    drawn = sum(len(lines) for source, _, lines in _task_edges() if source is state)
+    return len(TaskEvent) - drawn
+
+
+def task_mermaid() -> str:
+    """The scheduler's task table as a Mermaid ``stateDiagram-v2`` (task.mmd)."""
+    out = [
+        "stateDiagram-v2",
+        "%% Generated by `futurefsm diagrams` from TASK_TABLE: do not edit.",
+        "    direction TB",
+        _MERMAID_TERMINAL,
+    ]
+    for state in TaskState:
+        out.append(f'    state "{state.value}" as {state.value}')
+        out.append(f"    {state.value} : +{_task_undrawn(state)} events that change nothing")
+    out.append(f"    [*] --> {INITIAL_TASK_STATE.value}")
+    for source, dest, lines in _task_edges():
+        out.append(f"    {source.value} --> {dest.value}: {'<br/>'.join(lines)}")
+    terminal = ",".join(s.value for s in TaskState if s in TASK_TERMINAL_STATES)
+    out.append(f"    class {terminal} terminal")
+    return "\n".join(out) + "\n"
+
+
+def task_dot() -> str:
+    """The scheduler's task table as a Graphviz DOT digraph (task.dot)."""
+    legend = (
+        "dashed: the state does not change.  Not drawn: events that change nothing"
+        " (late results discarded, not_found answers, impossible cells).  Every cell:"
+        " task-table.md"
+    )
+    out = [
+        "// Generated by `futurefsm diagrams` from TASK_TABLE: do not edit.",
+        "digraph task {",
+        '    graph [rankdir=TB, fontname="Helvetica", nodesep=0.8, ranksep=0.7, pad=0.3,',
+        f'        labelloc=b, fontsize=10, fontcolor="{_QUIET_COLOR}",',
+        f"        label={_dot_quote(legend)}];",
+        '    node [shape=box, style="rounded,filled", fillcolor="#ffffff", fontname="Helvetica",',
+        '        fontsize=13, margin="0.25,0.1"];',
+        '    edge [fontname="Helvetica", fontsize=10, arrowsize=0.8];',
+        '    start [shape=circle, style=filled, fillcolor=black, label="", width=0.18];',
+    ]
+    for state in TaskState:
+        attrs = ["peripheries=2"] if state in TASK_TERMINAL_STATES else ["group=flow"]
+        out.append(f"    {state.value} [{', '.join(attrs)}];")
+    terminals = "; ".join(s.value for s in TaskState if s in TASK_TERMINAL_STATES)
+    out.append(f"    {{ rank=same; {terminals}; }}")
+    out.append(f"    start -> {INITIAL_TASK_STATE.value};")
+    for source, dest, lines in _task_edges():
+        br = '<BR ALIGN="LEFT"/>'
+        attrs = [f"label=<{br.join(_html(line) for line in lines)}{br}>"]
+        if source is dest:
+            attrs += ["style=dashed", f'color="{_QUIET_COLOR}"', f'fontcolor="{_QUIET_COLOR}"']
+        out.append(f"    {source.value} -> {dest.value} [{', '.join(attrs)}];")
+    out.append("}")
+    return "\n".join(out) + "\n"
+
+
+def _task_markdown_cell(state: TaskState, event: TaskEvent) -> str:
+    cell = TASK_TABLE[state, event]
+    effects = _task_effects_text(cell.effects)
+    if cell.state is state:
+        return effects or "·"
+    return f"**{cell.state.value}**" + (f", {effects}" if effects else "")
+
+
+def task_table_markdown(*, level: int = 1, diagrams: str = "") -> str:
+    """The scheduler's task table as markdown (task-table.md, and docs/scheduler.md's
+    generated block): events by state, then what each state, event and effect means.
+
+    ``level``: the depth of its top heading; ``diagrams``: the path prefix of the links
+    to the diagram files (``""`` beside them).
+    """
+    h = "#" * level
+    held = ", ".join(f"`{s.value}`" for s in TaskState if s in TASK_HELD_STATES)
+    out = [
+        f"{h} The scheduler's task table",
+        "",
+        "<!-- Generated by `futurefsm diagrams` from TASK_TABLE: do not edit. -->",
+        "",
+        "Generated from `futurefsm.scheduler_stub.task_table.TASK_TABLE`, the table the",
+        "scheduler fires every event through (`SchedulerStub._apply`, the only code that",
+        "sets a task's state, looks it up). Rows are events, columns are states; each",
+        "cell is the next state in **bold** (none: the state does not change) and the",
+        "effects the scheduler then carries out, in order. `·`: nothing changes and",
+        "nothing is done. Every task",
+        f"starts in `{INITIAL_TASK_STATE.value}`; held (a TaskCancel reaches it): {held};",
+        "terminal: "
+        + ", ".join(f"`{s.value}`" for s in TaskState if s in TASK_TERMINAL_STATES)
+        + ", nothing leaves them.",
+        "",
+        "| event \\ state | " + " | ".join(f"`{s.value}`" for s in TaskState) + " |",
+        "|---" * (len(TaskState) + 1) + "|",
+    ]
+    for event in TaskEvent:
+        cells = [_task_markdown_cell(state, event) for state in TaskState]
+        out.append(f"| `{event.value}` | " + " | ".join(cells) + " |")
+    for title, enum in (("States", TaskState), ("Events", TaskEvent), ("Effects", TaskEffect)):
+        docs = task_member_docs(enum)
+        out += ["", f"{h}# {title}", "", "| name | meaning |", "|---|---|"]
+        out += [f"| `{m.value}` | {docs[m.name]} |" for m in enum]  # type: ignore[attr-defined]
+    out += [
+        "",
+        f"Diagrams of the same table: [task.mmd]({diagrams}task.mmd) (Mermaid),",
+        f"[task.dot]({diagrams}task.dot) (Graphviz; `futurefsm diagrams` renders task.svg",
+        "from it when the `dot` program is installed).",
+    ]
+    return "\n".join(out) + "\n"
+
+
+def task_docs_block() -> str:
+    """What docs/scheduler.md holds between ``TASK_DOCS_START`` and ``TASK_DOCS_END``:
+    the Mermaid diagram and the table of the scheduler's task machine."""
+    return (
+        f"{TASK_DOCS_START}\n"
+        f"```mermaid\n{task_mermaid()}```\n\n"
+        f"{task_table_markdown(level=3, diagrams='../diagrams/')}"
+        f"{TASK_DOCS_END}"
+    )
+
+
+def update_task_docs(doc_path: Path | str) -> bool:
+    """Refresh the generated block of docs/scheduler.md; True if it changed.
+
+    Raises ``ValueError`` if the file has no ``TASK_DOCS_START``/``TASK_DOCS_END`` block.
+    """
+    doc = Path(doc_path)
+    text = doc.read_text(encoding="utf-8")
+    start, end = text.find(TASK_DOCS_START), text.find(TASK_DOCS_END)
+    if start < 0 or end < start:
+        raise ValueError(
+            f"{doc}: no {TASK_DOCS_START} ... {TASK_DOCS_END} block; add the two markers "
+            "where the task table should go"
+        )
+    new = text[:start] + task_docs_block() + text[end + len(TASK_DOCS_END) :]
+    if new == text:
+        return False
+    doc.write_text(new, encoding="utf-8")
+    return True
+
+
+def task_generate() -> dict[str, str]:
+    """The task machine's text files by name (``TASK_FILES``; no I/O)."""
+    return {
+        "task.mmd": task_mermaid(),
+        "task.dot": task_dot(),
+        "task-table.md": task_table_markdown(),
+    }
+
+
+def write_task_files(target: Path) -> int:
+    """Write ``TASK_FILES`` (and task.svg with Graphviz) to ``target``; when ``target``
+    is the repository's ``diagrams`` directory, refresh docs/scheduler.md's block.
+    Returns the exit status (1 if ``dot`` failed)."""
+    for name, text in task_generate().items():
+        _write_if_changed(target / name, text)
+        print(f"wrote {target / name}")
+    dot_program = shutil.which("dot")
+    status = _render_svg(dot_program, target / "task.dot") if dot_program is not None else 0
+    doc = target.resolve().parent / "docs" / DOCS_SCHEDULER
+    if target.resolve().name == "diagrams" and doc.is_file():
+        text = doc.read_text(encoding="utf-8")
+        if TASK_DOCS_START in text and TASK_DOCS_END in text and update_task_docs(doc):
+            print(f"updated the task table in {doc}")
+    return status
+
+
+def _render_svg(dot_program: str, dot_file: Path) -> int:
+    """Render ``dot_file`` to the .svg beside it with Graphviz; 1 (said on stderr) if
+    ``dot`` failed, else 0."""
+    svg = dot_file.with_suffix(".svg")
+    done = subprocess.run(
+        [dot_program, "-Tsvg", "-o", str(svg), str(dot_file)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        print(f"dot failed on {dot_file}:\n{done.stderr}", file=sys.stderr)
+        return 1
+    print(f"wrote {svg}")
     return 0

@@ -25,6 +25,7 @@ from futurefsm.diagrams import (
     write_path_diagram,
 )
 from futurefsm.fsm import TRANSITION_TABLE, Effect, FSMModel, FutureState, HistoryEntry, Trigger
+from futurefsm.scheduler_stub.task_table import TASK_TABLE, TaskEffect, TaskEvent, TaskState
 
 ROOT = Path(__file__).resolve().parents[1]
 COMMITTED = ROOT / "diagrams"
@@ -273,7 +274,7 @@ def test_main_writes_the_files_and_skips_svg_without_graphviz(
     monkeypatch.setattr(diagrams.shutil, "which", lambda name: None)
     out = tmp_path / "nested" / "out"
     assert main(out=str(out)) == 0
-    assert sorted(p.name for p in out.iterdir()) == sorted(TEXT_FILES)
+    assert sorted(p.name for p in out.iterdir()) == sorted(TEXT_FILES + diagrams.TASK_FILES)
     assert "Graphviz `dot` is not installed" in capsys.readouterr().err
     for name, text in diagrams.generate().items():
         assert (out / name).read_text(encoding="utf-8") == text
@@ -328,3 +329,67 @@ def test_runtime_packages_do_not_import_diagram_machinery(package: str) -> None:
         for name in _imports(path):
             assert "diagrams" not in name.split("."), f"{path} imports {name}"
             assert not name.startswith("transitions.extensions"), f"{path} imports {name}"
+
+
+# --- the scheduler's task machine -----------------------------------------------------
+
+
+def test_committed_task_files_equal_fresh_generation(tmp_path: Path) -> None:
+    assert main(out=tmp_path) == 0
+    for name in diagrams.TASK_FILES:
+        committed = COMMITTED / name
+        assert committed.is_file(), f"diagrams/{name} is missing: {STALE_HINT}"
+        assert committed.read_text(encoding="utf-8") == (tmp_path / name).read_text(
+            encoding="utf-8"
+        ), f"diagrams/{name} {STALE_HINT}"
+
+
+def test_docs_scheduler_shows_the_generated_task_machine() -> None:
+    doc = (ROOT / "docs" / diagrams.DOCS_SCHEDULER).read_text(encoding="utf-8")
+    start = doc.index(diagrams.TASK_DOCS_START)
+    end = doc.index(diagrams.TASK_DOCS_END) + len(diagrams.TASK_DOCS_END)
+    assert doc[start:end] == diagrams.task_docs_block(), f"docs/scheduler.md {STALE_HINT}"
+
+
+def test_task_diagrams_draw_every_change_of_state() -> None:
+    mmd = mermaid_edges(diagrams.task_mermaid())
+    dot_text = dot_edges(diagrams.task_dot())
+    for (state, event), cell in TASK_TABLE.items():
+        if cell.state is state:
+            continue
+        line = event.value + (
+            f" / {', '.join(e.value for e in cell.effects)}" if cell.effects else ""
+        )
+        assert line in mmd[state.value, cell.state.value], (state, event)
+        assert line in dot_text[state.value, cell.state.value][0], (state, event)
+
+
+def test_task_table_markdown_has_every_cell_and_every_name() -> None:
+    text = diagrams.task_table_markdown()
+    rows = {
+        line.split(" | ")[0].strip("| `"): line.split(" | ")[1:]
+        for line in text.splitlines()
+        if line.startswith("| `") and line.count(" | ") == len(TaskState)
+    }
+    assert set(rows) == {event.value for event in TaskEvent}
+    for (state, event), cell in TASK_TABLE.items():
+        shown = rows[event.value][list(TaskState).index(state)].rstrip(" |")
+        if cell.state is not state:
+            assert shown.startswith(f"**{cell.state.value}**"), (state, event, shown)
+        for effect in cell.effects:
+            assert effect.value in shown, (state, event, shown)
+    for enum in (TaskState, TaskEvent, TaskEffect):
+        docs = diagrams.task_member_docs(enum)
+        assert set(docs) == {member.name for member in enum}, enum
+        assert all(docs.values())
+
+
+def test_update_task_docs_names_the_missing_markers(tmp_path: Path) -> None:
+    doc = tmp_path / "scheduler.md"
+    doc.write_text("no markers here\n", encoding="utf-8")
+    with pytest.raises(ValueError, match="futurefsm:task-table:start"):
+        diagrams.update_task_docs(doc)
+    doc.write_text(f"a\n{diagrams.TASK_DOCS_START}\nold\n{diagrams.TASK_DOCS_END}\nb\n")
+    assert diagrams.update_task_docs(doc) is True
+    assert doc.read_text() == f"a\n{diagrams.task_docs_block()}\nb\n"
+    assert diagrams.update_task_docs(doc) is False

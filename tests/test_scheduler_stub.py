@@ -8,6 +8,7 @@ every wait has a deadline, and "nothing arrives" is checked with a short bounded
 from __future__ import annotations
 
 import json
+import logging
 import math
 import operator
 import os
@@ -185,6 +186,33 @@ def context() -> Iterator[zmq.Context[Any]]:
     ctx: zmq.Context[Any] = zmq.Context()
     yield ctx
     ctx.destroy(linger=0)
+
+
+class _Impossible(logging.Handler):
+    """Keeps what the scheduler logs when an event hits a cell its task table calls
+    impossible (``TaskEffect.IMPOSSIBLE``)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.seen: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if "impossible, says the task table" in message:
+            self.seen.append(message)
+
+
+@pytest.fixture(autouse=True)
+def no_impossible_event() -> Iterator[None]:
+    """Every test here also checks the task table's impossible cells: none is hit."""
+    handler = _Impossible()
+    logger = logging.getLogger("futurefsm.scheduler_stub")
+    logger.addHandler(handler)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+    assert not handler.seen, handler.seen
 
 
 @pytest.fixture
@@ -682,6 +710,42 @@ def test_cancelling_one_graph_member_cancels_its_dependents(make_stub, connect):
     )
     late = peer.submit(noop, group_id=group, depends_on=(a,))
     assert peer.recv() == confirm(late, "canceled")
+
+
+def test_a_dependency_named_twice_that_fails_ends_its_dependent_once(make_stub, connect):
+    # b waits on the same record twice: before the task table, a's failure reached b
+    # twice and b's result was sent twice (now the second is a result in done: discarded).
+    stub = make_stub()
+    peer = connect(stub)
+    group, gate = new_task_id(), unique("twice-failed")
+    g = peer.submit(gate_wait, gate, group_id=group)
+    a = peer.submit(fail, "upstream", group_id=group, depends_on=(g,))
+    b = peer.submit(noop, group_id=group, depends_on=(a, a))
+    assert wait_started(gate, WAIT)
+    open_gate(gate)
+    results = peer.recv_many(3)
+    assert [r.task_id for r in results] == [g, a, b]
+    assert results[2].status is ResultStatus.FAILED
+    unknown = new_task_id()
+    peer.cancel(unknown)  # answered after anything else b could get
+    assert peer.recv() == confirm(unknown, "not_found")
+    assert stub.stats()["results_sent"] == 3
+
+
+def test_a_cancelled_dependency_named_twice_is_confirmed_once(make_stub, connect):
+    stub = make_stub()
+    peer = connect(stub)
+    group, gate = new_task_id(), unique("twice-cancelled")
+    a = peer.submit(gate_wait, gate, group_id=group)
+    b = peer.submit(noop, group_id=group, depends_on=(a, a))
+    assert wait_started(gate, WAIT)
+    peer.cancel(a, force=True)
+    confirms = peer.recv_many(2)
+    assert sorted(confirms, key=repr) == sorted(
+        [confirm(a, "canceled"), confirm(b, "canceled")], key=repr
+    )
+    peer.assert_silent()  # b's second dependency link raised no second confirm
+    assert stub.stats()["confirms_sent"] == 2
 
 
 # ---------------------------------------------------------------------------

@@ -1,4 +1,9 @@
-"""``futurefsm scheduler``: run a ``SchedulerStub`` until SIGINT or SIGTERM."""
+"""``futurefsm scheduler``: run futurefsm's scheduler until SIGINT or SIGTERM.
+
+It is the real scheduler (keys, worker processes, kill-to-cancel, liveness); the class
+is named ``SchedulerStub`` for its fault scripting (``--behaviour``), which is off
+unless a Behaviour file is given.
+"""
 
 from __future__ import annotations
 

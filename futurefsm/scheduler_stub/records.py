@@ -2,21 +2,18 @@
 ``ClientBook`` per client connection (task ids are per client, docs/protocol.md).
 
 Everything here is owned by the stub's I/O thread, with one exception: with worker
-threads (``threads=True``) a worker thread claims a record by moving it from ``QUEUED``
-to ``RUNNING`` under the stub's claim lock, and the I/O thread takes the same lock to
-move a ``QUEUED`` record to ``CANCELLED``, so exactly one of "it ran" and "it was
-removed from the queue" happens. Worker processes are dispatched by the I/O thread
-itself, which claims for them.
+threads (``threads=True``) a worker thread claims a record (the table's ``WORKER_TOOK``)
+under the stub's claim lock, and the I/O thread takes the same lock to move a record
+out of ``QUEUED``, so exactly one of "it ran" and "it was removed from the queue"
+happens. Worker processes are dispatched by the I/O thread itself, which claims for
+them.
 
-A task's life in the stub::
-
-    WAITING --(dependencies done)--> QUEUED --(worker claims)--> RUNNING
-    RUNNING --(worker reports)--> DELAYED (result_delay > 0) --(timer)--> DONE
-    RUNNING --(worker reports, no delay)--> DONE
-    any of WAITING, QUEUED, RUNNING, DELAYED --(cancelled or forgotten)--> CANCELLED
-
-A task is *held* (and can be cancelled) until it is DONE or CANCELLED; afterwards a
-``TaskCancel`` for it is answered ``not_found``.
+A task's state moves only through the task table (``task_table.py``: one literal
+(state, event) -> (next state, effects) table, applied by ``SchedulerStub._apply``,
+the only code that sets ``TaskRecord.state``); the records here hold what the table
+does not: a task's data and how its graph hangs together. A task is *held* (and can
+be cancelled) while its state is one of ``HELD_STATES``; afterwards a ``TaskCancel``
+for it is answered ``not_found``.
 
 Graphs: a task's ``depends_on`` names tasks of the same client (the same graph, as the
 protocol says). Dependencies may arrive before or after their dependents: a dependent
@@ -34,6 +31,7 @@ from typing import TypeAlias
 
 from ..protocol import ResultStatus, Task, TaskResult
 from .behaviour import Behaviour
+from .task_table import INITIAL_STATE, TaskState
 
 __all__ = [
     "DEPENDENCY_CANCELLED",
@@ -50,19 +48,10 @@ MAX_RETAINED_GROUPS = 1024
 """Per client, how many groups keep their finished members' outcomes for late dependents."""
 
 
-class TaskState(Enum):
-    """Where a task is in the stub; see the module docstring."""
-
-    WAITING = "waiting"
-    QUEUED = "queued"
-    RUNNING = "running"
-    DELAYED = "delayed"
-    DONE = "done"
-    CANCELLED = "cancelled"
-
-
 class AfterFinish(Enum):
-    """What happens when a held task finishes, as decided by a ``TaskCancel``."""
+    """What ``SEND_RESULT`` sends besides (or instead of) the result, as a scripted
+    ``on_cancel`` (``result_then_confirm``, ``ignore``) decided: fault scripting, not
+    the task's state (the task's state moves the same whatever it says)."""
 
     SEND_RESULT = "send_result"
     SEND_RESULT_THEN_CONFIRM = "send_result_then_confirm"
@@ -82,7 +71,6 @@ Outcome: TypeAlias = TaskResult | DependencyCancelled
 """How a task ended, as far as its dependents care: its result, or cancelled."""
 
 
-_WAITING = TaskState.WAITING  # an enum member from the class costs a lookup per use
 _SEND_RESULT = AfterFinish.SEND_RESULT
 
 
@@ -102,13 +90,11 @@ class TaskRecord:
         "confirms_after_result",
         "dep_payloads",
         "dependents",
-        "frame",
         "function",
         "group_id",
         "index",
         "pending_deps",
         "state",
-        "status",
         "task_id",
         "worker",
     )
@@ -131,7 +117,8 @@ class TaskRecord:
         self.behaviour = behaviour
         self.index = index
         """The Task's arrival index across the stub."""
-        self.state = _WAITING
+        self.state = INITIAL_STATE
+        """Read anywhere; set only by ``SchedulerStub._apply`` (``task_table.py``)."""
         self.after_finish = _SEND_RESULT
         self.confirms_after_result = 0
         self.pending_deps: set[bytes] | None = None
@@ -141,9 +128,6 @@ class TaskRecord:
         (None: no dependency)."""
         self.dependents: list[TaskRecord] | None = None
         """Records that wait for it (None: none yet)."""
-        self.status: ResultStatus | None = None
-        self.frame: bytes | memoryview | None = None
-        """Once finished: its encoded ``TaskResult`` (of ``status``), until sent."""
         self.worker: object = None
         """The worker process running it, if any (the pool's business)."""
 

@@ -1,5 +1,5 @@
 """``SchedulerStub``: a real ZeroMQ scheduler that runs tasks on worker processes
-(or threads) (docs/scheduler.md).
+(or threads) (docs/scheduler.md); "stub" for its fault scripting (``Behaviour``).
 
 Theory of operation
 -------------------
@@ -15,6 +15,16 @@ Threads: one I/O thread owns the ROUTER socket and every piece of task bookkeepi
 - worker threads (``threads=True``): they take queued tasks from a queue, run them, and
   post their results to the ``Inbox``. Only the move of a queued task to running (by a
   worker) or to cancelled (by the I/O thread) is shared, under one small claim lock.
+
+Tasks: a task's state moves only through the task table (``task_table.py``). The I/O
+code turns what happens (a message, a worker's answer, a process gone, a client gone, a
+timer) into a ``TaskEvent`` and fires it (``tasks.py``, ``TaskEvents``): ``_apply``,
+the only code that sets a task's state, moves it as ``TASK_TABLE`` says and carries out
+the cell's effects, then the events those raised for dependents. Nothing else decides
+a task's state. The server's parts, one module each: this one (the ROUTER, its poll
+loop, peers, lifecycle), ``tasks.py`` (task handling), ``outbound.py`` (sending and
+batching answers), ``workers.py`` (the pool), ``observe.py`` (counters, message log),
+``behaviour.py`` (fault scripting).
 
 Other threads reach the I/O thread through the ``Inbox`` (a deque plus an inproc
 PUSH/PULL wake-up) that it drains; the public methods that change things
@@ -73,57 +83,43 @@ the listed client keys; without keys, the stub binds only to this host unless to
 
 from __future__ import annotations
 
-import heapq
-import itertools
 import logging
 import math
 import re
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
 from functools import partial
-from typing import Any, Literal
+from typing import Any
 
-import msgpack
 import zmq
 
 from ..protocol import (
-    MAX_FRAME_BYTES,
-    PROTOCOL_VERSION,
     Batch,
-    ConfirmKind,
     Disconnect,
     Heartbeat,
     HeartbeatEcho,
     Message,
     ProtocolError,
-    ResultStatus,
     Status,
     StatusRequest,
     Task,
     TaskCancel,
-    TaskCancelConfirm,
-    TaskResult,
     decode,
     decode_batch_item,
-    encode,
     plain_task,
     unbatch,
 )
 from ..serializer import DEFAULT_SERIALIZER, Serializer
-from .behaviour import DEFAULT_BEHAVIOUR, Behaviour, BehaviourSource, OnCancel
+from .behaviour import DEFAULT_BEHAVIOUR, Behaviour, BehaviourSource
+from .observe import LogRecord, Observations
+from .outbound import _Outbox
 from .peers import PeerTracker
-from .records import (
-    DEPENDENCY_CANCELLED,
-    AfterFinish,
-    ClientBook,
-    TaskRecord,
-    TaskState,
-)
+from .records import ClientBook, TaskRecord
 from .security import ClientKeys, CurveServer, SecretKey, check_bind
-from .workers import STATUSES, Inbox, ProcessPool, ThreadPool
+from .task_table import TaskEvent, TaskState
+from .tasks import TaskEvents
+from .workers import Inbox, ProcessPool, ThreadPool
 
 __all__ = ["LogRecord", "SchedulerStub"]
 
@@ -137,8 +133,7 @@ _ROUTER_BATCH = 1000
 """Messages read from the ROUTER in a row before the inbox gets a look."""
 
 # Enum members as module constants: a member read from its class costs a lookup.
-_QUEUED, _DONE, _CANCELLED = TaskState.QUEUED, TaskState.DONE, TaskState.CANCELLED
-_SEND_RESULT = AfterFinish.SEND_RESULT
+_QUEUED, _READY = TaskState.QUEUED, TaskEvent.READY
 
 _TURNS_PER_FLUSH = 8
 _FLUSH_AFTER = 0.0005
@@ -158,64 +153,7 @@ _MAX_POLL_MS = 60_000
 """Longest single poll: a huge ``result_delay`` must not overflow zmq's timeout."""
 
 _POLLOUT, _POLLIN_OR_ERR = int(zmq.POLLOUT), int(zmq.POLLIN | zmq.POLLERR)
-_NOBLOCK = int(zmq.NOBLOCK)  # plain ints: pyzmq's flag enums cost time per call
-_NOBLOCK_SNDMORE = int(zmq.NOBLOCK | zmq.SNDMORE)
-
-_STAT_NAMES = (
-    "tasks_received",
-    "results_sent",
-    "confirms_sent",
-    "protocol_errors",
-    "unroutable",
-    "heartbeats_answered",
-    "heartbeats_ignored",
-    "cancels_received",
-    "disconnects_received",
-    "disconnects_sent",
-    "results_discarded",
-    "results_dropped",
-    "internal_errors",
-    "clients_dropped",
-    "workers_killed",
-    "clients_gone",
-)
-
-_LOG_RECORD_BYTES = 200
-"""What one log record costs, roughly, beside its ids (for the ``log_bytes`` bound)."""
-
-
-@dataclass(frozen=True, slots=True)
-class LogRecord:
-    """One message the stub received ("in") or handed to its socket ("out")."""
-
-    direction: Literal["in", "out"]
-    client: bytes
-    """The client's ROUTER identity."""
-    message: Message
-    """The message without its payload bytes: a Task's ``function`` and ``args`` and a
-    TaskResult's ``payload`` are ``b""``."""
-    size: int
-    """The length of its frame, in bytes."""
-    time: float
-    """``time.monotonic()`` when it was received or sent."""
-
-    def cost(self) -> int:
-        """Roughly the bytes this record keeps alive."""
-        message = self.message
-        ids = 16 * len(getattr(message, "depends_on", ()))
-        return _LOG_RECORD_BYTES + len(self.client) + ids
-
-
-def _without_payload(message: Message) -> Message:
-    """``message`` with its payload bytes emptied, for the log."""
-    kind = type(message)
-    if kind is Task:
-        assert isinstance(message, Task)
-        return Task(message.task_id, b"", b"", message.group_id, message.depends_on)
-    if kind is TaskResult:
-        assert isinstance(message, TaskResult)
-        return TaskResult(message.task_id, message.status, b"")
-    return message
+_NOBLOCK = int(zmq.NOBLOCK)  # a plain int: pyzmq's flag enums cost time per call
 
 
 def _bind_endpoint(address: str) -> str:
@@ -230,7 +168,7 @@ def _connectable(endpoint: str) -> str:
     return re.sub(r"^tcp://\[::\]:", "tcp://[::1]:", endpoint)
 
 
-class SchedulerStub:
+class SchedulerStub(TaskEvents):
     """A ZeroMQ ROUTER scheduler that unpickles and runs tasks on worker processes.
 
     ``address``: where to bind; ``tcp://HOST:0`` picks a free port. ``workers``: how
@@ -302,13 +240,11 @@ class SchedulerStub:
             (b for b in (self._behaviour, DEFAULT_BEHAVIOUR) if b is not None and _plain(b)), None
         )
         """A Behaviour whose tasks' results go out as they come (no delay, drop or
-        duplicate): their records take the short way in ``_on_task_done``."""
+        duplicate): ``SEND_RESULT`` queues their results the short way."""
 
         # Owned by the I/O thread once it runs.
         self._clients: dict[bytes, ClientBook] = {}
         self._arrivals = 0
-        self._timers: list[tuple[float, int, TaskRecord]] = []
-        self._timer_seq = itertools.count()
         self._running = True
         self._loud_warnings = _LOUD_WARNINGS
         self._arriving: Task | None = None
@@ -318,13 +254,9 @@ class SchedulerStub:
         """Results and confirms per client, sent together once nothing else is ready
         (or after ``_TURNS_PER_FLUSH`` turns of the loop)."""
 
-        # Shared: the claim lock (see records.py); log and stats under the records lock.
-        self._claim_lock = threading.Lock()
-        self._records_lock = threading.Lock()
-        self._log_messages = bool(log_messages)
-        self._log: deque[LogRecord] = deque()
-        self._log_limit, self._log_bytes, self._log_cost = log_limit, log_bytes, 0
-        self._stats = dict.fromkeys(_STAT_NAMES, 0)
+        self._init_task_events(threads)
+        self._observed = Observations(log_messages, log_limit, log_bytes)
+        self._log_messages = self._observed.logging
         self._lifecycle_lock = threading.Lock()
         self._stopped = False
 
@@ -357,7 +289,13 @@ class SchedulerStub:
             else:
                 post = self._inbox.post
                 self._pool = ProcessPool(
-                    workers, self._serializer, self._claim, self._on_task_done, post, name
+                    workers,
+                    self._serializer,
+                    self._claim,
+                    self._on_task_done,
+                    post,
+                    name,
+                    self._gave_back,
                 )
         except BaseException:
             if self._authenticator is not None:
@@ -383,8 +321,7 @@ class SchedulerStub:
     def log(self) -> list[LogRecord]:
         """A snapshot of the messages in and out, oldest first (thread-safe); empty
         unless the stub was made with ``log_messages=True``."""
-        with self._records_lock:
-            return list(self._log)
+        return self._observed.log_snapshot()
 
     @property
     def arriving(self) -> Task | None:
@@ -402,8 +339,7 @@ class SchedulerStub:
         known), connections (accepted), clients_gone (connections that closed),
         handshakes_refused (a key not listed, a wrong server key) and handshakes_failed
         (ended without detail: the client closed it, or used no keys with a keyed stub)."""
-        with self._records_lock:
-            stats = dict(self._stats)
+        stats = self._observed.stats_snapshot()
         stats["clients"] = len(self._clients)
         stats["connections"] = self._peers.connections
         stats["handshakes_refused"] = self._peers.handshakes_refused
@@ -564,8 +500,8 @@ class SchedulerStub:
         self._running = False
         clients = list(self._clients.values())
         self._clients.clear()
+        self._forget(*clients)
         for book in clients:
-            self._forget(book)
             if notify:  # a client that is gone already is expected here: no warning
                 self._send(book.identity, Disconnect(), quiet=True)
         self._timers.clear()
@@ -673,7 +609,7 @@ class SchedulerStub:
         behaviour = self._behaviour
         assert behaviour is not None
         received, start, count = 0, 0, len(frames)
-        arrived = self._arrived  # reading the ROUTER: tasks start after the batch
+        apply = self._apply  # READY raises no further events: no need for _fire
         try:
             while start < count:
                 position = start
@@ -703,11 +639,7 @@ class SchedulerStub:
                             waiting = book.waiting_for_unknown.pop(task_id, None)
                             if waiting:
                                 record.dependents = waiting
-                        record.state = _QUEUED  # _enqueue, inline
-                        if arrived is None:
-                            self._pool.submit(record)
-                        else:
-                            arrived.append(record)
+                        apply(record, _READY)
                     start = count
                 except Exception:
                     logger.exception("scheduler stub: internal error on a message of a Batch")
@@ -715,8 +647,7 @@ class SchedulerStub:
                     start = position + 1
         finally:
             if received:
-                with self._records_lock:
-                    self._stats["tasks_received"] += received
+                self._observed.count("tasks_received", received)
 
     def _on_batch_item(self, identity: bytes, index: int, frame: bytes) -> None:
         """One message of a Batch that is not a plain Task."""
@@ -727,7 +658,7 @@ class SchedulerStub:
         self._guarded(self._on_message, identity, message, len(frame))
 
     def _on_message(self, identity: bytes, message: Message, size: int) -> None:
-        self._note("in", identity, message, size)
+        self._observed.note("in", identity, message, size)
         kind = type(message)
         if kind is Task:
             self._on_task(identity, message)
@@ -742,53 +673,6 @@ class SchedulerStub:
         else:
             self._protocol_error(identity, f"a scheduler does not accept {kind.__name__}")
 
-    # -- inbound messages
-
-    def _on_task(self, identity: bytes, task: Task) -> None:
-        index = self._arrivals
-        self._arrivals += 1
-        self._arriving = task
-        try:
-            behaviour = self._behaviour_for(index)
-        finally:
-            self._arriving = None
-        if self._behaviour_fn is not None:
-            self._answer_heartbeats = behaviour.answer_heartbeats
-        book = self._book(identity)
-        if book.knows(task.task_id):
-            self._protocol_error(identity, f"task id {task.task_id.hex()} is already in use")
-            return
-        record = TaskRecord.of(identity, task, behaviour, index)
-        blocked_by = book.register(record, task.depends_on)
-        if blocked_by is DEPENDENCY_CANCELLED:
-            self._cancel_record(record, confirms=1)
-        elif blocked_by is not None:
-            failed = TaskResult(record.task_id, blocked_by.status, blocked_by.payload)
-            self._finish(record, failed.status, encode(failed))
-        elif record.pending_deps is None:
-            self._enqueue(record)
-
-    def _on_cancel(self, identity: bytes, cancel: TaskCancel) -> None:
-        self._count("cancels_received")
-        if logger.isEnabledFor(logging.INFO):  # `futurefsm scheduler -v`
-            force = " (force)" if cancel.force else ""
-            logger.info("cancel%s of %s from %s", force, cancel.task_id.hex(), identity.hex())
-        book = self._book(identity)
-        record = book.live.get(cancel.task_id)
-        if record is not None:
-            self._cancel_held(record, cancel.force)
-            return
-        members = book.group_members(cancel.task_id)
-        if members is None:
-            self._send_confirm(identity, cancel.task_id, ConfirmKind.NOT_FOUND)
-            return
-        # A group cancel: each held member is cancelled as if forced, and confirmed on
-        # its own id. Members that finished get nothing; cancelling one member may have
-        # cancelled its dependents already, hence the state check.
-        for member in members:
-            if member.state not in (TaskState.DONE, TaskState.CANCELLED):
-                self._cancel_held(member, force=True)
-
     def _on_heartbeat(self, identity: bytes, heartbeat: Heartbeat) -> None:
         self._book(identity)
         if self._answer_heartbeats:
@@ -800,8 +684,7 @@ class SchedulerStub:
         """The counters ``futurefsm status`` shows (no task book for the asker)."""
         states = [r.state for book in self._clients.values() for r in book.live.values()]
         waiting = (TaskState.WAITING, TaskState.QUEUED)
-        with self._records_lock:
-            stats = dict(self._stats)
+        stats = self._observed.stats_snapshot()
         return Status(
             seq,
             clients=len(self._clients),
@@ -834,209 +717,15 @@ class SchedulerStub:
         self._forget(book)
         return True
 
-    # -- cancellation
-
-    def _cancel_held(self, record: TaskRecord, force: bool) -> None:
-        """Answer a TaskCancel for a held task, as its Behaviour's ``on_cancel`` says."""
-        mode = record.behaviour.on_cancel
-        if mode is OnCancel.CONFIRM or mode is OnCancel.DUPLICATE:
-            times = 2 if mode is OnCancel.DUPLICATE else 1
-            if self._unqueue(record):
-                self._cancel_record(record, confirms=times)
-            elif force:
-                confirm = partial(
-                    self._send_confirm, record.client, record.task_id, ConfirmKind.CANCELED, times
-                )
-                if self._stop_running(record, confirm):
-                    self._cancel_record(record, confirms=0)  # confirmed once it is gone
-                else:  # a thread, or a result being delayed: the result is discarded
-                    self._cancel_record(record, confirms=times)
-            else:
-                self._send_confirm(record.client, record.task_id, ConfirmKind.CANCEL_FAILED, times)
-        elif mode is OnCancel.RESULT_THEN_CONFIRM:
-            record.after_finish = AfterFinish.SEND_RESULT_THEN_CONFIRM
-            record.confirms_after_result += 1
-        elif mode is OnCancel.CONFIRM_THEN_RESULT:
-            self._send_confirm(record.client, record.task_id, ConfirmKind.CANCELED)
-        elif mode is OnCancel.CANCEL_FAILED:
-            self._send_confirm(record.client, record.task_id, ConfirmKind.CANCEL_FAILED)
-        elif mode is OnCancel.NOT_FOUND:
-            self._send_confirm(record.client, record.task_id, ConfirmKind.NOT_FOUND)
-        else:  # OnCancel.IGNORE
-            record.after_finish = AfterFinish.SUPPRESS_RESULT
-
-    def _unqueue(self, record: TaskRecord) -> bool:
-        """Take a task that has not started out of the way; False if it has started."""
-        if record.state is TaskState.WAITING:
-            return True
-        if record.state is TaskState.RUNNING:  # sent to a worker process, maybe not started
-            if self._pool.take_back(record):
-                record.state = TaskState.CANCELLED
-                return True
-            return False
-        if record.state is TaskState.QUEUED:
-            with self._claim_lock:
-                if record.state is TaskState.QUEUED:  # else a worker just claimed it
-                    record.state = TaskState.CANCELLED
-                    return True
-        return False
-
-    def _cancel_record(self, record: TaskRecord, confirms: int) -> None:
-        """Cancel a held task (its result, if it is running, is discarded) and confirm
-        ``canceled``; then its waiting dependents, transitively, each confirmed once
-        (they cannot run without it, whatever their own ``on_cancel``)."""
-        book = self._clients[record.client]
-        pending = [(record, confirms)]
-        while pending:
-            record, times = pending.pop()
-            # A worker may claim a queued task first: then it is running, and it is
-            # cancelled as running (its result discarded).
-            self._unqueue(record)
-            record.state = TaskState.CANCELLED
-            book.release(record)
-            self._send_confirm(record.client, record.task_id, ConfirmKind.CANCELED, times)
-            pending.extend((d, 1) for d in book.settle(record, DEPENDENCY_CANCELLED))
-
-    def _stop_running(self, record: TaskRecord, on_gone: Callable[[], None]) -> bool:
-        """Kill the worker process running ``record``; ``on_gone`` runs once it is gone.
-        False if it is not running on a process (a thread cannot be stopped)."""
-        if record.state is not TaskState.RUNNING or not self._pool.kill(record, on_gone):
-            return False
-        self._count("workers_killed")
-        return True
-
-    def _forget(self, book: ClientBook) -> None:
-        """Drop every held task of a client without a word: queued ones never run,
-        running ones are stopped (worker processes) or their results discarded."""
-        with self._claim_lock:
-            running = [
-                r
-                for r in book.live.values()
-                if r.state is TaskState.RUNNING and not self._pool.take_back(r)
-            ]
-            for record in book.live.values():
-                record.state = TaskState.CANCELLED
-        for record in running:
-            if self._pool.kill(record, _nothing):
-                self._count("workers_killed")
-        book.live.clear()
-
     def _disconnect_all_now(self) -> int:
         clients = list(self._clients.values())
         self._clients.clear()
-        for book in clients:
-            self._forget(book)
+        self._forget(*clients)
         # Every connected client, also one that has sent nothing but its probe yet.
         identities = {book.identity for book in clients} | self._peers.connected()
         for identity in identities:
             self._send(identity, Disconnect())
         return len(identities)
-
-    # -- running and finishing
-
-    def _enqueue(self, record: TaskRecord) -> None:
-        record.state = _QUEUED
-        if self._arrived is not None:  # reading the ROUTER: start after the batch
-            self._arrived.append(record)
-        else:
-            self._pool.submit(record)
-
-    def _claim(self, record: TaskRecord) -> bool:
-        """Called by a worker before it runs ``record``."""
-        with self._claim_lock:
-            if record.state is not TaskState.QUEUED:
-                return False
-            record.state = TaskState.RUNNING
-            return True
-
-    def _report(self, record: TaskRecord, status: int, frame: bytes | memoryview) -> None:
-        """Called by a worker thread with a task's outcome: hand it to the I/O thread."""
-        self._inbox.post(partial(self._on_task_done, record, status, frame))
-
-    def _on_task_done(self, record: TaskRecord, status: int, frame: bytes | memoryview) -> None:
-        """A worker finished ``record``: ``status`` (a ``STATUS_CODES`` byte) and the
-        encoded ``TaskResult``."""
-        if record.state is _CANCELLED:
-            self._count("results_discarded")
-            return
-        if (
-            record.behaviour is self._plain_behaviour
-            and record.dependents is None
-            and record.group_id is None
-            and record.after_finish is _SEND_RESULT
-            and not self._log_messages
-        ):  # what most tasks are: _finish and _deliver, the short way
-            record.state = _DONE
-            identity = record.client
-            live = self._clients[identity].live
-            if live.get(record.task_id) is record:
-                del live[record.task_id]
-            box = self._outgoing.get(identity)
-            if box is None:
-                box = self._outgoing[identity] = _Outbox(False)
-            box.frames.append(frame)
-            return
-        self._finish(record, STATUSES[status], frame)
-
-    def _finish(self, record: TaskRecord, status: ResultStatus, frame: bytes | memoryview) -> None:
-        """A held task ended with ``status`` (``frame`` is its encoded result): release
-        its dependents (or fail them with the same status and payload, transitively),
-        then send or delay the result."""
-        book = self._clients[record.client]
-        pending = [(record, status, frame)]
-        while pending:
-            record, status, frame = pending.pop()
-            outcome = None
-            if record.group_id is not None or record.dependents is not None:  # a graph
-                outcome = decode(bytes(frame))
-                assert isinstance(outcome, TaskResult)
-            for dependent in book.settle(record, outcome):
-                assert outcome is not None
-                if status is ResultStatus.SUCCESS:
-                    last = dependent.dependency_done(record.task_id, outcome.payload)
-                    if last and dependent.state is TaskState.WAITING:
-                        self._enqueue(dependent)
-                else:
-                    failed = TaskResult(dependent.task_id, status, outcome.payload)
-                    pending.append((dependent, status, encode(failed)))
-            record.status, record.frame = status, frame
-            delay = record.behaviour.result_delay
-            if delay > 0:
-                record.state = TaskState.DELAYED
-                due = time.monotonic() + delay
-                heapq.heappush(self._timers, (due, next(self._timer_seq), record))
-            else:
-                self._deliver(record)
-
-    def _fire_due_timers(self) -> None:
-        now = time.monotonic()
-        while self._timers and self._timers[0][0] <= now:
-            record = heapq.heappop(self._timers)[2]
-            if record.state is TaskState.DELAYED:
-                self._guarded(self._deliver, record)
-            else:  # cancelled (or forgotten) during its delay
-                self._count("results_discarded")
-
-    def _deliver(self, record: TaskRecord) -> None:
-        """Send a finished task's result as its Behaviour and any TaskCancel say."""
-        record.state = TaskState.DONE
-        book = self._clients[record.client]
-        book.release(record)
-        frame, status = record.frame, record.status
-        record.frame = None
-        assert frame is not None and status is not None
-        if record.after_finish is AfterFinish.SUPPRESS_RESULT:
-            self._count("results_discarded")
-            return
-        behaviour = record.behaviour
-        if behaviour.drop_result:
-            self._count("results_dropped")
-        else:
-            for _ in range(2 if behaviour.duplicate_result else 1):
-                self._send_result(record.client, record.task_id, status, frame)
-        if record.after_finish is AfterFinish.SEND_RESULT_THEN_CONFIRM:
-            confirms = record.confirms_after_result
-            self._send_confirm(record.client, record.task_id, ConfirmKind.CANCELED, confirms)
 
     # -- helpers
 
@@ -1060,179 +749,8 @@ class SchedulerStub:
             return DEFAULT_BEHAVIOUR
         return behaviour
 
-    def _send_confirm(
-        self, identity: bytes, task_id: bytes, kind: ConfirmKind, times: int = 1
-    ) -> None:
-        """Queue ``times`` TaskCancelConfirms (``_queue_out``)."""
-        confirm = TaskCancelConfirm(task_id, kind)
-        if logger.isEnabledFor(logging.INFO):
-            logger.info("cancel of %s: %s, to client %s", task_id.hex(), kind.value, identity.hex())
-        frame = encode(confirm)
-        for _ in range(times):
-            self._queue_out(identity, frame, confirm)
-
-    def _send_result(
-        self, identity: bytes, task_id: bytes, status: ResultStatus, frame: bytes | memoryview
-    ) -> None:
-        """Queue an encoded TaskResult (no message object is built unless it is logged)."""
-        self._queue_out(identity, frame, (task_id, status))
-
-    def _queue_out(
-        self,
-        identity: bytes,
-        frame: bytes | memoryview,
-        what: TaskCancelConfirm | tuple[bytes, ResultStatus],
-    ) -> None:
-        """Results and confirms wait until nothing else is ready (``_run``) and go out
-        together (``_flush_outgoing``: one Batch frame for a client's lot), counted then."""
-        box = self._outgoing.get(identity)
-        if box is None:
-            box = self._outgoing[identity] = _Outbox(self._log_messages)
-        if type(what) is TaskCancelConfirm:
-            box.confirms.append(len(box.frames))
-        box.frames.append(frame)
-        if box.logged is not None:
-            # Logged now, in the order they were produced; taken back if unsent.
-            box.logged.append(self._note("out", identity, what, len(frame)))
-
-    def _send(
-        self,
-        identity: bytes,
-        message: Message,
-        *,
-        quiet: bool = False,
-    ) -> None:
-        """Send ``message`` at once, after what waits for the same client, so a client
-        gets every message in the order it was sent here (no warning if ``quiet``)."""
-        frame = encode(message)
-        stat = _OUT_STATS.get(type(message))
-        # Logged and counted before the send: a peer that has the reply must find it in
-        # the log and the stats already. Taken back if the send fails.
-        logged = self._note("out", identity, message, len(frame)) if self._log_messages else None
-        if stat is not None:
-            with self._records_lock:
-                self._stats[stat] += 1
-        box = self._outgoing.pop(identity, None)
-        if box is not None:
-            self._flush_to(identity, box)
-        try:
-            # Two sends with plain int flags: cheaper than send_multipart, and with
-            # ROUTER_MANDATORY an unroutable identity fails on the first, sending nothing.
-            self._router.send(identity, _NOBLOCK_SNDMORE)
-            self._router.send(frame, _NOBLOCK)
-        except zmq.ZMQError as exc:
-            with self._records_lock:
-                if stat is not None:
-                    self._stats[stat] -= 1
-                if logged is not None and self._log and self._log[-1] is logged:
-                    self._log.pop()
-                    self._log_cost -= logged.cost()
-            # EHOSTUNREACH: the peer is gone (ROUTER_MANDATORY). EAGAIN cannot happen with
-            # no high water mark, but is accounted for the same way if it does.
-            self._count("unroutable")
-            if quiet:
-                return
-            self._warn(
-                "scheduler stub: could not send %s to client %r: %s",
-                type(message).__name__,
-                identity,
-                exc.strerror,
-            )
-
-    def _flush_outgoing(self) -> None:
-        """Send the results and confirms that wait, each client's in as few frames as
-        it takes (``Batch``es under ``MAX_FRAME_BYTES``), in order."""
-        outgoing, self._outgoing = self._outgoing, {}
-        for identity, box in outgoing.items():
-            self._flush_to(identity, box)
-
-    def _flush_to(self, identity: bytes, box: _Outbox) -> None:
-        frames, confirms = box.frames, len(box.confirms)
-        # Counted before the send: a peer that has them must find them in the stats.
-        with self._records_lock:
-            self._stats["results_sent"] += len(frames) - confirms
-            if confirms:
-                self._stats["confirms_sent"] += confirms
-        router = self._router
-        start, count = 0, len(frames)
-        while start < count:
-            end, size = start, _BATCH_OVERHEAD
-            while end < count and (
-                end == start or size + len(frames[end]) + _BATCH_OVERHEAD <= MAX_FRAME_BYTES
-            ):
-                size += len(frames[end]) + _BATCH_OVERHEAD
-                end += 1
-            if end - start == 1:
-                frame = frames[start]
-            elif end - start == count:
-                frame = msgpack.packb((PROTOCOL_VERSION, Batch.TYPE_CODE, frames))
-            else:
-                frame = msgpack.packb((PROTOCOL_VERSION, Batch.TYPE_CODE, frames[start:end]))
-            try:
-                router.send(identity, _NOBLOCK_SNDMORE)
-                router.send(frame, _NOBLOCK)
-            except zmq.ZMQError as exc:
-                self._unsent(identity, box, start, exc)
-                return
-            start = end
-
-    def _unsent(self, identity: bytes, box: _Outbox, start: int, exc: zmq.ZMQError) -> None:
-        """``box``'s messages from ``start`` on could not be sent: take back their
-        counts and log records."""
-        unsent = len(box.frames) - start
-        confirms = sum(1 for position in box.confirms if position >= start)
-        with self._records_lock:
-            self._stats["results_sent"] -= unsent - confirms
-            self._stats["confirms_sent"] -= confirms
-            for logged in (box.logged or [])[start:]:
-                if logged is None:
-                    continue
-                try:
-                    self._log.remove(logged)
-                except ValueError:  # already gone from a bounded log
-                    continue
-                self._log_cost -= logged.cost()
-            # EHOSTUNREACH: the peer is gone (ROUTER_MANDATORY).
-            self._stats["unroutable"] += unsent
-        first = "TaskCancelConfirm" if start in box.confirms else "TaskResult"
-        self._warn(
-            "scheduler stub: could not send %d messages (the first a %s) to client %r: %s",
-            unsent,
-            first,
-            identity,
-            exc.strerror,
-        )
-
-    def _note(
-        self,
-        direction: Literal["in", "out"],
-        identity: bytes,
-        what: Message | tuple[bytes, ResultStatus],
-        size: int,
-    ) -> LogRecord | None:
-        """Count an inbound Task; log the message if the log is on (and return its
-        record). ``what`` is a message, or a result's id and status."""
-        if direction == "in" and type(what) is Task:
-            with self._records_lock:
-                self._stats["tasks_received"] += 1
-        if not self._log_messages:
-            return None
-        if isinstance(what, tuple):
-            message: Message = TaskResult(what[0], what[1], b"")
-        else:
-            message = _without_payload(what)
-        record = LogRecord(direction, identity, message, size, time.monotonic())
-        cost = record.cost()
-        with self._records_lock:
-            self._log.append(record)
-            self._log_cost += cost
-            while len(self._log) > self._log_limit or self._log_cost > self._log_bytes:
-                self._log_cost -= self._log.popleft().cost()
-        return record
-
     def _count(self, stat: str) -> None:
-        with self._records_lock:
-            self._stats[stat] += 1
+        self._observed.count(stat)
 
     def _protocol_error(self, identity: bytes, what: str) -> None:
         self._count("protocol_errors")
@@ -1259,38 +777,8 @@ class SchedulerStub:
             logger.debug(message, *args)
 
 
-class _Outbox:
-    """The results and confirms waiting to go to one client, in order."""
-
-    __slots__ = ("confirms", "frames", "logged")
-
-    def __init__(self, log: bool) -> None:
-        self.frames: list[bytes | memoryview] = []
-        """Their encoded frames."""
-        self.confirms: list[int] = []
-        """Where in ``frames`` the TaskCancelConfirms are (the others are results)."""
-        self.logged: list[LogRecord | None] | None = [] if log else None
-        """With the log on: their log records, as ``frames``."""
-
-
-_BATCH_OVERHEAD = 16
-"""A Batch's envelope, and a bin header per frame (at most 5 bytes): for its size."""
-
-
 def _plain(behaviour: Behaviour) -> bool:
     """True if a task of ``behaviour`` sends its result once, as soon as it has it."""
     return (
         behaviour.result_delay <= 0 and not behaviour.drop_result and not behaviour.duplicate_result
     )
-
-
-def _nothing() -> None:
-    """A callback with nothing to do."""
-
-
-_OUT_STATS: dict[type[Any], str] = {
-    TaskResult: "results_sent",
-    TaskCancelConfirm: "confirms_sent",
-    HeartbeatEcho: "heartbeats_answered",
-    Disconnect: "disconnects_sent",
-}

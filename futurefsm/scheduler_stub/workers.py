@@ -48,7 +48,7 @@ from .processes import (
     fork_worker,
     kill_worker,
 )
-from .records import TaskRecord, TaskState
+from .records import TaskRecord
 from .running import (
     STATUS_CODES,
     STATUSES,
@@ -318,7 +318,6 @@ def _write_some(fd: int, data: bytes | memoryview) -> int:
 
 
 _SKIPPED = SKIPPED[0]
-_QUEUED_STATE, _RUNNING_STATE = TaskState.QUEUED, TaskState.RUNNING
 
 _BATCH = 64
 """At most this many tasks are sent to a worker process in one write."""
@@ -346,6 +345,11 @@ class ProcessPool:
     cancel of it is confirmed ``canceled`` and it never runs. A worker that runs out
     of tasks while others still have unstarted ones takes some of theirs. A sent task
     counts as running for the stub (``TaskState.RUNNING``), taken back or not started.
+
+    The pool never sets a task's state: it asks ``claim(record)`` before sending a
+    record (the table's ``WORKER_TOOK``: False for a record cancelled while queued) and
+    tells ``gave_back(record)`` of each record it takes back to queue it again
+    (``WORKER_GAVE_BACK``).
     """
 
     def __init__(
@@ -356,6 +360,7 @@ class ProcessPool:
         report: Report,
         post: Callable[[Callable[[], None]], bool],
         name: str,
+        gave_back: Callable[[TaskRecord], None],
     ) -> None:
         try:  # first: nothing is started if this fails
             self._serializer_bytes = cloudpickle.dumps(serializer)
@@ -367,6 +372,7 @@ class ProcessPool:
         self._count = count
         self._serializer = serializer
         self._claim = claim
+        self._gave_back = gave_back
         self._report = report
         self._post = post
         self._name = name
@@ -577,14 +583,11 @@ class ProcessPool:
         queue_, entries = self._queue, worker.entries
         size = min(size, SLOTS - len(entries))
         batch, sent, nbytes = [], [], 0
-        memory = worker.slots.memory
+        memory, claim = worker.slots.memory, self._claim
         while queue_ and len(sent) < size and nbytes < _BATCH_BYTES:
             record = queue_.popleft()
-            # The claim, without the stub's claim lock: with processes, every change of a
-            # record's state happens on the I/O thread.
-            if record.state is not _QUEUED_STATE:
+            if not claim(record):
                 continue  # cancelled or forgotten while queued
-            record.state = _RUNNING_STATE
             if record.behaviour.worker_died:  # scripted: no process needed
                 status, frame = worker_died_result(
                     record.task_id, WORKER_DIED_REASON, self._serializer
@@ -649,7 +652,7 @@ class ProcessPool:
     def _requeue(self, records: list[TaskRecord]) -> None:
         """Put records taken back from a worker at the front of the queue, in order."""
         for record in records:
-            record.state = TaskState.QUEUED
+            self._gave_back(record)
         self._queue.extendleft(reversed(records))
 
     def _steal(self) -> bool:
