@@ -45,7 +45,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Hashable, Mapping
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import zmq
@@ -57,6 +57,8 @@ from ..client.graph import as_task, dependencies, dependency_refs
 from ..errors import TaskFailedError, WorkerDiedError
 from ..fsm import Effect, FutureState
 from ..protocol import (
+    MAX_BUFFERS,
+    MAX_FRAME_BYTES,
     Batch,
     Disconnect,
     HeartbeatEcho,
@@ -75,7 +77,14 @@ from ..protocol import (
     plain_result,
 )
 from ..scheduler_stub.security import load_secret_key
-from ..serializer import DEFAULT_SERIALIZER, DumpedFunctions, Serializer, decode_failure
+from ..serializer import (
+    DEFAULT_SERIALIZER,
+    OUT_OF_BAND_BYTES,
+    DumpedFunctions,
+    Serializer,
+    decode_failure,
+    dumps_buffers,
+)
 from . import Engine, EngineClient
 
 if TYPE_CHECKING:
@@ -113,6 +122,9 @@ class PreparedTask(NamedTuple):
 
     task_id: bytes
     frame: bytes
+    buffers: Sequence[bytes] = ()
+    """The out-of-band buffers of its arguments (large ``bytes``): frames of their own
+    after the Task's, sent without a copy (docs/protocol.md)."""
 
 
 class FutureFSMEngine(Engine):
@@ -242,9 +254,13 @@ class FutureFSMEngine(Engine):
         """Serialize the call and encode its Task (in the submitting thread)."""
         if len(self._outbox) >= _OUTBOX_HANDOFF:
             self._hand_off()
-        function, arguments = self._serialize_call(fn, args, kwargs)
+        buffers: list[bytes] = []
+        function, arguments = self._serialize_call(fn, args, kwargs, buffers)
         task_id = new_task_id()
-        return PreparedTask(task_id, encode_task(task_id, function, arguments))
+        frame = encode_task(task_id, function, arguments)
+        if buffers:
+            _check_buffers(buffers)
+        return PreparedTask(task_id, frame, buffers)
 
     def _hand_off(self) -> None:
         """Let the I/O thread take the outbox before queueing more.
@@ -291,7 +307,7 @@ class FutureFSMEngine(Engine):
 
     def send(self, future: TaskFuture, prepared: PreparedTask) -> None:  # type: ignore[override]
         """Queue the Task for the I/O thread."""
-        self._post(("task", future, prepared.frame))
+        self._post(("task", future, prepared.frame, prepared.buffers))
 
     def send_graph(self, group_id: bytes, members: list[tuple[TaskFuture, PreparedTask]]) -> None:  # type: ignore[override]
         """One outbox item: the I/O thread sends the graph whole or not at all."""
@@ -323,8 +339,14 @@ class FutureFSMEngine(Engine):
     # ------------------------------------------------------------------ serializing
 
     def _serialize_call(
-        self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+        self,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        buffers: list[bytes] | None = None,
     ) -> tuple[bytes, bytes]:
+        """(function, arguments) serialized; with ``buffers``, large ``bytes`` in the
+        arguments are appended to it instead of pickled in band."""
         if not callable(fn):
             raise TypeError(f"submit() needs a callable, got {fn!r}")
         try:
@@ -334,7 +356,11 @@ class FutureFSMEngine(Engine):
                 f"cannot serialize the function {fn!r} for submit(): {error}"
             ) from error
         try:
-            arguments = self._serializer.dumps((args, kwargs))
+            if buffers is None:
+                arguments = self._serializer.dumps((args, kwargs))
+            else:
+                arguments, out_of_band = dumps_buffers(self._serializer, (args, kwargs))
+                buffers.extend(out_of_band)
         except Exception as error:
             raise TypeError(
                 f"cannot serialize the arguments of {getattr(fn, '__name__', fn)!r} "
@@ -520,11 +546,16 @@ class FutureFSMEngine(Engine):
             kind = item[0]
             try:
                 if kind == "task":
-                    _, future, frame = item
+                    _, future, frame, buffers = item
                     # "sent" before the bytes go: a cancel after this point finds the
                     # future running and queues its TaskCancel behind this Task.
                     if future.sent().effect is not Effect.STALE:
-                        tasks.append(frame)
+                        if not buffers:
+                            tasks.append(frame)
+                            continue
+                        if tasks:  # in order, and alone: its buffers follow its frame
+                            self._send_batched(tasks)
+                        self._send_with_buffers(frame, buffers)
                     continue
                 if tasks:  # in order: whatever follows goes after these Tasks
                     self._send_batched(tasks)
@@ -612,6 +643,14 @@ class FutureFSMEngine(Engine):
             # A member was cancelled between the check above and its "sent": cancel
             # the members that went out, as a cancel of any member would.
             self._send(encode(TaskCancel(group_id, True)))
+
+    def _send_with_buffers(self, frame: bytes, buffers: Sequence[bytes]) -> None:
+        """A Task's frame and its out-of-band buffers, as one multipart message; the
+        buffers without a copy (libzmq holds them until they are on the wire)."""
+        try:
+            self._socket.send_multipart([frame, *buffers], _NOBLOCK, copy=False)
+        except zmq.Again:  # as in _send
+            pass
 
     def _send(self, frame: bytes) -> None:
         # Only over a connection that is up (IMMEDIATE), with no high water mark: this
@@ -740,6 +779,22 @@ class FutureFSMEngine(Engine):
             LOGGER.warning(message, *args)
         else:
             LOGGER.debug(message, *args)
+
+
+def _check_buffers(buffers: list[bytes]) -> None:
+    """Refuse, naming why, out-of-band buffers the scheduler would refuse."""
+    if len(buffers) > MAX_BUFFERS:
+        raise ProtocolError(
+            f"the arguments hold {len(buffers)} bytes objects of "
+            f"{OUT_OF_BAND_BYTES} bytes or more (at most {MAX_BUFFERS} per task): "
+            "join them, or send them in several tasks"
+        )
+    for buffer in buffers:
+        if len(buffer) > MAX_FRAME_BYTES:
+            raise ProtocolError(
+                f"a bytes argument of {len(buffer)} bytes exceeds the "
+                f"{MAX_FRAME_BYTES}-byte limit of a frame: split it across tasks"
+            )
 
 
 def _load_public_key(key: str | os.PathLike[str] | bytes) -> bytes:
