@@ -15,7 +15,8 @@ Run it (needs ``futurefsm[scaler]``, i.e. opengris-scaler)::
 
     python examples/scaler_future_harness.py
 
-With opengris-scaler 2.9.0 it reports, each with a 2-step sequence, the three bugs
+It exits with status 1 when the kit reports a finding. With opengris-scaler 2.9.0 it
+reports, each with a 2-step sequence, the three bugs
 issue 14 describes: a done-callback that cancels another future blocks the thread
 delivering messages forever (``no_call_blocks_forever``); ``add_done_callback`` on a
 done future re-raises the callback's exception (``callback_errors_contained``); a
@@ -176,4 +177,8 @@ def check_scaler_future(**options: Any) -> RaceReport:
 
 
 if __name__ == "__main__":
-    print(check_scaler_future())
+    import sys
+
+    found = check_scaler_future()  # progress goes to stderr once it takes a while
+    print(found)
+    sys.exit(1 if found.findings else 0)

@@ -337,7 +337,11 @@ def test_the_view_is_the_clients_own_on_dask_too() -> None:
     # The view reads only the client's records, so another engine needs nothing more.
     distributed = pytest.importorskip("distributed")
     with distributed.LocalCluster(
-        n_workers=1, threads_per_worker=2, processes=False, dashboard_address=None
+        n_workers=1,
+        threads_per_worker=2,
+        processes=False,
+        dashboard_address="127.0.0.1:0",
+        worker_dashboard_address="127.0.0.1:0",
     ) as cluster:
         with Client(cluster.scheduler_address, engine="dask", dashboard=True) as client:
             assert client.submit(tasks.add, 1, 2).result(DEADLINE) == 3

@@ -1,7 +1,8 @@
-"""The Scaler engine against a real local Scaler cluster (``SchedulerClusterCombo``,
-2 workers, started once for the module): everything ``Client`` does, the mapping of
-Scaler's messages to the table's triggers, the private attributes it relies on, and
-an end-to-end race suite with generated cancel timings against real tasks.
+"""What is Scaler's own, against a real local Scaler cluster (``SchedulerClusterCombo``,
+2 workers, started once for the module): the private attributes the engine relies on,
+what only Scaler does (a running task's process is killed, a graph cancel can beat its
+graph, a refusal is absorbed by its scheduler). What every engine owes is in
+``tests/test_conformance.py``.
 
 Tasks coordinate with the test through files (workers are other processes): a task
 ``hold(path)`` marks ``path.started`` and runs until ``path.release`` appears (polling
@@ -11,27 +12,22 @@ without sleeping.
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures as cf
 import os
 import re
 import sys
-import threading
 import time
 import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import event, given, note, settings
-from hypothesis import strategies as st
 
 scaler = pytest.importorskip(
     "scaler", reason="opengris-scaler is not installed (futurefsm[scaler])"
 )
 cloudpickle = pytest.importorskip("cloudpickle")
 
-from futurefsm import Client, ConnectionLostError  # noqa: E402
+from futurefsm import Client  # noqa: E402
 from futurefsm.engines import get_engine  # noqa: E402
 from futurefsm.engines.scaler import (  # noqa: E402
     PRIVATE_ATTRIBUTES,
@@ -40,11 +36,8 @@ from futurefsm.engines.scaler import (  # noqa: E402
     _ScalerWorkerDiedError,
     check_private_attributes,
 )
-from futurefsm.errors import RemoteTraceback, WorkerDiedError  # noqa: E402
-from futurefsm.fsm import TERMINAL_STATES, CancelOutcome, FutureState  # noqa: E402
-from futurefsm.testing.budget import examples  # noqa: E402
-from futurefsm.testing.harness import FutureSnapshot  # noqa: E402
-from futurefsm.testing.invariants import check_snapshot, describe_future  # noqa: E402
+from futurefsm.errors import WorkerDiedError  # noqa: E402
+from futurefsm.fsm import CancelOutcome, FutureState  # noqa: E402
 
 # Workers need not import this module: its task functions travel by value.
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -60,10 +53,6 @@ SLACK = 5.0
 
 def add(a: Any, b: Any) -> Any:
     return a + b
-
-
-def boom(message: str) -> None:
-    raise ValueError(message)
 
 
 def die() -> None:
@@ -84,15 +73,6 @@ def hold(path: str, limit: float = 60.0) -> str:
 def release(path: str) -> None:
     """Let ``hold(path)`` finish."""
     Path(path + ".release").touch()
-
-
-def work(path: str, seconds: float, fails: bool) -> str:
-    """Record the wall time it started at, run ``seconds``, then return or raise."""
-    Path(path + ".started").write_text(repr(time.time()))
-    time.sleep(seconds)
-    if fails:
-        raise ValueError(path)
-    return path
 
 
 # ---------------------------------------------------------------------- fixtures
@@ -160,14 +140,6 @@ def _started(path: str) -> bool:
     return os.path.exists(path + ".started")
 
 
-def _fill_workers(client: Client, gates: Any) -> list[Any]:
-    """Two held tasks, both running (one per worker)."""
-    paths = [gates.new(), gates.new()]
-    futures = [client.submit(hold, path) for path in paths]
-    _wait_for(lambda: all(_started(path) for path in paths), 30, "both workers busy")
-    return [(future, path) for future, path in zip(futures, paths, strict=True)]
-
-
 # ---------------------------------------------------------------------- the seam
 
 
@@ -218,33 +190,6 @@ def test_the_scaler_extra_pins_the_supported_versions() -> None:
 # ---------------------------------------------------------------------- submitting
 
 
-def test_submit_map_and_keyword_arguments(client: Client) -> None:
-    assert client.submit(add, 2, b=3).result(timeout=30) == 5
-    assert client.submit(abs, -7).result(timeout=30) == 7  # a builtin: no signature needed
-    assert list(client.map(add, [1, 2, 3], [10, 20, 30], timeout=30)) == [11, 22, 33]
-    values = [client.submit(add, i, i) for i in range(50)]
-    assert [future.result(timeout=30) for future in values] == [2 * i for i in range(50)]
-
-
-def test_what_cannot_be_serialized_is_named_and_nothing_is_sent(client: Client) -> None:
-    before = client.stats()["submitted"]
-    with pytest.raises(TypeError, match="argument 1"):
-        client.submit(add, 1, threading.Lock())
-    with pytest.raises(TypeError, match="callable"):
-        client.submit(42)  # type: ignore[arg-type]
-    assert client.stats()["submitted"] == before
-
-
-def test_a_remote_exception_carries_its_remote_traceback(client: Client) -> None:
-    future = client.submit(boom, "no luck")
-    error = future.exception(timeout=30)
-    assert isinstance(error, ValueError)
-    assert str(error) == "no luck"
-    assert isinstance(error.__cause__, RemoteTraceback)
-    assert "in boom" in error.__cause__.tb
-    assert "ValueError: no luck" in error.__cause__.tb
-
-
 def test_a_task_whose_process_dies_is_worker_died(client: Client) -> None:
     error = client.submit(die).exception(timeout=60)
     assert isinstance(error, WorkerDiedError)
@@ -253,55 +198,7 @@ def test_a_task_whose_process_dies_is_worker_died(client: Client) -> None:
     assert "died" in str(error)
 
 
-def test_graph_members_pass_results_in_the_cluster(client: Client) -> None:
-    graph = {
-        "a": (add, 1, 2),
-        "b": (add, "a", 10),
-        "c": 100,
-        "d": (sum, ["a", "b", "c"]),
-        "e": (add, ["a"], [["c"]]),
-    }
-    futures = client.submit_graph(graph)
-    assert {key: future.result(timeout=30) for key, future in futures.items()} == {
-        "a": 3,
-        "b": 13,
-        "c": 100,
-        "d": 116,
-        "e": [3, [100]],
-    }
-    assert len({future.group_id for future in futures.values()}) == 1
-    only = client.submit_graph({"x": (add, 1, 1), "y": (add, "x", 1)}, keys=["y"])
-    assert list(only) == ["y"]
-    assert only["y"].result(timeout=30) == 3
-
-
-def test_a_failed_member_fails_its_dependents(client: Client) -> None:
-    futures = client.submit_graph({"a": (boom, "root"), "b": (add, "a", 1)})
-    for future in futures.values():
-        error = future.exception(timeout=30)
-        assert isinstance(error, ValueError) and str(error) == "root"
-
-
 # ---------------------------------------------------------------------- cancelling
-
-
-def test_cancel_of_a_queued_task_is_confirmed_and_it_never_runs(client: Client, gates: Any) -> None:
-    busy = _fill_workers(client, gates)
-    path = gates.new()
-    queued = client.submit(hold, path)
-    # A deadline, not a measured time: an answer later than this is TIMED_OUT.
-    assert queued.cancel(timeout=1.0 + SLACK) is True
-    assert queued.cancel_outcome is CancelOutcome.CONFIRMED
-    assert queued.cancelled()
-    # wait=False, then cancelled() waits for the answer.
-    other = client.submit(hold, gates.new())
-    assert other.cancel(wait=False) is True
-    assert other.cancelled() is True
-    assert other.cancel_outcome is CancelOutcome.CONFIRMED
-    for future, held in busy:
-        Path(held + ".release").touch()
-        assert future.result(timeout=30) == held
-    assert not _started(path)
 
 
 def test_cancel_of_a_running_task_kills_it(client: Client, gates: Any) -> None:
@@ -313,31 +210,6 @@ def test_cancel_of_a_running_task_kills_it(client: Client, gates: Any) -> None:
     Path(path + ".release").touch()  # a task still alive would finish now
     assert client.submit(add, 0, 0).result(timeout=30) == 0  # its worker is back
     assert not os.path.exists(path + ".finished")
-
-
-def test_bulk_cancel_and_a_refused_non_forced_cancel(client: Client, gates: Any) -> None:
-    busy = _fill_workers(client, gates)
-    queued = [client.submit(hold, gates.new()) for _ in range(5)]
-    assert client.cancel(queued) == [True] * 5
-    assert {future.cancel_outcome for future in queued} == {CancelOutcome.CONFIRMED}
-    # force=False on a running task: Scaler refuses and says nothing; the result,
-    # when it comes, is delivered as the refusal it proves.
-    running, held = busy[0]
-    release(busy[1][1])
-    assert busy[1][0].result(timeout=30) == busy[1][1]
-    assert running.cancel(wait=False, force=False) is True
-    assert running.state is FutureState.CANCEL_REQUESTED
-    # The task may finish only once its worker has refused: a result that reaches
-    # Scaler's scheduler while the cancel is on its way to the worker is dropped, and
-    # the worker then answers cancelNotFound (NOT_FOUND; seen 1 in 30 when the test
-    # released it itself). So a task on the other worker releases it, sent after the
-    # TaskCancel on the same connection: the scheduler forwards the cancel before it
-    # dispatches that task.
-    releaser = client.submit(release, held)
-    assert running.result(timeout=30) == held
-    assert releaser.result(timeout=30) is None
-    assert running.cancel_outcome is CancelOutcome.FAILED
-    assert running.cancelled() is False
 
 
 def test_cancelling_one_member_cancels_the_whole_graph_promptly(client: Client, gates: Any) -> None:
@@ -415,77 +287,6 @@ def test_a_graph_cancel_that_beat_its_graph_is_sent_again(client: Client, gates:
 # ---------------------------------------------------------------------- the Executor API
 
 
-def test_await_callbacks_and_wait_mix_with_stdlib_futures(client: Client) -> None:
-    called: list[Any] = []
-    done = threading.Event()
-    future = client.submit(add, 20, 22)
-
-    def callback(finished: Any) -> None:
-        called.append((finished.result(), client.engine.on_io_thread()))
-        done.set()
-
-    future.add_done_callback(callback)
-
-    async def main() -> Any:
-        return await client.submit(add, "a", "b")
-
-    assert asyncio.run(main()) == "ab"
-    assert done.wait(30)
-    assert called == [(42, True)]
-    with cf.ThreadPoolExecutor(1) as pool:
-        mixed = [client.submit(add, 1, 1), pool.submit(pow, 2, 3)]
-        finished, _ = cf.wait(mixed, timeout=30)
-    assert {f.result() for f in finished} == {2, 8}
-
-
-def test_a_callback_may_submit_and_cancel(client: Client) -> None:
-    chained: cf.Future[Any] = cf.Future()
-
-    def callback(finished: Any) -> None:
-        follow = client.submit(add, finished.result(), [object().__class__.__name__])
-        follow.add_done_callback(lambda f: chained.set_result(f.result()))
-
-    client.submit(add, ["x"], ["y"]).add_done_callback(callback)
-    assert chained.result(timeout=30) == ["x", "y", "object"]
-
-
-def test_stats_account_for_every_future(cluster: Any, gates: Any) -> None:
-    with Client(cluster.get_address(), engine="scaler") as own:
-        own.submit(add, 1, 1).result(timeout=30)
-        own.submit(boom, "x").exception(timeout=30)
-        busy = _fill_workers(own, gates)
-        queued = own.submit(hold, gates.new())
-        assert queued.cancel() is True
-        for future, held in busy:
-            Path(held + ".release").touch()
-            future.result(timeout=30)
-        # Counted by the delivery thread just after waking result(): wait for it.
-        _wait_for(lambda: own.stats()["in_flight"] == 0, SLACK, "every future counted")
-        stats = own.stats()
-    assert stats["submitted"] == 5
-    assert stats["completed"] == 3
-    assert stats["failed"] == 1
-    assert stats["cancelled"]["confirmed"] == 1
-    assert stats["in_flight"] == 0
-    assert stats["io_errors"] == 0
-
-
-def test_close_cancels_what_is_outstanding(cluster: Any, gates: Any) -> None:
-    own = Client(cluster.get_address(), engine="scaler", cancel_timeout=15)
-    done = own.submit(add, 1, 2)
-    assert done.result(timeout=30) == 3
-    busy = _fill_workers(own, gates)
-    queued = [own.submit(hold, gates.new()) for _ in range(3)]
-    started = time.monotonic()
-    own.close()
-    assert time.monotonic() - started < RUNNING_CANCEL + SLACK
-    assert all(future.cancelled() for future, _ in busy)
-    assert all(future.cancelled() for future in queued)
-    assert done.result() == 3
-    with pytest.raises(RuntimeError, match="shutdown"):
-        own.submit(add, 1, 1)
-
-
 def test_an_existing_scaler_client_keeps_its_own_futures(cluster: Any) -> None:
     scaler_client = scaler.Client(cluster.get_address())
     try:
@@ -499,173 +300,3 @@ def test_an_existing_scaler_client_keeps_its_own_futures(cluster: Any) -> None:
         assert scaler_client.submit(add, 5, 6).result(timeout=30) == 11
     finally:
         scaler_client.disconnect()
-
-
-def test_a_lost_scheduler_resolves_every_future() -> None:
-    # Its own cluster: this one is killed.
-    doomed = scaler.SchedulerClusterCombo(n_workers=1, logging_level="WARNING")
-    try:
-        own = Client(_answering(doomed).get_address(), engine="scaler", connection_timeout=2)
-        path = f"/tmp/futurefsm-scaler-{uuid.uuid4().hex}"
-        future = own.submit(hold, path, 30)
-        _wait_for(lambda: _started(path), 30, "the task to start")
-    finally:
-        started = time.monotonic()
-        doomed.shutdown()
-    error = future.exception(timeout=2 + SLACK)
-    assert isinstance(error, ConnectionLostError)
-    # When it was resolved, not when shutdown() returned: Scaler's shutdown alone
-    # took 4-5 s under load (it waits for every process of the cluster).
-    lost_after = future.history[-1][0] - started
-    assert lost_after < 2 + SLACK, f"resolved {lost_after:.2f} s after the shutdown began"
-    own.close()
-    Path(path + ".release").touch()
-
-
-# ---------------------------------------------------------------------- race suite
-
-
-RACE_CANCEL_TIMEOUT = 8.0  # a running task's cancel takes ~3 s on Scaler
-RACE_CONNECTION_TIMEOUT = 5.0
-_TERMINAL_WITHIN = RACE_CANCEL_TIMEOUT + RACE_CONNECTION_TIMEOUT + SLACK
-_ALLOWED = {
-    CancelOutcome.CONFIRMED,
-    CancelOutcome.NOT_FOUND,
-    CancelOutcome.RESULT_RACED,
-    CancelOutcome.BEFORE_SEND,
-    CancelOutcome.BY_SCHEDULER,
-}
-_plans = st.lists(
-    st.tuples(
-        st.sampled_from([0.0, 0.02, 0.1, 0.3]),  # how long the task runs
-        st.booleans(),  # whether it fails
-        st.one_of(
-            st.none(),
-            st.tuples(
-                st.sampled_from([0.0, 0.01, 0.05, 0.15, 0.4]),  # when it is cancelled
-                st.sampled_from(["wait", "nowait", "bulk"]),
-            ),
-        ),
-    ),
-    min_size=1,
-    max_size=5,
-)
-
-
-@settings(max_examples=examples(0.08, minimum=4))
-@given(
-    plans=_plans,
-    graph=st.booleans(),
-    graph_cancel=st.sampled_from([None, 0.0, 0.05, 0.2]),
-    close_at=st.sampled_from([None, None, 0.02, 0.2]),
-    long_task=st.sampled_from([None, None, None, "wait", "nowait", "bulk"]),
-)
-def test_race_generated_cancel_timings_against_real_tasks(
-    cluster: Any,
-    tmp_path_factory: Any,
-    plans: list[Any],
-    graph: bool,
-    graph_cancel: Any,
-    close_at: float | None,
-    long_task: str | None,
-) -> None:
-    base = tmp_path_factory.mktemp("race")
-    own = Client(
-        cluster.get_address(),
-        engine="scaler",
-        cancel_timeout=RACE_CANCEL_TIMEOUT,
-        connection_timeout=RACE_CONNECTION_TIMEOUT,
-    )
-    if long_task is not None:  # a few running tasks are cancelled too (~3 s each)
-        plans = [(2.0, False, (0.3, long_task)), *plans]
-    calls: dict[int, list[float]] = {}
-    futures: list[tuple[Any, str, bool, Any]] = []
-    try:
-        for number, (seconds, fails, cancel) in enumerate(plans):
-            path = str(base / f"t{number}")
-            future = own.submit(work, path, seconds, fails)
-            calls[id(future)] = []
-            future.add_done_callback(lambda f: calls[id(f)].append(time.time()))
-            futures.append((future, path, fails, cancel))
-        if graph:
-            members = own.submit_graph(
-                {"g0": (work, str(base / "g0"), 0.1, False), "g1": (add, "g0", "+")}
-            )
-            for key, future in members.items():
-                calls[id(future)] = []
-                future.add_done_callback(lambda f: calls[id(f)].append(time.time()))
-                futures.append((future, str(base / key), False, None))
-            if graph_cancel is not None:
-                futures[-1] = (members["g1"], str(base / "g1"), False, (graph_cancel, "nowait"))
-        started = time.monotonic()
-        waiting: list[cf.Future[Any]] = []
-        bulk: list[Any] = []
-        actions = [(item[3][0], item[3][1], item[0]) for item in futures if item[3] is not None]
-        if close_at is not None:
-            actions.append((close_at, "close", None))
-        with cf.ThreadPoolExecutor(4) as pool:
-            for delay, mode, future in sorted(actions, key=lambda action: action[0]):
-                # Timing is what is generated here, not synchronisation.
-                time.sleep(max(0.0, started + delay - time.monotonic()))
-                if mode == "close":
-                    waiting.append(pool.submit(own.close))
-                elif mode == "wait":
-                    waiting.append(pool.submit(future.cancel))
-                elif mode == "nowait":
-                    future.cancel(wait=False)
-                else:
-                    bulk.append(future)
-            if bulk:
-                own.cancel(bulk, wait=False)
-            last_action = time.monotonic()
-            for answer in waiting:
-                answer.result(timeout=_TERMINAL_WITHIN)
-        for future, _, _, _ in futures:
-            remaining = last_action + _TERMINAL_WITHIN - time.monotonic()
-            cf.wait([future], timeout=max(0.0, remaining))
-            assert future.state in TERMINAL_STATES, describe_future("future", _Seen(future), None)
-        # Waiters wake as a future turns terminal; its callbacks run and the client
-        # lets go of it just after, on the delivery thread: wait for the last of them.
-        _wait_for(lambda: not own.futures, SLACK, "the client to let go of every future")
-        for number, (future, path, fails, _) in enumerate(futures):
-            name = f"future {number} ({Path(path).name})"
-            note(describe_future(name, _Seen(future), None))
-            check_snapshot(name, _snapshot(future, own))
-            assert len(calls[id(future)]) == 1, f"{name}: callbacks ran {calls[id(future)]}"
-            event(f"{future.state.value} {future.cancel_outcome}")
-            if future.state is FutureState.CANCELLED:
-                assert future.cancel_outcome in _ALLOWED, f"{name}: {future.cancel_outcome}"
-                # A task the user was told is cancelled does not start afterwards.
-                marker = Path(path + ".started")
-                if marker.exists() and future.cancel_outcome is not CancelOutcome.RESULT_RACED:
-                    assert float(marker.read_text()) <= calls[id(future)][0], name
-            elif Path(path).name.startswith("g1"):
-                assert future.result() == str(base / "g0") + "+"
-            elif fails:
-                assert isinstance(future.exception(), ValueError), name
-            else:
-                assert future.result() == path, name
-        stats = own.stats()
-        assert stats["io_errors"] == 0 and stats["protocol_errors"] == 0
-    finally:
-        own.close()
-    assert all(future.done() for future, _, _, _ in futures)
-
-
-class _Seen:
-    """Enough of ``FutureUnderTest`` for ``describe_future``."""
-
-    def __init__(self, future: Any) -> None:
-        self.future = future
-        self.task_id = future.task_id
-
-    def snapshot(self) -> FutureSnapshot:
-        return _snapshot(self.future, None)
-
-    def cancels_sent(self) -> int:
-        return -1
-
-
-def _snapshot(future: Any, client: Client | None) -> FutureSnapshot:
-    registered = None if client is None else future.task_id in client.futures
-    return FutureSnapshot.of_task_future(future, registered)

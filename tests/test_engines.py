@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import ast
 import subprocess
 import sys
 import threading
+from pathlib import Path
 
 import pytest
 
 from futurefsm import Client
 from futurefsm.engines import ENGINES, Engine, get_engine
 from futurefsm.engines.futurefsm import FutureFSMEngine
+from futurefsm.protocol import ProtocolError
 
 
 def test_the_default_engine_is_our_own_scheduler():
@@ -22,9 +25,9 @@ def test_the_default_engine_is_our_own_scheduler():
 
 def test_an_unknown_engine_is_an_error_listing_the_known_ones():
     with pytest.raises(ValueError) as error:
-        get_engine("ray")
+        get_engine("spark")
     message = str(error.value)
-    assert "'ray'" in message
+    assert "'spark'" in message
     for name in ENGINES:
         assert name in message
     with pytest.raises(ValueError, match="known engines"):
@@ -89,3 +92,55 @@ def test_importing_futurefsm_imports_no_engine_dependency():
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
     )
     assert out.stdout.strip() == ""
+
+
+# What an engine may not touch: a future's state, triggers or private parts, the
+# client's registry or private parts. (It maps messages to the client's deliveries.)
+_FUTURE_AND_CLIENT_PARTS = {
+    "state",
+    "sent",
+    "recv_result",
+    "recv_cancel_confirm",
+    "connection_lost",
+    "cancel_timed_out",
+    "_request_cancel",
+    "_transport",
+    "cancel_outcome",
+    "group_id",
+    "futures",
+    "stale",
+}
+
+
+@pytest.mark.parametrize("name", sorted(ENGINES))
+def test_no_engine_module_reads_a_future_or_the_client_beyond_the_seam(name: str) -> None:
+    module_name = ENGINES[name].partition(":")[0]
+    path = Path(__file__).resolve().parents[1] / (module_name.replace(".", "/") + ".py")
+    tree = ast.parse(path.read_text())
+    imported = {
+        node.module or ""
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ImportFrom) and node.level > 0
+    }
+    assert not {module for module in imported if module.startswith(("client", "fsm"))}, (
+        f"{path.name} imports the client or the FSM: {sorted(imported)}"
+    )
+    touched = {
+        node.attr
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Attribute) and node.attr in _FUTURE_AND_CLIENT_PARTS
+    }
+    assert not touched, f"{path.name} touches {sorted(touched)}"
+
+
+def test_deliveries_for_unknown_tasks_are_stale_and_a_bad_answer_is_a_protocol_error():
+    with Client(workers=1) as client:
+        client.deliver_result(bytes(16), "value")
+        client.deliver_cancel_answer(bytes(16), "canceled")
+        client.deliver_connection_lost("gone", [bytes(16)])  # nothing live: nothing counted
+        with pytest.raises(ProtocolError, match="maybe"):
+            client.deliver_cancel_answer(bytes(16), "maybe")  # type: ignore[arg-type]
+        assert not client.sending(bytes(16))  # an unknown task is never sent
+        stats = client.stats()
+    assert stats["stale_messages"] == 2
+    assert stats["connection_lost"] == 0

@@ -53,9 +53,8 @@ from futurefsm.scheduler_stub.sample_tasks import (
     wait_started,
 )
 from futurefsm.serializer import DEFAULT_SERIALIZER
+from futurefsm.testing import check_at_rest
 from futurefsm.testing.budget import examples
-from futurefsm.testing.harness import FutureSnapshot
-from futurefsm.testing.invariants import Outcome, capture, check_snapshot, describe_future
 from futurefsm.testing.strategies import behaviours
 
 CANCEL_TIMEOUT = 0.3
@@ -119,22 +118,16 @@ class Call:
     verify: Callable[[Outcome], None]
 
 
-def snapshot(future: TaskFuture) -> FutureSnapshot:
-    """A consistent view of a client future (taken under its lock)."""
-    return FutureSnapshot.of_task_future(future)
+Outcome = tuple[str, Any]
+"""What a call gave: ``("value", v)`` or ``("raised", exception)``."""
 
 
-class _ClientFuture:
-    """Just enough of ``FutureUnderTest`` for ``describe_future``."""
-
-    def __init__(self, future: TaskFuture) -> None:
-        self.future = future
-
-    def snapshot(self) -> FutureSnapshot:
-        return snapshot(self.future)
-
-    def cancels_sent(self) -> str:
-        return "(not counted end to end)"
+def capture(call: Callable[[], Any]) -> Outcome:
+    """Run ``call`` and return what it gave as an ``Outcome``."""
+    try:
+        return ("value", call())
+    except BaseException as error:  # every outcome is checked by the caller
+        return ("raised", error)
 
 
 _KINDS = st.sampled_from(["echo", "fail", "gate"])
@@ -395,7 +388,7 @@ class ClientStubMachine(RuleBasedStateMachine):
     def _note_futures(self) -> None:
         for task in self.submitted:
             note(f"{task}: {task.kind} {task.behaviour}")
-            note(describe_future(repr(task), _ClientFuture(task.future), None))  # type: ignore[arg-type]
+            note(check_at_rest(task.future, name=repr(task)).report)
 
     def nothing_raised_in_an_io_thread(self) -> None:
         assert self.client.stats()["io_errors"] == 0
@@ -403,13 +396,13 @@ class ClientStubMachine(RuleBasedStateMachine):
 
     def every_future_is_consistent(self) -> None:
         for task in self.submitted:
-            snap = snapshot(task.future)
-            check_snapshot(repr(task), snap)
+            with task.future._condition:  # state and outcome read together
+                state, outcome = task.future.state, task.future.cancel_outcome
+            check_at_rest(task.future, name=repr(task)).assert_clean()
             assert all(calls <= 1 for calls in task.callbacks), task.callbacks
-            if snap.state in TERMINAL_STATES:
-                assert task.future.cancelled() is (snap.state is FutureState.CANCELLED)
+            if state in TERMINAL_STATES:
+                assert task.future.cancelled() is (state is FutureState.CANCELLED)
                 self._check_result(task, capture(lambda t=task: t.future.result(timeout=0)))
-            outcome = snap.cancel_outcome
             if outcome is not None:
                 allowed = _ALLOWED_OUTCOMES[task.behaviour.on_cancel]
                 if task.in_graph:

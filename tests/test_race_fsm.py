@@ -17,8 +17,8 @@ from futurefsm.fsm import (
     FutureState,
     Trigger,
 )
+from futurefsm.testing import check_history
 from futurefsm.testing.budget import examples
-from futurefsm.testing.invariants import check_history
 from futurefsm.testing.strategies import triggers
 
 S, T, Out = FutureState, Trigger, CancelOutcome
@@ -143,7 +143,7 @@ class FSMMachine(RuleBasedStateMachine):
     def histories_walk_the_table_with_one_terminal_transition(self) -> None:
         for model in self.all:
             start = self.started[id(model)]
-            check_history("model", model.history, model.state, start)
+            assert check_history(model.history, model.state, start=start) == [], model.history
             for _, trigger, source, _ in model.history[HISTORY_SELF_LOOP_LIMIT:]:
                 assert TRANSITION_TABLE[source, trigger].effect is not Effect.STALE
 

@@ -20,6 +20,7 @@ from futurefsm.testing import (
     DEFAULT_ACTIONS,
     INVARIANTS,
     UNIVERSAL,
+    WAIT_AND_RACE_ACTIONS,
     Action,
     Contract,
     Move,
@@ -83,6 +84,12 @@ class StdlibHarness(RaceHarness):
             return True
         return False
 
+    def close(self) -> None:
+        """Fail every future still live: a result() waiting on one returns."""
+        for future in self.futures:
+            if not future.done():
+                future.set_exception(RuntimeError("the harness is closed"))
+
 
 class NaiveStdlibHarness(StdlibHarness):
     """Cancels with the stdlib's ``cancel()`` alone: the future is done and cancelled,
@@ -139,7 +146,7 @@ def test_a_cancel_that_does_not_notify_waiters_is_found() -> None:
 def test_different_semantics_fail_only_the_contract_layer() -> None:
     """futurefsm's table ignores a result before ``sent``; the stdlib future takes it.
     That is a disagreement with the table, not a bug: only contract findings."""
-    report = check_future(StdlibHarness, **QUICK)  # the default contract: futurefsm's
+    report = check_future(StdlibHarness, contract=Contract.futurefsm(), **QUICK)
     assert report.findings
     assert {f.invariant.layer for f in report.findings} == {"contract"}
     assert "contract_done" in report.invariants
@@ -149,7 +156,9 @@ def test_the_search_keeps_going_past_a_violation() -> None:
     """Every sequence starting with a result breaks futurefsm's table at step 1; the
     replaced result behind it (step 2) is still found, and each violation is
     reported once."""
-    report = check_future(ResultReplacingHarness, futures=1, depth=3, random_runs=0)
+    report = check_future(
+        ResultReplacingHarness, contract=Contract.futurefsm(), futures=1, depth=3, random_runs=0
+    )
     first = min(f.steps for f in report.findings if f.invariant.layer == "contract")
     replaced = [f for f in report.findings if f.invariant.name == "one_terminal_state"]
     assert first == 1
@@ -308,11 +317,22 @@ class DuckHarness:
         pass
 
 
-def test_a_duck_typed_harness_with_unknown_states() -> None:
-    report = check_future(DuckHarness, contract=STDLIB_CONTRACT, depth=2, random_runs=10)
+def test_a_duck_typed_harness_gets_the_universal_layer_without_a_contract() -> None:
+    report = check_future(DuckHarness, depth=2, random_runs=10)
+    assert report.contract is None
     assert report.findings == [], str(report)
-    assert "'stdlib:FINISHED'" in report.unknown_states
     assert {"result_failed", "confirm_canceled", "disconnect"} <= report.unsupported
+
+
+def test_a_harness_whose_states_the_contract_does_not_know_is_an_error() -> None:
+    with pytest.raises(ValueError, match="state 'stdlib:PENDING' for f0, which the contract"):
+        check_future(DuckHarness, contract=STDLIB_CONTRACT, depth=2, random_runs=10)
+
+
+def test_leaving_out_the_contract_checks_futurefsms_own_futures_by_their_table() -> None:
+    assert check_future(StdlibHarness, depth=1, random_runs=0).contract is None
+    report = check_future(lambda: TaskFutureRaceHarness(born="sent"), depth=1, random_runs=0)
+    assert report.contract == Contract.futurefsm(born="sent")
 
 
 class WrappingHarness(StdlibHarness):
@@ -428,4 +448,39 @@ def test_assert_race_free_is_the_pytest_form() -> None:
 
 def test_an_unsupported_step_ends_the_sequence_without_a_finding() -> None:
     moves = [Move(ACTIONS["sent"], 0), Move(ACTIONS["confirm_canceled"], 0)]
-    assert run_moves(DuckHarness, moves, contract=STDLIB_CONTRACT) == []
+    assert run_moves(DuckHarness, moves, contract=None) == []
+
+
+# ---------------------------------------------------------------------------
+# wait() in its three modes, as_completed, calls released together
+# ---------------------------------------------------------------------------
+
+WIDE = (*DEFAULT_ACTIONS, *WAIT_AND_RACE_ACTIONS)
+
+
+def test_taskfuture_keeps_its_promises_to_waits_and_races() -> None:
+    report = check_future(
+        TaskFutureRaceHarness, actions=WIDE, depth=1, random_runs=40, max_steps=6, progress=None
+    )
+    assert report.findings == [], str(report)
+    assert report.sequences_run > 40
+
+
+def test_a_wait_that_a_cancel_never_wakes_is_found() -> None:
+    # The stdlib's bare cancel() does not notify wait()'s waiter: wait(ALL_COMPLETED)
+    # sleeps on although every future is done.
+    wait_all = next(a for a in WIDE if a.name == "wait_all_completed")
+    moves = [Move(wait_all), Move(ACTIONS["cancel"], 0), Move(ACTIONS["cancel"], 1)]
+    assert "no_call_blocks_forever" in run_moves(
+        NaiveStdlibHarness, moves, contract=None, actions=WIDE
+    )
+    assert "no_call_blocks_forever" not in run_moves(
+        StdlibHarness, moves, contract=None, actions=WIDE
+    )
+
+
+def test_racing_calls_are_released_together_and_judged() -> None:
+    race = next(a for a in WIDE if a.name == "cancel_result_race")
+    moves = [Move(ACTIONS["sent"], 0), Move(race, 0), Move(ACTIONS["confirm_canceled"], 0)]
+    assert str(moves[1]) == "race(f0: cancel, result, cancelled)"
+    assert run_moves(TaskFutureRaceHarness, moves, actions=WIDE) == []

@@ -7,11 +7,15 @@ fixed future passes ``assert_race_free`` in the guide's own pytest form.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from futurefsm.testing import Action
+from futurefsm.testing.guide import generated, section, walkthrough_report
 
 GUIDE = Path(__file__).resolve().parent.parent / "docs" / "race-kit.md"
 _BLOCK = re.compile(r"^```(\w+)\n(.*?)^```$", re.DOTALL | re.MULTILINE)
@@ -46,10 +50,28 @@ def test_the_guide_finds_the_flag_soup_race(guide: dict[str, Any]) -> None:
     assert {"callbacks_run_once", "waiters_notified_once", "contract_state"} <= report.invariants
 
 
+def _without_summary(text: str) -> str:
+    """A generated report without its summary line (its counts and time vary)."""
+    lines = text.strip().splitlines()
+    return "\n".join(line for line in lines if not line.startswith("race kit on "))
+
+
 def test_the_guide_shows_what_the_kit_prints(guide: dict[str, Any]) -> None:
-    shown = next(b for b in blocks("text") if "violated after" in b)
-    # The first line is the summary: its counts and time vary.
-    assert shown.split("\n", 1)[1].strip() == str(guide["report"]).split("\n", 1)[1].strip()
+    shown = section(GUIDE.read_text(encoding="utf-8"), "walkthrough-report")
+    assert _without_summary(shown) == _without_summary(walkthrough_report(guide))
+
+
+@pytest.mark.parametrize("name", ["universal", "contract", "actions", "action-parameters"])
+def test_the_guides_tables_are_the_codes(name: str) -> None:
+    # Regenerate with: python -m futurefsm.testing.guide
+    assert section(GUIDE.read_text(encoding="utf-8"), name) == generated()[name]
+
+
+def test_the_action_reference_lists_every_parameter() -> None:
+    shown = section(GUIDE.read_text(encoding="utf-8"), "action-parameters")
+    for field in dataclasses.fields(Action):
+        assert f"| `{field.name}` |" in shown
+    assert shown.count("|  |") == 0, "a parameter without a docstring"
 
 
 def test_the_guides_harness_is_under_80_lines() -> None:

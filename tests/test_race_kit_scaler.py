@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from futurefsm.testing.guide import GUIDE, scaler_findings, section
+
 scaler = pytest.importorskip("scaler")
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "scaler_future_harness.py"
 
@@ -46,3 +48,6 @@ def test_the_kit_finds_scalers_three_bugs() -> None:
     # Disconnect racing a result: FINISHED then CANCELLED, notified twice.
     assert shortest("callbacks_run_once", "1. disconnect") == 2
     assert shortest("waiters_notified_once", "1. disconnect") == 2
+    # The guide's table of them is this run's (python -m futurefsm.testing.guide --scaler).
+    guide = GUIDE.read_text(encoding="utf-8")
+    assert section(guide, "scaler") == scaler_findings(report)

@@ -1,12 +1,11 @@
 """``futurefsm.testing`` works on other implementations and finds real bugs.
 
-- Deliberately broken ``TaskFuture`` subclasses: the race machine must find each bug
-  (``run_state_machine_as_test`` inside ``pytest.raises``), and report it with the
-  steps, the history table and the path diagram.
+- Deliberately broken ``TaskFuture`` subclasses: the race kit must find each bug, and
+  report it with the steps and the path diagram.
 - ``SimpleFuture``: a second, independent implementation of docs/transitions.md and
   docs/semantics.md (a plain ``concurrent.futures.Future`` subclass over ``TRANSITION_TABLE``, no
-  ``transitions`` machine), with its own ``FutureHarness``: the race machine and the
-  explorer run on it unchanged.
+  ``transitions`` machine), with its own ``RaceHarness``: the kit runs on it unchanged,
+  with every action.
 - The strategies draw what they say they draw.
 """
 
@@ -22,9 +21,8 @@ from concurrent.futures import _base
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import Phase, given, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import run_state_machine_as_test
 
 import futurefsm.testing
 from futurefsm.client.future import TaskFuture
@@ -42,14 +40,15 @@ from futurefsm.fsm import (
 from futurefsm.protocol import ProtocolError, decode, encode
 from futurefsm.scheduler_stub import Behaviour, OnCancel
 from futurefsm.testing import (
-    FutureSnapshot,
-    InvariantViolation,
-    Step,
-    TaskFutureHarness,
+    DEFAULT_ACTIONS,
+    WAIT_AND_RACE_ACTIONS,
+    Contract,
+    RaceHarness,
+    TaskFutureRaceHarness,
+    Unsupported,
+    check_at_rest,
+    check_future,
     examples,
-    explore,
-    make_race_machine,
-    run_sequence,
 )
 from futurefsm.testing import strategies as fst
 
@@ -106,49 +105,36 @@ class CancelsAFinishedFutureOnDisconnect(TaskFuture):
         return super().connection_lost()
 
 
-HUNT = settings(
-    max_examples=2000,
-    stateful_step_count=15,
-    deadline=None,
-    database=None,
-    report_multiple_bugs=False,
-    phases=[Phase.generate, Phase.shrink],
-    suppress_health_check=list(HealthCheck),
-)
-
-
 @pytest.mark.parametrize(
-    ("future_class", "symptom"),
+    ("future_class", "invariant", "symptom"),
     [
-        (LosesTheRacedResult, "is in cancel_requested, the table says cancelled"),
-        (ResolvesTheRacedResultAsDone, "the table says cancelled"),
-        (RunsCallbacksTwice, r"done-callbacks ran \[.*2.*\] times"),
-        (CancelsAFinishedFutureOnDisconnect, "starts in cancelled|future is in cancelled"),
+        (
+            LosesTheRacedResult,
+            "contract_state",
+            "is in cancel_requested, the contract says cancelled",
+        ),
+        (ResolvesTheRacedResultAsDone, "contract_state", "the contract says cancelled"),
+        (RunsCallbacksTwice, "callbacks_run_once", "done-callbacks ran [2] times"),
+        (CancelsAFinishedFutureOnDisconnect, "one_terminal_state", "now cancelled"),
     ],
     ids=["loses-raced-result", "raced-result-done", "callbacks-twice", "cancels-finished"],
 )
-def test_the_race_machine_finds_a_broken_future(
-    future_class: type[TaskFuture], symptom: str
+def test_the_kit_finds_a_broken_future(
+    future_class: type[TaskFuture], invariant: str, symptom: str
 ) -> None:
-    machine = make_race_machine(
-        lambda: TaskFutureHarness(future_class=future_class),
-        max_futures=1,
-        bursts=False,
-        name=future_class.__name__,
+    report = check_future(
+        lambda: TaskFutureRaceHarness(future_class=future_class),
+        futures=1,
+        depth=3,
+        random_runs=0,
+        progress=None,
     )
-    with pytest.raises(InvariantViolation, match=symptom) as caught:
-        run_state_machine_as_test(machine, settings=HUNT)
-    # The report: the steps, then each future's history table and path diagram.
-    report = "\n".join(getattr(caught.value, "__notes__", []))
-    assert f"state = {future_class.__name__}()" in report
-    assert "history:" in report and "trigger" in report
-    assert "stateDiagram-v2" in report
-
-
-def test_the_explorer_finds_a_callback_run_twice() -> None:
-    report = explore(2, harness_factory=lambda: TaskFutureHarness(future_class=RunsCallbacksTwice))
-    assert report.violations
-    assert "done-callbacks ran [2] times" in report.violations[0].error
+    found = [f for f in report.findings if f.invariant.name == invariant]
+    assert found, str(report)
+    assert any(symptom in f.message for f in found), str(report)
+    # The report: the steps, then the future's path on the diagram.
+    assert "minimal steps" in found[0].report
+    assert "stateDiagram-v2" in found[0].report
 
 
 # ---------------------------------------------------------------------------
@@ -265,87 +251,60 @@ class SimpleTransport:
         return threading.current_thread() is self.io_thread
 
 
-class SimpleFutureUnderTest:
-    """``FutureUnderTest`` for ``SimpleFuture``."""
-
-    def __init__(self, future: SimpleFuture, transport: SimpleTransport) -> None:
-        self.future = future
-        self.task_id = future.task_id
-        self._transport = transport
-
-    def deliver(self, step: Step, payload: Any = None) -> bool:
-        if step is Step.RESULT_SUCCESS:
-            cell = self.future.fire(step.trigger, result=payload)
-        else:
-            cell = self.future.fire(step.trigger, exc=payload)
-        return cell.effect is Effect.STALE
-
-    def snapshot(self) -> FutureSnapshot:
-        future = self.future
-        with future._condition:
-            return FutureSnapshot(
-                state=future.fsm_state,
-                stdlib_state=future._state,
-                running=future.running(),
-                done=future.done(),
-                cancel_outcome=future.cancel_outcome,
-                history=list(future.history),
-                registered=future.task_id in self._transport.live,
-            )
-
-    def cancels_sent(self) -> int:
-        return self._transport.cancels.count(self.task_id)
-
-
-class SimpleHarness:
-    """``FutureHarness`` for ``SimpleFuture``."""
+class SimpleHarness(RaceHarness):
+    """The race kit's harness for ``SimpleFuture``."""
 
     def __init__(self) -> None:
         self.transport = SimpleTransport()
-        self.order: list[SimpleFuture] = []
 
-    def create(self) -> SimpleFutureUnderTest:
+    def create(self) -> SimpleFuture:
         self.transport.count += 1
         future = SimpleFuture(self.transport.count.to_bytes(16, "big"), self.transport)
         self.transport.live[future.task_id] = future
-        return SimpleFutureUnderTest(future, self.transport)
+        return future
 
-    def deliver_to_id(self, task_id: bytes, step: Step, payload: Any = None) -> bool:
-        future = self.transport.live.get(task_id)
-        if future is None:
-            return True
-        return SimpleFutureUnderTest(future, self.transport).deliver(step, payload)
+    def deliver(self, action: str, future: Any, payload: Any) -> None:
+        if action == "result_success":
+            future.fire(T.RECV_RESULT, result=payload)
+        elif action == "result_failed":
+            future.fire(T.RECV_RESULT, exc=payload)
+        elif action.startswith("confirm_"):
+            future.fire(T("recv_" + action))
+        elif action in ("sent", "cancel_timed_out", "connection_lost"):
+            future.fire(T(action))
+        elif action == "disconnect":
+            for live in list(self.transport.live.values()):
+                live.fire(T.CONNECTION_LOST)
+        elif action == "cancel_all":
+            for live in list(self.transport.live.values()):
+                live.cancel(wait=False)
+        else:
+            raise Unsupported(action)
 
-    def expire_cancels(self) -> None:
-        firsts = dict.fromkeys(self.transport.cancels)  # first TaskCancel order
-        for task_id in firsts:
-            future = self.transport.live.get(task_id)
-            if future is not None:
-                future.fire(T.CANCEL_TIMED_OUT)
+    def state(self, future: SimpleFuture) -> FutureState:
+        return future.fsm_state
 
-    def lose_connection(self) -> None:
-        for future in list(self.transport.live.values()):
-            future.fire(T.CONNECTION_LOST)
-
-    def attach_io_thread(self, thread: threading.Thread) -> None:
+    def attach_delivering_thread(self, thread: threading.Thread) -> None:
         self.transport.io_thread = thread
 
     def close(self) -> None:
-        pass
+        for future in list(self.transport.live.values()):
+            future.fire(T.CONNECTION_LOST)
 
 
-SimpleRaceMachine = make_race_machine(SimpleHarness, name="SimpleRaceMachine")
-SimpleRaceMachine.TestCase.settings = settings(
-    max_examples=examples(2), stateful_step_count=30, deadline=None
-)
-TestSimpleFutureRaceMachine = SimpleRaceMachine.TestCase
-
-
-def test_the_explorer_runs_on_another_implementation() -> None:
-    report = explore(8, harness_factory=SimpleHarness)
+def test_the_kit_runs_on_another_implementation() -> None:
+    report = check_future(
+        SimpleHarness,
+        contract=Contract.futurefsm(),
+        actions=(*DEFAULT_ACTIONS, *WAIT_AND_RACE_ACTIONS),
+        depth=2,
+        random_runs=examples(0.5, minimum=20),
+        progress=None,
+    )
     print(report.summary())
-    assert report.violations == []
-    assert report.cells == set(TRANSITION_TABLE)
+    assert report.findings == [], str(report)
+    rest = [check_at_rest(f, contract=Contract.futurefsm()) for f in (SimpleHarness().create(),)]
+    assert rest[0].findings == []
 
 
 # ---------------------------------------------------------------------------
@@ -353,11 +312,17 @@ def test_the_explorer_runs_on_another_implementation() -> None:
 # ---------------------------------------------------------------------------
 
 
-@settings(max_examples=examples(10))
-@given(fst.step_sequences(max_size=45))
-def test_long_step_sequences_follow_the_table(sequence: list[Step]) -> None:
-    """Past the explorer's depth, and past HISTORY_SELF_LOOP_LIMIT stale entries."""
-    run_sequence(sequence)
+def test_long_sequences_follow_the_table() -> None:
+    """Past the breadth-first depth, and past HISTORY_SELF_LOOP_LIMIT stale entries."""
+    report = check_future(
+        TaskFutureRaceHarness,
+        futures=1,
+        depth=0,
+        random_runs=examples(1, minimum=20),
+        max_steps=45,
+        progress=None,
+    )
+    assert report.findings == [], str(report)
 
 
 @settings(max_examples=examples(2))
@@ -411,12 +376,6 @@ def test_scheduler_messages_are_what_a_scheduler_sends() -> None:
     assert kinds == {"Task", "TaskCancel", "Heartbeat", "Disconnect"}
 
 
-def test_steps_map_to_triggers() -> None:
-    assert {step.trigger for step in Step} == set(Trigger)
-    assert [s for s in Step if s.status is not None] == list(futurefsm.testing.RESULT_STEPS)
-    assert all(s.confirm_kind is not None for s in futurefsm.testing.CONFIRM_STEPS)
-
-
 def test_examples_scales_with_the_profile() -> None:
     base = settings.default.max_examples
     assert examples(1) == base
@@ -438,16 +397,16 @@ def test_a_waiting_cancel_is_answered_in_the_simple_future_too() -> None:
     """A hand-written check that the second implementation behaves (sanity for the
     harness tests above)."""
     harness = SimpleHarness()
-    fut = harness.create()
-    fut.deliver(Step.SENT)
+    future = harness.create()
+    harness.deliver("sent", future, None)
     waiting = cf.ThreadPoolExecutor(1)
     try:
-        outcome = waiting.submit(fut.future.cancel, 5.0)
+        outcome = waiting.submit(future.cancel, 5.0)
         deadline = time.monotonic() + 5
-        while fut.future.fsm_state is not S.CANCEL_REQUESTED and time.monotonic() < deadline:
+        while future.fsm_state is not S.CANCEL_REQUESTED and time.monotonic() < deadline:
             time.sleep(0.001)
-        fut.deliver(Step.RESULT_SUCCESS, "late")
+        harness.deliver("result_success", future, "late")
         assert outcome.result(5) is True
-        assert fut.future.cancel_outcome is CancelOutcome.RESULT_RACED
+        assert future.cancel_outcome is CancelOutcome.RESULT_RACED
     finally:
         waiting.shutdown()

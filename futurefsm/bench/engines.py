@@ -3,7 +3,8 @@ engine's own client, on the same local cluster, alternated in one run
 (docs/performance.md, docs/engine-scaler.md).
 
 Per engine (one function each in ``ENGINE_BENCHES``: Scaler here, Dask in
-``engines_dask``; an engine whose package is not installed is skipped with a note).
+``engines_dask``, Ray in ``engines_ray``; an engine whose package is not installed
+is skipped with a note).
 For Scaler:
 
 1. 1000 no-op tasks submitted, then gathered with ``result()`` one by one, through the
@@ -150,9 +151,16 @@ def _report_dask(quick: bool) -> None:
     dask_main(quick=quick)
 
 
+def _report_ray(quick: bool) -> None:
+    from .engines_ray import main as ray_main
+
+    ray_main(quick=quick)
+
+
 ENGINE_BENCHES: dict[str, tuple[str, Callable[[bool], None]]] = {
     "scaler": ("scaler", _report_scaler),
     "dask": ("distributed", _report_dask),
+    "ray": ("ray", _report_ray),
 }
 """Engine name -> (the module it needs, the function that measures and prints)."""
 

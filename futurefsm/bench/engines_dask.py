@@ -81,7 +81,11 @@ def measure(
 
     if address is None:
         with distributed.LocalCluster(
-            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+            n_workers=2,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address="127.0.0.1:0",
+            worker_dashboard_address="127.0.0.1:0",
         ) as cluster:
             return measure(tasks_count, rounds, cancels, cluster.scheduler_address)
     dask_client = distributed.Client(address, set_as_default=False)

@@ -16,24 +16,29 @@ and an engine that loses its scheduler resolves every unfinished future through 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
 from concurrent import futures as cf
 from typing import Any
 
-from ..engines import Engine, get_engine
-from ..fsm import CancelOutcome, FutureState
+from ..engines import CancelAnswer, Engine, get_engine
+from ..fsm import CancelOutcome, Effect, FutureState
+from ..protocol import ProtocolError
 from ..serializer import Serializer
 from .deadlines import CancelDeadlines
 from .future import TaskFuture
-from .graph import topological_order
+from .graph import parse_graph
 
 __all__ = ["Client"]
 
 LOGGER = logging.getLogger("futurefsm.client")
+
+
+_CANCEL_ANSWERS = ("canceled", "not_found", "cancel_failed")
 
 
 def _worker_count(workers: int | None, max_workers: int | None) -> int | None:
@@ -214,7 +219,7 @@ class Client(cf.Executor):
         with self._submit_lock:
             self._check_open()
             self._register(future)
-            self._engine.send(future, prepared)
+            self._engine.send(prepared)
         return future
 
     def _check_open(self) -> None:
@@ -275,20 +280,20 @@ class Client(cf.Executor):
         any of their futures cancels the whole graph, and every member future ends
         cancelled promptly.
         """
-        order = topological_order(graph)
+        nodes = parse_graph(graph)
         wanted = list(graph) if keys is None else list(keys)
         for key in wanted:
             if key not in graph:
                 raise KeyError(f"submit_graph: key {key!r} is not in the graph")
         group_id = os.urandom(16)
-        prepared = self._engine.prepare_graph(graph, order, group_id)
-        members = [(self._future_class(item.task_id, self, group_id), item) for item in prepared]
+        prepared = self._engine.prepare_graph(nodes, group_id)
+        members = [self._future_class(item.task_id, self, group_id) for item in prepared]
         with self._submit_lock:
             self._check_open()
-            for future, _ in members:
+            for future in members:
                 self._register(future)
-            self._engine.send_graph(group_id, members)
-        futures = {key: future for key, (future, _) in zip(order, members, strict=True)}
+            self._engine.send_graph(group_id, prepared)
+        futures = {node.key: future for node, future in zip(nodes, members, strict=True)}
         return {key: futures[key] for key in wanted}
 
     # ------------------------------------------------------------------ cancelling
@@ -330,7 +335,7 @@ class Client(cf.Executor):
         """FutureTransport: send one TaskCancel (the group's, for a graph member)
         through the engine, with ``force``, and time it out at ``deadline``."""
         self._deadlines.schedule(deadline, future.task_id)
-        self._engine.send_cancel([future], force)
+        self._engine.send_cancel(future.task_id, future.group_id, force)
 
     def release(self, future: TaskFuture) -> None:
         """FutureTransport: ``future`` is terminal; count how it ended and forget it."""
@@ -346,7 +351,7 @@ class Client(cf.Executor):
         with self._stats_lock:
             counter[key] += 1
             self.futures.pop(future.task_id, None)
-        self._engine.forget(future)
+        self._engine.forget(future.task_id)
         if self._dashboard is not None:
             self._dashboard.counts.ended(future)
 
@@ -357,19 +362,63 @@ class Client(cf.Executor):
 
     # ------------------------------------------------------------------ EngineClient
 
-    def stale(self, message: object) -> None:
-        """EngineClient: count and debug-log a message that changed nothing."""
-        self.count("stale_messages")
-        LOGGER.debug("stale message %r", message)
+    def sending(self, task_id: bytes) -> bool:
+        """EngineClient: fire ``sent``; False if the task must not go out (its future
+        was cancelled before sending, or is gone)."""
+        future = self.futures.get(task_id)
+        return future is not None and future.sent().effect is not Effect.STALE
 
-    def count(self, stat: str) -> None:
-        """EngineClient: add one to the counter ``stat`` of ``stats()``."""
-        with self._stats_lock:
-            self._stats[stat] += 1
+    def sending_graph(self, task_ids: Sequence[bytes]) -> bool:
+        """EngineClient: fire ``sent`` on every member, or (one was cancelled before
+        sending) cancel them all and return False: a graph goes whole or not at all.
 
-    def connection_lost(self, why: str) -> None:
-        """EngineClient: the scheduler is gone; every live future gets ``connection_lost``."""
-        futures = list(self.futures.values())
+        The members' locks are held together (in ``id`` order, as
+        ``concurrent.futures.wait`` takes them) from the check to the last ``sent``,
+        so no cancel slips in between: either it came first and nothing is sent, or
+        it finds its future running and its TaskCancel goes after the graph."""
+        futures = [self.futures.get(task_id) for task_id in task_ids]
+        members = [future for future in futures if future is not None]
+        with contextlib.ExitStack() as locks:
+            for future in sorted(members, key=id):
+                locks.enter_context(future)
+            whole = len(members) == len(futures) and all(
+                future.state is FutureState.PENDING for future in members
+            )
+            if whole:
+                for future in members:
+                    future.sent()
+        if not whole:
+            deadline = time.monotonic()
+            for future in members:  # pending: cancelled at once, nothing sent
+                future._request_cancel(deadline)
+        return whole
+
+    def deliver_result(
+        self, task_id: bytes, value: Any = None, exception: BaseException | None = None
+    ) -> None:
+        """EngineClient: the task finished (``recv_result``); stale if unknown."""
+        future = self.futures.get(task_id)
+        if future is None or future.recv_result(value, exception).effect is Effect.STALE:
+            self._stale("result", task_id)
+
+    def deliver_cancel_answer(self, task_id: bytes, answer: CancelAnswer) -> None:
+        """EngineClient: a cancel was answered (``recv_confirm_*``); stale if unknown.
+        ``ProtocolError`` for an answer that is not one of the three."""
+        if answer not in _CANCEL_ANSWERS:
+            raise ProtocolError(f"unknown cancel answer {answer!r} for task {task_id.hex()}")
+        future = self.futures.get(task_id)
+        if future is None:
+            self._stale(answer, task_id)
+        elif future.recv_cancel_confirm(answer).effect is Effect.STALE:
+            self._stale(answer, task_id)
+
+    def deliver_connection_lost(self, why: str, task_ids: Sequence[bytes] | None = None) -> None:
+        """EngineClient: the scheduler is gone; every live future (or those of
+        ``task_ids``) gets ``connection_lost``."""
+        if task_ids is None:
+            futures = list(self.futures.values())
+        else:
+            futures = [f for f in map(self.futures.get, task_ids) if f is not None]
         if futures:
             self.count("connection_lost")
             LOGGER.warning(
@@ -377,6 +426,15 @@ class Client(cf.Executor):
             )
         for future in futures:
             future.connection_lost(why)
+
+    def count(self, stat: str) -> None:
+        """EngineClient: add one to the counter ``stat`` of ``stats()``."""
+        with self._stats_lock:
+            self._stats[stat] += 1
+
+    def _stale(self, what: str, task_id: bytes) -> None:
+        self.count("stale_messages")
+        LOGGER.debug("stale message: %s for task %s", what, task_id.hex())
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -432,7 +490,7 @@ class Client(cf.Executor):
                 self.cancel(outstanding)
             self._engine.close()
             # Whatever the engine left unresolved is resolved now: nothing waits forever.
-            self.connection_lost("client closed")
+            self.deliver_connection_lost("client closed")
             self._deadlines.close()
             if self._dashboard is not None:
                 self._dashboard.close()

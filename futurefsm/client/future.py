@@ -42,6 +42,7 @@ from collections.abc import Callable, Generator
 from concurrent.futures import _base
 from typing import Any
 
+from ..engines.shared import in_event_loop as _in_event_loop
 from ..errors import ConnectionLostError
 from ..fsm import (
     TERMINAL_STATES,
@@ -90,14 +91,6 @@ _create_lock = threading.Lock()
 
 def _in_done_callback() -> bool:
     return getattr(_callback_depth, "value", 0) > 0
-
-
-def _in_event_loop() -> bool:
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return False
-    return True
 
 
 class TaskFuture(_base.Future, _thread.RLock):

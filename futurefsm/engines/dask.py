@@ -8,12 +8,12 @@ of Dask's ``Future`` bookkeeping:
 
 - ``submit``: ``prepare`` builds and serializes the ``update-graph`` message in the
   user's thread, as ``distributed.Client.submit`` does; the engine's thread (the Dask
-  client's event loop) fires ``future.sent()`` and writes it to the stream.
+  client's event loop) asks ``client.sending(task_id)`` and writes it to the stream.
 - inbound: the engine adds its handlers to the client's ``_stream_handlers``.
   ``key-in-memory`` queues the key for a batched ``gather`` (one request in flight at
   a time; when busy, keys arriving meanwhile make the next batch), then
-  ``recv_result``;
-  ``task-erred`` becomes ``recv_result(exception=...)`` with the remote traceback
+  ``deliver_result``;
+  ``task-erred`` becomes ``deliver_result(exception=...)`` with the remote traceback
   attached (``KilledWorker``: ``WorkerDiedError``); Dask's own messages for keys that
   are not the engine's go to Dask's handlers unchanged.
 - cancel: Dask's own cancel is not confirmed, so the engine ships a small
@@ -22,9 +22,10 @@ of Dask's ``Future`` bookkeeping:
   per key, after the scheduler processed the cancel: ``canceled``, ``not_found``,
   ``cancel_failed`` (another client wants it, or ``force=False`` and a worker
   thread runs it), or ``result`` (it was already in memory or erred: the result,
-  earlier on the stream, won). A ``result`` answer to a
-  future still cancelling delivers that result first, so the table's
-  ``cancel_requested`` + ``recv_result`` cell says ``RESULT_RACED``.
+  earlier on the stream, won). A ``result`` answer (or a ``key-in-memory``) for a
+  key whose own future asked to cancel (the engine's record: ``_cancelling``)
+  delivers that result without fetching it, so the table's ``cancel_requested`` +
+  ``recv_result`` cell says ``RESULT_RACED``.
 - a terminal future's key is released (``client-releases-keys``) in batches.
 - liveness: every ``heartbeat_interval`` the engine pings the plugin on the stream;
   nothing heard for ``connection_timeout``, or the Dask client reconnecting (it then
@@ -52,11 +53,10 @@ import itertools
 import logging
 import threading
 import time
-import traceback
 import uuid
-from collections.abc import Callable, Hashable, Mapping
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import cloudpickle
 import dask
@@ -69,13 +69,11 @@ from distributed.protocol import serialize, to_serialize
 from distributed.protocol.serialize import Serialized, ToPickle
 from distributed.scheduler import KilledWorker
 
-from ..errors import DaskPluginError, RemoteTraceback, TaskFailedError, WorkerDiedError
-from ..fsm import Effect, FutureState
-from . import Engine, EngineClient
+from ..errors import DaskPluginError, TaskFailedError, WorkerDiedError
+from ..protocol import ProtocolError
+from . import Engine, EngineClient, GraphNode, KeyRef
 from . import dask_plugin as _plugin
-
-if TYPE_CHECKING:
-    from ..client.future import TaskFuture
+from .shared import NeverRaise, WakeQueue, attach_remote_traceback, connect_within
 
 __all__ = ["SUPPORTED_DISTRIBUTED", "DaskEngine", "DaskPluginError", "PreparedDask"]
 
@@ -140,13 +138,6 @@ def _update_graph(dsk: dict[str, Any], keys: list[str], what: str) -> dict[str, 
     }
 
 
-def _graph_function(value: Any) -> Any:
-    """The function of a graph value (a task ``(fn, *args)``), or the value itself."""
-    if isinstance(value, tuple) and value and callable(value[0]):
-        return value[0]
-    return value
-
-
 def _task_name(fn: Any) -> str:
     if not callable(fn):
         return "constant"
@@ -168,12 +159,7 @@ def _remote_exception(exception: Any, tb: Any, key: str) -> BaseException:
         died = WorkerDiedError(f"the workers running task {key} died: {exc}")
         died.__cause__ = exc
         return died
-    lines = ["Traceback (most recent call last):\n"]
-    if tb_object is not None:
-        lines += traceback.format_tb(tb_object)
-    lines += traceback.format_exception_only(type(exc), exc)
-    exc.__cause__ = RemoteTraceback("".join(lines))
-    return exc
+    return attach_remote_traceback(exc, tb_object)
 
 
 class DaskEngine(Engine):
@@ -197,28 +183,37 @@ class DaskEngine(Engine):
 
     def __init__(
         self,
-        dask_client: distributed.Client,
+        dask_client: distributed.Client | None,
         *,
         register_plugin: bool = True,
         fetch_interval: float = 0.1,
+        _connect: tuple[str, dict[str, Any]] | None = None,
         _owned: tuple[Any, ...] = (),
     ) -> None:
-        if not isinstance(dask_client, distributed.Client):
+        if dask_client is None and _connect is not None:
+            self.address = _connect[0]  # the client is made by start()
+        elif not isinstance(dask_client, distributed.Client):
             raise TypeError(f"DaskEngine: expected a distributed.Client, got {dask_client!r}")
-        if dask_client.asynchronous:
+        elif dask_client.asynchronous:
             raise ValueError("DaskEngine: needs a synchronous distributed.Client")
-        self._dask = dask_client
+        else:
+            self.address = str(dask_client.scheduler.address)
+        self._dask: Any = dask_client
+        self._connect = _connect
         self._owned = _owned  # what close() closes: our own client (and cluster)
         self._register_plugin = register_plugin
-        self.address = str(dask_client.scheduler.address)
         self._client: EngineClient | None = None
-        self._ours: dict[str, TaskFuture] = {}
+        self._guard = NeverRaise(LOGGER, "Dask engine")
+        # What this engine sent: the keys of its live tasks, each graph's keys, and
+        # the keys whose own future asked to cancel (their result lost the race).
+        self._ours: set[str] = set()
+        self._groups: dict[bytes, list[str]] = {}
+        self._group_of: dict[str, bytes] = {}
+        self._cancelling: set[str] = set()
         self._key_prefix = uuid.uuid4().hex[:24]
         self._key_counter = itertools.count()
-        self._groups: dict[bytes, list[str]] = {}
-        self._outbox: collections.deque[tuple[Any, ...]] = collections.deque()
+        self._outbox: WakeQueue[tuple[Any, ...] | None] = WakeQueue(self._wake)
         self._releases: collections.deque[str] = collections.deque()
-        self._wake_pending = False
         self._to_fetch: dict[str, None] = {}
         self._fetching = False
         self._fetch_interval = fetch_interval
@@ -257,21 +252,17 @@ class DaskEngine(Engine):
         owned: list[Any] = []
         if address is None:
             cluster = distributed.LocalCluster(
-                n_workers=workers or 2, threads_per_worker=1, dashboard_address=None
+                n_workers=workers or 2,
+                threads_per_worker=1,
+                dashboard_address="127.0.0.1:0",
+                worker_dashboard_address="127.0.0.1:0",
             )
             owned.append(cluster)
             address = cluster.scheduler_address
         elif workers is not None:
             raise ValueError("workers: only meaningful without an address (a LocalCluster)")
         options.setdefault("set_as_default", False)
-        try:
-            dask_client = distributed.Client(address, **options)
-        except BaseException:
-            for item in owned:
-                item.close()
-            raise
-        owned.insert(0, dask_client)
-        return cls(dask_client, **engine_options, _owned=tuple(owned))
+        return cls(None, **engine_options, _connect=(address, options), _owned=tuple(owned))
 
     def __repr__(self) -> str:
         return f"<DaskEngine {self.address}>"
@@ -279,9 +270,23 @@ class DaskEngine(Engine):
     # ------------------------------------------------------------------ the seam
 
     def start(self, client: EngineClient) -> None:
-        """Check (and ship) the cancel plugin, hook the client's stream, start pinging."""
+        """Connect (within ``connection_timeout``), check (and ship) the cancel plugin,
+        hook the client's stream, start pinging."""
         self._client = client
+        self._guard.count = client.count
         try:
+            if self._connect is not None:
+                address, options = self._connect
+                # Dask's own connect timeout, if given, is the deadline; else ours.
+                timeout = float(options.setdefault("timeout", client.connection_timeout))
+                self._dask = connect_within(
+                    lambda: distributed.Client(address, **options),
+                    address,
+                    timeout,
+                    what="the Dask scheduler",
+                    dispose=lambda dask_client: dask_client.close(),
+                )
+                self._owned = (self._dask, *self._owned)
             self._dask.sync(self._start)
         except BaseException:
             self._close_owned()
@@ -373,29 +378,26 @@ class DaskEngine(Engine):
         message = _update_graph({key: task}, [key], f"{getattr(fn, '__name__', fn)!r} for submit()")
         return PreparedDask(key.encode(), key, message)
 
-    def prepare_graph(
-        self, graph: Mapping[Hashable, Any], order: list[Hashable], group_id: bytes
-    ) -> list[PreparedDask]:
-        """One Dask graph for the whole group: every key gets a unique Dask key, every
-        reference to a key (an argument, in a list, in a nested task) is renamed to
-        it, and Dask's own ``convert_legacy_graph`` makes the tasks (nested tasks run
-        inside the task that holds them, as in Dask)."""
-        keys = {key: self._new_key(_graph_function(graph[key])) for key in order}
+    def prepare_graph(self, nodes: Sequence[GraphNode], group_id: bytes) -> list[PreparedDask]:
+        """One Dask graph for the whole group: every node gets a unique Dask key, every
+        ``KeyRef`` (an argument, in a list, in a nested task) becomes that key, and
+        Dask's own ``convert_legacy_graph`` makes the tasks (nested tasks run inside the
+        task that holds them, as in Dask)."""
+        keys = {node.key: self._new_key(node.function) for node in nodes}
 
         def rename(item: Any) -> Any:
+            if type(item) is KeyRef:
+                return keys[item.key]
             if isinstance(item, tuple) and item and callable(item[0]):
                 return (item[0], *(rename(arg) for arg in item[1:]))
-            try:
-                if item in graph:
-                    return keys[item]
-            except TypeError:  # unhashable
-                pass
             if isinstance(item, list):
                 return [rename(element) for element in item]
             return item  # a plain tuple or dict is a value, as on every engine
 
-        legacy = {keys[key]: rename(graph[key]) for key in order}
-        dask_keys = [keys[key] for key in order]
+        legacy = {
+            keys[node.key]: (node.function, *(rename(arg) for arg in node.args)) for node in nodes
+        }
+        dask_keys = list(legacy)
         try:
             dsk = convert_legacy_graph(legacy, all_keys=set(dask_keys))
         except Exception as error:
@@ -403,56 +405,57 @@ class DaskEngine(Engine):
         message = _update_graph(dsk, dask_keys, "the graph for submit_graph()")
         return [PreparedDask(dask_key.encode(), dask_key, message) for dask_key in dask_keys]
 
-    def send(self, future: TaskFuture, prepared: PreparedDask) -> None:  # type: ignore[override]
+    def send(self, prepared: PreparedDask) -> None:  # type: ignore[override]
         """Queue the task for the engine's thread."""
-        self._post(("task", future, prepared))
+        self._outbox.post(("task", prepared))
 
-    def send_graph(self, group_id: bytes, members: list[tuple[TaskFuture, PreparedDask]]) -> None:  # type: ignore[override]
+    def send_graph(self, group_id: bytes, prepared: list[PreparedDask]) -> None:  # type: ignore[override]
         """Queue the graph: sent whole (one ``update-graph``) or not at all."""
-        self._groups[group_id] = [prepared.key for _, prepared in members]
-        self._post(("graph", group_id, members))
+        keys = [item.key for item in prepared]
+        self._groups[group_id] = keys
+        for key in keys:
+            self._group_of[key] = group_id
+        self._outbox.post(("graph", prepared))
 
-    def send_cancel(self, futures: list[TaskFuture], force: bool = True) -> None:
-        """Queue a plugin cancel for these futures' keys (a graph member: its whole
-        graph's, always forced). Without ``force`` a task already on a worker is
-        refused (``cancel_failed``); a key another client wants is always refused."""
+    def send_cancel(self, task_id: bytes, group_id: bytes | None, force: bool = True) -> None:
+        """Queue a plugin cancel for the task's key (a graph member: its whole graph's,
+        always forced). Without ``force`` a task already on a worker is refused
+        (``cancel_failed``); a key another client wants is always refused."""
         if self._closed:
             return  # the client resolves it (connection lost at close, or its deadline)
         if self._plugin_error is not None:
             raise DaskPluginError(
                 f"cannot cancel on the Dask scheduler at {self.address}: {self._plugin_error}"
             )
-        forced: list[str] = []
-        gentle: list[str] = []
-        for future in futures:
-            group = None if future.group_id is None else self._groups.get(future.group_id)
-            if group is not None:
-                forced.extend(group)  # a graph is always cancelled whole
-            else:
-                (forced if force else gentle).append(future.task_id.decode())
-        if forced:
-            self._post(("cancel", forced))
-        if gentle:
-            self._post(("cancel_gentle", gentle))
+        key = task_id.decode()
+        self._cancelling.add(key)
+        group = None if group_id is None else self._groups.get(group_id)
+        if group is not None:
+            self._outbox.post(("cancel", group))  # a graph is always cancelled whole
+        else:
+            self._outbox.post(("cancel" if force else "cancel_gentle", [key]))
 
-    def forget(self, future: TaskFuture) -> None:
+    def forget(self, task_id: bytes) -> None:
         """The future is terminal: release its key on the scheduler (in a batch)."""
-        key = future.task_id.decode()
+        key = task_id.decode()
+        self._cancelling.discard(key)
         # Not _closed: close() sets it before _unhook (on the loop) releases what is
         # held, and a key forgotten in between would be released by neither.
         with self._close_lock:
-            ours = self._ours.pop(key, None) is not None
+            ours = key in self._ours
+            self._ours.discard(key)
             release = ours and not self._unhooked
             if release:
                 self._releases.append(key)
         if ours:
             self._to_fetch.pop(key, None)
         if release:
-            self._post(None)
-        if future.group_id is not None:
-            group = self._groups.get(future.group_id)
+            self._outbox.wake()
+        group_id = self._group_of.pop(key, None)
+        if group_id is not None:
+            group = self._groups.get(group_id)
             if group is not None and all(k not in self._ours for k in group):
-                self._groups.pop(future.group_id, None)
+                self._groups.pop(group_id, None)
 
     def close(self) -> None:
         """Stop delivering, release what is left, and close our own Dask client."""
@@ -531,42 +534,31 @@ class DaskEngine(Engine):
 
     # ------------------------------------------------------------------ engine's thread
 
-    def _post(self, item: tuple[Any, ...] | None) -> None:
-        """Queue ``item`` (None: just wake) for the loop thread; wake it once."""
-        if item is not None:
-            self._outbox.append(item)
-        if not self._wake_pending:
-            self._wake_pending = True
-            try:
-                self._dask.loop.add_callback(self._drain)
-            except Exception:  # the loop is gone: nothing will send it
-                self._wake_pending = False
-                raise
+    def _wake(self) -> None:
+        """Wake the loop thread (``_outbox``'s one wake-up per batch)."""
+        self._dask.loop.add_callback(self._drain)
 
     def _drain(self) -> None:
         """On the loop: send everything queued, cancels of one round in one message."""
-        self._wake_pending = False  # before draining: a later post wakes us again
+        items = self._outbox.take()  # first: a later post wakes us again
         if not self._closed:
             # A reconnect not yet noticed: the old tasks are gone, new ones go out on
             # the new connection.
             self._sync_connection()
         cancel_keys: list[str] = []
         gentle_keys: list[str] = []
-        outbox = self._outbox
-        while outbox:
-            item = outbox.popleft()
-            try:
+        for item in items:
+            if item is None:  # a wake-up
+                continue
+            with self._guard:
                 if item[0] == "task":
-                    self._send_task(item[1], item[2])
+                    self._send_task(item[1])
                 elif item[0] == "graph":
-                    cancel_keys += self._send_graph(item[1], item[2])
+                    self._send_graph(item[1])
                 elif item[0] == "cancel":
                     cancel_keys += item[1]
                 else:
                     gentle_keys += item[1]
-            except Exception:
-                LOGGER.exception("Dask engine: failed to send %s", item[0])
-                self._count("io_errors")
         if not self._plugin_ok:
             # Reconnected, the plugin not yet checked again: an operation the scheduler
             # does not know would close the connection. Hold them until it is.
@@ -591,42 +583,36 @@ class DaskEngine(Engine):
                     {"op": "client-releases-keys", "keys": keys, "client": self._dask.id}
                 )
 
-    def _send_task(self, future: TaskFuture, prepared: PreparedDask) -> None:
-        # Registered before "sent": a result cannot come before the message goes, and
-        # a forget() racing this (the future lost meanwhile) must find it.
-        self._ours[prepared.key] = future
-        if future.sent().effect is Effect.STALE:
-            self._ours.pop(prepared.key, None)
+    def _send_task(self, prepared: PreparedDask) -> None:
+        # Ours before "sent": a result cannot come before the message goes, and a
+        # forget() racing this (the future lost meanwhile) must find it.
+        client = self._client
+        assert client is not None
+        self._ours.add(prepared.key)
+        if not client.sending(prepared.task_id):
+            self._ours.discard(prepared.key)
             return
         if not self._connected():
-            future.connection_lost()
+            client.deliver_connection_lost(self._not_connected(), [prepared.task_id])
             return
         self._dask_send(prepared.message)
 
-    def _send_graph(
-        self, group_id: bytes, members: list[tuple[TaskFuture, PreparedDask]]
-    ) -> list[str]:
-        """Send the graph whole; return the keys to cancel if a member was cancelled
-        between the check and its "sent" (as a cancel of any member would)."""
-        if any(future.state is not FutureState.PENDING for future, _ in members):
-            for future, _ in members:
-                future._request_cancel(time.monotonic())  # pending: cancelled, no message
-            return []
-        for future, prepared in members:
-            self._ours[prepared.key] = future
-        sent = [future.sent().effect is not Effect.STALE for future, _ in members]
-        for (_, prepared), ok in zip(members, sent, strict=True):
-            if not ok:
-                self._ours.pop(prepared.key, None)
+    def _send_graph(self, members: list[PreparedDask]) -> None:
+        """Send the graph whole (one ``update-graph``), or nothing."""
+        client = self._client
+        assert client is not None
+        self._ours.update(prepared.key for prepared in members)
+        task_ids = [prepared.task_id for prepared in members]
+        if not client.sending_graph(task_ids):
+            self._ours.difference_update(prepared.key for prepared in members)
+            return
         if not self._connected():
-            for future, _ in members:
-                future.connection_lost()
-            return []
-        self._dask_send(members[0][1].message)
-        if all(sent):
-            return []
-        # Every key of it: the Dask graph holds the members cancelled before sending too.
-        return [prepared.key for _, prepared in members]
+            client.deliver_connection_lost(self._not_connected(), task_ids)
+            return
+        self._dask_send(members[0].message)
+
+    def _not_connected(self) -> str:
+        return f"the Dask client has no connection to the scheduler at {self.address}"
 
     def _connected(self) -> bool:
         return (
@@ -643,55 +629,38 @@ class DaskEngine(Engine):
 
     # ------------------------------------------------------------------ inbound
 
-    def _future(self, key: Any, message: object) -> TaskFuture | None:
-        if self._closed or not isinstance(key, str):
-            return None
-        future = self._ours.get(key)
-        if future is not None:
-            self._last_heard = time.monotonic()
-        return future
-
-    def _fire_checked(self, cell: Any, message: object) -> None:
-        if cell.effect is Effect.STALE and self._client is not None:
-            self._client.stale(message)
+    def _is_ours(self, key: Any) -> bool:
+        if self._closed or not isinstance(key, str) or key not in self._ours:
+            return False
+        self._last_heard = time.monotonic()
+        return True
 
     def _on_key_in_memory(self, key: Any = None, **message: Any) -> None:
-        future = self._future(key, message)
-        if future is None:
+        if not self._is_ours(key):
             self._delegate("key-in-memory", key=key, **message)
             return
-        try:
-            if future.state is FutureState.CANCEL_REQUESTED:
+        with self._guard:
+            if key in self._cancelling:
                 # The cancel lost the race: the value would be thrown away, skip it.
-                self._fire_checked(future.recv_result(None), ("key-in-memory", key))
-            elif future.state is FutureState.RUNNING:
+                self._deliver_result(key, None)
+            else:
                 self._to_fetch[key] = None
                 self._last_arrival = time.monotonic()
                 if not self._fetching:
                     self._fetching = True
                     self._dask.loop.add_callback(self._fetch)
-            else:
-                self._stale(("key-in-memory", key))
-        except Exception:
-            LOGGER.exception("Dask engine: failed to handle key-in-memory %s", key)
-            self._count("io_errors")
 
     def _on_task_erred(
         self, key: Any = None, exception: Any = None, traceback: Any = None, **message: Any
     ) -> None:
-        future = self._future(key, message)
-        if future is None:
+        if not self._is_ours(key):
             self._delegate(
                 "task-erred", key=key, exception=exception, traceback=traceback, **message
             )
             return
-        try:
-            error = _remote_exception(exception, traceback, key)
+        with self._guard:
             self._to_fetch.pop(key, None)
-            self._fire_checked(future.recv_result(None, error), ("task-erred", key))
-        except Exception:
-            LOGGER.exception("Dask engine: failed to handle task-erred %s", key)
-            self._count("io_errors")
+            self._deliver_result(key, None, _remote_exception(exception, traceback, key))
 
     def _on_cancelled_keys(self, keys: Any = (), **message: Any) -> None:
         """The scheduler released keys (another client's forced cancel, forgotten,
@@ -700,57 +669,44 @@ class DaskEngine(Engine):
         ours_answered = message.get("reason") == _plugin.CANCEL_REASON
         others = []
         for key in keys or ():
-            future = self._future(key, message)
-            if future is None:
+            if not self._is_ours(key):
                 others.append(key)
                 continue
             if ours_answered:
                 continue
-            try:
+            with self._guard:
                 self._to_fetch.pop(key, None)
-                self._fire_checked(future.recv_cancel_confirm("canceled"), ("cancelled", key))
-            except Exception:
-                LOGGER.exception("Dask engine: failed to handle cancelled-keys %s", key)
-                self._count("io_errors")
+                self._deliver_answer(key, "canceled")
         if others:
             self._delegate("cancelled-keys", keys=others, **message)
 
     def _on_cancel_answer(self, answers: Any = None, **_: Any) -> None:
         """The plugin's answer to a ``futurefsm-cancel``, per key."""
         if not isinstance(answers, dict):
-            self._count("protocol_errors")
-            LOGGER.warning("Dask engine: malformed cancel answer %r", answers)
+            self._guard.protocol_error(ProtocolError(f"malformed cancel answer {answers!r}"))
             return
         self._last_heard = time.monotonic()
         others = {}
         for key, kind in answers.items():
-            future = self._future(key, answers)
-            if future is None:
+            if not self._is_ours(key):
                 others[key] = kind
                 continue
-            try:
+            with self._guard:
                 if kind == "result":
-                    if future.state is FutureState.CANCEL_REQUESTED:
+                    if key in self._cancelling:
                         # Its result came first on the stream: deliver it, so the table
                         # decides RESULT_RACED (the value itself is discarded).
                         self._to_fetch.pop(key, None)
-                        self._fire_checked(future.recv_result(None), ("cancel-answer", key))
+                        self._deliver_result(key, None)
                     # A running sibling: its own result (being fetched) finishes it.
                 else:
-                    cell = future.recv_cancel_confirm(kind)
-                    self._fire_checked(cell, ("cancel-answer", key, kind))
-            except ValueError:
-                self._count("protocol_errors")
-                LOGGER.warning("Dask engine: unknown cancel answer %r for %s", kind, key)
-            except Exception:
-                LOGGER.exception("Dask engine: failed to handle the cancel answer for %s", key)
-                self._count("io_errors")
+                    self._deliver_answer(key, kind)
         if others:
             if self._live_original(_plugin.CANCEL_ANSWER_OP) is not None:
                 self._delegate(_plugin.CANCEL_ANSWER_OP, answers=others)
             elif not self._closed:
-                for key, kind in others.items():
-                    self._stale(("cancel-answer", key, kind))
+                for _key in others:
+                    self._count("stale_messages")
 
     def _on_pong(self, **message: Any) -> None:
         self._last_heard = time.monotonic()
@@ -758,14 +714,22 @@ class DaskEngine(Engine):
 
     def _on_restart(self, **message: Any) -> None:
         """The scheduler restarted its workers and dropped every task."""
-        for key, future in [] if self._closed else list(self._ours.items()):
-            try:
+        for key in [] if self._closed else list(self._ours):
+            with self._guard:
                 self._to_fetch.pop(key, None)
-                self._fire_checked(future.recv_cancel_confirm("canceled"), ("restart", key))
-            except Exception:
-                LOGGER.exception("Dask engine: failed to handle restart for %s", key)
-                self._count("io_errors")
+                self._deliver_answer(key, "canceled")
         self._delegate("restart", **message)
+
+    def _deliver_result(self, key: str, value: Any, exception: BaseException | None = None) -> None:
+        client = self._client
+        assert client is not None
+        client.deliver_result(key.encode(), value, exception)
+
+    def _deliver_answer(self, key: str, answer: Any) -> None:
+        client = self._client
+        assert client is not None
+        self._cancelling.discard(key)
+        client.deliver_cancel_answer(key.encode(), answer)
 
     def _delegate(self, op: str, **message: Any) -> None:
         handler = self._live_original(op)
@@ -831,13 +795,13 @@ class DaskEngine(Engine):
         """Finish the futures of ``keys`` with what a gather brought back."""
         if isinstance(response, BaseException):
             for key in keys:
-                future = self._ours.get(key)
-                if future is not None:
+                if key in self._ours:
                     failure = TaskFailedError(
                         f"the result of task {key} could not be fetched: {response!r}"
                     )
                     failure.__cause__ = response
-                    self._fire_checked(future.recv_result(None, failure), ("result", key))
+                    with self._guard:
+                        self._deliver_result(key, None, failure)
             return
         if response.get("status") != "OK":
             # Some keys were lost (a worker died holding them): gather the rest again,
@@ -852,17 +816,13 @@ class DaskEngine(Engine):
             return
         data = response["data"]
         for key in keys:
-            future = self._ours.get(key)
-            if future is None:
+            if key not in self._ours:
                 continue
             if key not in data:
                 self._dask_send({"op": "report-key", "key": key})
                 continue
-            try:
-                self._fire_checked(future.recv_result(data[key]), ("result", key))
-            except Exception:
-                LOGGER.exception("Dask engine: failed to deliver the result of %s", key)
-                self._count("io_errors")
+            with self._guard:
+                self._deliver_result(key, data[key])
 
     # ------------------------------------------------------------------ liveness
 
@@ -871,7 +831,7 @@ class DaskEngine(Engine):
         client = self._client
         if client is None or self._closed:
             return
-        try:
+        with self._guard:
             now = time.monotonic()
             if not self._sync_connection():
                 return
@@ -883,9 +843,6 @@ class DaskEngine(Engine):
                     self._dask_send({"op": "cancel-keys", "keys": keys, "force": False})
             if self._plugin_ok:
                 self._dask_send({"op": _plugin.PING_OP})
-        except Exception:
-            LOGGER.exception("Dask engine: liveness check failed")
-            self._count("io_errors")
 
     def _sync_connection(self) -> bool:
         """On the loop: notice a lost or new connection of the Dask client; True if
@@ -911,9 +868,8 @@ class DaskEngine(Engine):
         self._held_cancels = []  # for tasks the scheduler no longer has
         lost = list(self._ours)
         if self._client is not None:
-            self._client.connection_lost(why)
-        for key in lost:
-            self._ours.pop(key, None)
+            self._client.deliver_connection_lost(why)
+        self._ours.difference_update(lost)
         self._releases.clear()
 
     async def _recheck_plugin(self) -> None:
@@ -926,13 +882,9 @@ class DaskEngine(Engine):
             LOGGER.error("Dask engine: after reconnecting: %s", error)
         else:
             self._plugin_error = None
-            self._post(None)  # send the held cancels
+            self._outbox.wake()  # send the held cancels
 
     # ------------------------------------------------------------------ small helpers
-
-    def _stale(self, message: object) -> None:
-        if self._client is not None:
-            self._client.stale(message)
 
     def _count(self, stat: str) -> None:
         if self._client is not None:

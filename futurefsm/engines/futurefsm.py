@@ -45,17 +45,14 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Hashable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, NamedTuple
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
 
 import zmq
 import zmq.auth
 from zmq.utils.monitor import recv_monitor_message
 
-from ..client.future import _in_event_loop
-from ..client.graph import as_task, dependencies, dependency_refs
 from ..errors import TaskFailedError, WorkerDiedError
-from ..fsm import Effect, FutureState
 from ..protocol import (
     MAX_BUFFERS,
     MAX_FRAME_BYTES,
@@ -80,15 +77,14 @@ from ..scheduler_stub.security import load_secret_key
 from ..serializer import (
     DEFAULT_SERIALIZER,
     OUT_OF_BAND_BYTES,
+    DependencyRef,
     DumpedFunctions,
     Serializer,
     decode_failure,
     dumps_buffers,
 )
-from . import Engine, EngineClient
-
-if TYPE_CHECKING:
-    from ..client.future import TaskFuture
+from . import Engine, EngineClient, GraphNode, KeyRef
+from .shared import NeverRaise, WakeQueue, flatten_nested, in_event_loop
 
 __all__ = ["FutureFSMEngine", "PreparedTask"]
 
@@ -98,7 +94,6 @@ _NOBLOCK = int(zmq.NOBLOCK)  # a plain int: pyzmq's flag enums cost time per cal
 _OUTBOX_HANDOFF = 512  # queued items at which a submitter lets the I/O thread in
 _HAND_OFF_WAIT = 0.005  # seconds a submitter waits for that, at most
 _MAX_INBOUND_BATCH = 1000  # messages handled per poll before the outbox gets a turn
-_LOUD_PROTOCOL_ERRORS = 10  # warnings before protocol errors drop to debug level
 _CLOSE_LINGER_MS = 50  # how long a closing client lets its Disconnect go out
 _MONITOR_EVENTS = int(
     zmq.EVENT_HANDSHAKE_SUCCEEDED
@@ -180,13 +175,12 @@ class FutureFSMEngine(Engine):
             address = self._stub.address
         self.address = address
         self._client: EngineClient | None = None
-        self._outbox: collections.deque[tuple[Any, ...]] = collections.deque()
+        self._outbox: WakeQueue[tuple[Any, ...]] = WakeQueue(self._wake)
         self._outbox_drained = threading.Event()  # see _hand_off
         self._outbox_drained.set()
-        self._wake_pending = False
+        self._guard = NeverRaise(LOGGER, "client I/O thread")
         self._closed = False
         self._close_lock = threading.Lock()
-        self._loud_errors = _LOUD_PROTOCOL_ERRORS
         self._io_thread: threading.Thread | None = None
         # Owned by the I/O thread (see "Liveness" above).
         # (queued at, outbox item): what waits for a connection, oldest first.
@@ -215,6 +209,7 @@ class FutureFSMEngine(Engine):
     def start(self, client: EngineClient) -> None:
         """Connect the DEALER and start the I/O thread."""
         self._client = client
+        self._guard.count = client.count
         self._context: zmq.Context[Any] = zmq.Context()
         self._socket = socket = self._context.socket(zmq.DEALER)
         socket.setsockopt(zmq.SNDHWM, 0)
@@ -274,7 +269,7 @@ class FutureFSMEngine(Engine):
         If a wait runs out (the I/O thread is busy, say in a slow done-callback),
         submitters do not wait again until it has drained the outbox: a busy I/O
         thread must not slow every submit down."""
-        if self.on_io_thread() or _in_event_loop():
+        if self.on_io_thread() or in_event_loop():
             return
         drained = self._outbox_drained
         if not drained.is_set():  # a wait ran out and no drain came since
@@ -286,38 +281,41 @@ class FutureFSMEngine(Engine):
         if len(self._outbox) >= _OUTBOX_HANDOFF:
             drained.wait(_HAND_OFF_WAIT)
 
-    def prepare_graph(
-        self, graph: Mapping[Hashable, Any], order: list[Hashable], group_id: bytes
-    ) -> list[PreparedTask]:
-        """Encode every task of the graph; a key in an argument becomes a
-        ``DependencyRef`` that the scheduler replaces with that task's result."""
-        task_ids = {key: new_task_id() for key in order}
+    def prepare_graph(self, nodes: Sequence[GraphNode], group_id: bytes) -> list[PreparedTask]:
+        """Encode every node's Task; a ``KeyRef`` becomes a ``DependencyRef`` that the
+        scheduler replaces with that task's result; nested tasks travel as a
+        ``NestedCall``."""
+        task_ids = {node.key: new_task_id() for node in nodes}
+
+        def refs(item: Any) -> Any:
+            if type(item) is KeyRef:
+                return DependencyRef(task_ids[item.key])
+            if isinstance(item, (tuple, list)):
+                return type(item)(refs(element) for element in item)
+            return item
+
         prepared = []
-        for key in order:
-            fn, args = as_task(graph[key])
-            refs = dependency_refs(args, graph, task_ids)
-            depends_on = tuple(
-                dict.fromkeys(task_ids[dep] for dep in dependencies(graph[key], graph))
-            )
-            function, arguments = self._serialize_call(fn, refs, {})
-            task_id = task_ids[key]
+        for node in nodes:
+            fn, args = flatten_nested(node.function, node.args)
+            depends_on = tuple(task_ids[key] for key in node.dependencies)
+            function, arguments = self._serialize_call(fn, refs(args), {})
+            task_id = task_ids[node.key]
             frame = encode(Task(task_id, function, arguments, group_id, depends_on))
             prepared.append(PreparedTask(task_id, frame))
         return prepared
 
-    def send(self, future: TaskFuture, prepared: PreparedTask) -> None:  # type: ignore[override]
+    def send(self, prepared: PreparedTask) -> None:  # type: ignore[override]
         """Queue the Task for the I/O thread."""
-        self._post(("task", future, prepared.frame, prepared.buffers))
+        self._outbox.post(("task", prepared))
 
-    def send_graph(self, group_id: bytes, members: list[tuple[TaskFuture, PreparedTask]]) -> None:  # type: ignore[override]
+    def send_graph(self, group_id: bytes, prepared: list[PreparedTask]) -> None:  # type: ignore[override]
         """One outbox item: the I/O thread sends the graph whole or not at all."""
-        self._post(("graph", group_id, members))
+        self._outbox.post(("graph", group_id, prepared))
 
-    def send_cancel(self, futures: list[TaskFuture], force: bool = True) -> None:
-        """Queue one TaskCancel per future (the group's id for a graph member)."""
-        for future in futures:
-            target = future.task_id if future.group_id is None else future.group_id
-            self._post(("cancel", encode(TaskCancel(target, force))))
+    def send_cancel(self, task_id: bytes, group_id: bytes | None, force: bool = True) -> None:
+        """Queue one TaskCancel (the group's id for a graph member)."""
+        target = task_id if group_id is None else group_id
+        self._outbox.post(("cancel", encode(TaskCancel(target, force))))
 
     def close(self) -> None:
         """Say Disconnect, stop the I/O thread, and stop the embedded scheduler."""
@@ -326,7 +324,7 @@ class FutureFSMEngine(Engine):
                 return
             self._closed = True
             if self._io_thread is not None:
-                self._post(("close",))
+                self._outbox.post(("close",))
                 if not self.on_io_thread():
                     self._io_thread.join()
         if self._stub is not None:
@@ -370,14 +368,10 @@ class FutureFSMEngine(Engine):
 
     # ------------------------------------------------------------------ I/O thread
 
-    def _post(self, item: tuple[Any, ...]) -> None:
-        """Queue ``item`` for the I/O thread and wake it if it may be asleep."""
-        self._outbox.append(item)
-        if not self._wake_pending:
-            with self._wake_lock:
-                if self._wake_closed:  # the I/O thread has exited; nothing reads it
-                    return
-                self._wake_pending = True
+    def _wake(self) -> None:
+        """Wake the I/O thread (``_outbox``'s one wake-up per batch): a pipe byte."""
+        with self._wake_lock:
+            if not self._wake_closed:  # else the I/O thread has exited; nothing reads it
                 os.write(self._wake_write, b"\0")
 
     def _run(self) -> None:
@@ -405,7 +399,7 @@ class FutureFSMEngine(Engine):
             LOGGER.exception("client I/O thread failed")
             client.count("io_errors")
         finally:
-            client.connection_lost("client closed")
+            client.deliver_connection_lost("client closed")
             self._close_socket(linger=_CLOSE_LINGER_MS)
             self._context.term()
             with self._wake_lock:
@@ -481,26 +475,22 @@ class FutureFSMEngine(Engine):
             )
         else:
             why = f"no scheduler answered at {self.address} within {timeout:g} s"
-        expired: list[TaskFuture] = []
+        expired: list[bytes] = []
         while held and now - max(self._down_since, held[0][0]) >= timeout:
             item = held.popleft()[1]
             if item[0] == "task":
-                expired.append(item[1])
+                expired.append(item[1].task_id)
             elif item[0] == "graph":
-                expired.extend(future for future, _ in item[2])
-        live = [future for future in expired if not future.done()]
-        if live:
-            client.count("connection_lost")
-            LOGGER.warning("%s: %d futures resolved", why, len(live))
-        for future in live:
-            future.connection_lost(why)
+                expired.extend(prepared.task_id for prepared in item[2])
+        if expired:
+            client.deliver_connection_lost(why, expired)
 
     def _lost(self, why: str) -> None:
         """Every unfinished future ends with connection_lost; nothing held goes out."""
         self._held.clear()
         client = self._client
         assert client is not None
-        client.connection_lost(why)
+        client.deliver_connection_lost(why)
 
     def _refuse(self, why: str, poller: zmq.Poller) -> None:
         """The scheduler refused our key: fail everything, now and later; stop retrying."""
@@ -539,40 +529,34 @@ class FutureFSMEngine(Engine):
                 return
             poller.modify(self._socket, zmq.POLLIN)
             self._writable = True
-        held = self._held
+        held, guard = self._held, self._guard
+        sending = self._client.sending  # type: ignore[union-attr]
         tasks: list[bytes] = []  # consecutive Tasks go out together, as Batches
         while held and self._up:
             item = held.popleft()[1]
             kind = item[0]
-            try:
+            with guard:
                 if kind == "task":
-                    _, future, frame, buffers = item
+                    prepared = item[1]
                     # "sent" before the bytes go: a cancel after this point finds the
                     # future running and queues its TaskCancel behind this Task.
-                    if future.sent().effect is not Effect.STALE:
-                        if not buffers:
-                            tasks.append(frame)
+                    if sending(prepared.task_id):
+                        if not prepared.buffers:
+                            tasks.append(prepared.frame)
                             continue
                         if tasks:  # in order, and alone: its buffers follow its frame
                             self._send_batched(tasks)
-                        self._send_with_buffers(frame, buffers)
+                        self._send_with_buffers(prepared.frame, prepared.buffers)
                     continue
                 if tasks:  # in order: whatever follows goes after these Tasks
                     self._send_batched(tasks)
                 if kind == "graph":
-                    _, group_id, members = item
-                    self._send_graph(group_id, members)
+                    self._send_graph(item[2])
                 elif kind == "cancel":
                     self._send(item[1])
-            except Exception:
-                LOGGER.exception("client I/O thread: failed to send %s", kind)
-                self._client_count("io_errors")
         if tasks:
-            try:
+            with guard:
                 self._send_batched(tasks)
-            except Exception:
-                LOGGER.exception("client I/O thread: failed to send tasks")
-                self._client_count("io_errors")
 
     def _drain_wake_pipe(self) -> None:
         try:
@@ -580,19 +564,16 @@ class FutureFSMEngine(Engine):
                 pass
         except BlockingIOError:
             pass
-        # After emptying the pipe and before draining the outbox: a post that saw
-        # the flag still set is drained below; one that sees it clear writes a byte
-        # that stays in the pipe for the next poll. Cleared before the read, the
-        # read could swallow a byte whose post then left the flag set for good.
-        self._wake_pending = False
+        # The outbox's pending flag is cleared by its take(), after this read: a byte
+        # written after the take stays in the pipe for the next poll. Cleared before
+        # the read, the read could swallow a byte whose post then left it set for good.
 
     def _drain_outbox(self) -> bool:
         """Move everything queued behind what waits for the connection (sent by
         ``_flush_held``); False once a close was requested."""
-        outbox, held = self._outbox, self._held
+        held = self._held
         now = time.monotonic()
-        while outbox:
-            item = outbox.popleft()
+        for item in self._outbox.take():
             if item[0] == "close":
                 if self._up:
                     self._flush_held_best_effort()
@@ -622,27 +603,14 @@ class FutureFSMEngine(Engine):
             self._send(frame)
         frames.clear()
 
-    def _send_graph(self, group_id: bytes, members: list[tuple[TaskFuture, PreparedTask]]) -> None:
-        """Send a graph's Tasks together; a member cancelled before sending takes the
-        whole graph with it, as a cancel of any member does later."""
-        if any(future.state is not FutureState.PENDING for future, _ in members):
-            for future, _ in members:
-                # Pending: cancelled at once, nothing sent (the deadline is unused).
-                future._request_cancel(time.monotonic())
-            return
-        # "sent" for every member before any frame goes: once the scheduler runs one
-        # member, none of them is still pending.
-        frames = [
-            prepared.frame
-            for future, prepared in members
-            if future.sent().effect is not Effect.STALE
-        ]
-        for frame in frames:
-            self._send(frame)
-        if frames and len(frames) < len(members):
-            # A member was cancelled between the check above and its "sent": cancel
-            # the members that went out, as a cancel of any member would.
-            self._send(encode(TaskCancel(group_id, True)))
+    def _send_graph(self, members: list[PreparedTask]) -> None:
+        """Send a graph's Tasks together, or none (the client decides: a member was
+        cancelled before sending)."""
+        client = self._client
+        assert client is not None
+        if client.sending_graph([prepared.task_id for prepared in members]):
+            for prepared in members:
+                self._send(prepared.frame)
 
     def _send_with_buffers(self, frame: bytes, buffers: Sequence[bytes]) -> None:
         """A Task's frame and its out-of-band buffers, as one multipart message; the
@@ -663,7 +631,8 @@ class FutureFSMEngine(Engine):
             pass
 
     def _drain_socket(self) -> None:
-        socket = self._socket
+        socket, guard = self._socket, self._guard
+        deliver_result = self._client.deliver_result  # type: ignore[union-attr]
         for _ in range(_MAX_INBOUND_BATCH):
             try:
                 frames = socket.recv_multipart(zmq.NOBLOCK, copy=True)
@@ -674,80 +643,38 @@ class FutureFSMEngine(Engine):
                     raise ProtocolError(f"expected 1 frame per message, got {len(frames)}")
                 message = decode(frames[0])
             except ProtocolError as error:
-                self._protocol_error(error)
+                guard.protocol_error(error)
                 continue
             if type(message) is Batch:
                 # Each message of a batch in order; a bad one is counted alone. Results,
                 # most of what comes, are handled from their fields (no TaskResult).
-                handle, handle_result = self._handle, self._handle_result
                 for index, frame in enumerate(message.frames):
                     fields = plain_result(frame)
-                    if fields is not None:
-                        handle_result(*fields)
-                        continue
-                    item = decode_batch_item(index, frame)
-                    if type(item) is ProtocolError:
-                        self._protocol_error(item)
-                    else:
-                        handle(item)
+                    with guard:
+                        if fields is not None:
+                            deliver_result(fields[0], *self._unpack_result(*fields))
+                        else:
+                            self._on_message(decode_batch_item(index, frame))
             else:
-                self._handle(message)
-
-    def _protocol_error(self, error: ProtocolError) -> None:
-        self._client_count("protocol_errors")
-        self._warn("protocol error from the scheduler: %s", error)
-
-    def _handle(self, message: Any) -> None:
-        """``_on_message``, never raising: nothing kills the I/O thread."""
-        try:
-            self._on_message(message)
-        except ProtocolError as error:
-            self._protocol_error(error)
-        except Exception:
-            LOGGER.exception("client I/O thread: failed to handle a message")
-            self._client_count("io_errors")
-
-    def _handle_result(self, task_id: bytes, status: ResultStatus, payload: bytes) -> None:
-        """``_on_result``, never raising: nothing kills the I/O thread."""
-        try:
-            self._on_result(task_id, status, payload)
-        except Exception:
-            LOGGER.exception("client I/O thread: failed to handle a result")
-            self._client_count("io_errors")
-
-    def _on_result(self, task_id: bytes, status: ResultStatus, payload: bytes) -> None:
-        """A TaskResult's fields: its future's ``recv_result``."""
-        client = self._client
-        assert client is not None
-        future = client.futures.get(task_id)
-        if future is None:
-            client.stale(TaskResult(task_id, status, payload))
-            return
-        cell = future.recv_result(*self._unpack_result(task_id, status, payload))
-        if cell.effect is Effect.STALE:
-            client.stale(TaskResult(task_id, status, payload))
+                with guard:
+                    self._on_message(message)
 
     def _on_message(self, message: Any) -> None:
+        """One decoded message from the scheduler, as a delivery (may raise)."""
         client = self._client
         assert client is not None
         if type(message) is TaskResult:
-            self._on_result(message.task_id, message.status, message.payload)
-            return
-        if isinstance(message, TaskCancelConfirm):
-            future = client.futures.get(message.task_id)
-            if future is None:
-                client.stale(message)
-                return
-            cell = future.recv_cancel_confirm(message.kind.value)
-        elif isinstance(message, HeartbeatEcho):
-            return
+            task_id = message.task_id
+            unpacked = self._unpack_result(task_id, message.status, message.payload)
+            client.deliver_result(task_id, *unpacked)
+        elif isinstance(message, TaskCancelConfirm):
+            client.deliver_cancel_answer(message.task_id, message.kind.value)
         elif isinstance(message, Disconnect):
-            client.connection_lost("the scheduler disconnected")
-            return
-        else:
+            client.deliver_connection_lost("the scheduler disconnected")
+        elif isinstance(message, ProtocolError):
+            raise message
+        elif not isinstance(message, HeartbeatEcho):
             raise ProtocolError(f"{type(message).__name__} is not a scheduler-to-client message")
-        if cell.effect is Effect.STALE:
-            client.stale(message)
 
     def _unpack_result(
         self, task_id: bytes, status: ResultStatus, payload: bytes
@@ -768,17 +695,6 @@ class FutureFSMEngine(Engine):
         except Exception:
             reason = "no reason given"
         return None, WorkerDiedError(f"the worker running task {task_id.hex()} died: {reason}")
-
-    def _client_count(self, stat: str) -> None:
-        if self._client is not None:
-            self._client.count(stat)
-
-    def _warn(self, message: str, *args: Any) -> None:
-        if self._loud_errors > 0:
-            self._loud_errors -= 1
-            LOGGER.warning(message, *args)
-        else:
-            LOGGER.debug(message, *args)
 
 
 def _check_buffers(buffers: list[bytes]) -> None:

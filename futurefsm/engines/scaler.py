@@ -14,26 +14,33 @@ the three calls through which Scaler's agent resolves futures (the
 table's triggers:
 
 ==========================================  ==========================================
-Scaler (agent thread)                       futurefsm trigger (delivery thread)
+Scaler (agent thread)                       delivery (delivery thread)
 ==========================================  ==========================================
-TaskResult success                          ``recv_result(value)``
-TaskResult failed                           ``recv_result(exception)``: the task's own,
-                                            its remote traceback as ``__cause__``;
-                                            Scaler's ``ProcessorDiedError`` (the
-                                            task's process died) -> WorkerDiedError
-TaskResult failedWorkerDied                 ``recv_result(WorkerDiedError)``
-TaskCancelConfirm canceled                  ``recv_cancel_confirm("canceled")``
-TaskCancelConfirm cancelNotFound            ``recv_cancel_confirm("not_found")``
-TaskCancelConfirm cancelFailed              ``recv_cancel_confirm("cancel_failed")``
-the agent stops (scheduler gone, silent     ``client.connection_lost(why)``
+TaskResult success                          ``deliver_result(task_id, value)``
+TaskResult failed                           ``deliver_result(task_id, exception=e)``:
+                                            the task's own, its remote traceback as
+                                            ``__cause__``; Scaler's
+                                            ``ProcessorDiedError`` (the task's process
+                                            died) -> WorkerDiedError
+TaskResult failedWorkerDied                 ``deliver_result(exception=WorkerDied...)``
+TaskCancelConfirm canceled                  ``deliver_cancel_answer("canceled")``
+TaskCancelConfirm cancelNotFound            ``deliver_cancel_answer("not_found")``
+TaskCancelConfirm cancelFailed              ``deliver_cancel_answer("cancel_failed")``
+the agent stops (scheduler gone, silent     ``deliver_connection_lost(why)``
 for ``connection_timeout``, closed, crash)
 ==========================================  ==========================================
+
+Where the mapping depends on what was asked, the engine keeps its own record of what
+it sent (never the future's state): a result for a task whose non-forced cancel is
+unanswered first delivers ``cancel_failed`` (Scaler's scheduler absorbs refusals); a
+``cancelNotFound`` for a graph member whose own future did not ask to cancel is the
+graph's cancel (``canceled``).
 
 Threads. Scaler's agent thread runs an asyncio loop that also answers heartbeats, so
 nothing slow may run on it: the hooks only start the fetch of a result's object
 (pipelined on the agent's loop, many in flight at once, nothing blocks) and queue
 events. One delivery thread per engine drains that queue in batches: it deserializes
-values and fires the triggers, so done-callbacks run there (``on_io_thread``), never on
+values and makes the deliveries, so done-callbacks run there (``on_io_thread``), never on
 Scaler's loop; a callback may submit or cancel freely.
 
 Values are fetched as soon as the TaskResult arrives (ScalerFuture fetches on the
@@ -56,11 +63,9 @@ import collections
 import functools
 import logging
 import threading
-import time
-import traceback
-from collections.abc import Callable, Hashable, Mapping
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from scaler.client.client import Client as ScalerClient
 from scaler.client.object_reference import ObjectReference
@@ -77,12 +82,16 @@ from scaler.utility import exceptions as scaler_errors
 from scaler.utility.identifiers import ObjectID, TaskID
 from scaler.utility.serialization import deserialize_failure
 
-from ..errors import RemoteTraceback, TaskFailedError, WorkerDiedError
-from ..fsm import Effect, FutureState
-from . import Engine, EngineClient
-
-if TYPE_CHECKING:
-    from ..client.future import TaskFuture
+from ..errors import TaskFailedError, WorkerDiedError
+from ..protocol import ProtocolError
+from . import Engine, EngineClient, GraphNode, KeyRef
+from .shared import (
+    DeliveryThread,
+    NeverRaise,
+    attach_remote_traceback,
+    connect_within,
+    flatten_nested,
+)
 
 __all__ = [
     "PRIVATE_ATTRIBUTES",
@@ -164,7 +173,7 @@ def _scaler_version() -> str:
 # live in a module that cannot be imported, so cloudpickle sends them by value.
 _HELPERS: dict[str, Any] = {"__name__": "_futurefsm_scaler_graph_helpers"}
 exec(
-    "def identity(value):\n    return value\n\ndef as_list(*items):\n    return list(items)\n",
+    "def as_list(*items):\n    return list(items)\n\ndef as_tuple(*items):\n    return items\n",
     _HELPERS,
 )
 
@@ -234,11 +243,13 @@ class ScalerEngine(Engine):
         self._graph_of: dict[bytes, bytes] = {}  # member or helper -> group id
         self._ended_groups: collections.deque[bytes] = collections.deque(maxlen=4096)
         self._group_cancels: dict[bytes, int] = {}  # group -> TaskCancels sent
+        # What this engine sent, where the mapping of an answer depends on it:
         self._soft_cancels: set[bytes] = set()  # tasks with a force=False cancel unanswered
-        self._events: collections.deque[tuple[Any, ...]] = collections.deque()
-        self._events_ready = threading.Condition(threading.Lock())
-        self._delivery_waiting = False
-        self._delivery_thread: threading.Thread | None = None
+        self._asked: set[bytes] = set()  # graph members whose own future asked to cancel
+        self._guard = NeverRaise(LOGGER, "Scaler engine")
+        self._delivery: DeliveryThread[tuple[Any, ...]] = DeliveryThread(
+            f"futurefsm-scaler-{id(self):x}-delivery", self._deliver, self._guard
+        )
         self._closed = False
         self._close_lock = threading.Lock()
         self._originals: dict[str, Any] = {}
@@ -278,21 +289,21 @@ class ScalerEngine(Engine):
         """Connect Scaler's client (unless given one), take over its future manager,
         and start the delivery thread."""
         self._client = client
+        self._guard.count = client.count
         if self._scaler is None:
             options = dict(self._options)
             # Scaler's own settings are whole seconds; a float works and is kept.
             options.setdefault("timeout_seconds", client.connection_timeout)
             options.setdefault("heartbeat_interval_seconds", client.heartbeat_interval)
-            try:
-                self._scaler = ScalerClient(self.address, **options)
-            except (TypeError, ValueError):  # a bad option or address: as it is
-                raise
-            except Exception as error:
-                # (Scaler retries an unreachable address for about 50 s first.)
-                raise ConnectionError(
-                    f"cannot connect to the Scaler scheduler at {self.address}: "
-                    f"{type(error).__name__} {error}".rstrip()
-                ) from error
+            # Scaler retries an address where nothing answers for about 50 s and then
+            # fails with a bare CancelledError: the connection_timeout holds here.
+            self._scaler = connect_within(
+                lambda: ScalerClient(self.address, **options),
+                self.address,
+                client.connection_timeout,
+                what="the Scaler scheduler",
+                dispose=lambda scaler_client: scaler_client.disconnect(),
+            )
         scaler_client = self._scaler
         check_private_attributes(scaler_client)
         self._connector = scaler_client._connector_agent
@@ -303,12 +314,7 @@ class ScalerEngine(Engine):
         self._serializer = scaler_client._serializer
         self._metadata = scaler_client._Client__get_task_flags().serialize()
         self._agent = scaler_client._bridge._agent
-        self._delivery_thread = threading.Thread(
-            target=self._deliver_forever,
-            name=f"futurefsm-scaler-{id(self):x}-delivery",
-            daemon=True,
-        )
-        self._delivery_thread.start()
+        self._delivery.start()
         manager = scaler_client._future_manager
         for name, hook in (
             ("on_task_result", self._on_task_result),
@@ -324,7 +330,7 @@ class ScalerEngine(Engine):
             target=self._watch_agent, name=f"futurefsm-scaler-{id(self):x}-watch", daemon=True
         ).start()
         if self._stop_event.is_set():
-            self._post(("lost", "the Scaler client is already stopped"))
+            self._delivery.post(("lost", "the Scaler client is already stopped"))
 
     def prepare(
         self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -341,66 +347,54 @@ class ScalerEngine(Engine):
         return PreparedScalerTask(task_id, self._task(task_id, function_id, arguments))
 
     def prepare_graph(
-        self, graph: Mapping[Hashable, Any], order: list[Hashable], group_id: bytes
+        self, nodes: Sequence[GraphNode], group_id: bytes
     ) -> list[PreparedScalerTask]:
-        """One Task per key; an argument naming another key becomes a task argument
-        (Scaler passes that member's result inside the cluster). A list argument that
-        names keys is built by a hidden member of the graph."""
-        task_ids = {key: TaskID.generate_task_id() for key in order}
+        """One Task per node; a ``KeyRef`` argument becomes a task argument (Scaler
+        passes that member's result inside the cluster). An argument that holds
+        ``KeyRef`` s inside (a list, a nested task) is built by hidden members of the
+        graph; nested tasks run in a ``NestedCall`` (so the workers need futurefsm)."""
+        task_ids = {node.key: TaskID.generate_task_id() for node in nodes}
         prepared = []
         with self._buffer_lock:
-            for key in order:
-                value = graph[key]
-                if isinstance(value, tuple) and value and callable(value[0]):
-                    fn, args = value[0], tuple(value[1:])
-                else:  # a constant
-                    fn, args = _HELPERS["identity"], (value,)
+            for node in nodes:
+                fn, args = flatten_nested(node.function, node.args)
                 helpers: list[PreparedScalerTask] = []
                 arguments = [
-                    self._graph_argument(arg, index, fn, graph, task_ids, helpers)
+                    self._graph_argument(arg, index, fn, task_ids, helpers)
                     for index, arg in enumerate(args)
                 ]
                 function_id = self._buffer_function(fn, fn)
-                task_id = task_ids[key]
+                task_id = task_ids[node.key]
                 task = self._task(task_id, function_id, arguments)
                 prepared.append(
                     PreparedScalerTask(task_id, task, _task_arguments(arguments), tuple(helpers))
                 )
         return prepared
 
-    def send(self, future: TaskFuture, prepared: PreparedScalerTask) -> None:  # type: ignore[override]
+    def send(self, prepared: PreparedScalerTask) -> None:  # type: ignore[override]
         """Upload the buffered objects, then fire ``sent`` and hand the Task to
         Scaler's agent (in the calling thread: Scaler's connector is synchronous)."""
-        if not self._commit([future]):
+        task_ids = [prepared.task_id]
+        if not self._commit(task_ids):
             return
         with self._wire_lock:
-            if future.sent().effect is Effect.STALE:
-                return
-            self._to_agent(prepared.task, [future])
+            if self._client is not None and self._client.sending(prepared.task_id):
+                self._to_agent(prepared.task, task_ids)
 
-    def send_graph(
-        self, group_id: bytes, members: list[tuple[TaskFuture, PreparedScalerTask]]
-    ) -> None:  # type: ignore[override]
-        """One GraphTask (every member a target), sent whole; a member cancelled
-        before sending takes the whole graph with it."""
-        futures = [future for future, _ in members]
-        if not self._commit(futures):
-            return
-        if any(future.state is not FutureState.PENDING for future in futures):
-            for future in futures:
-                future._request_cancel(time.monotonic())  # pending: cancelled at once
+    def send_graph(self, group_id: bytes, prepared: list[PreparedScalerTask]) -> None:  # type: ignore[override]
+        """One GraphTask (every member a target), sent whole or not at all."""
+        task_ids = [node.task_id for node in prepared]
+        if not self._commit(task_ids):
             return
         with self._wire_lock:
-            went = [future.sent().effect is not Effect.STALE for future in futures]
-            if not any(went):
+            if self._client is None or not self._client.sending_graph(task_ids):
                 return
-            nodes = [prepared for _, prepared in members]
-            helpers = [helper for node in nodes for helper in node.helpers]
+            helpers = [helper for node in prepared for helper in node.helpers]
             dependents: dict[bytes, list[bytes]] = {}
-            for node in nodes + helpers:
+            for node in prepared + helpers:
                 for dependency in node.depends_on:
                     dependents.setdefault(dependency, []).append(node.task_id)
-            member_ids = frozenset(node.task_id for node in nodes)
+            member_ids = frozenset(task_ids)
             graph = _Graph(
                 member_ids,
                 frozenset(helper.task_id for helper in helpers),
@@ -408,22 +402,18 @@ class ScalerEngine(Engine):
                 set(member_ids),
             )
             self._groups[group_id] = graph
-            for node in nodes + helpers:
+            for node in prepared + helpers:
                 self._graph_of[node.task_id] = group_id
             # Helpers are targets too, so that their answers reach this engine.
             graph_task = GraphTask(
                 taskId=TaskID(group_id),
                 source=self._identity,
-                targets=[node.task_id for node in nodes + helpers],
-                graph=[node.task for node in nodes + helpers],
+                targets=[node.task_id for node in prepared + helpers],
+                graph=[node.task for node in prepared + helpers],
             )
-            self._to_agent(graph_task, futures)
-            if not all(went):
-                # A member was cancelled between the check and its "sent": cancel the
-                # graph, as a cancel of any member would.
-                self._send_cancel_to(group_id, True)
+            self._to_agent(graph_task, task_ids)
 
-    def send_cancel(self, futures: list[TaskFuture], force: bool = True) -> None:
+    def send_cancel(self, task_id: bytes, group_id: bytes | None, force: bool = True) -> None:
         """One TaskCancel per task, one per graph (a graph member cancels its graph,
         always forced: a graph is cancelled whole).
 
@@ -434,25 +424,26 @@ class ScalerEngine(Engine):
         result. A task that runs past the deadline ends ``TIMED_OUT``.
         """
         with self._wire_lock:
-            for future in futures:
-                group_id = future.group_id
-                if group_id is None:
-                    if not force:
-                        self._soft_cancels.add(future.task_id)
-                    self._send_cancel_to(future.task_id, force)
-                elif not self._group_cancels.get(group_id):
+            if group_id is None:
+                if not force:
+                    self._soft_cancels.add(task_id)
+                self._send_cancel_to(task_id, force)
+            else:
+                self._asked.add(task_id)
+                if not self._group_cancels.get(group_id):
                     self._send_cancel_to(group_id, True)
 
-    def forget(self, future: TaskFuture) -> None:
+    def forget(self, task_id: bytes) -> None:
         """A graph is forgotten once its last member is terminal."""
-        self._soft_cancels.discard(future.task_id)
-        group_id = future.group_id
+        self._soft_cancels.discard(task_id)
+        self._asked.discard(task_id)
+        group_id = self._graph_of.get(task_id)
         if group_id is None:
             return
         graph = self._groups.get(group_id)
         if graph is None:
             return
-        graph.live.discard(future.task_id)
+        graph.live.discard(task_id)
         if not graph.live:
             self._end_group(group_id)
 
@@ -480,16 +471,11 @@ class ScalerEngine(Engine):
             else:
                 for name in self._originals:
                     delattr(self._manager, name)
-        with self._events_ready:
-            self._events.append(("stop",))
-            self._events_ready.notify()
-        thread = self._delivery_thread
-        if thread is not None and thread is not threading.current_thread():
-            thread.join()
+        self._delivery.stop()
 
     def on_io_thread(self) -> bool:
         """True on the delivery thread (where triggers fire and callbacks run)."""
-        return threading.current_thread() is self._delivery_thread
+        return self._delivery.is_current()
 
     # ------------------------------------------------------------------ submitting
 
@@ -530,53 +516,51 @@ class ScalerEngine(Engine):
         arg: Any,
         index: int,
         fn: Any,
-        graph: Mapping[Hashable, Any],
-        task_ids: dict[Hashable, TaskID],
+        task_ids: dict[Any, TaskID],
         helpers: list[PreparedScalerTask],
     ) -> Any:
-        if _is_key(arg, graph):
-            return Task.Argument(type=Task.Argument.ArgumentType.task, data=task_ids[arg])
-        if isinstance(arg, list) and any(_names_a_key(item, graph) for item in arg):
-            # Scaler passes whole arguments only: a hidden task builds the list.
+        if type(arg) is KeyRef:
+            return Task.Argument(type=Task.Argument.ArgumentType.task, data=task_ids[arg.key])
+        if isinstance(arg, (list, tuple)) and _holds_a_ref(arg):
+            # Scaler passes whole arguments only: a hidden task builds the list (tuple).
             items = [
-                self._graph_argument(item, position, fn, graph, task_ids, helpers)
+                self._graph_argument(item, position, fn, task_ids, helpers)
                 for position, item in enumerate(arg)
             ]
             helper_id = TaskID.generate_task_id()
-            as_list = self._buffer_function(_HELPERS["as_list"], fn)
-            task = self._task(helper_id, as_list, items)
+            build = _HELPERS["as_list" if isinstance(arg, list) else "as_tuple"]
+            task = self._task(helper_id, self._buffer_function(build, fn), items)
             helpers.append(PreparedScalerTask(helper_id, task, _task_arguments(items)))
             return Task.Argument(type=Task.Argument.ArgumentType.task, data=helper_id)
         return self._buffer_argument(arg, index, fn)
 
-    def _commit(self, futures: list[TaskFuture]) -> bool:
-        """Upload what ``prepare`` buffered; False (the futures resolved) if Scaler's
-        client is gone."""
+    def _commit(self, task_ids: list[bytes]) -> bool:
+        """Upload what ``prepare`` buffered; False (the tasks lost) if Scaler's client
+        is gone."""
         try:
             with self._buffer_lock:
                 self._buffer.commit_send_objects()
             return True
         except Exception as error:
-            self._lost_before_sending(futures, error)
+            self._lost_before_sending(task_ids, error)
             return False
 
-    def _to_agent(self, message: Any, futures: list[TaskFuture]) -> None:
+    def _to_agent(self, message: Any, task_ids: list[bytes]) -> None:
         try:
             self._connector.send(message)
         except Exception as error:
-            self._lost_before_sending(futures, error)
+            self._lost_before_sending(task_ids, error)
             return
         if self._stop_event.is_set():
             # The agent stopped while this went out; its own report may have missed
             # these futures (they were registered after it looked).
-            self._post(("lost", "the Scaler client stopped"))
+            self._delivery.post(("lost", "the Scaler client stopped"))
 
-    def _lost_before_sending(self, futures: list[TaskFuture], error: BaseException) -> None:
-        LOGGER.warning("Scaler client: cannot send (%r); %d futures lost", error, len(futures))
+    def _lost_before_sending(self, task_ids: list[bytes], error: BaseException) -> None:
         if self._client is not None:
             self._client.count("io_errors")
-        for future in futures:
-            future.connection_lost()
+            why = f"cannot send to the Scaler scheduler at {self.address}: {error!r}"
+            self._client.deliver_connection_lost(why, task_ids)
 
     def _send_cancel_to(self, target: bytes, force: bool) -> None:
         if target in self._groups:
@@ -606,10 +590,10 @@ class ScalerEngine(Engine):
                 return
             kind = result.resultType
             if kind == TaskResultType.failedWorkerDied:
-                self._post(("exception", task_id, _worker_died(task_id, None)))
+                self._delivery.post(("exception", task_id, _worker_died(task_id, None)))
                 return
             if len(result.results) != 1:
-                self._post(
+                self._delivery.post(
                     (
                         "exception",
                         task_id,
@@ -620,11 +604,10 @@ class ScalerEngine(Engine):
                     )
                 )
                 return
-            future = self._client.futures.get(task_id) if self._client is not None else None
             object_id = ObjectID(result.results[0])
             # Scaler deletes a plain task's result once fetched; a graph member's may
             # still feed another member (the scheduler cleans those up).
-            delete = future is None or future.group_id is None
+            delete = task_id not in self._graph_of
             coroutine = self._fetch(task_id, object_id, kind != TaskResultType.success, delete)
             self._agent_loop().create_task(coroutine)
         except Exception:
@@ -640,7 +623,7 @@ class ScalerEngine(Engine):
             if delete:
                 await storage.delete_object(object_id)
         except Exception as error:
-            self._post(
+            self._delivery.post(
                 (
                     "exception",
                     task_id,
@@ -650,7 +633,7 @@ class ScalerEngine(Engine):
                 )
             )
             return
-        self._post(("payload", task_id, payload, failed))
+        self._delivery.post(("payload", task_id, payload, failed))
 
     def _on_task_cancel_confirm(self, confirm: TaskCancelConfirm) -> None:
         """Hook (Scaler's agent loop): queue the answer; never raises."""
@@ -661,7 +644,7 @@ class ScalerEngine(Engine):
                 return
             kind = _CONFIRM_KINDS.get(confirm.cancelConfirmType)
             if kind is None:
-                raise ValueError(f"unknown cancel confirm type {confirm.cancelConfirmType!r}")
+                raise ProtocolError(f"unknown cancel confirm type {confirm.cancelConfirmType!r}")
             if self._is_umbrella(task_id):
                 if kind == "not_found":
                     self._graph_cancel_not_found(task_id)
@@ -674,7 +657,7 @@ class ScalerEngine(Engine):
             if kind == "cancel_failed":
                 # The task runs on and its result must still get through the agent.
                 _resolve(self._scaler, _AGENT_TASK_IDS).add(task_id)
-            self._post(("confirm", task_id, kind))
+            self._delivery.post(("confirm", task_id, kind))
         except Exception:
             LOGGER.exception("Scaler engine: failed to handle %r", confirm)
             self._count_soon("io_errors")
@@ -711,7 +694,7 @@ class ScalerEngine(Engine):
             return
         for member in graph.unreachable(task_id):
             if member in graph.live:
-                self._post(("confirm", member, "canceled"))
+                self._delivery.post(("confirm", member, "canceled"))
 
     def _on_agent_stopped(self, exception: Exception) -> None:
         """Hook (Scaler's agent): the connection is over; every live future is lost."""
@@ -719,11 +702,11 @@ class ScalerEngine(Engine):
             self._originals["set_all_futures_with_exception"](exception)
         except Exception:
             LOGGER.exception("Scaler engine: Scaler's futures could not be resolved")
-        self._post(("lost", f"{type(exception).__name__}: {exception}"))
+        self._delivery.post(("lost", f"{type(exception).__name__}: {exception}"))
 
     def _watch_agent(self) -> None:
         self._agent.join()
-        self._post(("lost", "the Scaler client agent stopped"))
+        self._delivery.post(("lost", "the Scaler client agent stopped"))
 
     def _agent_loop(self) -> Any:
         import asyncio
@@ -731,91 +714,53 @@ class ScalerEngine(Engine):
         return asyncio.get_running_loop()
 
     def _count_soon(self, stat: str) -> None:
-        self._post(("count", stat))
+        self._delivery.post(("count", stat))
 
     # ------------------------------------------------------------------ delivery thread
 
-    def _post(self, event: tuple[Any, ...]) -> None:
-        with self._events_ready:
-            self._events.append(event)
-            if self._delivery_waiting:
-                self._events_ready.notify()
-
-    def _deliver_forever(self) -> None:
-        events = self._events
-        while True:
-            with self._events_ready:
-                while not events:
-                    self._delivery_waiting = True
-                    self._events_ready.wait()
-                self._delivery_waiting = False
-                batch = list(events)
-                events.clear()
-            for event in batch:
-                if event[0] == "stop":
-                    return
-                try:
-                    self._deliver(event)
-                except Exception:
-                    LOGGER.exception("Scaler engine: failed to deliver %r", event[:2])
-                    if self._client is not None:
-                        self._client.count("io_errors")
-
     def _deliver(self, event: tuple[Any, ...]) -> None:
+        """One event as a delivery (on the delivery thread, under the guard)."""
         client = self._client
         assert client is not None
-        kind = event[0]
+        kind, task_id = event[0], event[1]
         if kind == "lost":
-            client.connection_lost(event[1])
-            return
-        if kind == "count":
-            client.count(event[1])
-            return
-        task_id = event[1]
-        future = client.futures.get(task_id)
-        if future is None:
-            client.stale(event[:2])
-            return
-        if kind in ("payload", "exception") and task_id in self._soft_cancels:
+            client.deliver_connection_lost(task_id)
+        elif kind == "count":
+            client.count(task_id)
+        elif kind == "confirm":
+            answer = event[2]
             self._soft_cancels.discard(task_id)
-            if future.state is FutureState.CANCEL_REQUESTED:
+            if answer == "not_found" and task_id in self._graph_of and task_id not in self._asked:
+                # A sibling of the member whose cancel cancelled the graph: Scaler's
+                # scheduler dropped its result while cancelling it (the worker then
+                # answers not found). Nobody asked this future to cancel, and it will
+                # get nothing else: the scheduler cancelled it.
+                answer = "canceled"
+            self._asked.discard(task_id)
+            client.deliver_cancel_answer(task_id, answer)
+        else:
+            if task_id in self._soft_cancels:
                 # A non-forced cancel that got a result instead: the task had started,
                 # so Scaler refused it (and told nobody).
-                future.recv_cancel_confirm("cancel_failed")
-        if kind == "payload":
-            _, _, payload, failed = event
-            if failed:
-                cell = future.recv_result(None, self._failure(task_id, payload))
+                self._soft_cancels.discard(task_id)
+                client.deliver_cancel_answer(task_id, "cancel_failed")
+            if kind == "exception":
+                client.deliver_result(task_id, exception=event[2])
+            elif event[3]:  # "payload", failed
+                client.deliver_result(task_id, exception=self._failure(task_id, event[2]))
             else:
                 try:
-                    value = self._serializer.deserialize(payload)
+                    value = self._serializer.deserialize(event[2])
                 except Exception as error:
-                    cell = future.recv_result(
-                        None,
-                        TaskFailedError(
+                    client.deliver_result(
+                        task_id,
+                        exception=TaskFailedError(
                             f"the result of task {task_id.hex()} could not be deserialized: "
                             f"{error!r}"
                         ),
                     )
                 else:
-                    cell = future.recv_result(value, None)
-        elif kind == "exception":
-            cell = future.recv_result(None, event[2])
-        else:  # "confirm"
-            kind = event[2]
-            if (
-                kind == "not_found"
-                and future.group_id is not None
-                and future.state is FutureState.RUNNING
-            ):
-                # A sibling of the member whose cancel cancelled the graph: Scaler's
-                # scheduler dropped its result while cancelling it (the worker then
-                # answers not found). Nobody asked this future to cancel, and it will
-                # get nothing else: the scheduler cancelled it.
-                kind = "canceled"
-            cell = future.recv_cancel_confirm(kind)
-        if cell.effect is Effect.STALE:
-            client.stale(event[:3])
+                    client.deliver_result(task_id, value)
 
     def _failure(self, task_id: bytes, payload: bytes) -> BaseException:
         """The exception of a failed task, with its remote traceback as ``__cause__``."""
@@ -829,11 +774,7 @@ class ScalerEngine(Engine):
             return TaskFailedError(f"task {task_id.hex()} failed with {exception!r}")
         if isinstance(exception, scaler_errors.ProcessorDiedError):
             return _worker_died(task_id, exception)
-        text = "".join(
-            traceback.format_exception(type(exception), exception, exception.__traceback__)
-        )
-        exception.__cause__ = RemoteTraceback(text)
-        return exception
+        return attach_remote_traceback(exception)
 
 
 def _worker_died(task_id: bytes, cause: BaseException | None) -> _ScalerWorkerDiedError:
@@ -843,17 +784,10 @@ def _worker_died(task_id: bytes, cause: BaseException | None) -> _ScalerWorkerDi
     return error
 
 
-def _is_key(value: Any, graph: Mapping[Hashable, Any]) -> bool:
-    try:
-        return value in graph
-    except TypeError:  # unhashable
-        return False
-
-
-def _names_a_key(value: Any, graph: Mapping[Hashable, Any]) -> bool:
-    if _is_key(value, graph):
+def _holds_a_ref(value: Any) -> bool:
+    if type(value) is KeyRef:
         return True
-    return isinstance(value, list) and any(_names_a_key(item, graph) for item in value)
+    return isinstance(value, (list, tuple)) and any(_holds_a_ref(item) for item in value)
 
 
 def _task_arguments(arguments: list[Any]) -> tuple[bytes, ...]:

@@ -22,10 +22,9 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from .steps import ResultValue, TaskError
-
 __all__ = [
     "DEFAULT_ACTIONS",
+    "WAIT_AND_RACE_ACTIONS",
     "Action",
     "Move",
     "RaceHarness",
@@ -34,6 +33,24 @@ __all__ = [
     "Unsupported",
     "same_result",
 ]
+
+
+@dataclass(frozen=True)
+class ResultValue:
+    """The value of a successful result number ``n``: equal iff ``n`` is equal."""
+
+    n: int
+
+
+class TaskError(Exception):
+    """The exception a failed task number ``n`` raised."""
+
+    def __init__(self, n: int) -> None:
+        super().__init__(f"task error #{n}")
+        self.n = n
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (TaskError, (self.n,))
 
 
 class Unsupported(Exception):
@@ -45,10 +62,8 @@ class Unsupported(Exception):
 class Action:
     """One kind of step (see the module docstring).
 
-    ``kind`` says who performs it: ``"deliver"`` (``harness.deliver(name, future,
-    payload)``, or ``run(harness, future, payload)`` if given), ``"cancel"``
-    (``harness.cancel(future)``), ``"result"`` (a blocking ``future.result()``), or
-    ``"callback"`` (``add_done_callback`` with a callback that does ``behaviour``).
+    Every parameter is listed, with its default, in docs/race-kit.md (generated
+    from this class).
     """
 
     name: str
@@ -56,7 +71,16 @@ class Action:
     trigger: str | None = None
     """The contract trigger it fires on its target(s); None: none (the model keeps
     its state)."""
-    kind: Literal["deliver", "cancel", "result", "callback"] = "deliver"
+    kind: Literal["deliver", "cancel", "result", "callback", "wait", "as_completed", "race"] = (
+        "deliver"
+    )
+    """Who performs it: ``"deliver"``: ``harness.deliver(name, future, payload)`` (or
+    ``run``); ``"cancel"``: ``harness.cancel(future)``; ``"result"``: a blocking
+    ``future.result()``; ``"callback"``: ``add_done_callback`` with a callback that
+    does ``behaviour``; ``"wait"``: ``concurrent.futures.wait`` over every future with
+    ``return_when``; ``"as_completed"``: ``concurrent.futures.as_completed`` over every
+    future; ``"race"``: the ``calls`` on one future, each on a thread of its own,
+    released together by a barrier."""
     scope: Literal["one", "all"] = "one"
     """``"one"``: aimed at one future; ``"all"``: at the client (``future=None``), and
     in the contract it fires ``trigger`` on every future not yet terminal."""
@@ -70,12 +94,18 @@ class Action:
     itself and on another future."""
     run: Callable[[Any, Future[Any] | None, Any], Any] | None = None
     """For ``kind="deliver"``: do it here instead of ``harness.deliver``."""
+    return_when: Literal["FIRST_COMPLETED", "FIRST_EXCEPTION", "ALL_COMPLETED"] = "ALL_COMPLETED"
+    """For ``kind="wait"``: when ``concurrent.futures.wait`` returns."""
+    calls: tuple[Literal["cancel", "cancelled", "result"], ...] = ()
+    """For ``kind="race"``: the user calls released together (``harness.cancel``,
+    ``cancelled()``, ``result()``)."""
     follows_harness: bool = False
     """The contract cannot say what this step does (e.g. a disconnect that cancels
     futures one at a time, waiting for each answer): while it runs, and right after,
     the contract model takes the states the harness reports instead of checking them
     (the universal invariants are checked as ever)."""
     doc: str = ""
+    """What it stands for, in a sentence (the reference table prints it)."""
 
     @property
     def needs_other(self) -> bool:
@@ -100,6 +130,8 @@ class Move:
             what = {"raise": "raises", "cancel_other": "cancels", "result_other": "result of"}
             other = f" f{self.other}" if self.other is not None else ""
             return f"add_done_callback(f{self.target}, {what[self.action.behaviour or '']}{other})"
+        if self.action.kind == "race":
+            return f"race(f{self.target}: {', '.join(self.action.calls)})"
         return f"{name}(f{self.target})"
 
 
@@ -133,12 +165,73 @@ DEFAULT_ACTIONS: tuple[Action, ...] = (
         doc="the user calls cancel() (it may wait for the answer)",
     ),
     Action("result", kind="result", thread="user", doc="the user waits in result()"),
-    Action("callback_raises", kind="callback", thread="user", behaviour="raise"),
-    Action("callback_cancels", kind="callback", thread="user", behaviour="cancel_other"),
-    Action("callback_results", kind="callback", thread="user", behaviour="result_other"),
+    Action(
+        "callback_raises",
+        kind="callback",
+        thread="user",
+        behaviour="raise",
+        doc="add_done_callback with a callback that raises",
+    ),
+    Action(
+        "callback_cancels",
+        kind="callback",
+        thread="user",
+        behaviour="cancel_other",
+        doc="add_done_callback with a callback that cancels another future (the contract "
+        "fires user_cancel on it when the callback runs)",
+    ),
+    Action(
+        "callback_results",
+        kind="callback",
+        thread="user",
+        behaviour="result_other",
+        doc="add_done_callback with a callback that calls result(timeout=0) on its future "
+        "and another",
+    ),
 )
 """The kit's default steps. Names a harness does not handle: raise ``Unsupported``, or
 list them in ``RaceHarness.unsupported``."""
+
+WAIT_AND_RACE_ACTIONS: tuple[Action, ...] = (
+    *(
+        Action(
+            f"wait_{mode.lower()}",
+            kind="wait",
+            thread="user",
+            scope="all",
+            return_when=mode,  # type: ignore[arg-type]
+            doc=f"the user waits in concurrent.futures.wait(every future, {mode})",
+        )
+        for mode in ("FIRST_COMPLETED", "FIRST_EXCEPTION", "ALL_COMPLETED")
+    ),
+    Action(
+        "as_completed",
+        kind="as_completed",
+        thread="user",
+        scope="all",
+        doc="the user iterates concurrent.futures.as_completed(every future)",
+    ),
+    Action(
+        "cancel_race",
+        "user_cancel",
+        kind="race",
+        thread="user",
+        calls=("cancel", "cancel"),
+        doc="two cancel() calls released together by a barrier",
+    ),
+    Action(
+        "cancel_result_race",
+        "user_cancel",
+        kind="race",
+        thread="user",
+        calls=("cancel", "result", "cancelled"),
+        doc="cancel(), result() and cancelled() released together by a barrier",
+    ),
+)
+"""Steps that watch or race several calls: ``concurrent.futures.wait`` in its three
+modes, ``as_completed``, and user calls released together by a barrier. Add them
+with ``actions=(*DEFAULT_ACTIONS, *WAIT_AND_RACE_ACTIONS)``: they widen the search
+(and its cost) by half."""
 
 
 def same_result(expected: Any, got: Any) -> bool:

@@ -22,14 +22,26 @@ trigger leads to from there), for clients whose futures exist only once submitte
 from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Mapping
+from concurrent.futures import _base
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Literal
 
-__all__ = ["Born", "Contract"]
+__all__ = ["STDLIB_STATE", "Born", "Contract"]
 
 Born = Literal["pending", "sent"]
 """Where a new future starts: before or after its task was sent."""
+
+
+STDLIB_STATE: dict[str, str] = {
+    "pending": _base.PENDING,
+    "running": _base.RUNNING,
+    "cancel_requested": _base.RUNNING,
+    "cancelled": _base.CANCELLED_AND_NOTIFIED,
+    "done": _base.FINISHED,
+}
+"""docs/transitions.md, States: the ``_state`` concurrent.futures must see in each of
+futurefsm's states (``Contract.futurefsm().stdlib_states``)."""
 
 
 def _name(value: Any) -> str:
@@ -60,6 +72,9 @@ class Contract:
     """Where a new future starts (see the module docstring)."""
     sent_trigger: str = "sent"
     """The trigger ``born="sent"`` applies to ``initial``."""
+    stdlib_states: Mapping[str, str] | None = field(default=None, compare=False)
+    """The ``concurrent.futures`` ``_state`` each state must show (None: not
+    declared); ``check_at_rest`` compares it, and ``running()`` with it."""
     futurefsm_table: bool = field(default=False, compare=False)
     """True for futurefsm's own table: failure reports then draw the path with
     ``futurefsm.diagrams.path_diagram``."""
@@ -178,6 +193,7 @@ class Contract:
             name="futurefsm TRANSITION_TABLE",
         )
         object.__setattr__(contract, "futurefsm_table", True)
+        object.__setattr__(contract, "stdlib_states", STDLIB_STATE)
         return contract
 
     # ------------------------------------------------------------------ use

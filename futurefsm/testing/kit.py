@@ -42,19 +42,27 @@ import threading
 import time
 import traceback
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import _base
 from dataclasses import dataclass, field
 from typing import Any
 
-from .actions import DEFAULT_ACTIONS, Action, Move, RaceHarness, Unsupported, same_result
+from .actions import (
+    DEFAULT_ACTIONS,
+    Action,
+    Move,
+    RaceHarness,
+    ResultValue,
+    TaskError,
+    Unsupported,
+    same_result,
+)
 from .contract import Contract
-from .harness import CountingWaiter
 from .laws import INVARIANTS, Invariant
-from .steps import ResultValue, TaskError
-from .threads import is_parked
 
 __all__ = [
     "BLOCK_TIMEOUT",
     "DEFAULT_CONTRACT",
+    "CountingWaiter",
     "Finding",
     "RaceFound",
     "RaceReport",
@@ -70,10 +78,67 @@ LONG = 60.0
 """Timeout of the user's blocking calls: they must be woken by an event, not the clock."""
 
 DEFAULT_CONTRACT: Any = object()
-"""Sentinel: ``check_future(contract=...)`` defaults to ``Contract.futurefsm()``."""
+"""Sentinel: ``contract=`` left out: futurefsm's table for futurefsm's own futures,
+none (the universal layer only) for any other."""
 
 _MAX_SHRINK_RUNS = 150
+_PROGRESS_AFTER = 5.0
+"""Seconds a search runs before it reports progress (then every ``_PROGRESS_EVERY``)."""
+_PROGRESS_EVERY = 5.0
 _STACK_FRAMES = 8
+
+
+_PARKED_CODE = threading.Condition.wait.__code__
+
+
+def is_parked(thread: threading.Thread) -> bool:
+    """True if ``thread`` is inside ``threading.Condition.wait`` (waiting to be woken)."""
+    frame = sys._current_frames().get(thread.ident or -1)
+    return frame is not None and frame.f_code is _PARKED_CODE
+
+
+class CountingWaiter(_base._Waiter):
+    """A concurrent.futures waiter (what ``wait``/``as_completed`` install) that counts
+    every notification, to check that waiters are notified exactly once."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.results = 0
+        self.exceptions = 0
+        self.cancellations = 0
+        self._lock = threading.Lock()
+
+    def add_result(self, future: cf.Future[Any]) -> None:
+        """Count a result notification."""
+        with self._lock:
+            self.results += 1
+        super().add_result(future)
+
+    def add_exception(self, future: cf.Future[Any]) -> None:
+        """Count an exception notification."""
+        with self._lock:
+            self.exceptions += 1
+        super().add_exception(future)
+
+    def add_cancelled(self, future: cf.Future[Any]) -> None:
+        """Count a cancellation notification."""
+        with self._lock:
+            self.cancellations += 1
+        super().add_cancelled(future)
+
+    @property
+    def total(self) -> int:
+        """Notifications of any kind so far."""
+        return self.results + self.exceptions + self.cancellations
+
+    @classmethod
+    def install(cls, future: cf.Future[Any]) -> CountingWaiter:
+        """Install a new counting waiter on ``future`` as ``concurrent.futures.wait`` does
+        (under the future's condition), and return it."""
+        waiter = cls()
+        with future._condition:
+            future._waiters.append(waiter)
+        return waiter
 
 
 class _CallbackError(Exception):
@@ -89,10 +154,10 @@ class Finding:
     """What was wrong, naming the future(s)."""
     moves: tuple[Move, ...]
     """The minimal sequence of steps (the violation shows after the last)."""
-    found_after: float = 0.0
-    """Seconds into the search when it was first seen."""
-    shrunk_after: float = 0.0
-    """Seconds into the search when its minimal sequence was known."""
+    found_after_seconds: float = 0.0
+    """Seconds from the start of the search until it was first seen."""
+    shrunk_after_seconds: float = 0.0
+    """Seconds from the start of the search until its minimal sequence was known."""
     how: str = "breadth-first"
     """``breadth-first``, or ``random, shrunk from N steps``."""
     report: str = ""
@@ -120,8 +185,6 @@ class RaceReport:
     states_reached: int = 0
     unsupported: set[str] = field(default_factory=set)
     """Actions the harness declared or raised ``Unsupported`` for."""
-    unknown_states: set[str] = field(default_factory=set)
-    """States the harness reported that the contract does not know."""
     close_blocked: int = 0
     """Sequences whose ``harness.close()`` did not return (abandoned, not waited for)."""
     seconds: float = 0.0
@@ -138,10 +201,9 @@ class RaceReport:
             f"race kit on {self.harness} ({self.futures} future"
             f"{'s' if self.futures != 1 else ''}, {contract}): "
             f"{self.sequences_run:,} sequences (breadth-first to depth {self.depth}, then "
-            f"random), {self.states_reached:,} states, {len(self.findings)} distinct "
-            f"violations, {self.seconds:.1f} s"
+            f"random), {self.states_reached:,} states, {len(self.findings)} finding"
+            f"{'s' if len(self.findings) != 1 else ''}, {self.seconds:.1f} s"
             + (f"; unsupported: {sorted(self.unsupported)}" if self.unsupported else "")
-            + (f"; unknown states: {sorted(self.unknown_states)}" if self.unknown_states else "")
             + (
                 f"; harness.close() blocked {self.close_blocked} times"
                 if self.close_blocked
@@ -180,7 +242,18 @@ def _parked(thread: threading.Thread) -> bool:
     frame = _frame_of(thread)
     waiter = None if frame is None else frame.f_locals.get("waiter")
     locked = getattr(waiter, "locked", None)
-    return locked is None or bool(locked())
+    if locked is not None and not locked():
+        return False
+    # Thread.start() waits in Condition.wait until the new thread runs (long, on a
+    # loaded machine): a call starting a thread is busy, not waiting to be woken.
+    while frame is not None:
+        if frame.f_code is _THREAD_START:
+            return False
+        frame = frame.f_back
+    return True
+
+
+_THREAD_START = threading.Thread.start.__code__
 
 
 def _frame_of(thread: threading.Thread) -> Any:
@@ -206,9 +279,13 @@ def _wait(
     ``Condition.wait``). False if the thread is blocked: still busy after ``timeout``
     and its stack has stopped moving for a while (a thread that is merely slow, e.g.
     on a loaded machine, keeps moving and is waited for, up to 50 x ``timeout``)."""
-    end = time.monotonic() + timeout
+    start = time.monotonic()
+    end, polls = start + timeout, 0
     while time.monotonic() < end:
-        if finished() or (parked_ok and _parked(thread)):
+        # Most calls return at once: look at the thread's stack (sys._current_frames,
+        # which costs as much as there are threads) only after a few polls.
+        polls += 1
+        if finished() or (parked_ok and polls > 8 and _parked(thread)):
             return True
         time.sleep(0.0002)
     still_for = max(0.05, timeout / 2)
@@ -220,12 +297,24 @@ def _wait(
         frame = _frame_of(thread)
         where = None if frame is None else (frame.f_code, frame.f_lasti, frame.f_lineno)
         now = time.monotonic()
-        if where != last:
+        if where != last or _runnable(thread):
             last, since = where, now
         elif now - since >= still_for:
             return False
         time.sleep(0.005)
     return False
+
+
+def _runnable(thread: threading.Thread) -> bool:
+    """True if the OS says ``thread`` is running or waiting for a CPU (Linux: state R
+    in /proc), not asleep on a lock: on a loaded machine a thread may wait long for a
+    CPU with its stack unchanged, and is not blocked for that."""
+    try:
+        with open(f"/proc/self/task/{thread.native_id}/stat", "rb") as stat:
+            fields = stat.read().rsplit(b")", 1)[1].split()
+    except (OSError, IndexError):
+        return False
+    return bool(fields) and fields[0] == b"R"
 
 
 class _Blocked(Exception):
@@ -242,6 +331,8 @@ class _Delivering:
         self._work: list[Callable[[], None]] = []
         self._ready = threading.Condition(self._lock)
         self._closed = False
+        self.job: cf.Future[Any] | None = None
+        """What it runs (or ran) last."""
         self.thread = threading.Thread(target=self._loop, name="racekit-delivering", daemon=True)
         self.thread.start()
 
@@ -257,6 +348,16 @@ class _Delivering:
 
     def run(self, fn: Callable[[], Any], timeout: float) -> Any:
         """Run ``fn`` there; its result, its exception, or ``_Blocked``."""
+        out = self.start(fn, timeout, parked_ok=False)
+        assert out is not None
+        return out.result()
+
+    def start(
+        self, fn: Callable[[], Any], timeout: float, *, parked_ok: bool
+    ) -> cf.Future[Any] | None:
+        """Run ``fn`` there: a finished future of what it gave, None if it parked
+        waiting (with ``parked_ok``; the thread is then the caller's to watch), or
+        ``_Blocked``."""
         out: cf.Future[Any] = cf.Future()
 
         def job() -> None:
@@ -268,9 +369,10 @@ class _Delivering:
         with self._ready:
             self._work.append(job)
             self._ready.notify()
-        if not _wait(out.done, self.thread, timeout, parked_ok=False):
+        self.job = out
+        if not _wait(out.done, self.thread, timeout, parked_ok=parked_ok):
             raise _Blocked(_stack_of(self.thread))
-        return out.result()
+        return out if out.done() else None
 
     def close(self) -> None:
         with self._ready:
@@ -287,6 +389,10 @@ class _UserCall:
     follows: bool = False
     outcome: tuple[str, Any] | None = None
     finished: threading.Event = field(default_factory=threading.Event)
+    parked_in: str | None = None
+    """The state its future was seen in once it had parked: a ``cancel()`` or
+    ``cancelled()`` waiting for the answer is resolved once its future is done or has
+    left this state."""
 
 
 # ---------------------------------------------------------------------------
@@ -342,6 +448,14 @@ class _Violation:
     message: str
     step: int
     future: int | None = None
+    shape: tuple[str, ...] | None = None
+    """The states its future went through up to it (repeats collapsed): two
+    violations of one invariant are one finding when their shapes are the same."""
+
+    @property
+    def finding_key(self) -> tuple[str, tuple[str, ...]]:
+        """What tells findings apart: the invariant and the shape of its path."""
+        return (self.name, self.shape or ())
 
 
 class _Run:
@@ -365,7 +479,12 @@ class _Run:
         self.lock = threading.Condition()
         self.harness: Any = kit.harness_factory()
         self.io = _Delivering()
+        self.retired: list[_Delivering] = []
+        """Delivering threads handed over to a parked read of the kit's."""
         attach = getattr(self.harness, "attach_delivering_thread", None)
+        self._attached = _attaches(self.harness)
+        """The harness treats the delivering thread as its client's I/O thread: a
+        read that waits there is a finding, not a parked call."""
         if attach is not None:
             attach(self.io.thread)
         contract = kit.contract
@@ -455,6 +574,66 @@ class _Run:
         else:
             self.calls.append(call)
 
+    def _race(self, future: Any, calls: Sequence[str]) -> Callable[[], list[tuple[str, Any]]]:
+        """The body of a race: ``calls`` on threads of their own, released together by
+        a barrier; it waits (parked) until every one has returned."""
+        harness, kit = self.harness, self.kit
+        named: dict[str, Callable[[], Any]] = {
+            "cancel": lambda: _cancel(harness, future),
+            "cancelled": future.cancelled,
+            "result": lambda: future.result(LONG),
+        }
+
+        def race() -> list[tuple[str, Any]]:
+            barrier = threading.Barrier(len(calls))
+            outcomes: list[tuple[str, Any] | None] = [None] * len(calls)
+            ended = threading.Condition()
+
+            passed = [0]
+
+            def one(number: int, name: str) -> None:
+                barrier.wait()
+                with ended:
+                    passed[0] += 1
+                try:
+                    outcome: tuple[str, Any] = ("value", named[name]())
+                except BaseException as error:
+                    outcome = ("raised", error)
+                with ended:
+                    outcomes[number] = outcome
+                    ended.notify_all()
+
+            threads = [
+                threading.Thread(target=one, args=(n, c), name=f"racekit-race-{c}", daemon=True)
+                for n, c in enumerate(calls)
+            ]
+            for thread in threads:
+                thread.start()
+            # Each call is past the barrier (where it waits too), then returns or
+            # parks, before the race parks: what is read next does not depend on
+            # scheduling more than the race itself does. (Polled: the race must not
+            # look parked to the kit before its calls are.)
+            while passed[0] < len(calls):
+                time.sleep(0.0002)
+            # (_wait gives up on a thread that waits long for the GIL on a loaded
+            # machine, as it would on a blocked one: ask again, within bounds.)
+            until = time.monotonic() + 50 * kit.block_timeout
+            for number, thread in enumerate(threads):
+                while not _wait(
+                    lambda n=number: outcomes[n] is not None,
+                    thread,
+                    kit.block_timeout,
+                    parked_ok=True,
+                ):
+                    if time.monotonic() > until:
+                        break
+            with ended:
+                while any(o is None for o in outcomes):
+                    ended.wait()
+            return [o for o in outcomes if o is not None]
+
+        return race
+
     def _judge_returned(self, call: _UserCall) -> None:
         assert call.outcome is not None
         kind, value = call.outcome
@@ -504,6 +683,25 @@ class _Run:
             elif action.kind == "result":
                 assert fut is not None
                 self._user(label, lambda: future.result(LONG), (fut.index,), "result")
+            elif action.kind in ("wait", "as_completed"):
+                every = [f.future for f in self.futs]
+                indices = tuple(range(len(self.futs)))
+                if action.kind == "wait":
+                    mode = getattr(cf, action.return_when)
+                    self._user(
+                        label, lambda: cf.wait(every, LONG, mode), indices, action.return_when
+                    )
+                else:
+                    self._user(
+                        label, lambda: list(cf.as_completed(every, LONG)), indices, "as_completed"
+                    )
+            elif action.kind == "race":
+                assert fut is not None
+                race = self._race(future, action.calls)
+                # A race with a result() in it waits for the end; one of cancels and
+                # cancelled() for the answer.
+                kind = "race_result" if "result" in action.calls else "race"
+                self._user(label, race, (fut.index,), kind)
             else:
                 assert fut is not None
                 other = move.other
@@ -511,7 +709,8 @@ class _Run:
                 fut.probes.append(probe)
                 fut.expected.append((probe, 0))
                 callback = self._callback(fut, probe)
-                self._user(label, lambda: future.add_done_callback(callback), (fut.index,), "add")
+                watched = (fut.index,) if other is None else (fut.index, other)
+                self._user(label, lambda: future.add_done_callback(callback), watched, "add")
         except Unsupported:
             self.unsupported = action.name
             return
@@ -585,13 +784,22 @@ class _Run:
     # ------------------------------------------------------------------ checks
 
     def _observe(self) -> list[_Obs]:
+        """Read every future on the delivering thread. ``done()``, ``result(0)`` and
+        the harness's ``state()`` never wait; ``cancelled()`` may (a future that waits
+        for a cancel's answer), so on a future not done it is read on its own: if it
+        waits there, on a thread the harness was not told is its I/O thread, it is a
+        parked call (resumed by later deliveries, judged when it returns) and a fresh
+        delivering thread takes over. The kit never blocks itself on its own reads."""
         state = getattr(self.harness, "state", None)
+        attached = self._attached
 
         def read() -> list[_Obs]:
             seen = []
             for fut in self.futs:
                 future = fut.future
-                done, cancelled = future.done(), future.cancelled()
+                done = future.done()
+                # (On the client's own I/O thread cancelled() must not wait: read it.)
+                cancelled = future.cancelled() if done or attached else False
                 try:
                     result: tuple[str, Any] = ("value", future.result(timeout=0))
                 except BaseException as error:
@@ -599,11 +807,45 @@ class _Run:
                 seen.append(_Obs(done, cancelled, result, None if state is None else state(future)))
             return seen
 
-        return self.io.run(read, self.kit.block_timeout)
+        observed = self.io.run(read, self.kit.block_timeout)
+        reading = {i for call in self.calls if call.kind == "cancelled" for i in call.futures}
+        for index, (fut, obs) in enumerate(zip(self.futs, observed, strict=True)):
+            if obs.done or attached or index in reading:
+                continue
+            out = self.io.start(fut.future.cancelled, self.kit.block_timeout, parked_ok=True)
+            if out is None:
+                self._adopt_parked_read(index)
+            elif out.exception() is not None:
+                raise out.exception()  # type: ignore[misc]
+            elif out.result():
+                observed[index] = _Obs(obs.done, True, obs.result, obs.state)
+        return observed
+
+    def _adopt_parked_read(self, index: int) -> None:
+        """The delivering thread waits in the kit's ``cancelled()`` read of future
+        ``index``: make it a parked call, and deliver from a fresh thread."""
+        io, job = self.io, self.io.job
+        assert job is not None
+        call = _UserCall(f"cancelled(f{index}) (the kit's read)", io.thread, (index,), "cancelled")
+
+        def returned(out: cf.Future[Any]) -> None:
+            error = out.exception()
+            call.outcome = ("raised", error) if error is not None else ("value", out.result())
+            call.finished.set()
+
+        job.add_done_callback(returned)
+        self.calls.append(call)
+        io.close()
+        self.retired.append(io)
+        self.io = _Delivering()
+        attach = getattr(self.harness, "attach_delivering_thread", None)
+        if attach is not None:
+            attach(self.io.thread)
 
     def check(self) -> None:
         """Every invariant, for every future, now."""
         if self.dead:
+            self._shape_violations()
             return
         for call in self.calls:
             # A waiting call the last step woke runs until it returns or waits again
@@ -621,6 +863,7 @@ class _Run:
                 + blocked.stack,
                 None,
             )
+            self._shape_violations()
             return
         for fut, obs in zip(self.futs, observed, strict=True):
             self._universal(fut, obs)
@@ -636,6 +879,13 @@ class _Run:
             fut.seen = _state_name(obs)
             if not fut.path or fut.path[-1] != fut.seen:
                 fut.path += (fut.seen,)
+        self._shape_violations()
+
+    def _shape_violations(self) -> None:
+        for violation in self.violations:
+            if violation.shape is None:
+                fut = None if violation.future is None else self.futs[violation.future]
+                violation.shape = () if fut is None else fut.path
 
     def _universal(self, fut: _Fut, obs: _Obs) -> None:
         name = f"f{fut.index}"
@@ -721,12 +971,36 @@ class _Run:
                 fut.index,
             )
 
+    def _resolved(self, call: _UserCall, observed: list[_Obs]) -> str | None:
+        """What the parked ``call`` waited for, if it has happened: every future it
+        watches is done, or (``cancel()``, ``cancelled()``: they wait for a cancel's
+        answer, which may leave the future live) its future left the state it parked
+        in. None if not yet."""
+        if all(observed[i].done for i in call.futures):
+            names = ", ".join(f"f{i}" for i in call.futures)
+            return f"{names} {'is' if len(call.futures) == 1 else 'are'} done"
+        done = [i for i in call.futures if observed[i].done]
+        if call.kind == "FIRST_COMPLETED" and done:
+            return f"f{done[0]} is done (FIRST_COMPLETED)"
+        failed = [
+            i for i in done if not observed[i].cancelled and observed[i].result[0] == "raised"
+        ]
+        if call.kind == "FIRST_EXCEPTION" and failed:
+            return f"f{failed[0]} raised (FIRST_EXCEPTION)"
+        if call.kind in ("cancel", "cancelled", "race"):
+            now = _state_name(observed[call.futures[0]])
+            if call.parked_in is None:
+                call.parked_in = now
+            elif now != call.parked_in:
+                return f"f{call.futures[0]} left {call.parked_in} (now {now})"
+        return None
+
     def _pending(self, observed: list[_Obs]) -> None:
         still = []
         for call in self.calls:
-            done = all(observed[i].done for i in call.futures)
+            resolved = None if call.finished.is_set() else self._resolved(call, observed)
             if call.finished.is_set() or (
-                done
+                resolved is not None
                 and _wait(
                     call.finished.is_set, call.thread, self.kit.block_timeout, parked_ok=False
                 )
@@ -734,20 +1008,77 @@ class _Run:
                 self._judge_returned(call)
                 if call.kind == "result":
                     self._judge_result(call, observed[call.futures[0]])
+                elif call.kind == "cancelled":
+                    self._judge_cancelled(call, observed[call.futures[0]])
+                else:
+                    self._judge_collective(call, observed)
                 continue
-            if done:
+            if resolved is not None:
                 self.blocked = True
                 self.violate(
                     "no_call_blocks_forever",
-                    (call.kind, "still waiting once done"),
-                    f"{call.label} is still waiting although "
-                    f"{', '.join(f'f{i}' for i in call.futures)} done: it waits at\n"
+                    (call.kind, "still waiting once resolved"),
+                    f"{call.label} is still waiting although {resolved}: it waits at\n"
                     + _stack_of(call.thread),
                     call.futures[0],
                 )
                 continue
             still.append(call)
         self.calls = still
+
+    def _judge_collective(self, call: _UserCall, observed: list[_Obs]) -> None:
+        """What ``wait``, ``as_completed`` and a race returned."""
+        if call.outcome is None or call.outcome[0] != "value":
+            return
+        value = call.outcome[1]
+        futures = [f.future for f in self.futs]
+        if call.kind in ("FIRST_COMPLETED", "FIRST_EXCEPTION", "ALL_COMPLETED"):
+            done, not_done = value
+            early = [f"f{futures.index(f)}" for f in done if not f.done()]
+            if early or (call.kind == "ALL_COMPLETED" and not_done):
+                self.violate(
+                    "waiters_notified_once",
+                    (call.kind,),
+                    f"{call.label} returned with {early or 'futures'} in its done set not "
+                    f"done, not_done {len(not_done)}",
+                    call.futures[0],
+                )
+        elif call.kind == "as_completed":
+            if sorted(map(id, value)) != sorted(map(id, futures)) or not all(
+                f.done() for f in value
+            ):
+                self.violate(
+                    "waiters_notified_once",
+                    ("as_completed",),
+                    f"{call.label} yielded {len(value)} futures for {len(futures)}, "
+                    "not each done future once",
+                    call.futures[0],
+                )
+        elif isinstance(value, list):  # a race: judge each call as its own
+            index = call.futures[0]
+            names = call.label.split(": ", 1)[1].rstrip(")").split(", ")
+            for name, outcome in zip(names, value, strict=False):
+                one = _UserCall(f"{name}(f{index}) in {call.label}", call.thread, (index,), name)
+                one.outcome = outcome
+                if name == "result":
+                    self._judge_result(one, observed[index])
+                elif name == "cancelled" and outcome == ("value", True):
+                    # (False may be right: it may have run before the cancel did.)
+                    self._judge_cancelled(one, observed[index])
+
+    def _judge_cancelled(self, call: _UserCall, obs: _Obs) -> None:
+        assert call.outcome is not None
+        kind, value = call.outcome
+        index = call.futures[0]
+        if kind == "value" and value is (obs.done and obs.cancelled):
+            return
+        ending = "is not done" if not obs.done else f"ended {_describe_ending(_ending(obs))}"
+        self.violate(
+            "cancelled_tells_the_ending",
+            (kind, obs.done),
+            f"{call.label} gave {kind} {value!r} after waiting, but f{index} {ending}",
+            index,
+        )
 
     def _judge_result(self, call: _UserCall, obs: _Obs) -> None:
         assert call.outcome is not None
@@ -797,7 +1128,12 @@ class _Run:
                     )
                     fut.model = seen  # follow the implementation: keep checking after it
             else:
-                self.kit.unknown_states.add(repr(obs.state))
+                raise ValueError(
+                    f"the harness reports state {obs.state!r} for {name}, which the "
+                    f"contract {contract.name!r} does not know (it knows "
+                    f"{list(contract.states)}): give the contract this future declares, "
+                    "have state() report its states, or pass contract=None"
+                )
         done, cancelled = fut.model in contract.terminal, fut.model in contract.cancelled
         if (obs.done, obs.cancelled) != (done, cancelled):
             self.violate(
@@ -886,6 +1222,13 @@ class _Run:
             raise errors[0]
 
 
+def _attaches(harness: Any) -> bool:
+    """True if ``harness`` does something with ``attach_delivering_thread`` (a
+    ``RaceHarness`` that overrides it, or a duck-typed harness that has it)."""
+    method = getattr(type(harness), "attach_delivering_thread", None)
+    return method is not None and method is not RaceHarness.attach_delivering_thread
+
+
 def _cancel(harness: Any, future: Any) -> Any:
     cancel = getattr(harness, "cancel", None)
     return cancel(future) if cancel is not None else future.cancel()
@@ -950,7 +1293,6 @@ class _Kit:
         self.contract = contract
         self.futures = futures
         self.block_timeout = block_timeout
-        self.unknown_states: set[str] = set()
         cancels = [a.trigger for a in actions if a.kind == "cancel"]
         self.cancel_trigger = cancels[0] if cancels else None
         self.last_moves: tuple[Move, ...] = ()
@@ -1047,6 +1389,25 @@ def _path(history: list[tuple[str, str, str, str, str]], index: int) -> list[str
         return text
 
 
+def _progress_to_stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def _default_contract(harness: Any) -> Contract | None:
+    """``Contract.futurefsm()`` if ``harness`` makes futurefsm's own futures (born as
+    the first one is), else None: another future never declared futurefsm's table."""
+    from ..client.future import TaskFuture
+    from ..fsm import FutureState
+
+    try:
+        future = harness.create()
+    except Exception:  # not ours to judge here: the search will report it
+        return None
+    if not isinstance(future, TaskFuture):
+        return None
+    return Contract.futurefsm(born="sent" if future.state is FutureState.RUNNING else "pending")
+
+
 def check_future(
     harness_factory: Callable[[], Any],
     *,
@@ -1061,27 +1422,34 @@ def check_future(
     time_limit: float | None = None,
     prune: bool = True,
     loggers: Iterable[str] = ("concurrent.futures", "futurefsm"),
+    progress: Callable[[str], None] | None = _progress_to_stderr,
 ) -> RaceReport:
     """Check the futures ``harness_factory()`` makes (see the module docstring).
 
-    ``contract``: the declared table (default ``Contract.futurefsm()``; None checks the
-    universal invariants only). ``actions``: the steps to combine (add your own).
-    ``futures``: futures per sequence. ``depth``: every sequence up to this length is
-    run (pruned on observable state); then ``random_runs`` random ones of up to
-    ``max_steps``, started from ``seed``. ``block_timeout``: seconds before a call
-    that has not returned or parked is examined as blocked. ``time_limit``: stop the
-    random phase after this many seconds. ``prune=False`` extends every sequence, not
-    only those reaching a new observable state (for a future whose hidden flags the
+    ``contract``: the declared table. By default ``Contract.futurefsm()`` for
+    futurefsm's own futures (the harness makes ``TaskFuture``s) and None for any
+    other: None checks the universal invariants only. A contract that does not know
+    a state the harness reports is an error (``ValueError``). ``actions``: the steps
+    to combine (add your own). ``futures``: futures per sequence. ``depth``: every
+    sequence up to this length is run (pruned on observable state); then
+    ``random_runs`` random ones of up to ``max_steps``, started from ``seed``.
+    ``block_timeout``: seconds before a call that has not returned or parked is
+    examined as blocked. ``time_limit``: stop the random phase after this many
+    seconds. ``prune=False`` extends every sequence, not only those reaching a new
+    observable state (for a future whose hidden flags the
     harness's ``state()`` does not show). Log records of ``loggers`` are captured
-    (shown in the report of the run that produced them), not printed.
+    (shown in the report of the run that produced them), not printed. ``progress``
+    is called with a line of news (the phase, sequences run, findings so far) every
+    few seconds once a run has taken more than a few, and with each new finding
+    then; the default prints to stderr, None is silent.
     """
     started = time.monotonic()
-    if contract is DEFAULT_CONTRACT:
-        contract = Contract.futurefsm()
     actions = tuple(actions)
     probe = harness_factory()
     try:
         declared = set(getattr(probe, "unsupported", ()) or ())
+        if contract is DEFAULT_CONTRACT:
+            contract = _default_contract(probe)
     finally:
         probe.close()
     if contract is not None and contract.born == "sent":
@@ -1097,28 +1465,48 @@ def check_future(
         unsupported=declared,
     )
     alphabet = _alphabet(actions, futures)
-    found: dict[tuple[Any, ...], tuple[_Violation, tuple[Move, ...], Finding]] = {}
+    found: dict[tuple[str, tuple[str, ...]], tuple[_Violation, tuple[Move, ...], Finding]] = {}
     seen: set[tuple[Any, ...]] = set()
 
-    def record(run: _Run, moves: tuple[Move, ...], how: str) -> list[_Violation]:
-        new = []
+    news_after = started + _PROGRESS_AFTER
+    news_at = [news_after]
+
+    def tick(phase: str) -> None:
+        now = time.monotonic()
+        if progress is not None and now >= news_at[0]:
+            news_at[0] = now + _PROGRESS_EVERY
+            progress(
+                f"race kit: {now - started:.0f} s, {phase}: {report.sequences_run:,} "
+                f"sequences, {len(found)} finding{'s' if len(found) != 1 else ''} so far"
+            )
+
+    def record(run: _Run, moves: tuple[Move, ...], how: str) -> None:
+        """A violation of a new (invariant, path shape), or of a known one on a
+        shorter sequence, is shrunk and kept with its own shortest sequence."""
         for violation in run.violations:
-            shortest = moves[: violation.step]
-            known = found.get(violation.key)
-            if known is None or len(shortest) < len(known[1]):
-                finding = Finding(
-                    INVARIANTS[violation.name],
-                    violation.message,
-                    shortest,
-                    found_after=time.monotonic() - started,
-                    shrunk_after=time.monotonic() - started,
-                    how=how,
-                )
-                if known is not None:
-                    finding.found_after = known[2].found_after
-                found[violation.key] = (violation, shortest, finding)
-                new.append(violation)
-        return new
+            key = violation.finding_key
+            path = moves[: violation.step]
+            known = found.get(key)
+            if known is not None and len(known[1]) <= len(path):
+                continue
+            seen_at = time.monotonic() - started
+            shrunk, shown, runs = _shrink(kit, path, key)
+            report.sequences_run += runs
+            known = found.get(key)
+            if known is not None and len(known[1]) <= len(shrunk):
+                continue
+            shown = shown or violation
+            finding = Finding(
+                INVARIANTS[shown.name],
+                shown.message,
+                shrunk,
+                found_after_seconds=seen_at if known is None else known[2].found_after_seconds,
+                shrunk_after_seconds=time.monotonic() - started,
+                how=how if len(shrunk) == len(path) else f"{how}, shrunk from {len(path)} steps",
+            )
+            found[key] = (shown, shrunk, finding)
+            if known is None and progress is not None and time.monotonic() > news_after:
+                progress(f"race kit: found {finding.invariant.name} in {finding.steps} steps")
 
     handlers = []
     for name in loggers:
@@ -1128,7 +1516,7 @@ def check_future(
         logger.propagate = False
     try:
         frontier: list[tuple[Move, ...]] = [()]
-        for _ in range(depth):
+        for level in range(depth):
             next_frontier = []
             for prefix in frontier:
                 for move in alphabet:
@@ -1145,9 +1533,10 @@ def check_future(
                     if key not in seen:
                         seen.add(key)
                         next_frontier.append(moves)
+                    tick(f"breadth-first, depth {level + 1} of {depth}")
             frontier = next_frontier
         rng = random.Random(seed)
-        for _ in range(random_runs):
+        for number in range(random_runs):
             if time_limit is not None and time.monotonic() - started > time_limit:
                 break
             length = rng.randint(1, max(1, max_steps))
@@ -1156,16 +1545,8 @@ def check_future(
             report.sequences_run += 1
             if run.unsupported is not None:
                 report.unsupported.add(run.unsupported)
-            for violation in record(run, moves, "random"):
-                original = found[violation.key][1]
-                shrunk, runs = _shrink(kit, original, violation.key)
-                report.sequences_run += runs
-                finding = found[violation.key][2]
-                if len(shrunk) < len(original):
-                    finding.moves = shrunk
-                    finding.how = f"random, shrunk from {len(original)} steps"
-                    found[violation.key] = (violation, shrunk, finding)
-                finding.shrunk_after = time.monotonic() - started
+            record(run, moves, "random")
+            tick(f"random, {number + 1} of {random_runs}")
         groups: dict[tuple[Move, ...], list[tuple[_Violation, Finding]]] = {}
         for violation, moves, finding in found.values():
             groups.setdefault(moves, []).append((violation, finding))
@@ -1181,26 +1562,28 @@ def check_future(
             logger.propagate = propagate
     report.findings.sort(key=lambda f: (f.invariant.layer != "universal", f.steps))
     report.states_reached = len(seen)
-    report.unknown_states = kit.unknown_states
     report.close_blocked = kit.close_blocked
     report.seconds = time.monotonic() - started
     return report
 
 
 def _shrink(
-    kit: _Kit, moves: tuple[Move, ...], key: tuple[Any, ...]
-) -> tuple[tuple[Move, ...], int]:
-    """Delete steps while the violation ``key`` still shows; return the shortest
-    sequence and the runs it took."""
+    kit: _Kit, moves: tuple[Move, ...], key: tuple[str, tuple[str, ...]]
+) -> tuple[tuple[Move, ...], _Violation | None, int]:
+    """Delete steps while a violation of ``key`` (invariant, path shape) still
+    shows; return the shortest
+    sequence, the violation it shows (None if ``moves`` itself no longer shows it:
+    a race that did not recur is kept as found) and the runs it took."""
     runs = 0
+    shown: _Violation | None = None
 
-    def shows(candidate: tuple[Move, ...]) -> tuple[Move, ...] | None:
+    def shows(candidate: tuple[Move, ...]) -> tuple[tuple[Move, ...], _Violation] | None:
         nonlocal runs
         runs += 1
         run = kit.run(candidate)
         for violation in run.violations:
-            if violation.key == key:
-                return candidate[: violation.step]
+            if violation.finding_key == key:
+                return candidate[: violation.step], violation
         return None
 
     best = moves
@@ -1211,12 +1594,12 @@ def _shrink(
             candidate = best[:start] + best[start + size :]
             shorter = shows(candidate) if candidate else None
             if shorter is not None:
-                best, progressed = shorter, True
+                (best, shown), progressed = shorter, True
             else:
                 start += size
         if not progressed:
             size //= 2
-    return best, runs
+    return best, shown, runs
 
 
 def run_moves(
@@ -1231,7 +1614,11 @@ def run_moves(
     """Replay one sequence (e.g. a finding's ``moves``) and return the names of the
     invariants it violates, in order (empty if none)."""
     if contract is DEFAULT_CONTRACT:
-        contract = Contract.futurefsm()
+        probe = harness_factory()
+        try:
+            contract = _default_contract(probe)
+        finally:
+            probe.close()
     kit = _Kit(harness_factory, contract, tuple(actions), futures, block_timeout)
     return [v.name for v in kit.run(moves).violations]
 

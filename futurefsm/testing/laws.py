@@ -56,6 +56,12 @@ UNIVERSAL: tuple[Invariant, ...] = (
         "cancelled() True implies done() True",
     ),
     Invariant(
+        "cancelled_tells_the_ending",
+        "universal",
+        "cancelled(), even one that waited for a cancel's answer, returns True exactly "
+        "when the future ended cancelled, and False while it is not done",
+    ),
+    Invariant(
         "result_raises_cancelled_iff_cancelled",
         "universal",
         "result() raises CancelledError exactly when cancelled() is True; it times out "
@@ -102,6 +108,23 @@ CONTRACT: tuple[Invariant, ...] = (
         "contract",
         "a future the table finishes with a delivered result keeps that result (or "
         "exception), as the harness's comparison hook judges",
+    ),
+    Invariant(
+        "contract_stdlib_view",
+        "contract",
+        "what concurrent.futures sees (_state, running()) is the stdlib view the "
+        "contract declares for the state the future is in",
+    ),
+    Invariant(
+        "contract_history",
+        "contract",
+        "the history the future keeps is a legal path of the table, from its initial "
+        "state to the state it is in, entering a terminal state once",
+    ),
+    Invariant(
+        "client_holds_live_futures",
+        "contract",
+        "the client holds a future exactly while the table says it is live (not terminal)",
     ),
 )
 """The invariants a declared ``Contract`` adds."""

@@ -1,5 +1,6 @@
-"""Hypothesis strategies for futurefsm: triggers and step sequences, protocol messages
-and frames (valid, mutated, garbage), and scheduler-stub ``Behaviour``s.
+"""Hypothesis strategies for futurefsm: triggers, race-kit moves and move sequences,
+protocol messages and frames (valid, mutated, garbage), and scheduler-stub
+``Behaviour``s.
 
 Everything here draws plain data; nothing starts threads or sockets.
 """
@@ -31,23 +32,21 @@ from ..protocol import (
     encode,
 )
 from ..scheduler_stub import Behaviour, OnCancel
-from .steps import DELIVERABLE_STEPS, MESSAGE_STEPS, Step
+from .actions import DEFAULT_ACTIONS, Action, Move
 
 __all__ = [
     "MESSAGE_STRATEGIES",
     "behaviours",
     "client_messages",
-    "deliverable_steps",
     "frames",
     "garbage_frames",
-    "message_steps",
     "messages",
+    "move_sequences",
+    "moves",
     "msgpack_values",
     "mutated_frames",
     "raw_frame",
     "scheduler_messages",
-    "step_sequences",
-    "steps",
     "structurally_mutated_frames",
     "task_ids",
     "triggers",
@@ -64,22 +63,36 @@ def triggers() -> st.SearchStrategy[Trigger]:
     return st.sampled_from(Trigger)
 
 
-def steps(*, user_cancel: bool = True) -> st.SearchStrategy[Step]:
-    """Any ``Step``: a message or local event for one future (``user_cancel`` included
-    unless told otherwise)."""
-    return st.sampled_from(tuple(Step) if user_cancel else DELIVERABLE_STEPS)
+def moves(
+    actions: tuple[Action, ...] = DEFAULT_ACTIONS, futures: int = 1
+) -> st.SearchStrategy[Move]:
+    """One race-kit ``Move``: an action aimed at one of ``futures`` futures (or at the
+    client, for a client-wide action; a callback acting on another gets another)."""
+
+    @st.composite
+    def move(draw: st.DrawFn) -> Move:
+        action = draw(st.sampled_from(actions))
+        if action.scope == "all":
+            return Move(action)
+        target = draw(st.integers(0, futures - 1))
+        if action.needs_other and futures > 1:
+            other = draw(st.integers(0, futures - 1).filter(lambda o: o != target))
+            return Move(action, target, other)
+        return Move(action, target)
+
+    pool = tuple(a for a in actions if futures > 1 or not a.needs_other)
+    return move() if pool == tuple(actions) else moves(pool, futures)
 
 
-def deliverable_steps() -> st.SearchStrategy[Step]:
-    """The steps a transport delivers (all but ``USER_CANCEL``)."""
-    return st.sampled_from(DELIVERABLE_STEPS)
-
-
-def step_sequences(
-    *, min_size: int = 0, max_size: int = 12, user_cancel: bool = True
-) -> st.SearchStrategy[list[Step]]:
-    """Sequences of steps for one future, in the order they happen."""
-    return st.lists(steps(user_cancel=user_cancel), min_size=min_size, max_size=max_size)
+def move_sequences(
+    actions: tuple[Action, ...] = DEFAULT_ACTIONS,
+    futures: int = 1,
+    *,
+    min_size: int = 0,
+    max_size: int = 12,
+) -> st.SearchStrategy[list[Move]]:
+    """Sequences of moves, for ``run_moves``."""
+    return st.lists(moves(actions, futures), min_size=min_size, max_size=max_size)
 
 
 # ---------------------------------------------------------------------------
@@ -283,8 +296,3 @@ def behaviours(
         duplicate_result=st.booleans(),
         answer_heartbeats=st.booleans() if silence else st.just(True),
     )
-
-
-def message_steps() -> st.SearchStrategy[Step]:
-    """The steps that are protocol messages (results and confirms)."""
-    return st.sampled_from(MESSAGE_STEPS)
