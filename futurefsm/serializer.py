@@ -133,7 +133,7 @@ class _BufferUnpickler(pickle.Unpickler):
 
 def _oob_dumps(
     pickler: type[_OutOfBandPickler | _OutOfBandCloudPickler], obj: Any
-) -> tuple[bytes, list[bytes]]:
+) -> tuple[bytes, Sequence[bytes]]:
     file = io.BytesIO()
     out = pickler(file)
     out.dump(obj)
@@ -158,10 +158,10 @@ class PickleSerializer:
         """``pickle.loads(data)``."""
         return pickle.loads(data)
 
-    def dumps_buffers(self, obj: Any) -> tuple[bytes, list[bytes]]:
+    def dumps_buffers(self, obj: Any) -> tuple[bytes, Sequence[bytes]]:
         """``dumps(obj)``, large ``bytes`` in it out of band (``OUT_OF_BAND_BYTES``)."""
         if not has_large_bytes(obj):
-            return self.dumps(obj), []
+            return self.dumps(obj), ()
         return _oob_dumps(_OutOfBandPickler, obj)
 
     def loads_buffers(self, data: bytes, buffers: Sequence[bytes]) -> Any:
@@ -188,13 +188,13 @@ class CloudpickleSerializer:
         """``pickle.loads(data)``."""
         return pickle.loads(data)
 
-    def dumps_buffers(self, obj: Any) -> tuple[bytes, list[bytes]]:
+    def dumps_buffers(self, obj: Any) -> tuple[bytes, Sequence[bytes]]:
         """``dumps(obj)``, large ``bytes`` in it out of band (``OUT_OF_BAND_BYTES``)."""
         plain, large = _scan(obj)
         if not large:  # as dumps() does
             if plain:
-                return pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL), []
-            return cloudpickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL), []
+                return pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL), ()
+            return cloudpickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL), ()
         return _oob_dumps(_OutOfBandPickler if plain else _OutOfBandCloudPickler, obj)
 
     def loads_buffers(self, data: bytes, buffers: Sequence[bytes]) -> Any:
@@ -202,12 +202,12 @@ class CloudpickleSerializer:
         return _oob_loads(data, buffers)
 
 
-def dumps_buffers(serializer: Serializer, obj: Any) -> tuple[bytes, list[bytes]]:
+def dumps_buffers(serializer: Serializer, obj: Any) -> tuple[bytes, Sequence[bytes]]:
     """``serializer.dumps_buffers(obj)`` if it has one (large ``bytes`` out of band),
-    else ``(serializer.dumps(obj), [])``."""
+    else ``(serializer.dumps(obj), ())``."""
     dumps = getattr(serializer, "dumps_buffers", None)
     if dumps is None:
-        return serializer.dumps(obj), []
+        return serializer.dumps(obj), ()
     data, buffers = dumps(obj)
     return data, buffers
 

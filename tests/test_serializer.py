@@ -219,7 +219,7 @@ def test_out_of_band_bytes_reach_a_closure_by_value_too():
 def test_small_arguments_stay_in_band():
     for value in [((), {}), ((b"x" * 1000, "s"), {}), ((_Int(3),), {})]:
         data, buffers = dumps_buffers(DEFAULT_SERIALIZER, value)
-        assert buffers == []
+        assert buffers == ()
         assert data == DEFAULT_SERIALIZER.dumps(value)
 
 
@@ -239,6 +239,6 @@ def test_buffers_that_do_not_match_the_pickle_are_refused_naming_them():
             return pickle.loads(data)
 
     plain = Plain()
-    assert dumps_buffers(plain, ((big,), {}))[1] == []  # no dumps_buffers: in band
+    assert dumps_buffers(plain, ((big,), {}))[1] == ()  # no dumps_buffers: in band
     with pytest.raises(TypeError, match="2 out-of-band buffers came with the data"):
         loads_buffers(plain, data, buffers)

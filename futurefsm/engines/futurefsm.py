@@ -249,13 +249,13 @@ class FutureFSMEngine(Engine):
         """Serialize the call and encode its Task (in the submitting thread)."""
         if len(self._outbox) >= _OUTBOX_HANDOFF:
             self._hand_off()
-        buffers: list[bytes] = []
-        function, arguments = self._serialize_call(fn, args, kwargs, buffers)
+        function, arguments, buffers = self._serialize_call(fn, args, kwargs, out_of_band=True)
         task_id = new_task_id()
         frame = encode_task(task_id, function, arguments)
         if buffers:
             _check_buffers(buffers)
-        return PreparedTask(task_id, frame, buffers)
+            return PreparedTask(task_id, frame, buffers)
+        return PreparedTask(task_id, frame)
 
     def _hand_off(self) -> None:
         """Let the I/O thread take the outbox before queueing more.
@@ -298,7 +298,7 @@ class FutureFSMEngine(Engine):
         for node in nodes:
             fn, args = flatten_nested(node.function, node.args)
             depends_on = tuple(task_ids[key] for key in node.dependencies)
-            function, arguments = self._serialize_call(fn, refs(args), {})
+            function, arguments, _ = self._serialize_call(fn, refs(args), {})
             task_id = task_ids[node.key]
             frame = encode(Task(task_id, function, arguments, group_id, depends_on))
             prepared.append(PreparedTask(task_id, frame))
@@ -341,10 +341,13 @@ class FutureFSMEngine(Engine):
         fn: Callable[..., Any],
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
-        buffers: list[bytes] | None = None,
-    ) -> tuple[bytes, bytes]:
-        """(function, arguments) serialized; with ``buffers``, large ``bytes`` in the
-        arguments are appended to it instead of pickled in band."""
+        *,
+        out_of_band: bool = False,
+    ) -> tuple[bytes, bytes, Sequence[bytes]]:
+        """(function, arguments, buffers) serialized; with ``out_of_band``, large
+        ``bytes`` in the arguments are the buffers instead of pickled in band (no
+        object is made for them when there are none: the garbage collector counts
+        every container a submit allocates)."""
         if not callable(fn):
             raise TypeError(f"submit() needs a callable, got {fn!r}")
         try:
@@ -354,17 +357,16 @@ class FutureFSMEngine(Engine):
                 f"cannot serialize the function {fn!r} for submit(): {error}"
             ) from error
         try:
-            if buffers is None:
-                arguments = self._serializer.dumps((args, kwargs))
+            if out_of_band:
+                arguments, buffers = dumps_buffers(self._serializer, (args, kwargs))
             else:
-                arguments, out_of_band = dumps_buffers(self._serializer, (args, kwargs))
-                buffers.extend(out_of_band)
+                arguments, buffers = self._serializer.dumps((args, kwargs)), ()
         except Exception as error:
             raise TypeError(
                 f"cannot serialize the arguments of {getattr(fn, '__name__', fn)!r} "
                 f"for submit(): {error}"
             ) from error
-        return function, arguments
+        return function, arguments, buffers
 
     # ------------------------------------------------------------------ I/O thread
 
@@ -697,7 +699,7 @@ class FutureFSMEngine(Engine):
         return None, WorkerDiedError(f"the worker running task {task_id.hex()} died: {reason}")
 
 
-def _check_buffers(buffers: list[bytes]) -> None:
+def _check_buffers(buffers: Sequence[bytes]) -> None:
     """Refuse, naming why, out-of-band buffers the scheduler would refuse."""
     if len(buffers) > MAX_BUFFERS:
         raise ProtocolError(
