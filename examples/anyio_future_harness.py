@@ -65,8 +65,6 @@ class AnyioPortalHarness(RaceHarness):
         except RuntimeError as error:  # the portal was stopped: nothing to deliver
             raise Unsupported(action) from error
         cf.wait(self.tasks if future is None else [future], timeout=DELIVERY_DEADLINE)
-        with contextlib.suppress(RuntimeError):  # let the loop finish running callbacks
-            self.portal.call(lambda: None)
 
     def close(self) -> None:
         """Stop the portal, cancelling what still runs, and its event loop."""

@@ -17,7 +17,6 @@ The cluster is started on first use and stopped by ``stop_cluster()``. Run it:
 
 from __future__ import annotations
 
-import queue
 import sys
 import threading
 import uuid
@@ -72,9 +71,6 @@ class DaskHarness(RaceHarness):
     def __init__(self) -> None:
         self.client = dask_client()
         self.answers: dict[distributed.Future, distributed.Variable] = {}
-        self.requests: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self.closed = False
-        threading.Thread(target=self._cancelling, daemon=True).start()
 
     def create(self) -> distributed.Future:
         name = f"racekit-{uuid.uuid4().hex}"
@@ -94,24 +90,6 @@ class DaskHarness(RaceHarness):
         if not heard.wait(DELIVERY_DEADLINE):
             raise TimeoutError(f"{future.key}: no answer in {DELIVERY_DEADLINE} s")
 
-    def cancel(self, future: distributed.Future) -> Any:
-        """``future.cancel()``, run by the harness's own thread: it waits only for the
-        client's event loop, in ``Condition.wait``, and the kit takes any such call for
-        one parked until a delivery, reading the futures while it is half done."""
-        if self.closed:  # a done-callback running after close()
-            return future.cancel()
-        answer: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self.requests.put((future, answer))
-        return answer.get()  # a SimpleQueue waits in C: not "parked"
-
-    def _cancelling(self) -> None:
-        while (request := self.requests.get()) is not None:
-            future, answer = request
-            try:
-                answer.put(future.cancel())
-            except Exception as error:
-                answer.put(error)
-
     def state(self, future: distributed.Future) -> str:
         return str(future.status)
 
@@ -120,8 +98,6 @@ class DaskHarness(RaceHarness):
         for variable in {v.name: v for v in self.answers.values()}.values():
             variable.set(("return", None))
         self.answers.clear()
-        self.closed = True
-        self.requests.put(None)
 
 
 class DaskSharedKeyHarness(DaskHarness):

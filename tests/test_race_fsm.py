@@ -139,7 +139,11 @@ class FSMMachine(RuleBasedStateMachine):
         for model in self.all:
             assert model.state is self.expected[id(model)]
 
-    @invariant()
+    def teardown(self) -> None:
+        """Histories only grow, so a step that broke one still shows at the end: checked
+        once per run, not after every step (that was quadratic: 136 s of the suite)."""
+        self.histories_walk_the_table_with_one_terminal_transition()
+
     def histories_walk_the_table_with_one_terminal_transition(self) -> None:
         for model in self.all:
             start = self.started[id(model)]
@@ -148,7 +152,7 @@ class FSMMachine(RuleBasedStateMachine):
                 assert TRANSITION_TABLE[source, trigger].effect is not Effect.STALE
 
 
-FSMMachine.TestCase.settings = settings(max_examples=examples(15), stateful_step_count=30)
+FSMMachine.TestCase.settings = settings(max_examples=examples(5), stateful_step_count=30)
 TestFSMMachine = FSMMachine.TestCase
 
 

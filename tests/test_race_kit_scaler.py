@@ -9,6 +9,8 @@ updating).
 from __future__ import annotations
 
 import importlib.util
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -51,3 +53,17 @@ def test_the_kit_finds_scalers_three_bugs() -> None:
     # The guide's table of them is this run's (python -m futurefsm.testing.guide --scaler).
     guide = GUIDE.read_text(encoding="utf-8")
     assert section(guide, "scaler") == scaler_findings(report)
+
+
+def test_the_example_exits_non_zero_on_a_finding() -> None:
+    """``python examples/scaler_future_harness.py``, as a user runs it: Scaler 2.9's
+    bugs are findings, so it prints the report and exits 1."""
+    version = (Path(scaler.__path__[0]) / "version.txt").read_text().strip()
+    if not version.startswith("2.9."):
+        pytest.skip(f"the expected findings are opengris-scaler 2.9's; this is {version}")
+    done = subprocess.run(
+        [sys.executable, str(EXAMPLE)], capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 1, f"exit {done.returncode}:\n{done.stdout}{done.stderr}"
+    assert "race kit on ScalerHarness" in done.stdout
+    assert "no_call_blocks_forever" in done.stdout, done.stdout

@@ -21,6 +21,7 @@ trigger leads to from there), for clients whose futures exist only once submitte
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Collection, Iterable, Mapping
 from concurrent.futures import _base
 from dataclasses import dataclass, field
@@ -181,7 +182,14 @@ class Contract:
 
     @classmethod
     def futurefsm(cls, born: Born = "pending") -> Contract:
-        """futurefsm's own ``TRANSITION_TABLE`` (docs/transitions.md)."""
+        """futurefsm's own ``TRANSITION_TABLE`` (docs/transitions.md).
+
+        Built once per ``born`` and shared (a contract is frozen): the checks after
+        every step ask for it, and building it costs about half a millisecond."""
+        return _futurefsm_contract(cls, born)
+
+    @classmethod
+    def _build_futurefsm(cls, born: Born) -> Contract:
         from ..fsm import TERMINAL_STATES, TRANSITION_TABLE, FutureState
 
         contract = cls.from_table(
@@ -217,3 +225,8 @@ class Contract:
     def name_of(value: Any) -> str:
         """A state or trigger as the contract spells it (an Enum by its value)."""
         return _name(value)
+
+
+@functools.cache
+def _futurefsm_contract(cls: type[Contract], born: Born) -> Contract:
+    return cls._build_futurefsm(born)
