@@ -36,6 +36,7 @@ import msgpack
 from .errors import FutureFSMError
 
 __all__ = [
+    "MAX_BUFFERS",
     "MAX_FRAME_BYTES",
     "PROTOCOL_VERSION",
     "TASK_ID_BYTES",
@@ -72,7 +73,12 @@ TASK_ID_BYTES = 16
 """Length in bytes of a task id or a group id."""
 
 MAX_FRAME_BYTES = 64 * 1024 * 1024
-"""Largest frame, in bytes, that ``encode`` produces or ``decode`` accepts."""
+"""Largest frame, in bytes, that ``encode`` produces or ``decode`` accepts; also the
+largest out-of-band buffer a Task may carry."""
+
+MAX_BUFFERS = 1024
+"""Most out-of-band buffers one Task may carry (frames of their own after its frame:
+large ``bytes`` in its arguments, ``serializer.dumps_buffers``)."""
 
 _SEQ_LIMIT = 2**63
 _ID = f"{TASK_ID_BYTES} bytes"

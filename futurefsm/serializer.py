@@ -11,8 +11,18 @@ client and the scheduler about what is inside them:
 - ``TaskResult(failed).payload``: ``encode_failure(exc, tb_text)``
 - ``TaskResult(worker_died).payload``: ``dumps(reason_text)``
 
+Large ``bytes`` (``OUT_OF_BAND_BYTES`` and more) inside a task's arguments travel
+out of band: ``dumps_buffers`` pickles the arguments with each such object replaced
+by a persistent id (its index), and returns the objects themselves beside the
+pickle; the client sends them as ZeroMQ frames of their own, without a copy, and
+``loads_buffers`` puts them back (docs/protocol.md, "Out-of-band buffers"). Pickle's
+own out-of-band mechanism (protocol 5 ``buffer_callback``) never takes ``bytes``:
+only ``PickleBuffer``s, which a task's arguments seldom are.
+
 The serializer is pluggable: anything with ``dumps(obj) -> bytes`` and
-``loads(bytes) -> obj``. ``CloudpickleSerializer`` is the default: functions defined
+``loads(bytes) -> obj``; out-of-band buffers need ``dumps_buffers`` and
+``loads_buffers`` too (the two built in here have them; another serializer's
+arguments travel in band, as before). ``CloudpickleSerializer`` is the default: functions defined
 in the user's script (``__main__``), lambdas, closures and methods of script classes
 are pickled by value, so they run on a scheduler that cannot import the script.
 ``PickleSerializer`` (stdlib pickle, by reference only) remains available.
@@ -24,9 +34,10 @@ you trust, and let only clients you trust connect to yours.
 
 from __future__ import annotations
 
+import io
 import pickle
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -36,17 +47,25 @@ from .errors import RemoteTraceback, TaskFailedError
 
 __all__ = [
     "DEFAULT_SERIALIZER",
+    "OUT_OF_BAND_BYTES",
     "CloudpickleSerializer",
     "DependencyRef",
     "DumpedFunctions",
     "PickleSerializer",
     "Serializer",
     "decode_failure",
+    "dumps_buffers",
     "encode_failure",
+    "has_large_bytes",
     "is_pickled_by_reference",
     "is_plain",
+    "loads_buffers",
     "substitute_dependencies",
 ]
+
+OUT_OF_BAND_BYTES = 1 << 20
+"""A ``bytes`` object of at least this many bytes in a task's arguments travels as a
+frame of its own (``dumps_buffers``); smaller ones are pickled in band."""
 
 
 class Serializer(Protocol):
@@ -61,6 +80,72 @@ class Serializer(Protocol):
         ...
 
 
+class _OutOfBand:
+    """What a pickler needs to send large ``bytes`` out of band: ``persistent_id``."""
+
+    buffers: list[bytes]
+    indices: dict[int, int]
+
+    def persistent_id(self, obj: Any) -> int | None:
+        """The index of ``obj`` in ``buffers`` if it is large ``bytes`` (appended the
+        first time it is seen); None for anything else (pickled in band)."""
+        if type(obj) is bytes and len(obj) >= OUT_OF_BAND_BYTES:
+            index = self.indices.get(id(obj))
+            if index is None:
+                index = self.indices[id(obj)] = len(self.buffers)
+                self.buffers.append(obj)
+            return index
+        return None
+
+
+class _OutOfBandPickler(_OutOfBand, pickle.Pickler):
+    def __init__(self, file: io.BytesIO) -> None:
+        super().__init__(file, protocol=pickle.HIGHEST_PROTOCOL)
+        self.buffers, self.indices = [], {}
+
+
+class _OutOfBandCloudPickler(_OutOfBand, cloudpickle.Pickler):
+    def __init__(self, file: io.BytesIO) -> None:
+        super().__init__(file, protocol=pickle.HIGHEST_PROTOCOL)
+        self.buffers, self.indices = [], {}
+
+
+class _BufferUnpickler(pickle.Unpickler):
+    """Unpickles what ``_OutOfBand`` pickled: each persistent id names a buffer."""
+
+    def __init__(self, data: bytes, buffers: Sequence[bytes]) -> None:
+        super().__init__(io.BytesIO(data))
+        self._buffers = list(buffers)
+
+    def persistent_load(self, pid: Any) -> Any:
+        """The buffer ``pid`` names, as ``bytes`` (a zero-copy frame is copied once,
+        the first time: every reference to it is the same object, as it was)."""
+        buffers = self._buffers
+        if type(pid) is not int or not 0 <= pid < len(buffers):
+            raise pickle.UnpicklingError(
+                f"out-of-band buffer {pid!r}: the task came with {len(buffers)} buffers"
+            )
+        buffer = buffers[pid]
+        if type(buffer) is not bytes:
+            buffer = buffers[pid] = bytes(buffer)
+        return buffer
+
+
+def _oob_dumps(
+    pickler: type[_OutOfBandPickler | _OutOfBandCloudPickler], obj: Any
+) -> tuple[bytes, Sequence[bytes]]:
+    file = io.BytesIO()
+    out = pickler(file)
+    out.dump(obj)
+    return file.getvalue(), out.buffers
+
+
+def _oob_loads(data: bytes, buffers: Sequence[bytes]) -> Any:
+    if not buffers:
+        return pickle.loads(data)
+    return _BufferUnpickler(data, buffers).load()
+
+
 class PickleSerializer:
     """Stdlib ``pickle`` at its highest protocol: functions by reference only (they
     must be importable by the scheduler)."""
@@ -72,6 +157,16 @@ class PickleSerializer:
     def loads(self, data: bytes) -> Any:
         """``pickle.loads(data)``."""
         return pickle.loads(data)
+
+    def dumps_buffers(self, obj: Any) -> tuple[bytes, Sequence[bytes]]:
+        """``dumps(obj)``, large ``bytes`` in it out of band (``OUT_OF_BAND_BYTES``)."""
+        if not has_large_bytes(obj):
+            return self.dumps(obj), ()
+        return _oob_dumps(_OutOfBandPickler, obj)
+
+    def loads_buffers(self, data: bytes, buffers: Sequence[bytes]) -> Any:
+        """What ``dumps_buffers`` pickled, with its buffers."""
+        return _oob_loads(data, buffers)
 
 
 class CloudpickleSerializer:
@@ -93,6 +188,44 @@ class CloudpickleSerializer:
         """``pickle.loads(data)``."""
         return pickle.loads(data)
 
+    def dumps_buffers(self, obj: Any) -> tuple[bytes, Sequence[bytes]]:
+        """``dumps(obj)``, large ``bytes`` in it out of band (``OUT_OF_BAND_BYTES``)."""
+        plain, large = _scan(obj)
+        if not large:  # as dumps() does
+            if plain:
+                return pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL), ()
+            return cloudpickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL), ()
+        return _oob_dumps(_OutOfBandPickler if plain else _OutOfBandCloudPickler, obj)
+
+    def loads_buffers(self, data: bytes, buffers: Sequence[bytes]) -> Any:
+        """What ``dumps_buffers`` pickled, with its buffers."""
+        return _oob_loads(data, buffers)
+
+
+def dumps_buffers(serializer: Serializer, obj: Any) -> tuple[bytes, Sequence[bytes]]:
+    """``serializer.dumps_buffers(obj)`` if it has one (large ``bytes`` out of band),
+    else ``(serializer.dumps(obj), ())``."""
+    dumps = getattr(serializer, "dumps_buffers", None)
+    if dumps is None:
+        return serializer.dumps(obj), ()
+    data, buffers = dumps(obj)
+    return data, buffers
+
+
+def loads_buffers(serializer: Serializer, data: bytes, buffers: Sequence[bytes]) -> Any:
+    """What ``dumps_buffers`` made of an object, back; ``serializer.loads(data)``
+    without buffers. Raises ``TypeError`` for buffers that ``serializer`` cannot take
+    (it has no ``loads_buffers``)."""
+    if not buffers:
+        return serializer.loads(data)
+    loads = getattr(serializer, "loads_buffers", None)
+    if loads is None:
+        raise TypeError(
+            f"{len(buffers)} out-of-band buffers came with the data, and the serializer "
+            f"{serializer!r} has no loads_buffers to take them"
+        )
+    return loads(data, buffers)
+
 
 DEFAULT_SERIALIZER: Serializer = CloudpickleSerializer()
 
@@ -107,28 +240,44 @@ def is_plain(obj: Any) -> bool:
     ``tuple``, ``list``, ``dict``, ``set``, ``frozenset``), at most 64 objects in all
     (larger ones are not looked through: False). Stdlib ``pickle`` and ``cloudpickle``
     pickle such data alike: no function, class or subclass in it to send by value."""
+    return _scan(obj)[0]
+
+
+def has_large_bytes(obj: Any) -> bool:
+    """True if ``obj`` is, or holds in builtin containers (as ``is_plain`` looks
+    through them; other objects are not looked into), ``bytes`` of
+    ``OUT_OF_BAND_BYTES`` or more."""
+    return _scan(obj)[1]
+
+
+def _scan(obj: Any) -> tuple[bool, bool]:
+    """(``is_plain(obj)``, ``has_large_bytes(obj)``), in one walk."""
     budget = _PLAIN_BUDGET
     stack = [obj]
     pop, extend = stack.pop, stack.extend
     scalars, containers = _PLAIN_SCALARS, _PLAIN_CONTAINERS
+    plain, large = True, False
     while stack:
         item = pop()
         kind = type(item)
         if kind in scalars:
+            if kind is bytes and len(item) >= OUT_OF_BAND_BYTES:
+                large = True
             continue
         if kind not in containers:
-            return False
+            plain = False
+            continue
         if not item:
             continue
         budget -= len(item)
         if budget < 0:
-            return False
+            return False, large
         if kind is dict:
             extend(item.keys())
             extend(item.values())
         else:
             extend(item)
-    return True
+    return plain, large
 
 
 _STRING_OPS = {0x8C: 1, 0x58: 4}  # SHORT_BINUNICODE: 1-byte length; BINUNICODE: 4

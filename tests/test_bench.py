@@ -28,7 +28,16 @@ def test_fsm_benchmark_reports_three_ratios(capsys):
 
 def test_e2e_benchmark_measures_every_figure(capsys):
     with stages(e2e.STAGES, "bench e2e", disable=False) as bar:
-        figures = e2e.measure(tasks_count=200, cancels=5, bulk=100, rounds=2, alive=(100, 400))
+        figures = e2e.measure(
+            tasks_count=200,
+            cancels=5,
+            bulk=100,
+            rounds=2,
+            alive=(100, 400),
+            one_at_a_time=20,
+            blob_bytes=1_000_000,
+            blob_reps=1,
+        )
     assert bar.n == e2e.STAGES  # main's bar counts every stage measure() runs
     assert "bench e2e: 100%" in capsys.readouterr().err
     assert figures["echo_sequential_per_s"] > 0 and figures["tasks_per_s"] > 0
@@ -40,6 +49,19 @@ def test_e2e_benchmark_measures_every_figure(capsys):
         assert cpu["scheduler"] >= 0 and cpu["workers"] >= 0
     # The denominator is the pipelined echo; the sequential one is shown for scale.
     assert figures["tasks_vs_pipelined"] == figures["tasks_per_s"] / figures["echo_pipelined_per_s"]
+    # One task at a time against the echo's sequential round trip, both measured here.
+    assert 0 < figures["task_round_trip_p50_us"] <= figures["task_round_trip_p99_us"]
+    assert figures["round_trip_ratio"] == pytest.approx(
+        figures["task_round_trip_p50_us"] / figures["echo_round_trip_p50_us"]
+    )
+    # The big argument's round trip against two raw hops of the same bytes.
+    assert figures["blob_bytes"] == 1_000_000
+    assert figures["two_hops_ms"] > 0 and figures["blob_round_trip_ms"] > 0
+    assert figures["blob_ratio"] == pytest.approx(
+        figures["blob_round_trip_ms"] / figures["two_hops_ms"]
+    )
+    if sys.platform == "linux":
+        assert figures["scheduler_rss_bytes"] > 0
     assert figures["submit_few_us"] > 0 and figures["submit_many_us"] > 0
     assert figures["memory_live_future_bytes"] > 0 and figures["memory_stdlib_bytes"] > 0
     assert 0 < figures["cancel_p50_ms"] <= figures["cancel_p99_ms"]

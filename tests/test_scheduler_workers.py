@@ -56,7 +56,9 @@ from futurefsm.scheduler_stub import SchedulerStub
 from futurefsm.scheduler_stub.processes import (
     FRAME_HEADER,
     WorkerSlots,
+    _take_raw,
     send_frame,
+    take_frame,
     take_frames,
     write_all,
 )
@@ -896,3 +898,38 @@ def test_send_frame_frames_small_and_large_payloads_alike(size: int) -> None:
 def test_write_all_writes_everything_through_a_full_socket_buffer() -> None:
     data = os.urandom(4 * 1024 * 1024)  # far more than the buffers hold: partial writes
     assert _received_through(lambda fd: write_all(fd, data), len(data), sndbuf=4096) == data
+
+
+def test_take_frame_takes_one_message_and_leaves_raw_bytes_after_it() -> None:
+    buffer = bytearray(FRAME_HEADER.pack(3) + b"abc" + b"raw bytes, no header")
+    assert take_frame(buffer) == b"abc"
+    assert buffer == b"raw bytes, no header"  # take_frames would misread these
+    assert take_frame(bytearray(FRAME_HEADER.pack(5) + b"abc")) is None
+    with pytest.raises(OSError, match="bad frame length -1"):
+        take_frame(bytearray(FRAME_HEADER.pack(-1)))
+
+
+@pytest.mark.parametrize("held", [0, 1000])
+def test_take_raw_reads_a_buffer_whole_after_what_was_read_already(held: int) -> None:
+    data = os.urandom(4 * 1024 * 1024)  # more than a socket buffer holds
+    tail = b"next batch"
+    ours, theirs = socket.socketpair()
+    writer = threading.Thread(target=write_all, args=(ours.fileno(), data[held:] + tail))
+    writer.start()
+    try:
+        buffer = bytearray(data[:held])
+        assert _take_raw(theirs, buffer, len(data)) == data
+        assert buffer == b""
+        assert theirs.recv(len(tail), socket.MSG_WAITALL) == tail  # nothing read past it
+    finally:
+        writer.join(WAIT)
+        ours.close()
+        theirs.close()
+
+
+def test_take_raw_takes_a_small_buffer_read_already_off_the_front() -> None:
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        buffer = bytearray(b"0123456789")
+        assert _take_raw(theirs, buffer, 4) == b"0123"
+        assert buffer == b"456789"

@@ -4,21 +4,27 @@ only those."""
 from __future__ import annotations
 
 import functools
+import os
 import pickle
 import sys
 import types
 
 import cloudpickle
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from futurefsm.scheduler_stub import sample_tasks
 from futurefsm.serializer import (
+    DEFAULT_SERIALIZER,
+    OUT_OF_BAND_BYTES,
     CloudpickleSerializer,
     DumpedFunctions,
     PickleSerializer,
+    dumps_buffers,
     is_pickled_by_reference,
     is_plain,
+    loads_buffers,
 )
 
 
@@ -178,3 +184,61 @@ def test_anything_but_plain_data_goes_to_cloudpickle():
     looped: list[object] = []
     looped.append(looped)
     assert not is_plain(looped)  # a cycle ends when the budget does
+
+
+@pytest.mark.parametrize("serializer", [CloudpickleSerializer(), PickleSerializer()])
+def test_large_bytes_travel_out_of_band_once_each_and_come_back_as_bytes(serializer):
+    big = os.urandom(OUT_OF_BAND_BYTES)
+    other = os.urandom(OUT_OF_BAND_BYTES + 1)
+    small = b"s" * (OUT_OF_BAND_BYTES - 1)
+    value = ((big, 1, [big, small], other), {"k": big})
+    data, buffers = dumps_buffers(serializer, value)
+    # Each large object once, by identity, in the order met; none of it in the pickle.
+    assert [id(b) for b in buffers] == [id(big), id(other)]
+    assert len(data) < len(small) + 1000
+    # Frames arrive as buffers (zero-copy memoryviews): they come back as bytes, one
+    # object per buffer, wherever it was referenced.
+    loaded = loads_buffers(serializer, data, [memoryview(b) for b in buffers])
+    assert loaded == value
+    args, kwargs = loaded
+    assert type(args[0]) is bytes and args[0] is args[2][0] is kwargs["k"]
+
+
+def test_out_of_band_bytes_reach_a_closure_by_value_too():
+    big = os.urandom(OUT_OF_BAND_BYTES)
+
+    def local():
+        return len(big)
+
+    data, buffers = dumps_buffers(DEFAULT_SERIALIZER, ((local, big), {}))
+    assert [id(b) for b in buffers] == [id(big)]
+    (fn, arg), _ = loads_buffers(DEFAULT_SERIALIZER, data, buffers)
+    assert fn() == OUT_OF_BAND_BYTES and arg is buffers[0]
+
+
+def test_small_arguments_stay_in_band():
+    for value in [((), {}), ((b"x" * 1000, "s"), {}), ((_Int(3),), {})]:
+        data, buffers = dumps_buffers(DEFAULT_SERIALIZER, value)
+        assert buffers == ()
+        assert data == DEFAULT_SERIALIZER.dumps(value)
+
+
+def test_buffers_that_do_not_match_the_pickle_are_refused_naming_them():
+    big, other = os.urandom(OUT_OF_BAND_BYTES), os.urandom(OUT_OF_BAND_BYTES)
+    data, buffers = dumps_buffers(DEFAULT_SERIALIZER, ((big, other), {}))
+    with pytest.raises(pickle.UnpicklingError, match="out-of-band buffer 1: the task came with 1"):
+        DEFAULT_SERIALIZER.loads_buffers(data, buffers[:1])
+    with pytest.raises(pickle.UnpicklingError, match="persistent"):
+        DEFAULT_SERIALIZER.loads_buffers(data, [])
+
+    class Plain:
+        def dumps(self, obj):
+            return pickle.dumps(obj)
+
+        def loads(self, data):
+            return pickle.loads(data)
+
+    plain = Plain()
+    assert dumps_buffers(plain, ((big,), {}))[1] == ()  # no dumps_buffers: in band
+    with pytest.raises(TypeError, match="2 out-of-band buffers came with the data"):
+        loads_buffers(plain, data, buffers)

@@ -55,6 +55,8 @@ from ..addresses import check_address
 from ..errors import DependencyGone, TaskFailedError, WorkerDiedError
 from ..keys import load_public_key, load_secret_key
 from ..protocol import (
+    MAX_BUFFERS,
+    MAX_FRAME_BYTES,
     Batch,
     Disconnect,
     HeartbeatEcho,
@@ -74,10 +76,12 @@ from ..protocol import (
 )
 from ..serializer import (
     DEFAULT_SERIALIZER,
+    OUT_OF_BAND_BYTES,
     DependencyRef,
     DumpedFunctions,
     Serializer,
     decode_failure,
+    dumps_buffers,
     substitute_dependencies,
 )
 from . import Engine, EngineClient, GraphNode, KeyRef
@@ -115,6 +119,9 @@ class PreparedTask(NamedTuple):
 
     task_id: bytes
     frame: bytes
+    buffers: Sequence[bytes] = ()
+    """The out-of-band buffers of its arguments (large ``bytes``): frames of their own
+    after the Task's, sent without a copy (docs/protocol.md)."""
 
 
 class PreparedDependent(NamedTuple):
@@ -280,9 +287,13 @@ class FutureFSMEngine(Engine):
             self._hand_over_first()
         if len(self._outbox) >= _OUTBOX_HANDOFF:
             self._hand_off()
-        function, arguments = self._serialize_call(fn, args, kwargs)
+        function, arguments, buffers = self._serialize_call(fn, args, kwargs, out_of_band=True)
         task_id = new_task_id()
-        return PreparedTask(task_id, encode_task(task_id, function, arguments))
+        frame = encode_task(task_id, function, arguments)
+        if buffers:
+            _check_buffers(buffers)
+            return PreparedTask(task_id, frame, buffers)
+        return PreparedTask(task_id, frame)
 
     def _hand_over_first(self) -> None:
         """Wait until the task that found the client idle has been sent (see send()).
@@ -337,7 +348,7 @@ class FutureFSMEngine(Engine):
         for node in nodes:
             fn, args = flatten_nested(node.function, node.args)
             depends_on = tuple(task_ids[key] for key in node.dependencies)
-            function, arguments = self._serialize_call(fn, refs(args), {})
+            function, arguments, _ = self._serialize_call(fn, refs(args), {})
             task_id = task_ids[node.key]
             frame = encode(Task(task_id, function, arguments, group_id, depends_on))
             prepared.append(PreparedTask(task_id, frame))
@@ -367,7 +378,7 @@ class FutureFSMEngine(Engine):
                 self._holds[task_id] = self._holds.get(task_id, 0) + 1
         try:
             call = replace_key_refs((args, kwargs), lambda ref: DependencyRef(ref.key))
-            function, arguments = self._serialize_call(fn, *call)
+            function, arguments, _ = self._serialize_call(fn, *call)
         except BaseException:
             self._release_holds(ids)
             raise
@@ -455,8 +466,17 @@ class FutureFSMEngine(Engine):
     # ------------------------------------------------------------------ serializing
 
     def _serialize_call(
-        self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> tuple[bytes, bytes]:
+        self,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        *,
+        out_of_band: bool = False,
+    ) -> tuple[bytes, bytes, Sequence[bytes]]:
+        """(function, arguments, buffers) serialized; with ``out_of_band``, large
+        ``bytes`` in the arguments are the buffers instead of pickled in band (no
+        object is made for them when there are none: the garbage collector counts
+        every container a submit allocates)."""
         if not callable(fn):
             raise TypeError(f"submit() needs a callable, got {fn!r}")
         try:
@@ -466,13 +486,16 @@ class FutureFSMEngine(Engine):
                 f"cannot serialize the function {fn!r} for submit(): {error}"
             ) from error
         try:
-            arguments = self._serializer.dumps((args, kwargs))
+            if out_of_band:
+                arguments, buffers = dumps_buffers(self._serializer, (args, kwargs))
+            else:
+                arguments, buffers = self._serializer.dumps((args, kwargs)), ()
         except Exception as error:
             raise TypeError(
                 f"cannot serialize the arguments of {getattr(fn, '__name__', fn)!r} "
                 f"for submit(): {error}"
             ) from error
-        return function, arguments
+        return function, arguments, buffers
 
     # ------------------------------------------------------------------ I/O thread
 
@@ -652,7 +675,12 @@ class FutureFSMEngine(Engine):
                     # "sent" before the bytes go: a cancel after this point finds the
                     # future running and queues its TaskCancel behind this Task.
                     if sending(prepared.task_id):
-                        tasks.append(prepared.frame)
+                        if not prepared.buffers:
+                            tasks.append(prepared.frame)
+                            continue
+                        if tasks:  # in order, and alone: its buffers follow its frame
+                            self._send_batched(tasks)
+                        self._send_with_buffers(prepared.frame, prepared.buffers)
                     continue
                 if tasks:  # in order: whatever follows goes after these Tasks
                     self._send_batched(tasks)
@@ -786,6 +814,14 @@ class FutureFSMEngine(Engine):
             return
         client.deliver_result(task_id, value, error)
 
+    def _send_with_buffers(self, frame: bytes, buffers: Sequence[bytes]) -> None:
+        """A Task's frame and its out-of-band buffers, as one multipart message; the
+        buffers without a copy (libzmq holds them until they are on the wire)."""
+        try:
+            self._socket.send_multipart([frame, *buffers], _NOBLOCK, copy=False)
+        except zmq.Again:  # as in _send
+            pass
+
     def _send(self, frame: bytes) -> None:
         # Only over a connection that is up (IMMEDIATE), with no high water mark: this
         # never blocks. If the connection closed a moment ago the frame is dropped
@@ -859,3 +895,20 @@ class FutureFSMEngine(Engine):
         except Exception:
             reason = "no reason given"
         return None, WorkerDiedError(f"the worker running task {task_id.hex()} died: {reason}")
+
+
+def _check_buffers(buffers: Sequence[bytes]) -> None:
+    """Refuse, naming why, out-of-band buffers the scheduler would refuse."""
+    if len(buffers) > MAX_BUFFERS:
+        raise ProtocolError(
+            f"the arguments hold {len(buffers)} bytes objects of "
+            f"{OUT_OF_BAND_BYTES} bytes or more (at most {MAX_BUFFERS} per task): "
+            "join them, or send them in several tasks"
+        )
+    for buffer in buffers:
+        if len(buffer) > MAX_FRAME_BYTES:
+            raise ProtocolError(
+                f"a bytes argument of {len(buffer)} bytes exceeds the "
+                f"{MAX_FRAME_BYTES}-byte limit of a frame: split it across tasks"
+            )
+

@@ -25,6 +25,10 @@ Wire, all over Unix socket pairs:
   batches of tasks, ``msgpack([[slot, task_id, function, args, dep_payloads], ...])``,
   each task answered in order by one byte of ``ResultStatus`` code followed by the
   encoded ``TaskResult`` frame, or by ``SKIPPED`` (one byte) if it was not started.
+  A task whose arguments have out-of-band buffers (large ``bytes``, sent by the
+  client as frames of their own) has a sixth item, their sizes; their bytes follow
+  the batch's frame on the stream, raw, in order (no framing, no copy on either side
+  but the kernel's; the worker reads them straight into ``bytes`` objects).
 - a small shared file without a name (``WorkerSlots``; a memfd, so nothing is left
   behind whoever dies), one byte per ``slot``, which says whether the
   task sent in that slot is still queued, started, done, or taken back by the stub.
@@ -58,6 +62,7 @@ import threading
 from collections import deque
 from collections.abc import Callable
 from multiprocessing.connection import Connection
+from typing import Any
 
 __all__ = [
     "DONE",
@@ -72,6 +77,7 @@ __all__ = [
     "fork_worker",
     "kill_worker",
     "send_frame",
+    "take_frame",
     "take_frames",
     "worker_main",
     "write_all",
@@ -118,6 +124,45 @@ def take_frames(buffer: bytearray) -> list[bytes]:
             messages.append(view[start:position].tobytes())
     del buffer[:position]
     return messages
+
+
+def take_frame(buffer: bytearray) -> bytes | None:
+    """Take the first whole message off the front of ``buffer``; None if there is none
+    yet (what comes after it stays: it may be raw bytes, not messages)."""
+    if len(buffer) < 4:
+        return None
+    (size,) = FRAME_HEADER.unpack_from(buffer)
+    if size < 0:
+        raise OSError(f"bad frame length {size}")
+    end = 4 + size
+    if len(buffer) < end:
+        return None
+    with memoryview(buffer) as view:
+        message = bytes(view[4:end])
+    del buffer[:end]
+    return message
+
+
+def _take_raw(stream: socket.socket, buffer: bytearray, size: int) -> bytes:
+    """``size`` raw bytes: what ``buffer`` holds of them first (taken off it), the
+    rest read from ``stream``. Read straight into one ``bytes`` object when
+    ``buffer`` holds none of them (the usual case: no copy); else joined once."""
+    have = len(buffer)
+    if have >= size:
+        with memoryview(buffer) as view:
+            data = bytes(view[:size])
+        del buffer[:size]
+        return data
+    parts = [bytes(buffer)] if have else []
+    buffer.clear()
+    need = size - have
+    while need:
+        chunk = stream.recv(need, socket.MSG_WAITALL)
+        if not chunk:
+            raise OSError("the stub closed the connection in the middle of a task's buffers")
+        parts.append(chunk)
+        need -= len(chunk)
+    return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
 def send_frame(fd: int, header: bytes, payload: bytes) -> None:
@@ -424,9 +469,10 @@ def worker_main(fd: int) -> int:
     connection.send_bytes(b"ready")
     # From here on the descriptor is read and written directly (Connection's framing):
     # a read takes every batch the stub wrote, a result is one write.
-    pending: deque[list[object]] = deque()
+    pending: deque[list[Any]] = deque()
     buffer = bytearray()
     unpackb, read, header = msgpack.unpackb, os.read, _RESULT_HEADER.pack
+    stream = socket.socket(fileno=fd)  # for recv(MSG_WAITALL): raw buffers, whole
     while True:
         try:
             while not pending:
@@ -434,11 +480,18 @@ def worker_main(fd: int) -> int:
                 if not data:
                     return 0
                 buffer += data
-                for message in take_frames(buffer):
-                    pending.extend(unpackb(message))
+                while True:
+                    message = take_frame(buffer)
+                    if message is None:
+                        break
+                    items = unpackb(message)
+                    for item in items:
+                        if len(item) > 5:  # its raw buffers follow the batch, in order
+                            item[5] = [_take_raw(stream, buffer, size) for size in item[5]]
+                    pending.extend(items)
         except OSError:
             return 0
-        slot, task_id, function, args, dep_payloads = pending.popleft()
+        slot, task_id, function, args, dep_payloads, *buffers = pending.popleft()
         lockf(slots_fd, _LOCK_EX)  # slots.lock(), .unlock(): inline, as it is per task
         started = memory[slot] == QUEUED
         if started:
@@ -448,7 +501,15 @@ def worker_main(fd: int) -> int:
             if not started:
                 write_all(fd, _SKIPPED_FRAME)
                 continue
-            status, frame = run_call(task_id, function, args, dep_payloads, serializer, functions)
+            status, frame = run_call(
+                task_id,
+                function,
+                args,
+                dep_payloads,
+                serializer,
+                functions,
+                buffers[0] if buffers else (),
+            )
             # Not under the lock: a stub that still reads STARTED kills this process, whose
             # result it then discards, and it cannot start another task without the lock.
             memory[slot] = DONE

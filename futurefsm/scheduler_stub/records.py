@@ -29,8 +29,9 @@ a dependent of an older, forgotten group member waits until it is cancelled.
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Sequence
 from enum import Enum
-from typing import TypeAlias
+from typing import Any, TypeAlias
 
 from ..protocol import ResultStatus, Task, TaskResult
 from .behaviour import Behaviour
@@ -97,6 +98,7 @@ class TaskRecord:
         "after_finish",
         "args",
         "behaviour",
+        "buffers",
         "client",
         "confirms_after_result",
         "dep_payloads",
@@ -141,6 +143,9 @@ class TaskRecord:
         """Records that wait for it (None: none yet)."""
         self.worker: object = None
         """The worker process running it, if any (the pool's business)."""
+        self.buffers: Sequence[Any] = ()
+        """The out-of-band buffers of its arguments (frames that came after the Task,
+        held without a copy: the worker gets them as they are)."""
 
     @classmethod
     def of(cls, client: bytes, task: Task, behaviour: Behaviour, index: int) -> TaskRecord:

@@ -9,11 +9,11 @@ from __future__ import annotations
 import threading
 import traceback
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from ..protocol import ResultStatus, TaskResult, encode, result_frame
-from ..serializer import Serializer, encode_failure, substitute_dependencies
+from ..serializer import Serializer, encode_failure, loads_buffers, substitute_dependencies
 
 __all__ = [
     "STATUSES",
@@ -39,8 +39,10 @@ def run_call(
     dep_payloads: dict[bytes, bytes] | None,
     serializer: Serializer,
     functions: FunctionCache,
+    buffers: Sequence[bytes] = (),
 ) -> tuple[int, bytes]:
     """Run one task; return its status code (``STATUS_CODES``) and its encoded result.
+    ``buffers``: the out-of-band buffers of its arguments (``serializer.dumps_buffers``).
 
     Never raises for anything the task does: an exception while unpickling the
     function or arguments, in the call (even ``SystemExit``), while pickling the value,
@@ -48,7 +50,7 @@ def run_call(
     """
     try:
         fn = functions.load(function)
-        call_args, kwargs = serializer.loads(args)
+        call_args, kwargs = loads_buffers(serializer, args, buffers)
         if dep_payloads:
             values = {dep: serializer.loads(p) for dep, p in dep_payloads.items()}
             call_args = substitute_dependencies(call_args, values)

@@ -95,6 +95,8 @@ from typing import Any
 import zmq
 
 from ..protocol import (
+    MAX_BUFFERS,
+    MAX_FRAME_BYTES,
     Batch,
     Disconnect,
     Heartbeat,
@@ -154,6 +156,7 @@ _MAX_POLL_MS = 60_000
 
 _POLLOUT, _POLLIN_OR_ERR = int(zmq.POLLOUT), int(zmq.POLLIN | zmq.POLLERR)
 _NOBLOCK = int(zmq.NOBLOCK)  # a plain int: pyzmq's flag enums cost time per call
+_RCVMORE = int(zmq.RCVMORE)
 
 
 def _bind_endpoint(address: str) -> str:
@@ -553,8 +556,11 @@ class SchedulerStub(TaskEvents):
             except zmq.Again:
                 return
             frames = [id_frame.bytes]
+            buffers: list[zmq.Frame] = []
             if id_frame.more:
-                frames += router.recv_multipart(_NOBLOCK)
+                frames.append(router.recv(_NOBLOCK))
+                if router.getsockopt(_RCVMORE):  # a Task's out-of-band buffers: no copy
+                    buffers = router.recv_multipart(_NOBLOCK, copy=False)
             identity = frames[0]
             if not peers.knows(identity):
                 gone, admitted = peers.admit(identity, id_frame)
@@ -569,9 +575,9 @@ class SchedulerStub(TaskEvents):
                     identity.hex(),
                     id_frame.get("Peer-Address"),
                 )
-                if len(frames) == 2 and not frames[1]:
+                if len(frames) == 2 and not frames[1] and not buffers:
                     continue  # the probe that opens a client's connection (PROBE_ROUTER)
-            self._guarded(self._on_frames, frames)
+            self._guarded(self._on_frames, frames, buffers)
 
     def _clients_gone(self, identities: list[bytes]) -> None:
         """Their connections closed: drop their work as a ``Disconnect`` would."""
@@ -581,7 +587,9 @@ class SchedulerStub(TaskEvents):
             logger.info("scheduler stub: client %s disconnected", identity.hex())
             self._guarded(self._drop_client, identity, "its connection closed")
 
-    def _on_frames(self, frames: list[bytes]) -> None:
+    def _on_frames(self, frames: list[bytes], buffers: list[zmq.Frame]) -> None:
+        """One message (``frames``: the routing id and the message's frame), with the
+        out-of-band buffers that came after it, which only a Task may have."""
         identity = frames[0]
         if len(frames) != 2:
             self._protocol_error(
@@ -592,6 +600,9 @@ class SchedulerStub(TaskEvents):
             message = decode(frames[1])
         except ProtocolError as exc:
             self._protocol_error(identity, str(exc))
+            return
+        if buffers:
+            self._on_buffers(identity, message, buffers)
             return
         if type(message) is Batch:  # several messages in one frame: each on its own
             if self._behaviour_fn is None and not self._log_messages:
@@ -604,6 +615,31 @@ class SchedulerStub(TaskEvents):
                     self._guarded(self._on_message, identity, item, size)
             return
         self._on_message(identity, message, len(frames[1]))
+
+    def _on_buffers(self, identity: bytes, message: Message, buffers: list[zmq.Frame]) -> None:
+        """A message followed by out-of-band buffers: a Task's (docs/protocol.md)."""
+        if type(message) is not Task:
+            self._protocol_error(
+                identity,
+                f"{len(buffers)} frames after a {type(message).__name__}: only a Task "
+                "carries out-of-band buffers",
+            )
+            return
+        if len(buffers) > MAX_BUFFERS:
+            self._protocol_error(
+                identity, f"a Task with {len(buffers)} out-of-band buffers (at most {MAX_BUFFERS})"
+            )
+            return
+        for index, buffer in enumerate(buffers):
+            if len(buffer) > MAX_FRAME_BYTES:
+                self._protocol_error(
+                    identity,
+                    f"out-of-band buffer {index} of task {message.task_id.hex()}: "
+                    f"{len(buffer)} bytes, over the {MAX_FRAME_BYTES}-byte frame limit",
+                )
+                return
+        self._observed.note("in", identity, message, sum(len(b) for b in buffers))
+        self._on_task(identity, message, buffers)
 
     def _on_batch(self, identity: bytes, frames: tuple[bytes, ...]) -> None:
         """The messages of a Batch, in order, as ``unbatch`` and ``_on_message`` would

@@ -20,9 +20,9 @@ import itertools
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import DependencyGone
 from ..protocol import (
@@ -46,6 +46,9 @@ from .records import (
 )
 from .task_table import HELD_STATES, TASK_TABLE, TaskCell, TaskEffect, TaskEvent, TaskState
 from .workers import STATUSES, Inbox, ProcessPool, ThreadPool
+
+if TYPE_CHECKING:
+    import zmq
 
 __all__ = ["TaskEvents"]
 
@@ -111,7 +114,10 @@ class TaskEvents(Outbound):
 
     # -- inbound task messages
 
-    def _on_task(self, identity: bytes, task: Task) -> None:
+    def _on_task(
+        self, identity: bytes, task: Task, buffers: Sequence[bytes | zmq.Frame] = ()
+    ) -> None:
+        """A Task arrived (with the out-of-band buffers of its arguments, if any)."""
         index = self._arrivals
         self._arrivals += 1
         self._arriving = task
@@ -126,6 +132,8 @@ class TaskEvents(Outbound):
             self._protocol_error(identity, f"task id {task.task_id.hex()} is already in use")
             return
         record = TaskRecord.of(identity, task, behaviour, index)
+        if buffers:
+            record.buffers = buffers
         blocked_by = book.register(record, task.depends_on)
         if blocked_by is DEPENDENCY_CANCELLED:
             self._fire(record, _DEPENDENCY_CANCELLED, 1)

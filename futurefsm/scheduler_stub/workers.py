@@ -25,7 +25,7 @@ import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from functools import partial
 from multiprocessing.connection import Connection, wait
 from typing import Any
@@ -240,6 +240,7 @@ class ThreadPool:
                         record.dep_payloads,
                         serializer,
                         self._functions,
+                        record.buffers,
                     )
             except Exception:  # only a broken serializer gets here
                 logger.exception("scheduler stub: could not run or report task %r", record)
@@ -294,10 +295,11 @@ class _Worker:
         self.next_slot = 0
         self.buffer = bytearray()
         """Bytes read from its connection, not yet a whole message."""
-        self.out = bytearray()
+        self.out: deque[memoryview] = deque()
         """Bytes for it that its connection did not take yet (written when writable:
         the I/O thread never blocks on a worker, which may be writing a large result
-        itself, or running a long task)."""
+        itself, or running a long task); views of what was given, not copies (a
+        task's out-of-band buffers are written from the frames they came in)."""
         self.watched_out = False
         """Whether the poller watches its connection for being writable."""
         self.on_gone: list[Callable[[], None]] | None = None
@@ -546,7 +548,7 @@ class ProcessPool:
         """A worker's connection takes more of what waits for it."""
         worker = self._by_fd.get(fd)
         if worker is not None:
-            self._write(worker, b"")
+            self._write(worker, ())
 
     def stop(self, deadline: float) -> list[str]:
         """Kill every worker process and wait (until ``deadline``) until they are gone.
@@ -601,7 +603,10 @@ class ProcessPool:
         """Send ``worker`` (idle, or busy with few tasks left) up to ``size`` queued tasks."""
         queue_, entries = self._queue, worker.entries
         size = min(size, SLOTS - len(entries))
-        batch, sent, nbytes = [], [], 0
+        batch: list[list[Any]] = []
+        sent: list[TaskRecord] = []
+        raw: list[bytes | memoryview] = []
+        nbytes = 0
         memory, claim = worker.slots.memory, self._claim
         while queue_ and len(sent) < size and nbytes < _BATCH_BYTES:
             record = queue_.popleft()
@@ -616,7 +621,13 @@ class ProcessPool:
             slot = worker.next_slot
             worker.next_slot = (slot + 1) % SLOTS
             memory[slot] = QUEUED  # free: its last task was answered (or it is new)
-            batch.append((slot, record.task_id, record.function, record.args, record.dep_payloads))
+            item = [slot, record.task_id, record.function, record.args, record.dep_payloads]
+            if record.buffers:  # their sizes; their bytes follow the batch (processes.py)
+                sizes = [len(buffer) for buffer in record.buffers]
+                item.append(sizes)
+                raw.extend(record.buffers)
+                nbytes += sum(sizes)
+            batch.append(item)
             sent.append(record)
             nbytes += len(record.function) + len(record.args)
         if not sent:
@@ -626,7 +637,7 @@ class ProcessPool:
         payload = msgpack.packb(batch)
         # If the worker died, what it never read stays QUEUED in its slots, and _gone
         # (at its EOF) puts those tasks back in the queue.
-        self._write(worker, FRAME_HEADER.pack(len(payload)) + payload)
+        self._write(worker, [FRAME_HEADER.pack(len(payload)) + payload, *raw])
         for record, item in zip(sent, batch, strict=True):
             entry = _Entry(worker, item[0], record)  # type: ignore[arg-type]
             entries.append(entry)
@@ -634,22 +645,23 @@ class ProcessPool:
         if worker not in self._busy:
             self._busy.append(worker)
 
-    def _write(self, worker: _Worker, data: bytes) -> None:
-        """Write ``data`` to ``worker`` after what waits for it, as much as its
-        connection takes now; the rest waits (and the poller watches for it to be
-        writable). A dead worker's EOF comes through ``on_readable``."""
+    def _write(self, worker: _Worker, chunks: Sequence[bytes | memoryview]) -> None:
+        """Write ``chunks`` to ``worker`` after what waits for it, as much as its
+        connection takes now; the rest waits, not copied (and the poller watches for
+        it to be writable). A dead worker's EOF comes through ``on_readable``."""
         if self._by_fd.get(worker.fd) is not worker:
             return  # gone (and its descriptor closed)
-        out = worker.out
-        if not out:
-            written = _write_some(worker.fd, data)
-            if written < len(data):
-                out += memoryview(data)[written:]
-        else:
-            out += data
-            with memoryview(out) as view:
-                written = _write_some(worker.fd, view)
-            del out[:written]
+        out, fd = worker.out, worker.fd
+        for chunk in chunks:
+            if len(chunk):
+                out.append(memoryview(chunk))
+        while out:
+            head = out[0]
+            written = _write_some(fd, head)
+            if written < len(head):
+                out[0] = head[written:]
+                break
+            out.popleft()
         waiting = bool(out)
         if waiting != worker.watched_out:
             worker.watched_out = waiting
