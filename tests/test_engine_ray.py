@@ -402,8 +402,16 @@ _DRIVER = textwrap.dedent(
                     connection_timeout=3.0, heartbeat_interval=0.2, _temp_dir=temp)
     report["local"] = client.submit(pow, 3, 3).result(120)
     report["local_address"] = client.engine.address
-    future = client.submit(time.sleep, 300)
-    time.sleep(1.0)  # the task reaches its worker
+    def started_then_sleep(path):
+        open(path, "w").close()
+        time.sleep(300)
+
+    started = os.path.join(temp, "started")
+    future = client.submit(started_then_sleep, started)
+    deadline = time.monotonic() + 60  # wait until the task runs on its worker
+    while not os.path.exists(started):
+        assert time.monotonic() < deadline, "the task never started"
+        time.sleep(0.01)
     # The cluster killed under the driver: ConnectionLostError in time, and the
     # process lives on (Ray itself ends a driver whose GCS stays away for 60 s).
     killed = time.monotonic()
