@@ -512,3 +512,32 @@ def test_results_ready_together_are_fetched_with_one_ray_get(
 
     assert [future.result(SLACK) for future in futures] == [n + 1 for n in range(40)]
     assert fetcher_gets == [40]
+
+
+def test_a_stream_of_results_is_gathered_by_one_wait_not_waited_for_one_by_one(
+    client: Client, gates: Gates, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Quick tasks end while a held one is outstanding: once a wait found results, the
+    # next one waits on every outstanding ref for ``_gather`` and returns early only
+    # when all of them are ready (before: one wait per result, each costing time in
+    # proportion to the refs outstanding). The held task's result, alone, is not held.
+    from futurefsm.engines.ray import _gather
+
+    real_wait = ray.wait
+    waits: list[tuple[int, int, float]] = []
+
+    def recorded_wait(refs: Any, *args: Any, num_returns: int = 1, timeout: Any = None) -> Any:
+        if threading.current_thread().name == "futurefsm-ray-fetch":
+            waits.append((len(refs), num_returns, timeout))
+        return real_wait(refs, *args, num_returns=num_returns, timeout=timeout)
+
+    monkeypatch.setattr(ray, "wait", recorded_wait)
+    gate = gates.new()
+    held = client.submit(hold, gate)
+    gates.started(gate)
+    assert [client.submit(operator.add, n, 1).result(SLACK) for n in range(3)] == [1, 2, 3]
+    gates.close()
+    assert held.result(SLACK) > 0
+
+    assert any(timeout == _gather(n) for n, returns, timeout in waits if returns == n), waits
+    assert all(returns in (1, n) for n, returns, _ in waits), waits
