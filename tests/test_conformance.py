@@ -284,6 +284,12 @@ def test_results_map_and_keyword_arguments(client: Client) -> None:
     assert [future.result(SLACK) for future in futures] == [2 * i for i in range(50)]
 
 
+def test_an_exception_returned_as_a_value_is_the_result_not_raised(client: Client) -> None:
+    returned = client.submit(ValueError, "a value, not a failure").result(SLACK)
+    assert type(returned) is ValueError
+    assert returned.args == ("a value, not a failure",)
+
+
 def test_what_cannot_be_serialized_is_a_type_error_and_nothing_is_sent(client: Client) -> None:
     before = client.stats()["submitted"]
     with pytest.raises(TypeError):
