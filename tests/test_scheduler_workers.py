@@ -933,3 +933,28 @@ def test_take_raw_takes_a_small_buffer_read_already_off_the_front() -> None:
         buffer = bytearray(b"0123456789")
         assert _take_raw(theirs, buffer, 4) == b"0123"
         assert buffer == b"456789"
+
+
+def test_a_worker_whose_stub_closed_while_it_started_exits_quietly() -> None:
+    # The stub sends the slots and the path, then goes away (closed while a worker
+    # was starting): the worker's "ready" meets a closed socket. It exits 0 without
+    # a traceback (before: BrokenPipeError, logged as "worker process failed").
+    import pickle
+    from multiprocessing.connection import Connection
+
+    from futurefsm.scheduler_stub import processes
+
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    slots = processes.WorkerSlots.create()
+    try:
+        socket.send_fds(ours, [processes._SLOTS_MARK], [slots.fd])  # as fork_worker does
+        stub_end = Connection(ours.detach())
+        stub_end.send_bytes(pickle.dumps((list(sys.path), pickle.dumps(DEFAULT_SERIALIZER))))
+        stub_end.close()
+        path = list(sys.path)
+        try:
+            assert processes.worker_main(theirs.detach()) == 0
+        finally:
+            sys.path[:] = path
+    finally:
+        slots.close()

@@ -466,7 +466,10 @@ def worker_main(fd: int) -> int:
     serializer = pickle.loads(serializer_bytes)
     functions = FunctionCache(serializer.loads)
     memory, slots_fd, lockf = slots.memory, slots.fd, fcntl.lockf
-    connection.send_bytes(b"ready")
+    try:
+        connection.send_bytes(b"ready")
+    except OSError:  # the stub went away (closed) while this worker was starting
+        return 0
     # From here on the descriptor is read and written directly (Connection's framing):
     # a read takes every batch the stub wrote, a result is one write.
     pending: deque[list[Any]] = deque()
