@@ -755,12 +755,15 @@ class ScalerEngine(Engine):
                     stack.extend(record.holders)
         return events
 
-    def _delete_soon(self, object_id: ObjectID) -> None:
-        """Delete a kept result object (on the agent's loop; never waited for)."""
+    def _delete_soon(self, object_id: ObjectID) -> Any:
+        """Delete a kept result object on the agent's loop (never waited for here; the
+        ``concurrent.futures.Future`` of it, or None if the agent is gone, and with it
+        this client's objects)."""
         try:
-            self._bridge.run_in_agent(self._delete(object_id))
-        except Exception:  # the agent is gone, and with it this client's objects
+            return self._bridge.run_in_agent(self._delete(object_id))
+        except Exception:
             LOGGER.debug("Scaler client: result object not deleted", exc_info=True)
+            return None
 
     async def _delete(self, object_id: ObjectID) -> None:
         try:
