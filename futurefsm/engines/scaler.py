@@ -51,6 +51,42 @@ Graphs go to Scaler's scheduler as one ``GraphTask`` whose id is the futurefsm g
 id: the scheduler passes results between members inside the cluster, and a
 TaskCancel for the group cancels the whole graph (every member gets its own answer).
 
+Futures as arguments (``prepare_dependent``). Scaler 2.9's scheduler resolves a
+task's result as an argument only inside one GraphTask, and a plain Task takes
+stored objects, whose ids for a result are random (known when the TaskResult
+arrives). So the engine holds a dependent (its future is running) until every
+upstream's TaskResult has arrived, and then sends it as a plain Task whose first
+arguments are the upstreams' result objects: one message round trip, and the values
+stay in the object storage. On the worker ``dependent_call`` (sent by value) fills the
+arguments' template. Two records, under ``_deps_lock``, are the tables of this:
+
+==========================================  ==========================================
+a task's result (``_ResultPhase``)          what moves it
+==========================================  ==========================================
+AWAITING (every task sent, until its        a cancel sent: CANCEL_ASKED (forced) or
+result or end)                              SOFT_CANCEL_ASKED; refused: AWAITING
+its TaskResult, success, named by a         KEPT: the object is not deleted; held
+dependent (AWAITING, SOFT_CANCEL_ASKED)     dependents with all results in are sent
+                                            (from the delivery thread)
+KEPT, its own future forgotten              LENT; the last dependent forgotten:
+                                            the object is deleted
+a failure (AWAITING, SOFT_CANCEL_ASKED)     no record; held dependents fail with its
+                                            error (the delivery thread makes it)
+a cancel answer ending it, any result in    no record; held dependents end cancelled
+CANCEL_ASKED, forgotten without a result    (an unasked ``canceled``)
+success named by nobody                     no record; deleted once fetched (as ever)
+==========================================  ==========================================
+
+A dependent (``_DependentPhase``) is PREPARED (holding its upstreams' records), then
+at ``send`` HELD or SENT; an upstream ending it before ``send`` makes it DOOMED (it
+ends when sent), while HELD makes it ENDED (and what names it in turn). Its own
+cancel while HELD is answered here, ``canceled``, without a TaskCancel. Decisions on
+results and cancel answers are made on the agent's loop, in the order they arrive
+(under the lock only; nothing is sent there), so a dependent never runs on a result
+its upstream's future will not keep. ``prepare_dependent`` returns None for an
+upstream without a record: its result was fetched and deleted (the client then puts
+the value in its place).
+
 Private attributes of Scaler's client are unavoidable here; they are listed in
 ``PRIVATE_ATTRIBUTES``, checked when the engine starts (an upgrade that moves one
 fails at once, naming it), and the supported versions are pinned in the ``scaler``
@@ -662,6 +698,8 @@ class ScalerEngine(Engine):
                 dependent = self._dependents.get(task_id)
                 if dependent is not None and dependent.phase is _DependentPhase.HELD:
                     events = self._end_waiting_locked([task_id], _cancelled)
+                elif dependent is not None and dependent.phase is _DependentPhase.ENDED:
+                    return  # never sent, and its end is on its way: nothing to cancel
                 else:
                     record = self._results.get(task_id)
                     if record is not None and record.phase is _ResultPhase.AWAITING:
