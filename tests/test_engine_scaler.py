@@ -488,3 +488,15 @@ def test_a_lost_connection_ends_held_dependents(cluster: Any, gates: Any) -> Non
             assert isinstance(future.exception(timeout=30), ConnectionLostError)
     finally:
         own.close()
+
+
+def test_close_ends_held_dependents(cluster: Any, gates: Any) -> None:
+    own = Client(cluster.get_address(), engine="scaler", cancel_timeout=15)
+    path = gates.new()
+    upstream = own.submit(hold, path)
+    _wait_for(lambda: _started(path), 30, "the upstream to start")
+    dependent = own.submit(add, upstream, 1)
+    assert _held(_engine(own), dependent.task_id)
+    own.close()
+    assert dependent.cancelled() and dependent.cancel_outcome is CancelOutcome.CONFIRMED
+    assert upstream.done()
