@@ -147,7 +147,7 @@ def scaler_cluster() -> Iterator[Cluster]:
         # Once its scheduler answers: one still booting on a loaded runner can take
         # longer than a short connection_timeout (Scaler's own client waits 60 s).
         scaler.Client(combo.get_address()).disconnect()
-        yield Cluster("scaler", combo.get_address(), running_cancel=3.0, futures_as_arguments=False)
+        yield Cluster("scaler", combo.get_address(), running_cancel=3.0)
     finally:
         combo.shutdown()
 

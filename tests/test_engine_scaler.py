@@ -300,3 +300,203 @@ def test_an_existing_scaler_client_keeps_its_own_futures(cluster: Any) -> None:
         assert scaler_client.submit(add, 5, 6).result(timeout=30) == 11
     finally:
         scaler_client.disconnect()
+
+
+# ---------------------------------------------------------------------- futures as arguments
+
+
+def add_after(path: str, a: Any, b: Any) -> Any:
+    """``hold(path)``, then ``a + b``."""
+    hold(path)
+    return a + b
+
+
+def fail_after(path: str) -> None:
+    hold(path)
+    raise ValueError("root")
+
+
+def _engine(client: Client) -> ScalerEngine:
+    engine = client.engine
+    assert isinstance(engine, ScalerEngine)
+    return engine
+
+
+def _phase(engine: ScalerEngine, task_id: bytes) -> str | None:
+    """The engine's record of a task's result, for its dependents (None: none kept)."""
+    record = engine._results.get(task_id)
+    return None if record is None else record.phase.value
+
+
+def _held(engine: ScalerEngine, task_id: bytes) -> bool:
+    dependent = engine._dependents.get(task_id)
+    return dependent is not None and dependent.phase.value == "held"
+
+
+@pytest.fixture
+def storage(cluster: Any) -> Any:
+    """A connection of the test's own to the cluster's object storage server."""
+    from scaler.io.ymq import IOContext
+    from scaler.io.ymq_sync_object_storage_connector import YMQSyncObjectStorageConnector
+
+    connector = YMQSyncObjectStorageConnector(
+        IOContext(num_threads=1), b"futurefsm-test-probe", cluster._object_storage_address
+    )
+    yield connector
+    connector.destroy()
+
+
+def test_an_upstream_result_stays_in_the_storage_until_its_dependents_are_forgotten(
+    client: Client, gates: Any, storage: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    engine = _engine(client)
+    deletes: list[tuple[Any, Any]] = []
+    delete_soon = engine._delete_soon
+    monkeypatch.setattr(
+        engine,
+        "_delete_soon",
+        lambda oid: deletes.append((oid, delete_soon(oid))) or deletes[-1][1],
+    )
+    first, second = gates.new(), gates.new()
+    upstream = client.submit(hold, first)
+    _wait_for(lambda: _started(first), 30, "the upstream to start")
+    dependent = client.submit(add_after, second, upstream, "!")
+    assert _held(engine, dependent.task_id)  # not sent: Scaler cannot name the result yet
+    release(first)
+    assert upstream.result(timeout=30) == first
+    # Sent once the upstream's TaskResult came in; it runs while the upstream is over.
+    _wait_for(lambda: _started(second), 30, "the dependent to start")
+    _wait_for(lambda: _phase(engine, upstream.task_id) == "lent", SLACK, "the upstream's end")
+    object_id = engine._results[upstream.task_id].object_id
+    kept = client.engine.scaler_client._serializer.deserialize(storage.get_object(object_id))
+    assert kept == first  # still there, though its own future has its value
+    assert not deletes
+    release(second)
+    assert dependent.result(timeout=30) == first + "!"
+    _wait_for(lambda: deletes, SLACK, "the engine to delete the kept result")
+    (deleted, done), *_ = deletes
+    assert deleted == object_id
+    done.result(timeout=SLACK)
+    assert storage.delete_object(object_id) is False  # gone from the storage
+    # A task nobody named keeps nothing: its result is deleted once fetched, as ever.
+    plain = client.submit(add, 1, 2)
+    assert plain.result(timeout=30) == 3
+    assert _phase(engine, plain.task_id) is None
+
+
+def test_a_held_dependents_cancel_is_answered_here_and_leaves_its_upstream(
+    client: Client, gates: Any
+) -> None:
+    engine = _engine(client)
+    path = gates.new()
+    upstream = client.submit(hold, path)
+    _wait_for(lambda: _started(path), 30, "the upstream to start")
+    dependent = client.submit(add, upstream, "!")
+    further = client.submit(add, dependent, "?")  # names a task that never left
+    assert _held(engine, dependent.task_id) and _held(engine, further.task_id)
+    assert dependent.cancel(timeout=SLACK) is True
+    assert dependent.cancel_outcome is CancelOutcome.CONFIRMED
+    _wait_for(further.done, SLACK, "the dependent's dependent to end")
+    assert further.cancelled() and further.cancel_outcome is CancelOutcome.BY_SCHEDULER
+    assert not upstream.done()
+    release(path)
+    assert upstream.result(timeout=30) == path
+    _wait_for(lambda: _phase(engine, upstream.task_id) is None, SLACK, "the upstream's end")
+    assert not engine._dependents
+
+
+@pytest.mark.parametrize("end", ["fails", "is cancelled"])
+def test_an_upstreams_end_reaches_a_chain_of_held_dependents(
+    client: Client, gates: Any, end: str
+) -> None:
+    engine = _engine(client)
+    path, never = gates.new(), gates.new()
+    upstream = client.submit(fail_after, path)
+    _wait_for(lambda: _started(path), 30, "the upstream to start")
+    dependent = client.submit(add_after, never, upstream, 1)
+    further = client.submit(add_after, never, [dependent], {"x": dependent})
+    assert _held(engine, dependent.task_id) and _held(engine, further.task_id)
+    if end == "fails":
+        release(path)
+        for future in (upstream, dependent, further):
+            error = future.exception(timeout=30)
+            assert isinstance(error, ValueError) and str(error) == "root", future.history
+        assert dependent.exception(timeout=0) is not further.exception(timeout=0)
+    else:
+        assert upstream.cancel(timeout=RUNNING_CANCEL + SLACK) is True
+        for future in (dependent, further):
+            _wait_for(future.done, SLACK, "a dependent to end")
+            assert future.cancel_outcome is CancelOutcome.BY_SCHEDULER, future.history
+    assert not _started(never)  # neither dependent ran
+    _wait_for(lambda: not engine._dependents, SLACK, "the dependents to be forgotten")
+
+
+def test_an_upstream_fetched_meanwhile_is_put_in_its_place(
+    client: Client, gates: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The upstream's TaskResult is in (its result fetched and deleted: nothing named
+    # it) while its future is not done yet (the delivery thread is busy): the engine
+    # cannot name it any more, and the client puts its value in place once delivered.
+    import threading
+
+    engine = _engine(client)
+    answers: list[Any] = []
+    prepare_dependent = engine.prepare_dependent
+    monkeypatch.setattr(
+        engine,
+        "prepare_dependent",
+        lambda *call: answers.append(prepare_dependent(*call)) or answers[-1],
+    )
+    path = gates.new()
+    upstream = client.submit(hold, path)
+    _wait_for(lambda: _started(path), 30, "the upstream to start")
+    busy, free = threading.Event(), threading.Event()
+    blocker = client.submit(add, 0, 0)
+    blocker.add_done_callback(lambda _: (busy.set(), free.wait(60)))
+    try:
+        assert busy.wait(30), "the blocker's callback did not run"
+        release(path)
+        _wait_for(lambda: _phase(engine, upstream.task_id) is None, 30, "the upstream's result")
+        assert not upstream.done()
+        submitted: list[Any] = []
+        submitting = threading.Thread(
+            target=lambda: submitted.append(client.submit(add, upstream, "!"))
+        )
+        submitting.start()
+        _wait_for(lambda: answers, SLACK, "the engine to be asked")
+        assert answers[0] is None
+    finally:
+        free.set()
+    submitting.join(timeout=SLACK)
+    (dependent,) = submitted
+    assert dependent.result(timeout=30) == path + "!"
+    assert answers[-1] is not None
+
+
+def test_a_lost_connection_ends_held_dependents(cluster: Any, gates: Any) -> None:
+    from futurefsm import ConnectionLostError
+
+    own = Client(cluster.get_address(), engine="scaler", cancel_timeout=15)
+    try:
+        path = gates.new()
+        upstream = own.submit(hold, path)
+        _wait_for(lambda: _started(path), 30, "the upstream to start")
+        dependent = own.submit(add, upstream, 1)
+        assert _held(_engine(own), dependent.task_id)
+        _engine(own).scaler_client.disconnect()
+        for future in (upstream, dependent):
+            assert isinstance(future.exception(timeout=30), ConnectionLostError)
+    finally:
+        own.close()
+
+
+def test_close_ends_held_dependents(cluster: Any, gates: Any) -> None:
+    own = Client(cluster.get_address(), engine="scaler", cancel_timeout=15)
+    path = gates.new()
+    upstream = own.submit(hold, path)
+    _wait_for(lambda: _started(path), 30, "the upstream to start")
+    dependent = own.submit(add, upstream, 1)
+    assert _held(_engine(own), dependent.task_id)
+    own.close()
+    assert dependent.cancelled() and dependent.cancel_outcome is CancelOutcome.CONFIRMED
+    assert upstream.done()

@@ -51,6 +51,42 @@ Graphs go to Scaler's scheduler as one ``GraphTask`` whose id is the futurefsm g
 id: the scheduler passes results between members inside the cluster, and a
 TaskCancel for the group cancels the whole graph (every member gets its own answer).
 
+Futures as arguments (``prepare_dependent``). Scaler 2.9's scheduler resolves a
+task's result as an argument only inside one GraphTask, and a plain Task takes
+stored objects, whose ids for a result are random (known when the TaskResult
+arrives). So the engine holds a dependent (its future is running) until every
+upstream's TaskResult has arrived, and then sends it as a plain Task whose first
+arguments are the upstreams' result objects: one message round trip, and the values
+stay in the object storage. On the worker ``dependent_call`` (sent by value) fills the
+arguments' template. Two records, under ``_deps_lock``, are the tables of this:
+
+==========================================  ==========================================
+a task's result (``_ResultPhase``)          what moves it
+==========================================  ==========================================
+AWAITING (every task sent, until its        a cancel sent: CANCEL_ASKED (forced) or
+result or end)                              SOFT_CANCEL_ASKED; refused: AWAITING
+its TaskResult, success, named by a         KEPT: the object is not deleted; held
+dependent (AWAITING, SOFT_CANCEL_ASKED)     dependents with all results in are sent
+                                            (from the delivery thread)
+KEPT, its own future forgotten              LENT; the last dependent forgotten:
+                                            the object is deleted
+a failure (AWAITING, SOFT_CANCEL_ASKED)     no record; held dependents fail with its
+                                            error (the delivery thread makes it)
+a cancel answer ending it, any result in    no record; held dependents end cancelled
+CANCEL_ASKED, forgotten without a result    (an unasked ``canceled``)
+success named by nobody                     no record; deleted once fetched (as ever)
+==========================================  ==========================================
+
+A dependent (``_DependentPhase``) is PREPARED (holding its upstreams' records), then
+at ``send`` HELD or SENT; an upstream ending it before ``send`` makes it DOOMED (it
+ends when sent), while HELD makes it ENDED (and what names it in turn). Its own
+cancel while HELD is answered here, ``canceled``, without a TaskCancel. Decisions on
+results and cancel answers are made on the agent's loop, in the order they arrive
+(under the lock only; nothing is sent there), so a dependent never runs on a result
+its upstream's future will not keep. ``prepare_dependent`` returns None for an
+upstream without a record: its result was fetched and deleted (the client then puts
+the value in its place).
+
 Private attributes of Scaler's client are unavoidable here; they are listed in
 ``PRIVATE_ATTRIBUTES``, checked when the engine starts (an upgrade that moves one
 fails at once, naming it), and the supported versions are pinned in the ``scaler``
@@ -60,11 +96,13 @@ extra of ``pyproject.toml``.
 from __future__ import annotations
 
 import collections
+import copy
+import enum
 import functools
 import logging
 import threading
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from scaler.client.client import Client as ScalerClient
@@ -92,6 +130,7 @@ from .shared import (
     attach_remote_traceback,
     connect_within,
     flatten_nested,
+    replace_key_refs,
 )
 
 __all__ = [
@@ -170,13 +209,43 @@ def _scaler_version() -> str:
         return "unknown version"
 
 
-# Graph helpers run on the workers, which need not have futurefsm installed: they
+# Helpers that run on the workers, which need not have futurefsm installed: they
 # live in a module that cannot be imported, so cloudpickle sends them by value.
+_HELPER_SOURCE = '''
+def as_list(*items):
+    return list(items)
+
+def as_tuple(*items):
+    return items
+
+class Slot:
+    """In a dependent's template: the value of its task argument number index."""
+
+    __slots__ = ("index",)
+
+    def __init__(self, index):
+        self.index = index
+
+def fill(item, values):
+    kind = type(item)
+    if kind is Slot:
+        return values[item.index]
+    if kind is list:
+        return [fill(element, values) for element in item]
+    if kind is tuple:
+        return tuple(fill(element, values) for element in item)
+    if kind is dict:
+        return {key: fill(element, values) for key, element in item.items()}
+    return item
+
+def dependent_call(fn, template, *values):
+    """fn(*args, **kwargs) of the template (args, kwargs), each Slot filled with the
+    value of that task argument (an upstream's result, or a plain argument)."""
+    args, kwargs = fill(template, values)
+    return fn(*args, **kwargs)
+'''
 _HELPERS: dict[str, Any] = {"__name__": "_futurefsm_scaler_graph_helpers"}
-exec(
-    "def as_list(*items):\n    return list(items)\n\ndef as_tuple(*items):\n    return items\n",
-    _HELPERS,
-)
+exec(_HELPER_SOURCE, _HELPERS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,10 +254,79 @@ class PreparedScalerTask:
 
     task_id: bytes
     task: Any
+    """The Task; None for a dependent (``prepare_dependent``): its Task is built
+    once its upstream results are in (from its ``_Dependent`` record)."""
     depends_on: tuple[bytes, ...] = ()
     """Graph only: the tasks whose results this one takes (members or helpers)."""
     helpers: tuple[PreparedScalerTask, ...] = ()
     """Graph only: hidden tasks that build list arguments naming other members."""
+
+
+class _ResultPhase(enum.Enum):
+    """Where the result of a task this engine sent stands, for the dependents that
+    may name it (``prepare_dependent``). A task whose result the engine does not
+    keep, or never will get, has no record: a dependent can no longer name it."""
+
+    AWAITING = "awaiting"
+    """Sent; no result yet, and no cancel asked (or the cancel was refused)."""
+    CANCEL_ASKED = "cancel_asked"
+    """A forced cancel is unanswered: whatever ends the task, a result too, ends its
+    future cancelled."""
+    SOFT_CANCEL_ASKED = "soft_cancel_asked"
+    """A ``force=False`` cancel is unanswered: a result means it was refused."""
+    KEPT = "kept"
+    """It succeeded and its result object stays in Scaler's object storage for its
+    dependents (its own future may still be fetching it)."""
+    LENT = "lent"
+    """Succeeded, and its own future is forgotten: the object stays until the last
+    dependent that names it is forgotten."""
+
+
+@dataclass(slots=True)
+class _Result:
+    """The record of a task this engine sent, for the dependents that name it."""
+
+    phase: _ResultPhase
+    owned: bool
+    """The engine deletes the result object when done with it (a plain task's; a
+    graph member's is left to the scheduler, as before)."""
+    holders: set[bytes] = field(default_factory=set)
+    """The dependents that name this task, until each is forgotten."""
+    object_id: ObjectID | None = None
+    """KEPT, LENT: the result object."""
+
+
+class _DependentPhase(enum.Enum):
+    """A dependent's way to the scheduler (``prepare_dependent``)."""
+
+    PREPARED = "prepared"
+    """Prepared and holding its upstreams; ``send`` not called yet."""
+    DOOMED = "doomed"
+    """Prepared, and an upstream ended it (failed, cancelled) before ``send``: when
+    sent, it ends at once (``ending``) instead of going out."""
+    HELD = "held"
+    """Its future runs; the engine holds its Task until every upstream result is in."""
+    SENT = "sent"
+    """Its Task went to the scheduler: an ordinary task from now on."""
+    ENDED = "ended"
+    """The engine ended it before sending (its own cancel, an upstream's end)."""
+
+
+@dataclass(slots=True)
+class _Dependent:
+    """A task that takes results of tasks already sent; kept until forgotten."""
+
+    phase: _DependentPhase
+    upstream: tuple[bytes, ...]
+    """Its upstream tasks: the result of ``upstream[i]`` is its task argument ``i``."""
+    function_id: ObjectID
+    """``dependent_call`` bound to the function and the arguments' template."""
+    arguments: list[Any]
+    """Its plain top-level arguments: task arguments ``len(upstream)`` onwards."""
+    missing: set[bytes]
+    """The upstreams whose result is not in yet."""
+    ending: tuple[Any, ...] | None = None
+    """DOOMED: the delivery event that ends it once sent."""
 
 
 @dataclass(slots=True)
@@ -247,6 +385,13 @@ class ScalerEngine(Engine):
         # What this engine sent, where the mapping of an answer depends on it:
         self._soft_cancels: set[bytes] = set()  # tasks with a force=False cancel unanswered
         self._asked: set[bytes] = set()  # graph members whose own future asked to cancel
+        # Futures as arguments (prepare_dependent), under _deps_lock (taken inside
+        # _wire_lock, never the other way; held briefly, never around a delivery or a
+        # send): every sent task's result record until the engine is done with it, and
+        # every dependent until it is forgotten.
+        self._deps_lock = threading.Lock()
+        self._results: dict[bytes, _Result] = {}
+        self._dependents: dict[bytes, _Dependent] = {}
         self._guard = NeverRaise(LOGGER, "Scaler engine")
         self._delivery: DeliveryThread[tuple[Any, ...]] = DeliveryThread(
             f"futurefsm-scaler-{id(self):x}-delivery", self._deliver, self._guard
@@ -373,15 +518,131 @@ class ScalerEngine(Engine):
                 )
         return prepared
 
+    def prepare_dependent(
+        self,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        upstream: Sequence[bytes],
+    ) -> PreparedScalerTask | None:
+        """A task that takes the upstream tasks' result objects as task arguments.
+
+        Scaler's scheduler resolves a task argument only inside one GraphTask, and a
+        result object's id is random (known when the TaskResult arrives). So the
+        engine holds the Task until every upstream's TaskResult has reached this
+        client, then sends it naming their result objects: the values stay in the
+        object storage (which keeps each until its dependents are forgotten). On the
+        worker, ``dependent_call`` puts each value in its place (also inside lists,
+        tuples and dict values). An upstream that fails or is cancelled ends the
+        dependent the same way, unsent; the dependent's own cancel while held is
+        answered here and leaves the upstream alone.
+
+        None: an upstream's result is no longer kept (its future ended meanwhile)."""
+        if not callable(fn):
+            raise TypeError(f"submit() needs a callable, got {fn!r}")
+        upstream = tuple(upstream)
+        with self._deps_lock:
+            if any(task_id not in self._results for task_id in upstream):
+                return None
+        slot = _HELPERS["Slot"]
+        slots = {task_id: slot(index) for index, task_id in enumerate(upstream)}
+        plain: list[tuple[int, Any]] = []
+        template_args = []
+        for index, arg in enumerate(args):
+            if _names_a_ref(arg):
+                template_args.append(replace_key_refs(arg, lambda ref: slots[ref.key]))
+            else:  # a task argument of its own (Scaler's send_object() ones too)
+                template_args.append(slot(len(upstream) + len(plain)))
+                plain.append((index, arg))
+        template = (tuple(template_args), replace_key_refs(kwargs, lambda ref: slots[ref.key]))
+        function = functools.partial(_HELPERS["dependent_call"], fn, template)
+        with self._buffer_lock:
+            function_id = self._buffer_function(function, fn)
+            arguments = [self._buffer_argument(arg, index, fn) for index, arg in plain]
+        task_id = TaskID.generate_task_id()
+        with self._deps_lock:
+            records = [self._results.get(upstream_id) for upstream_id in upstream]
+            if any(record is None for record in records):
+                return None  # (what was buffered goes out unused with the next commit)
+            missing = set()
+            for upstream_id, record in zip(upstream, records, strict=True):
+                assert record is not None
+                record.holders.add(task_id)
+                if record.object_id is None:
+                    missing.add(upstream_id)
+            self._dependents[task_id] = _Dependent(
+                _DependentPhase.PREPARED, upstream, function_id, arguments, missing
+            )
+        return PreparedScalerTask(task_id, None)
+
     def send(self, prepared: PreparedScalerTask) -> None:  # type: ignore[override]
         """Upload the buffered objects, then fire ``sent`` and hand the Task to
-        Scaler's agent (in the calling thread: Scaler's connector is synchronous)."""
-        task_ids = [prepared.task_id]
+        Scaler's agent (in the calling thread: Scaler's connector is synchronous). A
+        dependent whose upstream results are not all in is held until they are."""
+        task_id = prepared.task_id
+        task_ids = [task_id]
         if not self._commit(task_ids):
             return
         with self._wire_lock:
-            if self._client is not None and self._client.sending(prepared.task_id):
-                self._to_agent(prepared.task, task_ids)
+            if self._client is None or not self._client.sending(task_id):
+                return
+            events: list[tuple[Any, ...]] = []
+            with self._deps_lock:
+                if prepared.task is None:
+                    task = self._hand_over_locked(task_id, events)
+                else:
+                    task = prepared.task
+                    self._results[task_id] = _Result(_ResultPhase.AWAITING, owned=True)
+            for event in events:
+                self._delivery.post(event)
+            if task is not None:
+                self._to_agent(task, task_ids)
+
+    def _hand_over_locked(self, task_id: bytes, events: list[tuple[Any, ...]]) -> Any:
+        """A dependent's future was just sent (``_deps_lock`` held): its Task if every
+        upstream result is in; else None (held; or ended, its ending in ``events``)."""
+        dependent = self._dependents.get(task_id)
+        if dependent is None:  # forgotten meanwhile (the connection was lost)
+            return None
+        if dependent.phase is _DependentPhase.DOOMED:
+            dependent.phase = _DependentPhase.ENDED
+            assert dependent.ending is not None
+            events.append(dependent.ending)
+            return None
+        # A record now, though held: a task submitted next may name it.
+        self._results[task_id] = _Result(_ResultPhase.AWAITING, owned=True)
+        if dependent.missing:
+            dependent.phase = _DependentPhase.HELD
+            return None
+        dependent.phase = _DependentPhase.SENT
+        return self._dependent_task(task_id, dependent)
+
+    def _dependent_task(self, task_id: bytes, dependent: _Dependent) -> Any:
+        """The Task of a dependent whose upstream results are all in (``_deps_lock``
+        held; each upstream's record is kept while the dependent holds it)."""
+        results = [self._results[upstream_id].object_id for upstream_id in dependent.upstream]
+        arguments = [
+            Task.Argument(type=Task.Argument.ArgumentType.objectID, data=object_id)
+            for object_id in results
+        ]
+        return self._task(TaskID(task_id), dependent.function_id, arguments + dependent.arguments)
+
+    def _release(self, task_ids: list[bytes]) -> None:
+        """Delivery thread: send the held dependents whose upstream results are all
+        in (unless their own cancel ended them meanwhile: both under ``_wire_lock``)."""
+        with self._wire_lock:
+            for task_id in task_ids:
+                with self._deps_lock:
+                    dependent = self._dependents.get(task_id)
+                    if (
+                        dependent is None
+                        or dependent.phase is not _DependentPhase.HELD
+                        or dependent.missing
+                    ):
+                        continue
+                    dependent.phase = _DependentPhase.SENT
+                    task = self._dependent_task(task_id, dependent)
+                self._to_agent(task, [task_id])
 
     def send_graph(self, group_id: bytes, prepared: list[PreparedScalerTask]) -> None:  # type: ignore[override]
         """One GraphTask (every member a target), sent whole or not at all."""
@@ -406,6 +667,9 @@ class ScalerEngine(Engine):
             self._groups[group_id] = graph
             for node in prepared + helpers:
                 self._graph_of[node.task_id] = group_id
+            with self._deps_lock:
+                for task_id in task_ids:
+                    self._results[task_id] = _Result(_ResultPhase.AWAITING, owned=False)
             # Helpers are targets too, so that their answers reach this engine.
             graph_task = GraphTask(
                 taskId=TaskID(group_id),
@@ -424,8 +688,29 @@ class ScalerEngine(Engine):
         arrives for a task whose non-forced cancel is unanswered is delivered as what
         it proves, a refusal (the task had started): ``cancel_failed``, then the
         result. A task that runs past the deadline ends ``TIMED_OUT``.
+
+        A dependent still held (never sent) is cancelled here: ``canceled``, with
+        no TaskCancel; its upstream runs on.
         """
         with self._wire_lock:
+            events: list[tuple[Any, ...]] = []
+            with self._deps_lock:
+                dependent = self._dependents.get(task_id)
+                if dependent is not None and dependent.phase is _DependentPhase.HELD:
+                    events = self._end_waiting_locked([task_id], _cancelled)
+                elif dependent is not None and dependent.phase is _DependentPhase.ENDED:
+                    return  # never sent, and its end is on its way: nothing to cancel
+                else:
+                    record = self._results.get(task_id)
+                    if record is not None and record.phase is _ResultPhase.AWAITING:
+                        forced = force or group_id is not None
+                        record.phase = (
+                            _ResultPhase.CANCEL_ASKED if forced else _ResultPhase.SOFT_CANCEL_ASKED
+                        )
+            if events:
+                for event in events:
+                    self._delivery.post(event)
+                return
             if group_id is None:
                 if not force:
                     self._soft_cancels.add(task_id)
@@ -436,9 +721,36 @@ class ScalerEngine(Engine):
                     self._send_cancel_to(group_id, True)
 
     def forget(self, task_id: bytes) -> None:
-        """A graph is forgotten once its last member is terminal."""
+        """A graph is forgotten once its last member is terminal. A dependent lets go
+        of its upstreams' results, and a result object nobody holds any more is
+        deleted; an upstream that ended without a result ends its held dependents
+        cancelled (its cancel timed out)."""
         self._soft_cancels.discard(task_id)
         self._asked.discard(task_id)
+        events: list[tuple[Any, ...]] = []
+        deletes: list[ObjectID] = []
+        with self._deps_lock:
+            dependent = self._dependents.pop(task_id, None)
+            if dependent is not None:
+                for upstream_id in dependent.upstream:
+                    upstream = self._results.get(upstream_id)
+                    if upstream is not None:
+                        upstream.holders.discard(task_id)
+                        if upstream.phase is _ResultPhase.LENT and not upstream.holders:
+                            self._drop_result_locked(upstream_id, deletes)
+            record = self._results.get(task_id)
+            if record is not None:
+                if record.phase is _ResultPhase.KEPT and record.holders:
+                    record.phase = _ResultPhase.LENT
+                elif record.phase is _ResultPhase.KEPT:
+                    self._drop_result_locked(task_id, deletes)
+                elif record.phase is not _ResultPhase.LENT:
+                    del self._results[task_id]
+                    events = self._end_waiting_locked(record.holders, _cancelled)
+        for event in events:
+            self._delivery.post(event)
+        for object_id in deletes:
+            self._delete_soon(object_id)
         group_id = self._graph_of.get(task_id)
         if group_id is None:
             return
@@ -448,6 +760,55 @@ class ScalerEngine(Engine):
         graph.live.discard(task_id)
         if not graph.live:
             self._end_group(group_id)
+
+    def _drop_result_locked(self, task_id: bytes, deletes: list[ObjectID]) -> None:
+        """Nobody needs ``task_id``'s kept result any more (``_deps_lock`` held)."""
+        record = self._results.pop(task_id)
+        if record.owned and record.object_id is not None:
+            deletes.append(record.object_id)
+
+    def _end_waiting_locked(
+        self, task_ids: Iterable[bytes], ending: Callable[[bytes], tuple[Any, ...]]
+    ) -> list[tuple[Any, ...]]:
+        """End the dependents among ``task_ids`` that were not sent, and theirs in
+        turn, as ``ending(task_id)`` (a delivery event) says (``_deps_lock`` held).
+        One held returns its event; one not sent yet (``send`` to come) is DOOMED
+        and gets it when sent. Sent, ended or gone ones are left alone."""
+        events: list[tuple[Any, ...]] = []
+        stack = list(task_ids)
+        while stack:
+            task_id = stack.pop()
+            dependent = self._dependents.get(task_id)
+            if dependent is None:
+                continue
+            if dependent.phase is _DependentPhase.PREPARED:
+                dependent.phase = _DependentPhase.DOOMED
+                dependent.ending = ending(task_id)
+            elif dependent.phase is _DependentPhase.HELD:
+                dependent.phase = _DependentPhase.ENDED
+                events.append(ending(task_id))
+                # It will never have a result: what names it ends the same way.
+                record = self._results.pop(task_id, None)
+                if record is not None:
+                    stack.extend(record.holders)
+        return events
+
+    def _delete_soon(self, object_id: ObjectID) -> Any:
+        """Delete a kept result object on the agent's loop (never waited for here; the
+        ``concurrent.futures.Future`` of it, or None if the agent is gone, and with it
+        this client's objects)."""
+        try:
+            return self._bridge.run_in_agent(self._delete(object_id))
+        except Exception:
+            LOGGER.debug("Scaler client: result object not deleted", exc_info=True)
+            return None
+
+    async def _delete(self, object_id: ObjectID) -> None:
+        try:
+            storage = await self._bridge.object_storage_connector()
+            await storage.delete_object(object_id)
+        except Exception:
+            LOGGER.debug("Scaler client: result object not deleted", exc_info=True)
 
     def _end_group(self, group_id: bytes) -> None:
         graph = self._groups.pop(group_id, None)
@@ -591,33 +952,79 @@ class ScalerEngine(Engine):
             if self._is_helper(task_id):  # its result feeds a member, in the cluster
                 return
             kind = result.resultType
-            if kind == TaskResultType.failedWorkerDied:
-                self._delivery.post(("exception", task_id, _worker_died(task_id, None)))
-                return
-            if len(result.results) != 1:
-                self._delivery.post(
-                    (
-                        "exception",
-                        task_id,
-                        TaskFailedError(
-                            f"Scaler sent {len(result.results)} result objects for task "
-                            f"{task_id.hex()} (expected 1)"
-                        ),
-                    )
+            single = len(result.results) == 1
+            object_id = ObjectID(result.results[0]) if single else None
+            success = kind == TaskResultType.success and object_id is not None
+            with self._deps_lock:
+                keep, dependents, events = self._arrived_locked(
+                    task_id, object_id if success else None
                 )
+            for event in events:
+                self._delivery.post(event)
+            if kind == TaskResultType.failedWorkerDied:
+                self._delivery.post(("exception", task_id, _worker_died(task_id, None), dependents))
                 return
-            object_id = ObjectID(result.results[0])
+            if object_id is None:
+                error = TaskFailedError(
+                    f"Scaler sent {len(result.results)} result objects for task "
+                    f"{task_id.hex()} (expected 1)"
+                )
+                self._delivery.post(("exception", task_id, error, dependents))
+                return
             # Scaler deletes a plain task's result once fetched; a graph member's may
-            # still feed another member (the scheduler cleans those up).
-            delete = task_id not in self._graph_of
-            coroutine = self._fetch(task_id, object_id, kind != TaskResultType.success, delete)
+            # still feed another member (the scheduler cleans those up), and one kept
+            # for dependents is deleted when the last of them is forgotten.
+            delete = task_id not in self._graph_of and not keep
+            coroutine = self._fetch(task_id, object_id, not success, delete, dependents)
             self._agent_loop().create_task(coroutine)
         except Exception:
             LOGGER.exception("Scaler engine: failed to handle %r", result)
             self._count_soon("io_errors")
 
+    def _arrived_locked(
+        self, task_id: bytes, object_id: ObjectID | None
+    ) -> tuple[bool, tuple[bytes, ...], list[tuple[Any, ...]]]:
+        """A TaskResult for ``task_id`` (``object_id``: a success's result object;
+        ``_deps_lock`` held, agent loop): ``(keep the object, the dependents a failure
+        ends, events to post)``. Decided here, in the order the agent receives results
+        and cancel confirms, so a dependent never runs on a result its upstream's
+        future will not keep."""
+        record = self._results.get(task_id)
+        if record is None:
+            return False, (), []
+        phase = record.phase
+        if phase in (_ResultPhase.KEPT, _ResultPhase.LENT):
+            return False, (), []  # a duplicate: the first one stands
+        if phase is _ResultPhase.CANCEL_ASKED:
+            # The forced cancel's answer: the future ends cancelled, result or not.
+            del self._results[task_id]
+            return False, (), self._end_waiting_locked(record.holders, _cancelled)
+        if object_id is None:  # failed: the dependents fail with its error (delivery)
+            del self._results[task_id]
+            return False, tuple(record.holders), []
+        if not record.holders:  # nobody named it: delete it once fetched, as ever
+            del self._results[task_id]
+            return False, (), []
+        record.phase = _ResultPhase.KEPT
+        record.object_id = object_id
+        ready = []
+        for dependent_id in record.holders:
+            dependent = self._dependents.get(dependent_id)
+            if dependent is None:
+                continue
+            dependent.missing.discard(task_id)
+            if dependent.phase is _DependentPhase.HELD and not dependent.missing:
+                ready.append(dependent_id)
+        # The delivery thread sends them: never a send on the agent's own loop.
+        return True, (), [("release", ready)] if ready else []
+
     async def _fetch(
-        self, task_id: TaskID, object_id: ObjectID, failed: bool, delete: bool
+        self,
+        task_id: TaskID,
+        object_id: ObjectID,
+        failed: bool,
+        delete: bool,
+        dependents: tuple[bytes, ...],
     ) -> None:
         try:
             storage = await self._bridge.object_storage_connector()
@@ -632,10 +1039,11 @@ class ScalerEngine(Engine):
                     TaskFailedError(
                         f"the result of task {task_id.hex()} could not be fetched: {error!r}"
                     ),
+                    dependents,
                 )
             )
             return
-        self._delivery.post(("payload", task_id, payload, failed))
+        self._delivery.post(("payload", task_id, payload, failed, dependents))
 
     def _on_task_cancel_confirm(self, confirm: TaskCancelConfirm) -> None:
         """Hook (Scaler's agent loop): queue the answer; never raises."""
@@ -659,7 +1067,11 @@ class ScalerEngine(Engine):
             if kind == "cancel_failed":
                 # The task runs on and its result must still get through the agent.
                 _resolve(self._scaler, _AGENT_TASK_IDS).add(task_id)
+            with self._deps_lock:
+                events = self._confirmed_locked(task_id, kind, group_id is not None)
             self._delivery.post(("confirm", task_id, kind))
+            for event in events:
+                self._delivery.post(event)
         except Exception:
             LOGGER.exception("Scaler engine: failed to handle %r", confirm)
             self._count_soon("io_errors")
@@ -696,7 +1108,29 @@ class ScalerEngine(Engine):
             return
         for member in graph.unreachable(task_id):
             if member in graph.live:
+                with self._deps_lock:
+                    events = self._confirmed_locked(member, "canceled", True)
                 self._delivery.post(("confirm", member, "canceled"))
+                for event in events:
+                    self._delivery.post(event)
+
+    def _confirmed_locked(
+        self, task_id: bytes, answer: str, graph_member: bool
+    ) -> list[tuple[Any, ...]]:
+        """A cancel answer for ``task_id`` (``_deps_lock`` held, agent loop): the
+        events that end its waiting dependents cancelled, if the answer ends its
+        future cancelled (as ``_deliver`` maps it)."""
+        record = self._results.get(task_id)
+        if record is None or record.phase in (_ResultPhase.KEPT, _ResultPhase.LENT):
+            return []
+        if answer == "cancel_failed":  # the task runs on
+            record.phase = _ResultPhase.AWAITING
+            return []
+        asked = record.phase is not _ResultPhase.AWAITING
+        if answer == "canceled" or asked or graph_member:
+            del self._results[task_id]
+            return self._end_waiting_locked(record.holders, _cancelled)
+        return []  # not_found, nobody asked: stale for its future too
 
     def _on_agent_stopped(self, exception: Exception) -> None:
         """Hook (Scaler's agent): the connection is over; every live future is lost."""
@@ -726,9 +1160,15 @@ class ScalerEngine(Engine):
         assert client is not None
         kind, task_id = event[0], event[1]
         if kind == "lost":
+            with self._deps_lock:
+                for dependent in self._dependents.values():
+                    if dependent.phase is _DependentPhase.HELD:  # lost with the rest
+                        dependent.phase = _DependentPhase.ENDED
             client.deliver_connection_lost(task_id)
         elif kind == "count":
             client.count(task_id)
+        elif kind == "release":
+            self._release(task_id)
         elif kind == "confirm":
             answer = event[2]
             self._soft_cancels.discard(task_id)
@@ -748,8 +1188,10 @@ class ScalerEngine(Engine):
                 client.deliver_cancel_answer(task_id, "cancel_failed")
             if kind == "exception":
                 client.deliver_result(task_id, exception=event[2])
+                self._fail_dependents(event[3], lambda: _copy_error(event[2]))
             elif event[3]:  # "payload", failed
                 client.deliver_result(task_id, exception=self._failure(task_id, event[2]))
+                self._fail_dependents(event[4], lambda: self._failure(task_id, event[2]))
             else:
                 try:
                     value = self._serializer.deserialize(event[2])
@@ -764,6 +1206,20 @@ class ScalerEngine(Engine):
                 else:
                     client.deliver_result(task_id, value)
 
+    def _fail_dependents(
+        self, dependents: tuple[bytes, ...], error: Callable[[], BaseException]
+    ) -> None:
+        """An upstream failed: its dependents not sent fail with its error (each its
+        own copy), and theirs in turn."""
+        if not dependents:
+            return
+        with self._deps_lock:
+            events = self._end_waiting_locked(
+                dependents, lambda task_id: ("exception", task_id, error(), ())
+            )
+        for event in events:
+            self._delivery.post(event)
+
     def _failure(self, task_id: bytes, payload: bytes) -> BaseException:
         """The exception of a failed task, with its remote traceback as ``__cause__``."""
         try:
@@ -777,6 +1233,35 @@ class ScalerEngine(Engine):
         if isinstance(exception, scaler_errors.ProcessorDiedError):
             return _worker_died(task_id, exception)
         return attach_remote_traceback(exception)
+
+
+def _cancelled(task_id: bytes) -> tuple[Any, ...]:
+    """The delivery event of a dependent the engine cancels (an unasked answer for an
+    upstream's cancel; the asked one for its own cancel while held)."""
+    return ("confirm", task_id, "canceled")
+
+
+def _copy_error(error: BaseException) -> BaseException:
+    """``error`` again, for another future (raising one instance in two threads
+    would tangle its traceback)."""
+    try:
+        copied = copy.copy(error)
+    except Exception:
+        return error
+    copied.__cause__ = error.__cause__
+    return copied
+
+
+def _names_a_ref(value: Any) -> bool:
+    """``value`` holds a ``KeyRef`` (walking tuples, lists and dict values)."""
+    kind = type(value)
+    if kind is KeyRef:
+        return True
+    if kind is tuple or kind is list:
+        return any(_names_a_ref(item) for item in value)
+    if kind is dict:
+        return any(_names_a_ref(item) for item in value.values())
+    return False
 
 
 def _worker_died(task_id: bytes, cause: BaseException | None) -> _ScalerWorkerDiedError:
