@@ -929,6 +929,8 @@ def diff_main(rev: str, repo: Path | str = ".") -> int:
     if changes:
         print(f"```mermaid\n{diff_mermaid(changes, title)}```\n")
     print(diff_text(changes), end="")
+
+
 # The scheduler's task machine (futurefsm/scheduler_stub/task_table.py)
 # ---------------------------------------------------------------------------
 

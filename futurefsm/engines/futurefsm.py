@@ -911,4 +911,3 @@ def _check_buffers(buffers: Sequence[bytes]) -> None:
                 f"a bytes argument of {len(buffer)} bytes exceeds the "
                 f"{MAX_FRAME_BYTES}-byte limit of a frame: split it across tasks"
             )
-
