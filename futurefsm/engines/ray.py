@@ -43,8 +43,9 @@ and returns) ends with the task's value: ``RESULT_RACED``.
 - results: one fetcher thread ``ray.wait`` s on every outstanding ref at once and
   fetches whatever is ready with one ``ray.get`` per batch; refs submitted during a
   wait join the next one (at most ``WAIT_SLICE`` later). While results stream in,
-  each is held up to ``_gather`` (2-10 ms) so that one wait serves many (``_fetch``);
-  a lone result is not held. Deliveries run on a ``DeliveryThread``, in order: a
+  a wait returns once a quarter of the outstanding refs are ready or after
+  ``GATHER`` (30 ms), so that one wait serves many (``_fetch``); with fewer than 8
+  outstanding, at the first ready one. Deliveries run on a ``DeliveryThread``, in order: a
   ``not_found`` answer queued after a result is delivered after it. A node's death
   is told apart from the cluster's there, by probing the GCS.
 - cancel: ``force=True`` (the client's default) kills the worker process of a
@@ -107,18 +108,17 @@ SUPPORTED_RAY = ">=2.60.0,<2.61"
 WAIT_SLICE = 0.01
 """Longest ``ray.wait`` (seconds): a ref submitted meanwhile joins the next wait."""
 
-GATHER = 0.002
-"""How long (seconds), at least, the fetcher lets a stream of results gather before
-it takes them (see ``_gather``)."""
+GATHER = 0.03
+"""Longest hold (seconds) of a streamed result: once a wait found results, the next
+returns when a ``GATHER_SHARE``-th of the outstanding refs are ready, or after this."""
+
+GATHER_SHARE = 4
 
 
-def _gather(outstanding: int) -> float:
-    """How long to let results gather with ``outstanding`` refs waited on: ``GATHER``
-    plus 8 us a ref (a wait costs about 0.5 us a ref: the waits then take a sixteenth
-    of the fetcher's time at most), at most ``WAIT_SLICE``. With 1000 outstanding:
-    16 ms of waits in a 1000-task round here, against 59 ms waiting once per
-    result."""
-    return min(WAIT_SLICE, GATHER + 8e-6 * outstanding)
+def _gathered(outstanding: int) -> int:
+    """How many ready refs end a streaming wait on ``outstanding``: a quarter of them
+    (1 with fewer than 8: a lone result, or one of a few, is not held)."""
+    return max(1, outstanding // GATHER_SHARE)
 
 
 _LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
@@ -437,7 +437,7 @@ class RayEngine(Engine):
             self._wake.notify()
         self._stop_liveness.set()  # (not joined: a probe in progress ends on its own)
         if self._fetcher.ident is not None:
-            self._fetcher.join()  # (its wait ends within WAIT_SLICE + GATHER)
+            self._fetcher.join()  # (its wait ends within GATHER)
         self._delivery.stop()
         self._release()
 
@@ -635,13 +635,15 @@ class RayEngine(Engine):
     def _fetch(self) -> None:
         """The fetcher thread: wait on every outstanding ref, fetch the ready ones.
 
-        A ``ray.wait`` costs time in proportion to the refs it is given (about 0.5 us
-        a ref here), so under a stream of results the fetcher does not wait once per
-        result. Idle (the last wait found nothing), it waits up to ``WAIT_SLICE`` for
+        Every wait, every fetch and every batch of deliveries costs the machine the
+        same whatever the batch's size (wake-ups of this thread, the delivery thread
+        and the waiters, on the cores Ray's workers need; a wait also about 0.5 us a
+        ref given), so under a stream of results the fetcher does not take them one
+        by one. Idle (the last wait found nothing), it waits up to ``WAIT_SLICE`` for
         the first ready ref, then takes whatever else is ready. Streaming (the last
-        wait found some), it lets results gather: one wait of up to
-        ``_gather(len(waiting))`` that returns early only if every ref is ready, so
-        one wait and one ``ray.get`` serve many. A lone task's result is never held."""
+        wait found some), it waits until ``_gathered(len(waiting))`` refs are ready
+        (a quarter), or for ``GATHER``: a result is held at most that long, and not
+        at all with fewer than 8 outstanding."""
         waiting: list[Any] = []
         owner: dict[Any, bytes] = {}
         streaming = False
@@ -658,7 +660,7 @@ class RayEngine(Engine):
             with self._guard:
                 if streaming:
                     ready, waiting = ray.wait(
-                        waiting, num_returns=len(waiting), timeout=_gather(len(waiting))
+                        waiting, num_returns=_gathered(len(waiting)), timeout=GATHER
                     )
                 else:
                     ready, waiting = ray.wait(waiting, num_returns=1, timeout=WAIT_SLICE)
