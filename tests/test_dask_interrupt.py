@@ -110,3 +110,56 @@ def test_the_private_parts_the_interrupt_relies_on_are_there() -> None:
     for name in ("active_threads_lock", "active_threads[ident] = key"):
         assert name in source, f"distributed.worker no longer has {name!r}"
     assert dask_plugin.INTERRUPT_OP == "futurefsm_interrupt"
+
+
+def test_a_slow_interrupt_does_not_hold_up_the_clients_stream() -> None:
+    # The scheduler reads a client's stream one handler at a time, awaiting each. A
+    # worker whose thread spins in Python answered the interrupt RPC in 8 ms to 2.2 s
+    # here; awaited in handle_cancel, that held up the client's pings (and its next
+    # task) past its 5 s liveness deadline now and then: "the Dask scheduler answered
+    # nothing". The answer goes at once, and handle_cancel returns while the
+    # interrupt is still on its way (this one never answers).
+    import asyncio
+    from types import SimpleNamespace
+
+    sent: list[dict[str, object]] = []
+    interrupting = asyncio.Event()
+
+    class Worker:
+        def __init__(self) -> None:
+            self.futurefsm_interrupt = self.interrupt
+
+        async def interrupt(self, keys: list[str]) -> list[str]:
+            interrupting.set()
+            await asyncio.Event().wait()  # a worker that never answers
+            return keys
+
+    client = "client-1"
+    task = SimpleNamespace(
+        state="processing",
+        who_wants=[SimpleNamespace(client_key=client)],
+        processing_on=SimpleNamespace(address="tcp://worker"),
+    )
+    cancelled: list[list[str]] = []
+    scheduler = SimpleNamespace(
+        tasks={"k": task},
+        client_comms={client: SimpleNamespace(send=sent.append)},
+        rpc=lambda address: Worker(),
+        stimulus_cancel=lambda keys, client, **_: cancelled.append(keys),
+        stream_handlers={},
+        handlers={},
+    )
+    plugin = dask_plugin.FutureFSMCancelPlugin()
+    plugin.scheduler = scheduler
+
+    async def cancel_then_close() -> None:
+        await asyncio.wait_for(
+            plugin.handle_cancel(client, ["k"], force=True, interrupt=True), timeout=SLACK
+        )
+        assert sent == [{"op": dask_plugin.CANCEL_ANSWER_OP, "answers": {"k": "canceled"}}]
+        await asyncio.wait_for(interrupting.wait(), timeout=SLACK)  # it was sent
+        await plugin.close()  # and close() drops it
+
+    asyncio.run(cancel_then_close())
+    assert cancelled == [["k"]]
+    assert not plugin._interrupts

@@ -229,6 +229,19 @@ def test_client_by_address_owns_its_dask_client(cluster: Any) -> None:
     assert dask_client.status == "closed"
 
 
+def test_the_cancel_keys_sent_after_a_silence_fits_the_schedulers_handler() -> None:
+    # The scheduler calls handler(client=..., **message): a message missing one of
+    # stimulus_cancel's arguments raised TypeError there (reason and msg, before), and
+    # the scheduler stopped reading the client's stream.
+    from distributed.scheduler import Scheduler
+
+    from futurefsm.engines.dask import _cancel_keys_message
+
+    message = _cancel_keys_message(["k"])
+    assert message.pop("op") == "cancel-keys"
+    inspect.signature(Scheduler.stimulus_cancel).bind(None, client="c", **message)
+
+
 def test_private_distributed_attributes_are_where_the_engine_expects() -> None:
     """Fails naming the attribute when an upgrade of distributed moves one."""
     from distributed.scheduler import Scheduler

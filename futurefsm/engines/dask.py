@@ -155,6 +155,13 @@ def _task_name(fn: Any) -> str:
         return "task"
 
 
+def _cancel_keys_message(keys: list[Any]) -> dict[str, Any]:
+    """Dask's own ``cancel-keys`` (as ``Client.cancel`` sends it, unforced): every
+    field ``Scheduler.stimulus_cancel`` takes, or its handler raises and the
+    scheduler stops reading this client's stream."""
+    return {"op": "cancel-keys", "keys": keys, "force": False, "reason": None, "msg": None}
+
+
 def _remote_exception(exception: Any, tb: Any, key: str) -> BaseException:
     """A ``task-erred`` payload as the exception ``result()`` raises (never raises)."""
     try:
@@ -933,7 +940,7 @@ class DaskEngine(Engine):
                 keys = list(self._ours)
                 self._lose(f"the Dask scheduler answered nothing for {client.connection_timeout} s")
                 if keys:  # if it wakes up, none of those tasks may run later
-                    self._dask_send({"op": "cancel-keys", "keys": keys, "force": False})
+                    self._dask_send(_cancel_keys_message(keys))
             if self._plugin_ok:
                 self._dask_send({"op": _plugin.PING_OP})
 

@@ -25,7 +25,8 @@ order the client sent them (after the ``update-graph`` that created the keys):
 
   With ``interrupt`` (and ``force``), a key released while a worker thread runs it
   is then interrupted on that worker (``futurefsm_interrupt``, see below), so the
-  thread's slot frees for the next task instead of running the task to its end.
+  thread's slot frees for the next task instead of running the task to its end. The
+  interrupt is sent after the answer and not waited for: the client's stream goes on.
 
 - ``futurefsm-ping``: answered with ``futurefsm-pong`` on the same stream (liveness).
 
@@ -55,6 +56,7 @@ value (``cloudpickle.register_pickle_by_value``), so the scheduler needs only
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
 import logging
 import sys
@@ -134,6 +136,7 @@ class FutureFSMCancelPlugin(SchedulerPlugin):
 
     def __init__(self) -> None:
         self.scheduler: Any = None
+        self._interrupts: set[Any] = set()  # the interrupt RPCs in flight (asyncio tasks)
 
     async def start(self, scheduler: Any) -> None:
         """Add the stream operations and the presence RPC to ``scheduler``, and the
@@ -155,7 +158,9 @@ class FutureFSMCancelPlugin(SchedulerPlugin):
             LOGGER.exception("futurefsm cancel plugin: cannot install the interrupt plugin")
 
     async def close(self) -> None:
-        """Remove what ``start`` added."""
+        """Remove what ``start`` added; drop the interrupt RPCs in flight."""
+        for task in list(self._interrupts):
+            task.cancel()
         scheduler = self.scheduler
         if scheduler is not None:
             for table, op in (
@@ -210,12 +215,20 @@ class FutureFSMCancelPlugin(SchedulerPlugin):
         except Exception:
             LOGGER.exception("futurefsm cancel plugin: cannot answer client %s", client)
         # After the release and the answer: the thread's failure then concerns a key
-        # the scheduler no longer runs, and is ignored.
+        # the scheduler no longer runs, and is ignored. Not awaited here: the
+        # scheduler reads a client's stream one handler at a time, and a worker whose
+        # thread holds the GIL in a busy loop can take seconds to answer (measured:
+        # 8 ms to 2.2 s): the client's pings and next tasks would wait behind it.
         for address, worker_keys in running_on.items():
-            try:
-                await scheduler.rpc(address).futurefsm_interrupt(keys=worker_keys)
-            except Exception:
-                LOGGER.warning("futurefsm cancel plugin: cannot interrupt on %s", address)
+            task = asyncio.get_running_loop().create_task(self._interrupt(address, worker_keys))
+            self._interrupts.add(task)
+            task.add_done_callback(self._interrupts.discard)
+
+    async def _interrupt(self, address: str, keys: list[Any]) -> None:
+        try:
+            await self.scheduler.rpc(address).futurefsm_interrupt(keys=keys)
+        except Exception:
+            LOGGER.warning("futurefsm cancel plugin: cannot interrupt on %s", address)
 
     def _by_worker(self, keys: list[Any]) -> dict[str, list[Any]]:
         """``keys`` being processed, by the address of the worker processing them."""
