@@ -115,6 +115,10 @@ def client(cluster: Any) -> Any:
     live = [repr(future) for future in shared.futures.values()]
     shared.close()
     assert not live, f"futures left in flight by the tests: {live}"
+    # Every future was forgotten: the engine keeps no result or dependent record.
+    engine = shared.engine
+    assert isinstance(engine, ScalerEngine)
+    assert (engine._results, engine._dependents) == ({}, {})
 
 
 @pytest.fixture
