@@ -543,3 +543,41 @@ def test_a_stream_of_results_is_gathered_by_one_wait_not_waited_for_one_by_one(
     assert gathering, waits
     assert all(returns == _gathered(n) == 1 for n, returns in gathering), waits
     assert [_gathered(n) for n in (1, 7, 8, 1000)] == [1, 1, 2, 250]
+
+
+def test_a_not_found_answer_is_never_queued_before_the_result_it_follows(
+    client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A cancel that finds the task's ref already taken by the fetcher answers
+    # not_found, and that answer must come after the result (the result won). The
+    # fetcher posts results under the lock send_cancel reads the refs under. Here a
+    # cancel is sent just as the fetcher posts the result: before, it ran in between
+    # and its not_found went first (the future then ended NOT_FOUND, not
+    # RESULT_RACED). The wait gives the old code's race its chance; the order never
+    # depends on it.
+    engine = client.engine
+    assert isinstance(engine, RayEngine)
+    real_post = engine._delivery.post
+    posted: list[str] = []
+    cancellers: list[threading.Thread] = []
+
+    def post(item: tuple[Any, ...]) -> None:
+        if item[0] == "value" and threading.current_thread().name == "futurefsm-ray-fetch":
+            sent = threading.Event()
+
+            def cancel() -> None:
+                engine.send_cancel(item[1], None)
+                sent.set()
+
+            cancellers.append(threading.Thread(target=cancel))
+            cancellers[-1].start()
+            sent.wait(0.2)
+        if item[0] in ("value", "answer"):
+            posted.append(item[0])
+        real_post(item)
+
+    monkeypatch.setattr(engine._delivery, "post", post)
+    assert client.submit(operator.add, 1, 1).result(SLACK) == 2
+    for canceller in cancellers:
+        canceller.join(SLACK)
+    assert posted == ["value", "answer"]

@@ -689,20 +689,21 @@ class RayEngine(Engine):
             outcomes: list[tuple[Any, BaseException | None]] = [(v, None) for v in values]
         except Exception:  # one of them failed: each on its own
             outcomes = [_ref_outcome(ref) for _, ref in ready]
+        # Posted under the lock that send_cancel reads _refs under: a cancel that
+        # finds the ref gone queues its not_found after this result, never before.
         with self._lock:
-            forced = [self._forced.get(task_id) for task_id, _ in ready]
-            for task_id, _ in ready:
+            for (task_id, _), (value, error) in zip(ready, outcomes, strict=True):
+                forced = self._forced.get(task_id)
                 self._refs.pop(task_id, None)
-        for (task_id, _), (value, error), force in zip(ready, outcomes, forced, strict=True):
-            if error is None:
-                item: tuple[Any, ...] = ("value", task_id, value)
-            else:
-                try:
-                    item = _error_item(task_id, error, force)
-                except Exception as failure:  # never leave the future without an answer
-                    LOGGER.exception("Ray engine: cannot map %r", error)
-                    item = ("error", task_id, _failed(failure))
-            self._delivery.post(item)
+                if error is None:
+                    item: tuple[Any, ...] = ("value", task_id, value)
+                else:
+                    try:
+                        item = _error_item(task_id, error, forced)
+                    except Exception as failure:  # never leave the future without an answer
+                        LOGGER.exception("Ray engine: cannot map %r", error)
+                        item = ("error", task_id, _failed(failure))
+                self._delivery.post(item)
 
     # ------------------------------------------------------------------ delivering
 
