@@ -436,7 +436,7 @@ class RayEngine(Engine):
             self._closed = True
             self._wake.notify()
         self._stop_liveness.set()  # (not joined: a probe in progress ends on its own)
-        if self._fetcher.ident is not None:
+        if self._fetcher.ident is not None and self._fetcher is not threading.current_thread():
             self._fetcher.join()  # (its wait ends within GATHER)
         self._delivery.stop()
         self._release()
