@@ -9,11 +9,14 @@ so an uninterrupted loop ends too).
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
@@ -112,54 +115,85 @@ def test_the_private_parts_the_interrupt_relies_on_are_there() -> None:
     assert dask_plugin.INTERRUPT_OP == "futurefsm_interrupt"
 
 
+class _SlowWorker:
+    """A worker's RPCs as the scheduler plugin calls them: each waits for ``answer``."""
+
+    def __init__(self, executing: dict[str, Any]) -> None:
+        self.answer, self.executing = asyncio.Event(), executing
+        self.interrupting = asyncio.Event()
+
+    async def futurefsm_interrupt(self, keys: list[str]) -> list[str]:
+        self.interrupting.set()
+        await self.answer.wait()
+        return keys
+
+    async def call_stack(self, keys: list[str]) -> dict[str, Any]:
+        await self.answer.wait()
+        return self.executing
+
+
+def _plugin_on_a_stub_scheduler(worker: _SlowWorker) -> tuple[Any, list[Any], list[Any]]:
+    """The cancel plugin on a scheduler holding one processing key "k" of "client-1":
+    (the plugin, the messages it sends the client, the keys it cancels)."""
+    sent: list[Any] = []
+    cancelled: list[Any] = []
+    task = SimpleNamespace(
+        state="processing",
+        who_wants=[SimpleNamespace(client_key="client-1")],
+        processing_on=SimpleNamespace(address="tcp://worker"),
+    )
+    plugin = dask_plugin.FutureFSMCancelPlugin()
+    plugin.scheduler = SimpleNamespace(
+        tasks={"k": task},
+        client_comms={"client-1": SimpleNamespace(send=sent.append)},
+        rpc=lambda address: worker,
+        stimulus_cancel=lambda keys, client, **_: cancelled.append(keys),
+        stream_handlers={},
+        handlers={},
+    )
+    return plugin, sent, cancelled
+
+
+def _answer(answers: dict[str, str]) -> dict[str, Any]:
+    return {"op": dask_plugin.CANCEL_ANSWER_OP, "answers": answers}
+
+
 def test_a_slow_interrupt_does_not_hold_up_the_clients_stream() -> None:
     # The scheduler reads a client's stream one handler at a time, awaiting each. A
     # worker whose thread spins in Python answered the interrupt RPC in 8 ms to 2.2 s
     # here; awaited in handle_cancel, that held up the client's pings (and its next
     # task) past its 5 s liveness deadline now and then: "the Dask scheduler answered
     # nothing". The answer goes at once, and handle_cancel returns while the
-    # interrupt is still on its way (this one never answers).
-    import asyncio
-    from types import SimpleNamespace
-
-    sent: list[dict[str, object]] = []
-    interrupting = asyncio.Event()
-
-    class Worker:
-        def __init__(self) -> None:
-            self.futurefsm_interrupt = self.interrupt
-
-        async def interrupt(self, keys: list[str]) -> list[str]:
-            interrupting.set()
-            await asyncio.Event().wait()  # a worker that never answers
-            return keys
-
-    client = "client-1"
-    task = SimpleNamespace(
-        state="processing",
-        who_wants=[SimpleNamespace(client_key=client)],
-        processing_on=SimpleNamespace(address="tcp://worker"),
-    )
-    cancelled: list[list[str]] = []
-    scheduler = SimpleNamespace(
-        tasks={"k": task},
-        client_comms={client: SimpleNamespace(send=sent.append)},
-        rpc=lambda address: Worker(),
-        stimulus_cancel=lambda keys, client, **_: cancelled.append(keys),
-        stream_handlers={},
-        handlers={},
-    )
-    plugin = dask_plugin.FutureFSMCancelPlugin()
-    plugin.scheduler = scheduler
-
-    async def cancel_then_close() -> None:
+    # interrupt is still on its way (this one is never answered).
+    async def cancel_then_close() -> tuple[Any, list[Any]]:
+        worker = _SlowWorker({})
+        plugin, sent, cancelled = _plugin_on_a_stub_scheduler(worker)
         await asyncio.wait_for(
-            plugin.handle_cancel(client, ["k"], force=True, interrupt=True), timeout=SLACK
+            plugin.handle_cancel("client-1", ["k"], force=True, interrupt=True), timeout=SLACK
         )
-        assert sent == [{"op": dask_plugin.CANCEL_ANSWER_OP, "answers": {"k": "canceled"}}]
-        await asyncio.wait_for(interrupting.wait(), timeout=SLACK)  # it was sent
+        assert sent == [_answer({"k": "canceled"})]
+        await asyncio.wait_for(worker.interrupting.wait(), SLACK)  # it was sent
         await plugin.close()  # and close() drops it
+        return plugin, cancelled
 
-    asyncio.run(cancel_then_close())
+    plugin, cancelled = asyncio.run(cancel_then_close())
     assert cancelled == [["k"]]
-    assert not plugin._interrupts
+    assert not plugin._background
+
+
+def test_a_non_forced_cancel_asks_the_workers_without_holding_up_the_stream() -> None:
+    # Without force the plugin asks the workers which keys their threads run
+    # (call_stack) before it answers: in a task of its own, so handle_cancel returns
+    # at once; the answer follows the workers' (here: "k" is running: refused).
+    async def cancel() -> tuple[list[Any], list[Any]]:
+        worker = _SlowWorker({"k": ["a frame"]})
+        plugin, sent, cancelled = _plugin_on_a_stub_scheduler(worker)
+        await asyncio.wait_for(plugin.handle_cancel("client-1", ["k"], force=False), SLACK)
+        assert sent == []  # not answered before the workers are
+        worker.answer.set()
+        await asyncio.wait_for(asyncio.gather(*plugin._background), SLACK)
+        return sent, cancelled
+
+    sent, cancelled = asyncio.run(cancel())
+    assert sent == [_answer({"k": "cancel_failed"})]
+    assert cancelled == []
