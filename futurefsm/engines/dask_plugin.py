@@ -16,7 +16,9 @@ order the client sent them (after the ``update-graph`` that created the keys):
     scheduler released it. A thread already running it runs to its end and its
     result is thrown away (Dask never interrupts a running task). Without ``force``
     a task a worker thread is running (the plugin asks the workers) is refused
-    instead: ``cancel_failed``;
+    instead: ``cancel_failed``. That asking runs as a task of its own, so such a
+    cancel is classified and answered once the workers have answered, after
+    whatever the client sent meanwhile (its pings are answered meanwhile too);
   - ``not_found``: the scheduler does not know it (never arrived, or forgotten);
   - ``cancel_failed``: another client wants it too; it runs on;
   - ``result``: it is already in memory or erred. Its ``key-in-memory`` or
