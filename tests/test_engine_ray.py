@@ -545,6 +545,53 @@ def test_a_stream_of_results_is_gathered_by_one_wait_not_waited_for_one_by_one(
     assert [_gathered(n) for n in (1, 7, 8, 1000)] == [1, 1, 2, 250]
 
 
+def test_a_streaming_wait_watches_the_oldest_refs_and_sweeps_the_rest(
+    client: Client, gates: Gates, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The oldest task is held; sixty quick ones after it stream in. While results
+    # stream, a blocking wait is given only the window (the oldest refs: here the
+    # held one and a few quick ones), never every outstanding ref (before: all of
+    # them, each wait costing time in proportion); the refs beyond it are looked at
+    # with timeout 0, or by the next idle wait once the window yields nothing. Every
+    # quick result still arrives while the oldest is held.
+    from futurefsm.engines import ray as ray_engine
+
+    monkeypatch.setattr(ray_engine, "WINDOW", 2)
+    real_wait = ray.wait
+    waits: list[tuple[int, float, int]] = []
+
+    def recorded_wait(refs: Any, *args: Any, num_returns: int = 1, timeout: Any = None) -> Any:
+        ready, rest = real_wait(refs, *args, num_returns=num_returns, timeout=timeout)
+        if threading.current_thread().name == "futurefsm-ray-fetch":
+            waits.append((len(refs), timeout, len(ready)))
+        return ready, rest
+
+    monkeypatch.setattr(ray, "wait", recorded_wait)
+    gate = gates.new()
+    held = client.submit(hold, gate)
+    gates.started(gate)
+    quick = [client.submit(operator.add, n, 1) for n in range(60)]
+    assert [future.result(SLACK) for future in quick] == [n + 1 for n in range(60)]
+    assert not held.done()
+    gates.close()
+    assert held.result(SLACK) > 0
+
+    # Each streaming wait (timeout GATHER) follows a wait, or a wait and its sweep,
+    # that found results: it is given at most the window those found.
+    found = 0
+    streaming = []
+    for given, timeout, ready in waits:
+        if timeout == ray_engine.GATHER:
+            streaming.append(given)
+            assert given <= ray_engine._window(found), waits
+            found = ready
+        elif timeout == 0:
+            found += ready
+        else:
+            found = ready
+    assert streaming, waits
+
+
 def test_a_not_found_answer_is_never_queued_before_the_result_it_follows(
     client: Client, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -232,7 +232,9 @@ class Client(cf.Executor):
         ``TypeError`` naming ``submit_graph`` (docs/engines.md).
         """
         upstream: dict[bytes, TaskFuture] = {}
-        find_futures((args, kwargs), upstream)
+        find_futures(args, upstream)
+        if kwargs:
+            find_futures(kwargs, upstream)
         if upstream:
             return self._submit_dependent(fn, args, kwargs, upstream)
         prepared = self._engine.prepare(fn, args, kwargs)

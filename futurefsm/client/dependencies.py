@@ -21,6 +21,10 @@ from .future import TaskFuture
 __all__ = ["as_key_ref", "find_futures", "replace_futures"]
 
 
+_LEAVES = frozenset({int, float, complex, str, bytes, bool, type(None)})
+"""Types that never hold a future: not walked (a submit's arguments mostly are these)."""
+
+
 def find_futures(obj: Any, found: dict[bytes, TaskFuture]) -> None:
     """Add every ``TaskFuture`` in ``obj`` (walking tuples, lists and dict values) to
     ``found``, by task id, in order of appearance."""
@@ -28,10 +32,12 @@ def find_futures(obj: Any, found: dict[bytes, TaskFuture]) -> None:
         found.setdefault(obj.task_id, obj)
     elif type(obj) is tuple or type(obj) is list:
         for item in obj:
-            find_futures(item, found)
+            if type(item) not in _LEAVES:
+                find_futures(item, found)
     elif type(obj) is dict:
         for item in obj.values():
-            find_futures(item, found)
+            if type(item) not in _LEAVES:
+                find_futures(item, found)
 
 
 def replace_futures(obj: Any, replace: Callable[[TaskFuture], Any]) -> Any:

@@ -40,12 +40,14 @@ and returns) ends with the task's value: ``RESULT_RACED``.
   finds a sent task without its ref. Tasks run with ``max_retries=1`` (the engine's
   option): Ray re-runs once a task whose worker died, since Ray's own forced cancel
   can kill the worker's *next* task; a second death is a ``WorkerDiedError``.
-- results: one fetcher thread ``ray.wait`` s on every outstanding ref at once and
-  fetches whatever is ready with one ``ray.get`` per batch; refs submitted during a
-  wait join the next one (at most ``WAIT_SLICE`` later). While results stream in,
-  a wait returns once a quarter of the outstanding refs are ready or after
-  ``GATHER`` (30 ms), so that one wait serves many (``_fetch``); with fewer than 8
-  outstanding, at the first ready one. Deliveries run on a ``DeliveryThread``, in order: a
+- results: one fetcher thread ``ray.wait`` s on the outstanding refs and fetches
+  whatever is ready with one ``ray.get`` per batch; refs submitted during a wait
+  join the next one (at most ``WAIT_SLICE`` later). While results stream in, a wait
+  watches only the oldest refs (twice the last batch, at least ``WINDOW``) and
+  returns once a quarter of the outstanding refs (at most the window) are ready or
+  after ``GATHER`` (30 ms), so that one wait serves many; the refs beyond the window
+  are looked at every ``SWEEP`` (``_fetch``). With fewer than 8 outstanding, a
+  result is taken at once. Deliveries run on a ``DeliveryThread``, in order: a
   ``not_found`` answer queued after a result is delivered after it. A node's death
   is told apart from the cluster's there, by probing the GCS.
 - cancel: ``force=True`` (the client's default) kills the worker process of a
@@ -80,8 +82,8 @@ import time
 import types
 import weakref
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, NamedTuple
 
 import ray
 import ray.cloudpickle
@@ -110,15 +112,29 @@ WAIT_SLICE = 0.01
 
 GATHER = 0.03
 """Longest hold (seconds) of a streamed result: once a wait found results, the next
-returns when a ``GATHER_SHARE``-th of the outstanding refs are ready, or after this."""
+returns when a ``GATHER_SHARE``-th of the outstanding refs (at most its window's
+worth) are ready, or after this."""
 
 GATHER_SHARE = 4
+
+WINDOW = 16
+"""Fewest refs a streaming wait watches: the oldest ``max(WINDOW, 2 * last batch)``."""
+
+SWEEP = 0.1
+"""While results stream, how often (seconds) the refs outside the window are looked
+at too (a wait with timeout 0): the longest a result that overtook older tasks is
+held, beyond ``GATHER``."""
 
 
 def _gathered(outstanding: int) -> int:
     """How many ready refs end a streaming wait on ``outstanding``: a quarter of them
     (1 with fewer than 8: a lone result, or one of a few, is not held)."""
     return max(1, outstanding // GATHER_SHARE)
+
+
+def _window(last_batch: int) -> int:
+    """How many of the oldest outstanding refs a streaming wait watches."""
+    return max(WINDOW, 2 * last_batch)
 
 
 _LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
@@ -201,14 +217,14 @@ _remote_dependent_call = ray.remote(_dependent_call)
 # ---------------------------------------------------------------------- prepared
 
 
-@dataclass(frozen=True, slots=True)
-class PreparedRay:
-    """One call ready for ``.remote()``: the Ray function and its arguments."""
+class PreparedRay(NamedTuple):
+    """One call ready for ``.remote()``: the Ray function and its arguments. (A named
+    tuple: immutable, and built in a third of a frozen dataclass's time, once a task.)"""
 
     task_id: bytes
     remote: Any
     args: tuple[Any, ...]
-    kwargs: dict[str, Any] = field(default_factory=dict)
+    kwargs: dict[str, Any]
     dependencies: tuple[int, ...] = ()
     """For a graph node: the positions (in the graph's list) of the nodes whose refs
     are appended to ``args``."""
@@ -377,6 +393,7 @@ class RayEngine(Engine):
         self._counter = itertools.count()
         self._remotes: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
         self._remotes_lock = threading.Lock()
+        self._last_remote: tuple[Any, Any] = (None, None)  # (function, its Ray function)
         self._options = {"max_retries": max_retries}
         self._call = _remote_call.options(**self._options)
         self._graph_call = _remote_graph_call.options(**self._options)
@@ -459,6 +476,9 @@ class RayEngine(Engine):
 
     def _remote(self, fn: Callable[..., Any]) -> tuple[Any, bool]:
         """The Ray function for ``fn`` and whether ``fn`` must go as an argument."""
+        last_fn, last_remote = self._last_remote
+        if fn is last_fn:  # (a stream of one function's calls: no weakref made)
+            return last_remote, False
         if not isinstance(fn, types.FunctionType):
             return self._call, True
         remote = self._remotes.get(fn)  # (a lookup is safe unlocked; a store is not)
@@ -467,6 +487,7 @@ class RayEngine(Engine):
                 remote = self._remotes.get(fn)
                 if remote is None:
                     remote = self._remotes[fn] = ray.remote(**self._options)(fn)
+        self._last_remote = (fn, remote)
         return remote, False
 
     @staticmethod
@@ -633,35 +654,50 @@ class RayEngine(Engine):
     # ------------------------------------------------------------------ fetching
 
     def _fetch(self) -> None:
-        """The fetcher thread: wait on every outstanding ref, fetch the ready ones.
+        """The fetcher thread: wait on the outstanding refs, fetch the ready ones.
 
         Every wait, every fetch and every batch of deliveries costs the machine the
         same whatever the batch's size (wake-ups of this thread, the delivery thread
-        and the waiters, on the cores Ray's workers need; a wait also about 0.5 us a
-        ref given), so under a stream of results the fetcher does not take them one
-        by one. Idle (the last wait found nothing), it waits up to ``WAIT_SLICE`` for
-        the first ready ref, then takes whatever else is ready. Streaming (the last
-        wait found some), it waits until ``_gathered(len(waiting))`` refs are ready
-        (a quarter), or for ``GATHER``: a result is held at most that long, and not
-        at all with fewer than 8 outstanding."""
+        and the waiters, on the cores Ray's workers need), and a wait also costs
+        about 0.5 us for every ref it is given, ready or not. So under a stream of
+        results the fetcher neither takes them one by one nor looks at every
+        outstanding ref each time.
+
+        - Idle (the last wait found nothing): it waits up to ``WAIT_SLICE`` for the
+          first ready ref among all of them, then takes whatever else is ready.
+        - Streaming (the last wait found some): tasks mostly end in the order they
+          were sent, so it waits on a window, the oldest ``_window(last batch)``
+          refs, until ``_gathered(len(waiting))`` of them are ready (a quarter of
+          all outstanding, at most the window), or for ``GATHER``. The refs outside
+          the window are looked at (timeout 0) every ``SWEEP``: a result that
+          overtook older tasks is held at most that long, plus ``GATHER``. A wait
+          that found nothing in the window ends the stream: the next, idle, looks
+          at every ref."""
         waiting: list[Any] = []
         owner: dict[Any, bytes] = {}
-        streaming = False
+        last_batch = 0  # ready refs the last wait found: 0 = idle
+        sweep_at = 0.0
         while True:
             with self._lock:
                 if self._closed or self._lost is not None:
                     return
                 if not waiting and not self._incoming:
-                    streaming = False
+                    last_batch = 0
                     self._wake.wait()
                     continue
                 incoming, self._incoming = self._incoming, []
             waiting += self._take(incoming, owner)
             with self._guard:
-                if streaming:
-                    ready, waiting = ray.wait(
-                        waiting, num_returns=_gathered(len(waiting)), timeout=GATHER
-                    )
+                if last_batch:
+                    width = _window(last_batch)
+                    window, rest = waiting[:width], waiting[width:]
+                    wanted = min(len(window), _gathered(len(waiting)))
+                    ready, window = ray.wait(window, num_returns=wanted, timeout=GATHER)
+                    if rest and ready and time.monotonic() >= sweep_at:
+                        more, rest = ray.wait(rest, num_returns=len(rest), timeout=0)
+                        ready += more
+                        sweep_at = time.monotonic() + SWEEP
+                    waiting = window + rest
                 else:
                     ready, waiting = ray.wait(waiting, num_returns=1, timeout=WAIT_SLICE)
                     if ready:  # and whatever else is ready by now, sent meanwhile too
@@ -671,7 +707,8 @@ class RayEngine(Engine):
                         if waiting:
                             more, waiting = ray.wait(waiting, num_returns=len(waiting), timeout=0)
                             ready += more
-                streaming = bool(ready)
+                        sweep_at = time.monotonic() + SWEEP
+                last_batch = len(ready)
                 if ready:
                     self._fetched([(owner.pop(ref), ref) for ref in ready])
 
@@ -772,9 +809,13 @@ _PLAIN = frozenset({int, float, str, bytes, bool, type(None)})
 
 def _plain(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
     """True if every argument is of a type that always pickles: no check needed."""
-    return all(type(value) in _PLAIN for value in args) and all(
-        type(value) in _PLAIN for value in kwargs.values()
-    )
+    for value in args:
+        if type(value) not in _PLAIN:
+            return False
+    for value in kwargs.values():
+        if type(value) not in _PLAIN:
+            return False
+    return True
 
 
 def _name(fn: Any) -> str:
