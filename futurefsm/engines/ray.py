@@ -44,8 +44,9 @@ and returns) ends with the task's value: ``RESULT_RACED``.
   whatever is ready with one ``ray.get`` per batch; refs submitted during a wait
   join the next one (at most ``WAIT_SLICE`` later). While results stream in, a wait
   watches only the oldest refs (twice the last batch, at least ``WINDOW``) and
-  returns once a quarter of the outstanding refs (at most the window) are ready or
-  after ``GATHER`` (30 ms), so that one wait serves many; the refs beyond the window
+  returns once as many as the last batch, and at least a quarter of the outstanding
+  refs (at most the window), are ready, or after ``GATHER`` (30 ms), so that one
+  wait serves many; the refs beyond the window
   are looked at every ``SWEEP`` (``_fetch``). With fewer than 8 outstanding, a
   result is taken at once. Deliveries run on a ``DeliveryThread``, in order: a
   ``not_found`` answer queued after a result is delivered after it. A node's death
@@ -126,10 +127,14 @@ at too (a wait with timeout 0): the longest a result that overtook older tasks i
 held, beyond ``GATHER``."""
 
 
-def _gathered(outstanding: int) -> int:
-    """How many ready refs end a streaming wait on ``outstanding``: a quarter of them
-    (1 with fewer than 8: a lone result, or one of a few, is not held)."""
-    return max(1, outstanding // GATHER_SHARE)
+def _gathered(outstanding: int, last_batch: int) -> int:
+    """How many ready refs end a streaming wait on ``outstanding`` refs: as many as
+    the last batch, and at least a quarter of them; 1 with fewer than 8 outstanding
+    (a lone result, or one of a few, is not held). (A stream's last refs so come in
+    one batch, not in ever smaller ones.)"""
+    if outstanding < 2 * GATHER_SHARE:
+        return 1
+    return max(outstanding // GATHER_SHARE, last_batch)
 
 
 def _window(last_batch: int) -> int:
@@ -667,8 +672,9 @@ class RayEngine(Engine):
           first ready ref among all of them, then takes whatever else is ready.
         - Streaming (the last wait found some): tasks mostly end in the order they
           were sent, so it waits on a window, the oldest ``_window(last batch)``
-          refs, until ``_gathered(len(waiting))`` of them are ready (a quarter of
-          all outstanding, at most the window), or for ``GATHER``. The refs outside
+          refs, until ``_gathered(len(waiting), last batch)`` of them are ready
+          (as many as the last batch and at least a quarter of all outstanding, at
+          most the window), or for ``GATHER``. The refs outside
           the window are looked at (timeout 0) every ``SWEEP``: a result that
           overtook older tasks is held at most that long, plus ``GATHER``. A wait
           that found nothing in the window ends the stream: the next, idle, looks
@@ -691,7 +697,7 @@ class RayEngine(Engine):
                 if last_batch:
                     width = _window(last_batch)
                     window, rest = waiting[:width], waiting[width:]
-                    wanted = min(len(window), _gathered(len(waiting)))
+                    wanted = min(len(window), _gathered(len(waiting), last_batch))
                     ready, window = ray.wait(window, num_returns=wanted, timeout=GATHER)
                     if rest and ready and time.monotonic() >= sweep_at:
                         more, rest = ray.wait(rest, num_returns=len(rest), timeout=0)
