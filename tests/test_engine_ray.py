@@ -478,6 +478,8 @@ def test_the_bench_measures_futurefsm_against_rays_own_api(ray_cluster: LocalRay
 
     assert len(figures["ray_times"]) == len(figures["futurefsm_times"]) == 2
     assert figures["ratio"] > 0 and figures["ratio_of_medians"] > 0
+    low, high = figures["ratio_quartiles"]
+    assert low <= figures["ratio"] <= high
     assert figures["ray_cancel_ms"] > 0 and figures["futurefsm_cancel_ms"] > 0
 
 
