@@ -46,9 +46,9 @@ and returns) ends with the task's value: ``RESULT_RACED``.
   watches only the oldest refs (twice the last batch, at least ``WINDOW``) and
   returns once as many as the last batch, and at least a quarter of the outstanding
   refs (at most the window), are ready, or after ``GATHER`` (30 ms), so that one
-  wait serves many; the refs beyond the window
-  are looked at every ``SWEEP`` (``_fetch``). With fewer than 8 outstanding, a
-  result is taken at once. Deliveries run on a ``DeliveryThread``, in order: a
+  wait serves many; the refs beyond the window are looked at every ``SWEEP``
+  (``_fetch``). With fewer than 8 outstanding, a result is taken at once.
+  Deliveries run on a ``DeliveryThread``, in order: a
   ``not_found`` answer queued after a result is delivered after it. A node's death
   is told apart from the cluster's there, by probing the GCS.
 - cancel: ``force=True`` (the client's default) kills the worker process of a
@@ -113,8 +113,7 @@ WAIT_SLICE = 0.01
 
 GATHER = 0.03
 """Longest hold (seconds) of a streamed result: once a wait found results, the next
-returns when a ``GATHER_SHARE``-th of the outstanding refs (at most its window's
-worth) are ready, or after this."""
+returns when ``_gathered`` refs of its window are ready, or after this."""
 
 GATHER_SHARE = 4
 
@@ -674,11 +673,10 @@ class RayEngine(Engine):
           were sent, so it waits on a window, the oldest ``_window(last batch)``
           refs, until ``_gathered(len(waiting), last batch)`` of them are ready
           (as many as the last batch and at least a quarter of all outstanding, at
-          most the window), or for ``GATHER``. The refs outside
-          the window are looked at (timeout 0) every ``SWEEP``: a result that
-          overtook older tasks is held at most that long, plus ``GATHER``. A wait
-          that found nothing in the window ends the stream: the next, idle, looks
-          at every ref."""
+          most the window), or for ``GATHER``. The refs outside the window are
+          looked at (timeout 0) every ``SWEEP``: a result that overtook older tasks
+          is held at most that long, plus ``GATHER``. A wait that found nothing in
+          the window ends the stream: the next, idle, looks at every ref."""
         waiting: list[Any] = []
         owner: dict[Any, bytes] = {}
         last_batch = 0  # ready refs the last wait found: 0 = idle
