@@ -18,6 +18,7 @@ import json
 import operator
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import textwrap
@@ -455,6 +456,47 @@ def test_a_local_ray_of_its_own_and_that_cluster_killed_under_the_driver(
     assert report["lost_after"] < 3.0 + 1.0 + SLACK
     assert report["late_type"] == ConnectionLostError.__name__
     assert report["initialized_after_loss"] is False  # the engine let its own Ray go
+
+
+def test_a_cluster_started_with_sigint_ignored_lets_ray_interrupt_its_tasks() -> None:
+    # A shell's background job (`pytest &`) runs with SIGINT ignored, and every
+    # process it starts inherits that: Ray's workers then have no KeyboardInterrupt
+    # handler and ray.cancel(force=False) interrupts nothing (before: the unforced
+    # cancel tests ended TIMED_OUT in a backgrounded CI run). LocalRayCluster puts
+    # SIGINT back to its default for `ray start` and everything it starts.
+    sigint = 1 << (signal.SIGINT - 1)
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        cluster = LocalRayCluster(cpus=1).start()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    try:
+        ignoring = []
+        for pid in cluster.pids():
+            status = Path(f"/proc/{pid}/status").read_text()
+            if int(status.split("SigIgn:")[1].split()[0], 16) & sigint:
+                ignoring.append((pid, Path(f"/proc/{pid}/comm").read_text().strip()))
+        assert cluster.pids() and not ignoring, ignoring
+    finally:
+        cluster.stop()
+
+
+def test_a_driver_ignoring_sigint_is_warned_before_it_starts_a_local_ray(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A local Ray (Client(engine="ray"), no address) is started by ray.init from this
+    # process and cannot be given SIGINT back: the engine says what that costs.
+    from futurefsm.engines.ray import _warn_if_sigint_ignored
+
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        assert _warn_if_sigint_ignored() is False
+        assert "cannot interrupt" not in caplog.text
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        assert _warn_if_sigint_ignored() is True
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert "cancel(force=False) cannot interrupt" in caplog.text
 
 
 def test_a_future_never_waits_for_a_ref_whose_cancel_ray_ignores(

@@ -77,6 +77,7 @@ import itertools
 import logging
 import os
 import re
+import signal
 import socket
 import threading
 import time
@@ -269,6 +270,22 @@ def _gcs_answers(host: str, port: int, timeout: float) -> bool:
         return False
 
 
+def _warn_if_sigint_ignored() -> bool:
+    """Warn (and return True) if this process ignores SIGINT: a local Ray it starts
+    passes that on to its workers, where Python then installs no
+    ``KeyboardInterrupt`` handler, so ``cancel(force=False)`` interrupts nothing (the
+    cancel ends ``TIMED_OUT``, the task runs on; a forced cancel still works)."""
+    if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+        return False
+    LOGGER.warning(
+        "this process ignores SIGINT (a shell's background job?): the local Ray it "
+        "starts passes that on to its workers, and cancel(force=False) cannot interrupt "
+        "their tasks; run it in the foreground, or reset SIGINT "
+        "(signal.signal(signal.SIGINT, signal.default_int_handler)) before the Client"
+    )
+    return True
+
+
 class _Connection:
     """The process's Ray connection, shared by every engine: made by the first engine
     that needs it (``ray.init``), shut down when the last one that made it closes."""
@@ -298,6 +315,7 @@ class _Connection:
                     # join a cluster that `ray start` left running instead).
                     if workers is not None:
                         options["num_cpus"] = workers
+                    _warn_if_sigint_ignored()
                     ray.init(address="local", **options)
                 else:
                     ray.init(address=address, **options)

@@ -57,20 +57,33 @@ def _free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def _end_with_parent() -> Callable[[], object] | None:
-    """For ``ray start``'s process, to run before exec: SIGTERM it when its parent dies
-    (Linux ``prctl(PR_SET_PDEATHSIG)``; ``ray start --block`` then stops the cluster),
-    so a killed test run leaves no cluster behind. None where there is no prctl.
+def _before_exec() -> Callable[[], object] | None:
+    """For ``ray start``'s process, to run before exec, on Linux (None elsewhere):
+
+    - SIGTERM it when its parent dies (``prctl(PR_SET_PDEATHSIG)``; ``ray start
+      --block`` then stops the cluster), so a killed test run leaves no cluster behind;
+    - SIGINT back to its default. A process started with SIGINT ignored (a shell's
+      background job: ``cmd &``) passes that on to every process it starts, Ray's
+      workers too; Python then installs no ``KeyboardInterrupt`` handler in them, and
+      Ray's ``ray.cancel(force=False)`` interrupts nothing.
 
     Resolved here, in the parent: the child, forked from a process that may run
-    threads (a Ray driver's), only makes the one foreign call, importing nothing."""
+    threads (a Ray driver's), only makes these two foreign calls, importing nothing."""
     try:
         import ctypes
 
-        prctl = ctypes.CDLL(None, use_errno=True).prctl
+        libc = ctypes.CDLL(None, use_errno=True)
+        prctl, set_handler = libc.prctl, libc.signal
     except (OSError, AttributeError):
         return None
-    return functools.partial(prctl, 1, int(signal.SIGTERM))  # 1: PR_SET_PDEATHSIG
+    end_with_parent = functools.partial(prctl, 1, int(signal.SIGTERM))  # 1: PR_SET_PDEATHSIG
+    default_sigint = functools.partial(set_handler, int(signal.SIGINT), 0)  # 0: SIG_DFL
+
+    def before_exec() -> None:
+        end_with_parent()
+        default_sigint()
+
+    return before_exec
 
 
 def _ray_command() -> str:
@@ -124,7 +137,7 @@ class LocalRayCluster:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
-                preexec_fn=_end_with_parent(),
+                preexec_fn=_before_exec(),
             )
         deadline = time.monotonic() + self.start_timeout
         try:
