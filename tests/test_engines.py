@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import logging
 import subprocess
 import sys
 import threading
@@ -144,3 +145,36 @@ def test_deliveries_for_unknown_tasks_are_stale_and_a_bad_answer_is_a_protocol_e
         stats = client.stats()
     assert stats["stale_messages"] == 2
     assert stats["connection_lost"] == 0
+
+
+def test_a_batch_posted_at_once_is_delivered_in_order_after_one_wake_up():
+    # The Ray fetcher posts a batch of results with one post_many: the delivery
+    # thread is woken once for it, and the order holds with what came before.
+    from futurefsm.engines.shared import DeliveryThread, NeverRaise, WakeQueue
+
+    wakes: list[int] = []
+    queue: WakeQueue[int] = WakeQueue(lambda: wakes.append(len(wakes)))
+    queue.post(1)
+    queue.post_many([2, 3, 4])
+    queue.post_many([])
+    assert len(wakes) == 1 and queue.take() == [1, 2, 3, 4]
+    queue.post_many([5, 6])
+    assert len(wakes) == 2 and queue.take() == [5, 6]
+
+    delivered: list[int] = []
+    done = threading.Event()
+
+    def deliver(item: int) -> None:
+        delivered.append(item)
+        if item == 6:
+            done.set()
+
+    guard = NeverRaise(logging.getLogger("test"), "test delivery")
+    thread = DeliveryThread("test-delivery", deliver, guard)
+    thread.start()
+    thread.post(1)
+    thread.post_many([2, 3, 4, 5])
+    thread.post(6)
+    assert done.wait(10)
+    thread.stop()
+    assert delivered == [1, 2, 3, 4, 5, 6]

@@ -750,19 +750,21 @@ class RayEngine(Engine):
             outcomes = [_ref_outcome(ref) for _, ref in ready]
         # Posted under the lock that send_cancel reads _refs under: a cancel that
         # finds the ref gone queues its not_found after this result, never before.
+        # (The batch goes in one post: one wake-up of the delivery thread, and the
+        # lock, which the submitting thread's _track takes too, is held briefly.)
+        items: list[tuple[Any, ...]] = []
         with self._lock:
             for (task_id, _), (value, error) in zip(ready, outcomes, strict=True):
-                forced = self._forced.get(task_id)
                 self._refs.pop(task_id, None)
                 if error is None:
-                    item: tuple[Any, ...] = ("value", task_id, value)
-                else:
-                    try:
-                        item = _error_item(task_id, error, forced)
-                    except Exception as failure:  # never leave the future without an answer
-                        LOGGER.exception("Ray engine: cannot map %r", error)
-                        item = ("error", task_id, _failed(failure))
-                self._delivery.post(item)
+                    items.append(("value", task_id, value))
+                    continue
+                try:
+                    items.append(_error_item(task_id, error, self._forced.get(task_id)))
+                except Exception as failure:  # never leave the future without an answer
+                    LOGGER.exception("Ray engine: cannot map %r", error)
+                    items.append(("error", task_id, _failed(failure)))
+            self._delivery.post_many(items)
 
     # ------------------------------------------------------------------ delivering
 

@@ -104,6 +104,13 @@ class WakeQueue(Generic[T]):
         if not self._pending:
             self.wake()
 
+    def post_many(self, items: list[T]) -> None:
+        """Queue ``items``, in order, and wake the consumer once (unless pending)."""
+        if items:
+            self._items.extend(items)
+            if not self._pending:
+                self.wake()
+
     def wake(self) -> None:
         """Wake the consumer (unless a wake-up is pending) without queueing anything.
         If ``wake`` raises (the consumer is gone), the error goes to the caller and
@@ -146,6 +153,11 @@ class DeliveryThread(Generic[T]):
     def post(self, item: T) -> None:
         """Deliver ``item`` on the thread, after everything posted before it."""
         self._queue.post(item)
+
+    def post_many(self, items: list[T]) -> None:
+        """Deliver ``items``, in order, after everything posted before them: one
+        wake-up of the thread for the lot."""
+        self._queue.post_many(items)
 
     def stop(self) -> None:
         """Deliver what was posted, then end; waits for that unless called on the
