@@ -76,8 +76,10 @@ def _before_exec() -> Callable[[], object] | None:
         prctl, set_handler = libc.prctl, libc.signal
     except (OSError, AttributeError):
         return None
+    set_handler.argtypes = [ctypes.c_int, ctypes.c_void_p]  # signal(int, sighandler_t)
+    set_handler.restype = ctypes.c_void_p
     end_with_parent = functools.partial(prctl, 1, int(signal.SIGTERM))  # 1: PR_SET_PDEATHSIG
-    default_sigint = functools.partial(set_handler, int(signal.SIGINT), 0)  # 0: SIG_DFL
+    default_sigint = functools.partial(set_handler, int(signal.SIGINT), None)  # SIG_DFL
 
     def before_exec() -> None:
         end_with_parent()
