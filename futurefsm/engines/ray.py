@@ -48,9 +48,9 @@ and returns) ends with the task's value: ``RESULT_RACED``.
   refs (at most the window), are ready, or after ``GATHER`` (30 ms), so that one
   wait serves many; the refs beyond the window are looked at every ``SWEEP``
   (``_fetch``). With fewer than 8 outstanding, a result is taken at once.
-  Deliveries run on a ``DeliveryThread``, in order: a
-  ``not_found`` answer queued after a result is delivered after it. A node's death
-  is told apart from the cluster's there, by probing the GCS.
+  Deliveries run on a ``DeliveryThread``, in order: a ``not_found`` answer queued
+  after a result is delivered after it. A node's death is told apart from the
+  cluster's there, by probing the GCS.
 - cancel: ``force=True`` (the client's default) kills the worker process of a
   running task (Ray: ``TaskCancelledError`` some 10-20 ms later); ``force=False``
   raises ``KeyboardInterrupt`` in the task, which a task in a C call (``time.sleep``)
